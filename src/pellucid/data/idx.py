@@ -1,0 +1,53 @@
+"""Reader for the IDX format of MNIST-style datasets (optionally gzip-compressed)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+from pellucid.errors import DataNotFoundError
+
+# IDX type codes -> numpy dtypes (big-endian on disk)
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path | str) -> np.ndarray:
+    """Read one IDX file (``.gz`` or plain). Raises :class:`DataNotFoundError` if it is corrupt."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataNotFoundError(f"cannot read IDX file {path}: {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DataNotFoundError(f"{path} is not an IDX file (bad magic number)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise DataNotFoundError(
+            f"{path} is truncated or corrupt: header promises {expected} bytes of data, "
+            f"file holds {len(data) - header}")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def find_idx_pair(root: Path, stem: str, subdirs: tuple[str, ...]) -> tuple[Path, Path] | None:
+    """Find ``{stem}-images-idx3-ubyte[.gz]`` and the matching labels file under ``root``.
+
+    ``subdirs`` are searched in order (e.g. ``("", "MNIST/raw")`` for torchvision's layout).
+    """
+    for sub in subdirs:
+        d = root / sub
+        found = []
+        for kind in ("images-idx3", "labels-idx1"):
+            base = d / f"{stem}-{kind}-ubyte"
+            hit = next((p for p in (base, base.with_name(base.name + ".gz")) if p.is_file()), None)
+            found.append(hit)
+        if all(found):
+            return found[0], found[1]
+    return None

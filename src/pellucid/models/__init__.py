@@ -1,0 +1,9 @@
+"""Registered models and the checkpoint format shared by the CLI, app, benchmarks and tests."""
+
+from pellucid.models.checkpoint import is_model_dir, load_model, load_weights, read_config, save_model
+from pellucid.models.registry import MODELS, ModelSpec, create_model, register_model
+from pellucid.models.whitebox import WhiteBoxNet, convert_authors_state_dict, whitebox_mnist35
+
+__all__ = ["MODELS", "ModelSpec", "WhiteBoxNet", "convert_authors_state_dict", "create_model",
+           "is_model_dir", "load_model", "load_weights", "read_config", "register_model",
+           "save_model", "whitebox_mnist35"]

@@ -1,0 +1,82 @@
+"""The white-box network of "Towards White Box Deep Learning": 4 layers of semantic features."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from pellucid.data.validation import check_images
+from pellucid.errors import CheckpointError
+from pellucid.models.registry import register_model
+from pellucid.nn import AffineFeatures, LogicalFeatures, RotationConvFeatures, TwoStep
+
+
+class WhiteBoxNet(nn.Module):
+    """``x -> TwoStep -> rotation-posed conv features -> affine features -> logical features``.
+
+    Input: images in [0, 1], ``(B, 1, H, W)``; output: one logit per class. Every intermediate
+    value is a match score of a human-readable feature in its best pose (see :meth:`trace`).
+    """
+
+    def __init__(self, n_classes: int = 2, image_size: int = 28, n_kernels: int = 2,
+                 kernel_size: int = 5, n_rotations: int = 32, n_affine: int = 8,
+                 n_affine_poses: int = 32, patch_size: int = 20) -> None:
+        super().__init__()
+        if n_affine % n_classes:
+            raise ValueError("n_affine must be a multiple of n_classes (one block per class)")
+        self.image_size = image_size
+        self.twostep = TwoStep()
+        self.conv = RotationConvFeatures(n_kernels, kernel_size, n_rotations)
+        self.affine = AffineFeatures(n_affine, n_affine_poses, patch_size, image_size)
+        self.logical = LogicalFeatures(n_classes, block=n_affine // n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, (1, self.image_size, self.image_size))
+        return self.logical(self.affine(self.conv(self.twostep(x))))
+
+    @torch.no_grad()
+    def trace(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every intermediate output and argmax pose, for figures ("how the model sees")."""
+        check_images(x, (1, self.image_size, self.image_size))
+        pixels = self.twostep(x)
+        conv, conv_pose = self.conv(pixels, return_poses=True)
+        affine, affine_pose = self.affine(conv, return_poses=True)
+        logits, logical_pose = self.logical(affine, return_poses=True)
+        return {"twostep": pixels, "conv": conv, "conv_pose": conv_pose.squeeze(1),
+                "affine": affine, "affine_pose": affine_pose, "logits": logits,
+                "logical_pose": logical_pose, "probs": logits.softmax(-1)}
+
+
+@register_model("whitebox-mnist35", input_shape=(1, 28, 28), dataset="mnist", classes=(3, 5))
+def whitebox_mnist35(**kwargs) -> WhiteBoxNet:
+    """White-box semantic-feature network for MNIST 3 vs 5 (4,810 parameters)."""
+    return WhiteBoxNet(**kwargs)
+
+
+def convert_authors_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map the published checkpoint's keys (github.com/314-Foundation/white-box-nn) to ours.
+
+    Drops the 18 bias/scale entries that the reference registers but never uses.
+    """
+    try:
+        n_poses = len([k for k in state if k.startswith("affine.sampler.poses.")])
+        out = {
+            "twostep.a0": state["pixel.a0"], "twostep.a1": state["pixel.a1"],
+            "twostep.t0": state["pixel.t0"], "twostep.t1": state["pixel.t1"],
+            "twostep.scales": state["pixel.scales"],
+            "conv.kernels": state["conv.conv.weight"][:, 0],  # (K, 1, k, k) -> (K, k, k)
+            "affine.features": state["affine.features"],
+            # ParameterList of P tensors (F, 2, 3) -> one (F, P, 2, 3) tensor
+            "affine.poses": torch.stack([state[f"affine.sampler.poses.{p}"] for p in range(n_poses)], 1),
+            "logical.features": state["sparse.features"],
+        }
+    except KeyError as e:
+        raise CheckpointError(f"not a white-box-nn state dict: missing {e}") from None
+    angles = state.get("conv.sampler.poses")
+    if angles is not None:
+        expected = torch.arange(len(angles)) * (360.0 / len(angles))
+        if not torch.allclose(angles.float(), expected, atol=1e-4):
+            raise CheckpointError("conv rotation angles are not 360 p / P; cannot convert")
+    return out

@@ -1,0 +1,53 @@
+"""Affine semantic features: whole-image templates with learnable affine poses (Sec. 3.3)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pellucid.nn.geometry import warp_affine
+from pellucid.nn.semantic import SemanticFeatures, normalize
+
+
+class AffineFeatures(SemanticFeatures):
+    r"""``y[b, f] = ReLU(max_p <x_b, g_{f,p}>)``, ``g_{f,p} = normalize(warp(pad(w_f), M_{f,p}))``.
+
+    Each feature :math:`w_f` is an ``S x S`` patch (unit L2) zero-padded to the input size; each has
+    its own ``n_poses`` learnable pixel-space affine maps :math:`M_{f,p}` (2 x 3, source -> destination
+    about pixel (0, 0)), initialised to :math:`I + \mathcal N(0, 0.01^2)` with a
+    :math:`\mathcal N(0, 1)`-pixel translation added. Poses are unconstrained.
+    """
+
+    def __init__(self, n_features: int = 8, n_poses: int = 32, patch_size: int = 20,
+                 image_size: int = 28, init_a: float = 2.2236, init_translation: float = 1.0) -> None:
+        super().__init__()
+        if (image_size - patch_size) % 2:
+            raise ValueError("image_size - patch_size must be even (symmetric padding)")
+        w = torch.empty(n_features, patch_size * patch_size)
+        nn.init.kaiming_uniform_(w, a=init_a)
+        self.features = nn.Parameter(normalize(w))  # (F, S*S)
+        m = torch.eye(2, 3).repeat(n_features, n_poses, 1, 1) + 0.01 * torch.randn(n_features, n_poses, 2, 3)
+        m[..., 2] += init_translation * torch.randn(n_features, n_poses, 2)
+        self.poses = nn.Parameter(m)  # (F, P, 2, 3), pixel coordinates
+        self.patch_size, self.image_size = patch_size, image_size
+
+    def padded_features(self) -> torch.Tensor:
+        """Base features as ``(F, H, W)`` images (patch zero-padded to the input size)."""
+        s, pad = self.patch_size, (self.image_size - self.patch_size) // 2
+        return F.pad(self.features.view(-1, s, s), (pad, pad, pad, pad))
+
+    def posed_weights(self) -> torch.Tensor:
+        return normalize(warp_affine(self.padded_features(), self.poses), start_dim=2)  # (F, P, H, W)
+
+    def match(self, x: torch.Tensor, posed: torch.Tensor) -> torch.Tensor:
+        n_feat, n_pose = posed.shape[:2]
+        scores = x.flatten(1) @ posed.reshape(n_feat * n_pose, -1).T  # (B, F*P)
+        return scores.view(-1, n_feat, n_pose)  # (B, F, P)
+
+    def activation(self, scores: torch.Tensor) -> torch.Tensor:
+        return F.relu(scores)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        self.features.copy_(normalize(self.features))

@@ -1,0 +1,56 @@
+"""Differentiable warps of small images (kernels, features) used by the pose samplers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rotation_thetas(angles_deg: torch.Tensor) -> torch.Tensor:
+    """``affine_grid`` matrices ``(P, 2, 3)`` rotating an image about its centre.
+
+    With ``align_corners=True`` the centre pixel sits at normalised (0, 0), so sampling the input at
+    ``R(a) q`` for output location ``q`` turns the picture counter-clockwise by ``a`` as displayed
+    (a 90-degree pose equals ``torch.rot90(k, 1, (-2, -1))``).
+    """
+    a = torch.deg2rad(angles_deg)
+    c, s, z = torch.cos(a), torch.sin(a), torch.zeros_like(a)
+    return torch.stack([torch.stack([c, -s, z], -1), torch.stack([s, c, z], -1)], -2)  # (P, 2, 3)
+
+
+def rotate(images: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
+    """Rotate ``(F, H, W)`` images by each angle: bilinear, zero padding -> ``(F, P, H, W)``."""
+    n_feat, h, w = images.shape
+    theta = rotation_thetas(angles_deg.to(images))
+    grid = F.affine_grid(theta, [theta.shape[0], n_feat, h, w], align_corners=True)  # (P, H, W, 2)
+    # poses on the batch axis, features on the channel axis: one grid serves every feature
+    x = images.unsqueeze(0).expand(theta.shape[0], n_feat, h, w)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.transpose(0, 1)  # (F, P, H, W)
+
+
+def pixel_affine_to_theta(m: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Turn pixel-space affine maps ``M`` (source -> destination, ``(..., 2, 3)``) into samplers.
+
+    ``M`` acts on pixel coordinates ``(x, y) = (column, row)`` about pixel (0, 0), as kornia's
+    ``affine``. With ``N`` the pixel -> [-1, 1] map (align_corners=True),
+    ``theta = inverse(N M3 N^-1)[:2]`` maps each destination location to its source location.
+    """
+    n = m.new_tensor([[2.0 / (width - 1), 0.0, -1.0], [0.0, 2.0 / (height - 1), -1.0], [0.0, 0.0, 1.0]])
+    bottom = m.new_tensor([0.0, 0.0, 1.0]).expand(*m.shape[:-2], 1, 3)
+    m3 = torch.cat([m, bottom], dim=-2)  # (..., 3, 3)
+    return torch.linalg.inv(n @ m3 @ torch.linalg.inv(n))[..., :2, :]
+
+
+def warp_affine(images: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Warp each of ``F`` images ``(F, H, W)`` by its own ``P`` pixel-space maps ``(F, P, 2, 3)``.
+
+    Bilinear, zero padding, align_corners=True. Returns ``(F, P, H, W)``.
+    """
+    n_feat, h, w = images.shape
+    n_pose = m.shape[1]
+    theta = pixel_affine_to_theta(m, h, w).reshape(n_feat * n_pose, 2, 3)
+    grid = F.affine_grid(theta, [n_feat * n_pose, 1, h, w], align_corners=True)
+    x = images.unsqueeze(1).expand(n_feat, n_pose, h, w).reshape(n_feat * n_pose, 1, h, w)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.view(n_feat, n_pose, h, w)

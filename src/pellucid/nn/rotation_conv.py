@@ -1,0 +1,52 @@
+"""Convolutional semantic features posed by fixed rotations (Sec. 3.2)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pellucid.nn.geometry import rotate
+from pellucid.nn.semantic import SemanticFeatures, normalize
+
+
+class RotationConvFeatures(SemanticFeatures):
+    r"""``y = ReLU(max_{k,p} (x \star g_{k,p}) / \sqrt{K^2})``: the best-matching rotated kernel per pixel.
+
+    Base kernels :math:`w_k` (``K x K``, unit L2, initialised as a centred identity plus
+    :math:`\mathcal N(0, 0.1^2)`), posed by ``n_rotations`` fixed angles :math:`360 p / P`
+    (bilinear, about the centre pixel), each posed kernel renormalised to unit L2. The max runs over
+    all kernels and poses together, so the output has one channel; pose index = ``k * P + p``.
+    """
+
+    def __init__(self, n_kernels: int = 2, kernel_size: int = 5, n_rotations: int = 32,
+                 init_noise: float = 0.1) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError("kernel_size must be odd (rotation about the centre pixel)")
+        w = torch.zeros(n_kernels, kernel_size, kernel_size)
+        w[:, kernel_size // 2, kernel_size // 2] = 1.0
+        w += init_noise * torch.randn_like(w)
+        self.kernels = nn.Parameter(normalize(w))  # (K, k, k)
+        self.register_buffer("angles", torch.arange(n_rotations) * (360.0 / n_rotations),
+                             persistent=False)
+        self.scale = math.sqrt(kernel_size * kernel_size)
+
+    def posed_weights(self) -> torch.Tensor:
+        k = self.kernels.shape[-1]
+        posed = normalize(rotate(self.kernels, self.angles), start_dim=2)  # (K, P, k, k)
+        return posed.reshape(1, -1, k, k)  # (1, K*P, k, k): one feature, K*P poses
+
+    def match(self, x: torch.Tensor, posed: torch.Tensor) -> torch.Tensor:
+        k = posed.shape[-1]
+        y = F.conv2d(x, posed.reshape(-1, 1, k, k), padding=k // 2)  # (B, K*P, H, W)
+        return y.unsqueeze(1)  # (B, 1, K*P, H, W)
+
+    def activation(self, scores: torch.Tensor) -> torch.Tensor:
+        return F.relu(scores / self.scale)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        self.kernels.copy_(normalize(self.kernels))
