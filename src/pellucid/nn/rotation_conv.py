@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pellucid.nn.functional import max_correlation
 from pellucid.nn.geometry import rotate
 from pellucid.nn.semantic import SemanticFeatures, normalize
 
@@ -40,9 +41,16 @@ class RotationConvFeatures(SemanticFeatures):
         return posed.reshape(1, -1, k, k)  # (1, K*P, k, k): one feature, K*P poses
 
     def match(self, x: torch.Tensor, posed: torch.Tensor) -> torch.Tensor:
+        """All ``K*P`` scores ``(B, 1, K*P, H, W)`` (for inspection; forward uses the fused max)."""
         k = posed.shape[-1]
-        y = F.conv2d(x, posed.reshape(-1, 1, k, k), padding=k // 2)  # (B, K*P, H, W)
-        return y.unsqueeze(1)  # (B, 1, K*P, H, W)
+        return F.conv2d(x, posed.reshape(-1, 1, k, k), padding=k // 2).unsqueeze(1)
+
+    def forward(self, x: torch.Tensor, return_poses: bool = False):
+        # same result as the base class's max over match(), without materialising K*P maps
+        k = (posed := self._posed()).shape[-1]
+        best, pose = max_correlation(x, posed.reshape(-1, 1, k, k))  # (B, 1, H, W), (B, H, W)
+        out = self.activation(best)
+        return (out, pose.unsqueeze(1)) if return_poses else out
 
     def activation(self, scores: torch.Tensor) -> torch.Tensor:
         return F.relu(scores / self.scale)

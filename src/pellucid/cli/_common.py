@@ -1,0 +1,42 @@
+"""Small helpers shared by the subcommands: JSON output and dataclass-driven options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import MISSING, Field, fields
+from typing import Any
+
+
+def print_json(obj: Any) -> None:
+    """Print ``obj`` as the last stdout line (machine-readable output of ``--json``)."""
+    sys.stdout.write(json.dumps(obj, sort_keys=True, default=float) + "\n")
+    sys.stdout.flush()
+
+
+def _option(field: Field) -> str:
+    return "--" + field.name.replace("_", "-")
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, config_type: type) -> None:
+    """One ``--field-name`` option per dataclass field, typed and defaulted from the field."""
+    for f in fields(config_type):
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        if isinstance(default, bool):
+            parser.add_argument(_option(f), dest=f.name, default=default,
+                                action=argparse.BooleanOptionalAction, help=f"(default {default})")
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(_option(f), dest=f.name, type=kind, default=default,
+                                metavar=kind.__name__.upper(), help=f"(default {default})")
+
+
+def dataclass_from_args(config_type: type, args: argparse.Namespace):
+    return config_type(**{f.name: getattr(args, f.name) for f in fields(config_type)})
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="directory with the dataset's IDX files (else PELLUCID_DATA_DIR, the "
+                             "embedded copy, or a download)")

@@ -1,0 +1,42 @@
+"""``pellucid train RECIPE --out DIR [options]``: train a registered recipe."""
+
+from __future__ import annotations
+
+import argparse
+
+from pellucid.cli._common import add_data_dir, add_dataclass_options, dataclass_from_args, print_json
+
+
+def add_parser(sub) -> None:
+    import pellucid.models  # noqa: F401  (registers the models the recipes train)
+    from pellucid.train import RECIPES
+
+    p = sub.add_parser("train", help="train a model (recipes: " + ", ".join(RECIPES) + ")",
+                       description="Train a registered recipe; checkpoints after every epoch.")
+    recipes = p.add_subparsers(dest="recipe", metavar="RECIPE", required=True)
+    for entry in RECIPES.entries():
+        r = recipes.add_parser(entry.name, help=entry.summary, description=entry.summary,
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        r.add_argument("--out", required=True, metavar="DIR", help="run directory")
+        r.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run in DIR from its last finished epoch")
+        r.add_argument("--no-progress", action="store_true", help="no progress bar")
+        r.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+        add_data_dir(r)
+        add_dataclass_options(r, entry.obj.config_type)
+        r.set_defaults(func=run, config_type=entry.obj.config_type)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pellucid.train import RECIPES
+
+    cfg = dataclass_from_args(args.config_type, args)
+    result = RECIPES.get(args.recipe).run(cfg, args.out, resume=args.resume,
+                                          progress=not args.no_progress, data_dir=args.data_dir)
+    last = result["epochs"][-1] if result["epochs"] else {}
+    if args.json:
+        print_json({"recipe": args.recipe, "out": args.out, **last})
+    else:
+        print(f"trained {args.recipe} -> {args.out}: " +
+              ", ".join(f"{k}={v:.4f}" for k, v in last.items() if isinstance(v, float)))
+    return 0

@@ -1,0 +1,50 @@
+"""Reliability: how well the model's confidence separates its correct from its wrong answers.
+
+The reliability curve is the precision-recall curve of *correctness*: positives are correctly
+classified inputs, the score is the max softmax probability. Precision at recall 1 equals the
+accuracy; a model that knows when it is wrong keeps precision high as recall falls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ReliabilityCurve:
+    """Operating points in order of decreasing threshold (one per distinct score)."""
+
+    precision: torch.Tensor
+    recall: torch.Tensor
+    thresholds: torch.Tensor
+    accuracy: float
+
+    def precision_at_recall(self, target: float) -> float:
+        """Precision at the highest threshold whose recall reaches ``target``."""
+        reached = torch.nonzero(self.recall >= target - 1e-12)
+        return float(self.precision[reached[0, 0]]) if len(reached) else float("nan")
+
+    @property
+    def average_precision(self) -> float:
+        """Area under the step curve, ``sum_n (R_n - R_{n-1}) P_n`` (the "AUC" reported)."""
+        recall = torch.cat([self.recall.new_zeros(1), self.recall])
+        return float(((recall[1:] - recall[:-1]) * self.precision).sum())
+
+
+def reliability_curve(logits: torch.Tensor, labels: torch.Tensor) -> ReliabilityCurve:
+    """Precision-recall curve of "prediction is correct" scored by the max softmax probability."""
+    probs = logits.detach().double().softmax(dim=-1)
+    score, pred = probs.max(dim=-1)
+    correct = (pred == labels).double()
+    order = torch.argsort(score, descending=True, stable=True)
+    score, correct = score[order], correct[order]
+    tp = torch.cumsum(correct, 0)
+    # one operating point per distinct threshold: the last index of each run of tied scores
+    last = torch.ones_like(score, dtype=torch.bool)
+    last[:-1] = score[1:] != score[:-1]
+    tp, n_pred, thr = tp[last], torch.nonzero(last).squeeze(1).double() + 1, score[last]
+    n_pos = correct.sum()
+    recall = tp / n_pos if n_pos > 0 else torch.zeros_like(tp)
+    return ReliabilityCurve(tp / n_pred, recall, thr, float(correct.mean()))

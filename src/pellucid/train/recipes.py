@@ -1,0 +1,76 @@
+"""Training recipes: a registered name -> (config dataclass, how to build model and data).
+
+``pellucid train NAME`` turns the recipe's config fields into command-line options, so a new
+recipe needs no CLI code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from pellucid._registry import Registry
+from pellucid.data.datasets import load_dataset
+from pellucid.models.registry import MODELS, create_model
+from pellucid.train.trainer import TrainConfig, fit, split_train_val
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    config_type: type
+    run: Callable[..., dict[str, Any]]  # run(config, out, resume=..., progress=..., data_dir=...)
+    summary: str
+
+
+RECIPES: Registry[Recipe] = Registry("training recipe")
+
+
+def register_recipe(name: str, config_type: type, summary: str = ""):
+    def add(run):
+        RECIPES.register(name, summary)(Recipe(name, config_type, run, summary))
+        return run
+
+    return add
+
+
+def config_fields(config_type: type) -> list:
+    return list(fields(config_type))
+
+
+def train_registered_classifier(model_name: str, cfg: TrainConfig, out: Path | str, *,
+                                resume: bool = False, progress: bool = True,
+                                data_dir: str | None = None,
+                                model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train registered model ``model_name`` on its registered dataset/classes."""
+    spec = MODELS.get(model_name)
+    ds = load_dataset(spec.dataset, "train", classes=spec.classes, data_dir=data_dir)
+    train, val = split_train_val(ds, cfg.val_size, cfg.seed)
+    torch.manual_seed(cfg.seed)  # the model's initialisation
+    model = create_model(model_name, **(model_kwargs or {}))
+    data = {"dataset": spec.dataset, "classes": list(spec.classes) if spec.classes else None,
+            "class_names": list(ds.classes), "n_train": len(train), "n_val": len(val)}
+    history = fit(model, train, val, cfg, out, model_name=model_name, model_kwargs=model_kwargs,
+                  extra_config={"data": data}, resume=resume, progress=progress)
+    return {"model": model_name, "out": str(out), "epochs": history, "config": asdict(cfg)}
+
+
+def _classifier_recipe(model_name: str, **defaults: Any) -> None:
+    """Register a recipe that trains ``model_name`` with :class:`TrainConfig` (+ ``defaults``)."""
+    config_type = TrainConfig
+    if defaults:  # a subclass whose defaults differ, so --help shows the recipe's own values
+        config_type = dataclass(type(f"{model_name}Config", (TrainConfig,),
+                                     {"__annotations__": {k: type(v) for k, v in defaults.items()},
+                                      **defaults}))
+
+    def run(cfg, out, *, resume=False, progress=True, data_dir=None):
+        return train_registered_classifier(model_name, cfg, out, resume=resume,
+                                           progress=progress, data_dir=data_dir)
+
+    register_recipe(model_name, config_type, MODELS.get(model_name).summary)(run)
+
+
+_classifier_recipe("whitebox-mnist35")

@@ -1,0 +1,48 @@
+"""Shared figure conventions: headless backend, diverging colormap centred at 0, saving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are files
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+DIVERGING = "bwr"
+
+
+def show_signed(ax, image: torch.Tensor, vmax: float | None = None, title: str | None = None):
+    """``imshow`` with a diverging colormap symmetric about 0 (white = 0)."""
+    img = image.detach().cpu().float().squeeze()
+    lim = float(img.abs().max()) if vmax is None else vmax
+    lim = lim if lim > 0 else 1.0
+    handle = ax.imshow(img.numpy(), cmap=DIVERGING, vmin=-lim, vmax=lim)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=7)
+    return handle
+
+
+def image_grid(images: torch.Tensor, rows: int, cols: int, path: Path, title: str,
+               labels: list[str] | None = None, cell: float = 0.8):
+    """Save ``rows * cols`` images (``(N, H, W)``) on a grid, each centred at 0 by its own scale."""
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell, rows * cell + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < len(images):
+            show_signed(ax, images[i], title=labels[i] if labels else None)
+        else:
+            ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    return save(fig, path)
+
+
+def save(fig, path: Path | str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,79 @@
+"""Figures of the white-box network's parameters and of "how the model sees" an input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pellucid.models.whitebox import WhiteBoxNet
+from pellucid.nn.twostep import TwoStep
+from pellucid.viz.style import image_grid, plt, save, show_signed
+
+
+@torch.no_grad()
+def plot_twostep(initial: TwoStep, learned: TwoStep, path: Path | str) -> Path:
+    """The TwoStep squashing over x in [0, 1], initial vs learned, with the learned thresholds."""
+    x = torch.linspace(0, 1, 501)
+    fig, ax = plt.subplots(figsize=(4.2, 3.4))
+    ax.plot(x, initial(x), ls="--", label="initial")
+    ax.plot(x, learned(x), label="learned")
+    for t in (learned.t0, learned.t1):
+        ax.axvline(float(t), color="grey", lw=0.6, ls=":")
+    ax.set(xlabel="pixel value x", ylabel="TwoStep(x)",
+           title=f"TwoStep: OFF < {float(learned.t0):.3f} <= MEH < {float(learned.t1):.3f} <= ON")
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+@torch.no_grad()
+def plot_conv_kernels(model: WhiteBoxNet, path: Path | str) -> Path:
+    posed = model.conv.posed_weights()[0]  # (K*P, k, k)
+    n_rot = model.conv.angles.numel()
+    return image_grid(posed, len(posed) // n_rot, n_rot, path,
+                      f"{len(posed)} posed conv kernels ({len(posed) // n_rot} kernels x {n_rot} rotations)",
+                      cell=0.45)
+
+
+@torch.no_grad()
+def plot_affine_features(model: WhiteBoxNet, path: Path | str, posed_path: Path | str) -> list[Path]:
+    base = model.affine.padded_features()  # (F, H, W)
+    n_cls = model.logical.n_classes
+    labels = [f"feature {f} (class block {f // (len(base) // n_cls)})" for f in range(len(base))]
+    first = image_grid(base, 1, len(base), path, "Affine base features", labels, cell=1.3)
+    posed = model.affine.posed_weights()  # (F, P, H, W)
+    second = image_grid(posed.flatten(0, 1), posed.shape[0], posed.shape[1], posed_path,
+                        f"All {posed.shape[0] * posed.shape[1]} posed affine features "
+                        f"(row = feature, column = pose)", cell=0.45)
+    return [first, second]
+
+
+@torch.no_grad()
+def plot_how_model_sees(model: WhiteBoxNet, x: torch.Tensor, labels: torch.Tensor,
+                        class_names: list[str], path: Path | str, title: str) -> Path:
+    """Columns = images; rows = input (+ probabilities), TwoStep, conv, best affine feature per class.
+
+    The class rows show, for the class's block of affine features, the feature with the highest
+    match in its best pose, overlaid (colour) on the conv output (grey), titled with the match.
+    """
+    t = model.trace(x)
+    posed = model.affine.posed_weights()  # (F, P, H, W)
+    n_cls = model.logical.n_classes
+    block = t["affine"].shape[1] // n_cls
+    rows = 3 + n_cls
+    fig, axes = plt.subplots(rows, len(x), figsize=(len(x) * 1.25, rows * 1.3), squeeze=False)
+    for j in range(len(x)):
+        probs = " ".join(f"{class_names[c]}:{float(t['probs'][j, c]):.2f}" for c in range(n_cls))
+        show_signed(axes[0, j], x[j], vmax=1.0, title=f"true {class_names[int(labels[j])]}\n{probs}")
+        show_signed(axes[1, j], t["twostep"][j], vmax=1.0, title="TwoStep")
+        show_signed(axes[2, j], t["conv"][j], title="conv")
+        for c in range(n_cls):
+            feats = t["affine"][j, c * block:(c + 1) * block]
+            f = c * block + int(feats.argmax())
+            g = posed[f, int(t["affine_pose"][j, f])]
+            ax = axes[3 + c, j]
+            ax.imshow(t["conv"][j, 0].numpy(), cmap="Greys")
+            show_signed(ax, g, title=f"class {class_names[c]}: f{f} m={float(t['affine'][j, f]):.2f}")
+            ax.images[-1].set_alpha(0.6)
+    fig.suptitle(title, fontsize=9)
+    return save(fig, path)
