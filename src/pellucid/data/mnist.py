@@ -111,7 +111,6 @@ def _from_torchvision(split: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 @lru_cache(maxsize=8)
 def _load_uint8(split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray, str]:
-    data_dir = data_dir or os.environ.get("PELLUCID_DATA_DIR") or None
     if data_dir is not None:
         root = Path(data_dir)
         got = _from_idx_dir(root, split) if root.is_dir() else None
@@ -133,7 +132,8 @@ def _load_uint8(split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarra
 @DATASETS.register("mnist", "MNIST handwritten digits, 28x28 grey, 10 classes")
 def load_mnist(split: str = "train", data_dir: str | None = None) -> ImageDataset:
     """All of MNIST's ``split`` as ``ToTensor()`` images (uint8 / 255) in ``(N, 1, 28, 28)``."""
-    images, labels, source = _load_uint8(split, data_dir)
+    # resolved before the cache so that changing the variable changes the source
+    images, labels, source = _load_uint8(split, data_dir or os.environ.get("PELLUCID_DATA_DIR") or None)
     x = torch.from_numpy(images).to(torch.float32).div_(255.0).unsqueeze(1)  # (N, 1, 28, 28)
     y = torch.from_numpy(labels)
     return ImageDataset(x, y, MNIST_CLASSES, source, torch.arange(len(y)))

@@ -95,9 +95,13 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConf
         if not state_path.is_file():
             raise CheckpointError(f"nothing to resume in {out} (no {STATE_FILE}); drop --resume")
         info = load_train_state(state_path, model, optimizer, gen)
-        if info.get("config") != asdict(cfg):
+        # resuming may extend the number of epochs; every other setting must be the same
+        saved = {k: v for k, v in (info.get("config") or {}).items() if k != "epochs"}
+        wanted = {k: v for k, v in asdict(cfg).items() if k != "epochs"}
+        if saved != wanted:
+            diff = sorted(k for k in wanted if saved.get(k) != wanted[k])
             raise CheckpointError(f"cannot resume {out}: it was started with different settings "
-                                  f"({info.get('config')})")
+                                  f"({', '.join(f'{k}={saved.get(k)}' for k in diff)})")
         start = int(info["epoch"])
         history = _read_metrics(out / METRICS_FILE, start)
     elif state_path.exists():

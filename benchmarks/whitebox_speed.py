@@ -1,0 +1,95 @@
+"""Speed of the white-box model on this machine: seconds per training epoch and PGD-40 images/s.
+
+One epoch = the full 11,552-image MNIST 3/5 train split, batch 200, the paper's optimiser and noise
+augmentation, no validation. The baseline in the same process is the same network with its conv
+layer computed the straightforward way (dense conv2d over all 64 posed kernels, then max, with
+autograd's dense backward), so the ratio shows what the fused max-correlation kernel buys.
+Prints ONE JSON line.
+
+    python benchmarks/whitebox_speed.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+from pellucid.data import load_dataset
+from pellucid.models import whitebox_mnist35
+from pellucid.nn import RotationConvFeatures, project_constraints_
+from pellucid.report import environment
+from pellucid.robust import pgd
+
+
+@contextlib.contextmanager
+def dense_conv_baseline():
+    """Temporarily compute RotationConvFeatures with dense conv2d + max (the naive way)."""
+    original = RotationConvFeatures.forward
+
+    def dense(self, x, return_poses=False):
+        scores = self.match(x, self._posed())  # (B, 1, K*P, H, W)
+        best, pose = scores.max(dim=2)
+        out = self.activation(best)
+        return (out, pose) if return_poses else out
+
+    RotationConvFeatures.forward = dense
+    try:
+        yield
+    finally:
+        RotationConvFeatures.forward = original
+
+
+def epoch_seconds(train, seed: int = 0) -> float:
+    torch.manual_seed(seed)
+    model = whitebox_mnist35().train()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=3e-6)
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(train), generator=gen)
+    t0 = time.perf_counter()
+    for rows in perm.split(200):
+        x, y = train.images[rows], train.labels[rows]
+        if torch.rand((), generator=gen) < 0.7:
+            x = (x + torch.randn(x.shape, generator=gen) * 0.25 + 0.05).clamp(0, 1)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        project_constraints_(model)
+    return time.perf_counter() - t0
+
+
+def pgd_images_per_second(test) -> float:
+    torch.manual_seed(0)
+    model = whitebox_mnist35().eval()
+    t0 = time.perf_counter()
+    pgd(model, test.images, test.labels, eps=0.3, step_size=0.1, steps=40,
+        generator=torch.Generator().manual_seed(0))
+    return len(test) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    train = load_dataset("mnist", "train", classes=(3, 5))
+    test = load_dataset("mnist", "test", classes=(3, 5))
+    epoch_seconds(train.subset(slice(0, 400)))  # warm-up
+    fused = min(epoch_seconds(train, s) for s in range(2))
+    fused_pgd = pgd_images_per_second(test)
+    with dense_conv_baseline():
+        dense = epoch_seconds(train)
+        dense_pgd = pgd_images_per_second(test)
+    print(json.dumps({
+        "benchmark": "whitebox_speed", "train_images": len(train),
+        "epoch_seconds": round(fused, 3), "epoch_seconds_dense_conv_baseline": round(dense, 3),
+        "epoch_speedup_vs_baseline": round(dense / fused, 2),
+        "pgd40_images_per_second": round(fused_pgd, 1),
+        "pgd40_full_test_seconds": round(len(test) / fused_pgd, 2),
+        "pgd40_images_per_second_dense_conv_baseline": round(dense_pgd, 1),
+        "pgd40_speedup_vs_baseline": round(fused_pgd / dense_pgd, 2),
+        "environment": environment()}))
+
+
+if __name__ == "__main__":
+    main()

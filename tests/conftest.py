@@ -1,0 +1,44 @@
+"""Shared fixtures: small real data, the authors' published weights, a tiny trained run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def mnist35_test():
+    from pellucid.data import load_dataset
+
+    return load_dataset("mnist", "test", classes=(3, 5))
+
+
+@pytest.fixture(scope="session")
+def authors_fixture():
+    weights = FIXTURES / "whitebox_mnist35_authors.safetensors"
+    outputs = FIXTURES / "whitebox_mnist35_authors_test_outputs.npz"
+    if not (weights.is_file() and outputs.is_file()):
+        pytest.skip(f"parity fixtures not found in {FIXTURES}")
+    return weights, dict(np.load(outputs))
+
+
+@pytest.fixture(scope="session")
+def authors_model(authors_fixture):
+    from safetensors.torch import load_file
+
+    from pellucid.models import convert_authors_state_dict, whitebox_mnist35
+
+    model = whitebox_mnist35()
+    model.load_state_dict(convert_authors_state_dict(load_file(str(authors_fixture[0]))))
+    return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

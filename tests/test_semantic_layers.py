@@ -1,0 +1,177 @@
+"""Each layer's math against its definition in the paper / reference, written out plainly."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pellucid.nn import AffineFeatures, LogicalFeatures, RotationConvFeatures, TwoStep, normalize
+from pellucid.nn.functional import max_correlation
+from pellucid.nn.geometry import rotate, warp_affine
+
+
+# -- TwoStep ------------------------------------------------------------------------------------
+def _twostep_reference(x, t0, t1, a0, a1, s):
+    """Scalar transcription of the piecewise definition (float64, one value at a time)."""
+    xt, T0, T1 = 2 * x - 1, 2 * t0 - 1, 2 * t1 - 1
+
+    def u(v, T, sc):
+        return (v - T) / (sc + abs(v - T))
+
+    def internal(T, sc, a):
+        sigma = T / (sc + abs(T))
+        return a * (u(xt, T, sc) + sigma) / abs(sigma)
+
+    def external(T, sc, a):
+        D = max(abs(u(-1.0, T, sc)), abs(u(1.0, T, sc))) / (1 - a)
+        return u(xt, T, sc) / D + math.copysign(1, T) * a
+
+    if xt < T0:
+        return external(T0, s[0], a0)
+    if xt < 0:
+        return internal(T0, s[1], a0)
+    if xt < T1:
+        return internal(T1, s[2], a1)
+    return external(T1, s[3], a1)
+
+
+def _learned_twostep():
+    layer = TwoStep().double()
+    with torch.no_grad():  # the paper's learned values, and uneven scales
+        layer.t0.fill_(0.365), layer.t1.fill_(0.556), layer.a0.fill_(0.825), layer.a1.fill_(0.681)
+        layer.scales.copy_(torch.tensor([0.05, 0.2, 0.07, 0.3]))
+    return layer
+
+
+def test_twostep_matches_piecewise_definition():
+    layer = _learned_twostep()
+    x = torch.linspace(0, 1, 257, dtype=torch.float64)
+    ref = torch.tensor([_twostep_reference(float(v), 0.365, 0.556, 0.825, 0.681,
+                                           [0.05, 0.2, 0.07, 0.3]) for v in x], dtype=torch.float64)
+    assert torch.allclose(layer(x), ref, atol=1e-12)
+
+
+def test_twostep_maps_thresholds_to_levels_and_midpoint_to_zero():
+    layer = _learned_twostep()
+    x = torch.tensor([0.365, 0.556, 0.5, 0.0, 1.0], dtype=torch.float64)
+    y = layer(x)
+    assert torch.allclose(y[:3], torch.tensor([-0.825, 0.681, 0.0], dtype=torch.float64), atol=1e-12)
+    # each external piece scales by max|u| over the whole input range, so the ends stay in [-1, 1]
+    assert -1 <= y[3] < -0.825 and 0.681 < y[4] <= 1
+    dense = layer(torch.linspace(0, 1, 10001, dtype=torch.float64))
+    assert (dense[1:] >= dense[:-1]).all()  # monotone and continuous across the pieces
+    assert (dense[1:] - dense[:-1]).abs().max() < 0.05
+
+
+def test_twostep_is_batch_independent():
+    layer = TwoStep()
+    x = torch.rand(5, 1, 28, 28) * 0.5 + 0.25  # no pixel reaches 0 or 1
+    alone = torch.stack([layer(x[i:i + 1])[0] for i in range(5)])
+    assert torch.equal(layer(x), alone)
+    assert torch.equal(layer(torch.cat([x, torch.ones(1, 1, 28, 28)]))[:5], layer(x))
+
+
+def test_twostep_projection_clips_to_the_constraint_box():
+    layer = TwoStep()
+    with torch.no_grad():
+        layer.t0.fill_(0.7), layer.t1.fill_(0.2), layer.a0.fill_(1.5), layer.scales.fill_(-1)
+    layer.project_()
+    assert layer.t0.item() == pytest.approx(0.49) and layer.t1.item() == pytest.approx(0.51)
+    assert layer.a0.item() == pytest.approx(0.99) and (layer.scales == 0.001).all()
+
+
+# -- rotation-posed conv -------------------------------------------------------------------------
+def test_ninety_degree_pose_equals_rot90():
+    k = torch.randn(3, 5, 5, dtype=torch.float64)
+    posed = rotate(k, torch.tensor([0.0, 90.0, 180.0, 270.0], dtype=torch.float64))
+    for p in range(4):
+        assert torch.allclose(posed[:, p], torch.rot90(k, p, dims=(-2, -1)), atol=1e-12)
+
+
+def test_conv_layer_poses_are_unit_norm_rotations():
+    layer = RotationConvFeatures().double()
+    posed = layer.posed_weights()[0]  # (64, 5, 5)
+    assert posed.shape == (64, 5, 5)
+    assert torch.allclose(posed.flatten(1).norm(dim=1), torch.ones(64, dtype=torch.float64))
+    assert torch.allclose(posed[8], normalize(torch.rot90(layer.kernels[0], 1, (-2, -1))[None])[0])
+    assert sum(p.numel() for p in layer.parameters()) == 50
+
+
+def test_conv_layer_forward_is_relu_of_max_over_all_posed_kernels_over_five():
+    layer = RotationConvFeatures().double()
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
+    full = F.conv2d(x, layer.posed_weights().reshape(64, 1, 5, 5), padding=2)
+    out, pose = layer(x, return_poses=True)
+    assert torch.allclose(out, F.relu(full.max(dim=1, keepdim=True).values / 5))
+    assert torch.equal(pose, full.argmax(dim=1, keepdim=True))
+
+
+def test_max_correlation_gradients():
+    x = torch.randn(3, 1, 9, 9, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: max_correlation(a, b)[0], (x, w))
+    # and against autograd through the dense formulation
+    g = torch.randn(3, 1, 9, 9, dtype=torch.float64)
+    gx, gw = torch.autograd.grad((max_correlation(x, w)[0] * g).sum(), (x, w))
+    dense = F.conv2d(x, w, padding=2).max(dim=1, keepdim=True).values
+    rx, rw = torch.autograd.grad((dense * g).sum(), (x, w))
+    assert torch.allclose(gx, rx) and torch.allclose(gw, rw)
+
+
+# -- affine features ---------------------------------------------------------------------------
+def test_identity_pose_leaves_a_feature_unchanged():
+    img = torch.randn(2, 28, 28, dtype=torch.float64)
+    eye = torch.eye(2, 3, dtype=torch.float64).expand(2, 1, 2, 3)
+    assert torch.allclose(warp_affine(img, eye)[:, 0], img, atol=1e-10)
+
+
+def test_pose_maps_source_pixels_to_destination_about_top_left():
+    img = torch.zeros(1, 28, 28, dtype=torch.float64)
+    img[0, 4, 3] = 1.0  # (x, y) = (3, 4)
+    shift = torch.tensor([[[1.0, 0, 5], [0, 1, -2]]], dtype=torch.float64)[None]  # +5 px x, -2 px y
+    scale = torch.tensor([[[2.0, 0, 0], [0, 2, 0]]], dtype=torch.float64)[None]  # about pixel (0, 0)
+    moved = warp_affine(img, shift)[0, 0]
+    assert moved[2, 8] == pytest.approx(1.0) and moved.sum() == pytest.approx(1.0)
+    assert warp_affine(img, scale)[0, 0][8, 6] == pytest.approx(1.0)
+
+
+def test_affine_layer_scores_are_max_inner_product_over_poses():
+    layer = AffineFeatures().double()
+    assert sum(p.numel() for p in layer.parameters()) == 3200 + 1536
+    x = torch.rand(4, 1, 28, 28, dtype=torch.float64)
+    posed = layer.posed_weights()  # (8, 32, 28, 28)
+    assert torch.allclose(posed.flatten(2).norm(dim=-1), torch.ones(8, 32, dtype=torch.float64))
+    scores = torch.einsum("bhw,fphw->bfp", x[:, 0], posed)
+    out, pose = layer(x, return_poses=True)
+    assert torch.allclose(out, scores.max(dim=2).values.clamp_min(0))
+    assert torch.equal(pose, scores.argmax(dim=2))
+
+
+# -- logical features --------------------------------------------------------------------------
+def test_logical_layer_equals_closed_form():
+    layer = LogicalFeatures().double()
+    with torch.no_grad():
+        layer.features.copy_(torch.tensor([[1.07, 0.2, -0.3, 0.1, -.78, -.71, -.80, -.81],
+                                           [-.81, -.76, -.86, -.80, 0.3, 1.05, 0.0, -0.2]]))
+    x = torch.rand(16, 8, dtype=torch.float64)
+    f = layer.features.detach()
+    v0, v1 = f[0, :4].max(), f[1, 4:].max()
+    closed = torch.stack([v0 * x[:, :4].max(1).values + x[:, 4:] @ f[0, 4:],
+                          v1 * x[:, 4:].max(1).values + x[:, :4] @ f[1, :4]], 1)
+    assert torch.allclose(layer(x), closed, atol=1e-12)
+
+
+def test_logical_layer_trains_only_the_top_entry_of_its_own_block():
+    layer = LogicalFeatures()
+    layer(torch.rand(8, 8)).sum().backward()
+    g = layer.features.grad
+    assert torch.count_nonzero(g[0, :4]) == 1 and g[0, 0] != 0  # init: own top entry is index 0
+    assert torch.count_nonzero(g[1, 4:]) == 1 and g[1, 4] != 0
+    assert (g[0, 4:] != 0).all() and (g[1, :4] != 0).all()
+
+
+def test_paper_init_of_logical_layer():
+    f = LogicalFeatures().features
+    assert f[0].tolist() == pytest.approx([.4, -.1, -.1, -.1, -.1, -.1, -.1, -.1])
+    assert f[1].tolist() == pytest.approx([-.1, -.1, -.1, -.1, .4, -.1, -.1, -.1])
