@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N test images only")
     p.add_argument("--seed", type=int, default=0, help="seed of the attack's random start")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--rejection", action="store_true",
+                   help="also the epsilon-neuron rejection figures (models that can reject, e.g. "
+                        "dictionary-mlp; attack directions from --attack, alpha in {1, 3, 9})")
     add_data_dir(p)
     p.set_defaults(func=run)
 
@@ -54,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
                                  seed=args.seed, **kwargs)
     summary = {"model": config["model"], "model_dir": str(args.model_dir), **result.summary(),
                **({"steps": args.steps, "norm": args.norm} if args.attack == "pgd" else {})}
+    if args.rejection:
+        from pellucid.robust.rejection import rejection_report
+
+        attack_kwargs = {"eps": args.eps, **kwargs}
+        summary["rejection"] = rejection_report(model, ds.images, ds.labels, attack=args.attack,
+                                                seed=args.seed, attack_kwargs=attack_kwargs)
     if args.json:
         print_json(summary)
     else:
@@ -61,4 +70,13 @@ def run(args: argparse.Namespace) -> int:
         for key in ("clean_accuracy", "robust_accuracy", "precision_at_recall_0.8", "reliability_auc"):
             print(f"  {key:<24} {summary[key] * 100:7.2f} %")
         print(f"  {'seconds':<24} {summary['seconds']:7.1f}")
+        if args.rejection:
+            rej = summary["rejection"]
+            print(f"  rejection at trained epsilon {rej['trained_epsilon']:.4g}: clean "
+                  f"{rej['clean_rejection_rate'] * 100:.2f} %, uniform noise "
+                  f"{rej['noise_rejection_rate'] * 100:.2f} %")
+            for alpha, r in rej["search"]["alphas"].items():
+                print(f"  alpha={alpha}: best epsilon {r['epsilon']:.4g}, measure {r['measure']:.4f}, "
+                      f"adversarial rejected {r['adversarial_rejection_rate'] * 100:.2f} %, clean "
+                      f"rejected {r['clean_rejection_rate'] * 100:.2f} %")
     return 0

@@ -2,6 +2,9 @@
 
 from pellucid.data.datasets import DATASETS, ImageDataset, load_dataset, select_classes
 from pellucid.data.mnist import load_mnist
+from pellucid.data.fashion_mnist import load_fashion_mnist  # registers "fashion-mnist"
+from pellucid.data.cifar10 import load_cifar10  # registers "cifar10"
 from pellucid.data.validation import check_images
 
-__all__ = ["DATASETS", "ImageDataset", "check_images", "load_dataset", "load_mnist", "select_classes"]
+__all__ = ["DATASETS", "ImageDataset", "check_images", "load_dataset", "load_cifar10", "load_fashion_mnist",
+           "load_mnist", "select_classes"]

@@ -2,8 +2,9 @@
 
 from pellucid.models.checkpoint import is_model_dir, load_model, load_weights, read_config, save_model
 from pellucid.models.registry import MODELS, ModelSpec, create_model, register_model
+from pellucid.models.metric import DictionaryMLP, MetricMLP, MetricResNet20
 from pellucid.models.whitebox import WhiteBoxNet, convert_authors_state_dict, whitebox_mnist35
 
-__all__ = ["MODELS", "ModelSpec", "WhiteBoxNet", "convert_authors_state_dict", "create_model",
+__all__ = ["DictionaryMLP", "MetricMLP", "MetricResNet20", "MODELS", "ModelSpec", "WhiteBoxNet", "convert_authors_state_dict", "create_model",
            "is_model_dir", "load_model", "load_weights", "read_config", "register_model",
            "save_model", "whitebox_mnist35"]

@@ -1,0 +1,186 @@
+"""Metric neurons: a neuron's output is a distance to its centre instead of a dot product.
+
+"Metric as Transform" (Sapkota): for an input ``x in R^D`` and centres ``c_j`` (``H`` of them),
+``d_j = ||x - c_j||_p``. A bare distance does not train well; it must be normalised (the paper's
+MLP puts BatchNorm and LayerNorm after it, and the standardised variant below also standardises
+across the ``H`` centres of each sample).
+
+Layers (all map ``(B, D) -> (B, H)``):
+
+* :class:`LpDistance`        ``y = -(d - mean_j d) / std_j d``  ("standardised", default) or
+                             ``y = (1 - d) exp(s)``  ("simple"); any ``p > 0``.
+* :class:`StereoAngle`       inverse stereographic projection onto ``S^D``, then unit-row linear.
+* :class:`CosineSimilarity`  ``cos angle(x, c_j)``.
+* :class:`ConvexDistance`    ``y = -f(x - c_j) exp(t)``, ``f`` an input-convex network.
+* :class:`InvexDistance` (in :mod:`pellucid.nn.invex`) learnable invex / "ordinary" distance.
+
+Convolutional forms (:mod:`pellucid.nn.metric_conv`) apply any of them to image patches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pellucid.errors import InvalidInputError
+
+__all__ = ["ConvexDistance", "CosineSimilarity", "LpDistance", "StereoAngle", "check_features",
+           "inverse_stereographic", "lp_distance", "standardise_negated"]
+
+
+def check_features(x: torch.Tensor, in_features: int, name: str = "input") -> None:
+    """Raise :class:`InvalidInputError` unless ``x`` is a finite float ``(B, in_features)`` batch."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise InvalidInputError(f"{name} must be a floating-point torch.Tensor")
+    if x.dim() != 2 or x.shape[1] != in_features:
+        raise InvalidInputError(f"{name} must have shape (B, {in_features}), got {tuple(x.shape)}; "
+                                "flatten images with x.flatten(1)")
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+        raise InvalidInputError(f"{name} contains NaN or inf")
+
+
+def lp_distance(x: torch.Tensor, centres: torch.Tensor, p: float) -> torch.Tensor:
+    r"""``d[b, j] = (\sum_i |x_{bi} - c_{ji}|^p)^{1/p}`` for any ``p > 0`` (``(B, D), (H, D) -> (B, H)``).
+
+    For ``p < 1`` this is not a norm (no triangle inequality) but still a usable dissimilarity.
+    ``p = 2`` goes through ``torch.cdist``'s matrix-multiply path; other ``p`` never materialise
+    the ``(B, H, D)`` difference tensor either.
+    """
+    if not p > 0:
+        raise InvalidInputError(f"p must be > 0, got {p}")
+    if p == 2:
+        return torch.cdist(x, centres, p=2.0, compute_mode="use_mm_for_euclid_dist")
+    return torch.cdist(x, centres, p=float(p))
+
+
+def standardise_negated(d: torch.Tensor, dim: int = 1, eps: float = 1e-5) -> torch.Tensor:
+    """``y = -(d - mean d) / (std d + eps)`` with mean and (unbiased) std over ``dim`` (the centres)."""
+    return -(d - d.mean(dim, keepdim=True)) / (d.std(dim, keepdim=True) + eps)
+
+
+class LpDistance(nn.Module):
+    r"""Metric neurons ``d_j = ||x - c_j||_p`` with a normalisation across the ``H`` centres.
+
+    ``variant="standardised"`` (default; it produced the paper's Table 1):
+    ``y_j = -(d_j - mean_k d_k) / std_k d_k``; ``variant="simple"``: ``y_j = (1 - d_j) e^{s}`` with a
+    learnable scalar ``s`` (init 0). Centres are initialised ``randn / 3``; :meth:`distances` gives
+    the raw ``d``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, p: float = 2.0,
+                 variant: str = "standardised") -> None:
+        super().__init__()
+        if not p > 0:
+            raise InvalidInputError(f"p must be > 0, got {p}")
+        if variant not in ("standardised", "simple"):
+            raise InvalidInputError(f"variant must be 'standardised' or 'simple', got {variant!r}")
+        if variant == "standardised" and out_features < 2:
+            raise InvalidInputError("the standardised variant needs out_features >= 2 (a std over "
+                                    "one centre is undefined); use variant='simple'")
+        self.in_features, self.out_features, self.p, self.variant = in_features, out_features, p, variant
+        self.centres = nn.Parameter(torch.randn(out_features, in_features) / 3)  # (H, D)
+        if variant == "simple":
+            self.log_scale = nn.Parameter(torch.zeros(()))
+
+    def distances(self, x: torch.Tensor) -> torch.Tensor:
+        check_features(x, self.in_features)
+        return lp_distance(x, self.centres, self.p)  # (B, H)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.distances(x)
+        if self.variant == "standardised":
+            return standardise_negated(d)
+        return (1 - d) * self.log_scale.exp()
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, p={self.p:g}, variant={self.variant}"
+
+
+def inverse_stereographic(x: torch.Tensor) -> torch.Tensor:
+    r"""``z = [2x / (|x|^2 + 1), (|x|^2 - 1) / (|x|^2 + 1)]``: ``R^D -> S^D`` (``(B, D) -> (B, D+1)``).
+
+    Its inverse is :func:`pellucid.nn.inversion.stereographic` ``x = z[:D] / (1 - z[D])``.
+    """
+    sq = x.pow(2).sum(1, keepdim=True)
+    return torch.cat([2 * x / (sq + 1), (sq - 1) / (sq + 1)], dim=1)
+
+
+class StereoAngle(nn.Module):
+    r"""Stereographic metric neurons: ``x' = x e^{t}``, ``z = S^{-1}(x')`` on the sphere ``S^D``,
+    ``y_j = \hat w_j \cdot z + b_j`` with unit rows ``\hat w_j = w_j / ||w_j||``.
+
+    ``y_j - b_j`` is the cosine of the angle on the sphere between ``z`` and the centre ``\hat w_j``
+    (a monotone function of the Euclidean distance between them). ``t`` is learnable, init
+    ``log(1 / sqrt(D))`` so that typical inputs land away from the pole.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.log_input_scale = nn.Parameter(torch.tensor(math.log(1 / math.sqrt(in_features))))
+        self.weight = nn.Parameter(torch.randn(out_features, in_features + 1) / math.sqrt(in_features + 1))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def unit_weight(self) -> torch.Tensor:
+        return F.normalize(self.weight, dim=1)  # (H, D+1)
+
+    def sphere(self, x: torch.Tensor) -> torch.Tensor:
+        check_features(x, self.in_features)
+        return inverse_stereographic(x * self.log_input_scale.exp())  # (B, D+1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.sphere(x), self.unit_weight(), self.bias)
+
+
+class CosineSimilarity(nn.Module):
+    r"""``y_j = x \cdot c_j / (||x|| ||c_j||)`` (the cosine of the angle to each centre)."""
+
+    def __init__(self, in_features: int, out_features: int, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.eps = in_features, out_features, eps
+        self.centres = nn.Parameter(torch.randn(out_features, in_features) / 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_features(x, self.in_features)
+        return F.normalize(x, dim=1, eps=self.eps) @ F.normalize(self.centres, dim=1, eps=self.eps).T
+
+    def angles(self, x: torch.Tensor) -> torch.Tensor:
+        """The angle ``arccos(y)`` in radians, ``(B, H)``."""
+        return self(x).clamp(-1.0, 1.0).acos()
+
+
+class ConvexDistance(nn.Module):
+    r"""Learnable convex distance ``y_j = -f(x - c_j) e^{t}`` with ``f`` input-convex (Amos et al.).
+
+    ``f(u) = \sum_k softplus(a_k) \, \mathrm{softplus}(W_k u + b_k) + v \cdot u + \tfrac12 ||u||^2 e^{q}``:
+    non-negative combination of convex functions of ``u`` plus a linear skip from the input, so
+    ``f`` is convex in ``u`` (and the quadratic term gives it a finite minimum). The first layer
+    is affine, so ``W(x - c_j) = Wx - Wc_j``: the ``(B, H, D)`` tensor of differences is never
+    formed, only ``(B, H, hidden)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, hidden: int = 500) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.centres = nn.Parameter(torch.randn(out_features, in_features) / 3)
+        self.inner = nn.Linear(in_features, hidden)
+        self.raw_outer = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))  # a_k, softplus > 0
+        self.skip = nn.Parameter(torch.zeros(in_features))  # v
+        self.log_quadratic = nn.Parameter(torch.tensor(-2.0))  # q
+        self.log_scale = nn.Parameter(torch.zeros(()))  # t
+
+    def convex_value(self, x: torch.Tensor) -> torch.Tensor:
+        """``f(x - c_j)`` for every pair, ``(B, H)``."""
+        check_features(x, self.in_features)
+        wx, wc = F.linear(x, self.inner.weight), F.linear(self.centres, self.inner.weight)
+        pre = wx[:, None, :] - wc[None, :, :] + self.inner.bias  # (B, H, hidden)
+        hidden_term = F.softplus(pre) @ F.softplus(self.raw_outer)  # (B, H)
+        linear_term = (x @ self.skip)[:, None] - (self.centres @ self.skip)[None, :]
+        sq = lp_distance(x, self.centres, 2.0).pow(2)
+        return hidden_term + linear_term + 0.5 * sq * self.log_quadratic.exp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.convex_value(x) * self.log_scale.exp()

@@ -1,0 +1,182 @@
+"""Metric layers and similarities against slow references written here from the formulas."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pellucid.errors import InvalidInputError
+from pellucid.nn import (ConvexDistance, CosineSimilarity, EpsilonSoftmax, InvexDistance, L2DistanceConv2d,
+                         LpDistance, MetricConv2d, StereoAngle, l2_distance_conv2d, min_exp_similarity,
+                         umap_similarity)
+from pellucid.nn.metric_conv import l2_distance_unfold_cdist, lp_distance_conv2d
+
+
+def slow_lp(x, c, p):
+    out = torch.empty(x.shape[0], c.shape[0], dtype=x.dtype)
+    for b in range(x.shape[0]):
+        for j in range(c.shape[0]):
+            out[b, j] = sum(abs(float(x[b, i] - c[j, i])) ** p for i in range(x.shape[1])) ** (1 / p)
+    return out
+
+
+@pytest.mark.parametrize("p", [0.5, 1.0, 2.0, 3.0, 20.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lp_distance_standardised_matches_formula(p, seed):
+    torch.manual_seed(seed)
+    layer = LpDistance(6, 5, p=p).double()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    d = slow_lp(x, layer.centres.detach(), p)
+    torch.testing.assert_close(layer.distances(x), d, rtol=1e-9, atol=1e-9)
+    mean = d.mean(1, keepdim=True)
+    std = torch.sqrt(((d - mean) ** 2).sum(1, keepdim=True) / (d.shape[1] - 1))
+    torch.testing.assert_close(layer(x), -(d - mean) / (std + 1e-5), rtol=1e-9, atol=1e-9)
+
+
+def test_lp_simple_variant_and_gradients():
+    torch.manual_seed(0)
+    layer = LpDistance(3, 4, p=2, variant="simple").double()
+    with torch.no_grad():
+        layer.log_scale.fill_(0.3)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    expected = (1 - slow_lp(x, layer.centres.detach(), 2)) * math.exp(0.3)
+    torch.testing.assert_close(layer(x), expected)
+    assert torch.autograd.gradcheck(lambda c: torch.cdist(x, c, p=1.5), (layer.centres.detach().clone().requires_grad_(),))
+
+
+def test_stereo_angle_is_unit_row_cosine_on_sphere():
+    torch.manual_seed(0)
+    layer = StereoAngle(3, 4).double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    xs = x * layer.log_input_scale.exp().item()
+    sq = (xs ** 2).sum(1, keepdim=True)
+    z = torch.cat([2 * xs / (sq + 1), (sq - 1) / (sq + 1)], 1)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(6, dtype=torch.float64))  # on S^D
+    w = layer.weight.detach()
+    expected = z @ (w / w.norm(dim=1, keepdim=True)).T + layer.bias.detach()
+    torch.testing.assert_close(layer(x), expected)
+    assert layer(x).abs().max() <= 1 + 1e-9  # bias starts at 0: a cosine
+
+
+def test_cosine_similarity():
+    torch.manual_seed(1)
+    layer = CosineSimilarity(4, 3).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    c = layer.centres.detach()
+    ref = torch.tensor([[float(x[b] @ c[j] / (x[b].norm() * c[j].norm())) for j in range(3)] for b in range(5)],
+                       dtype=torch.float64)
+    torch.testing.assert_close(layer(x), ref)
+
+
+def test_convex_distance_is_convex_and_matches_definition():
+    torch.manual_seed(0)
+    layer = ConvexDistance(3, 2, hidden=7).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    c = layer.centres.detach()
+    u = x[:, None, :] - c[None]  # (B, H, D)
+    f = (F.softplus(u @ layer.inner.weight.detach().T + layer.inner.bias.detach()) @ F.softplus(layer.raw_outer.detach())
+         + u @ layer.skip.detach() + 0.5 * (u ** 2).sum(-1) * layer.log_quadratic.exp().item())
+    torch.testing.assert_close(layer.convex_value(x), f)
+    # midpoint convexity along random segments
+    a, b = torch.randn(50, 3, dtype=torch.float64), torch.randn(50, 3, dtype=torch.float64)
+    fa, fb, fm = layer.convex_value(a), layer.convex_value(b), layer.convex_value((a + b) / 2)
+    assert bool((fm <= (fa + fb) / 2 + 1e-12).all())
+
+
+def test_invex_flow_is_invertible_and_ordinary_differs():
+    torch.manual_seed(0)
+    layer = InvexDistance(5, 3, hidden=16).double()
+    x = torch.randn(64, 5, dtype=torch.float64)
+    layer(x)  # initialises ActNorm from this batch in training mode
+    layer.eval()
+    res = layer.flow[1]
+    u = res(x)
+    torch.testing.assert_close(res.inverse(u, iterations=300), x, rtol=1e-8, atol=1e-8)
+    ordinary = InvexDistance(5, 3, hidden=16, contractive=False)
+    assert not hasattr(ordinary.flow[1].first, "parametrizations")
+    assert hasattr(layer.flow[1].first, "parametrizations")
+
+
+def test_conv_l2_equals_unfold_cdist():
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 12, 12)
+    c = torch.randn(16, 16, 3, 3) / 12
+    for stride, padding in [(1, 1), (2, 1), (1, 0)]:
+        fast = l2_distance_conv2d(x, c, stride, padding)
+        slow = l2_distance_unfold_cdist(x, c, stride, padding)
+        assert fast.shape == slow.shape
+        torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+    layer = L2DistanceConv2d(16, 8, 3, padding=1).double()
+    y = layer(x.double())
+    assert y.shape == (2, 8, 12, 12)
+    torch.testing.assert_close(y.mean(1), torch.zeros(2, 12, 12, dtype=torch.float64), atol=1e-10, rtol=0)
+    d = l2_distance_unfold_cdist(x.double(), layer.centres.detach(), 1, 1)
+    torch.testing.assert_close(y, -(d - d.mean(1, keepdim=True)) / (d.std(1, keepdim=True) + 1e-5))
+
+
+def test_generic_metric_conv_matches_per_patch_layer():
+    torch.manual_seed(0)
+    metric = LpDistance(2 * 9, 4, p=1.0).double()
+    conv = MetricConv2d(metric, 2, 3, padding=1)
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    y = conv(x)
+    patch = F.pad(x, (1, 1, 1, 1))[0, :, 1:4, 2:5].reshape(1, -1)  # patch centred at (h=1, w=2)
+    torch.testing.assert_close(y[0, :, 1, 2], metric(patch)[0])
+    d = lp_distance_conv2d(x, metric.centres.detach().view(4, 2, 3, 3), 1.0, padding=1)
+    torch.testing.assert_close(d[0, :, 1, 2], metric.distances(patch)[0])
+
+
+def test_epsilon_softmax_formula_and_rejection():
+    d = torch.tensor([[1.0, 2.0, 3.0], [5.0, 6.0, 7.0]], dtype=torch.float64)
+    sim = EpsilonSoftmax(4.0, mode="fixed", log_scale=math.log(2.0)).double()
+    a = sim(d)
+    expected = torch.softmax(-2.0 * torch.cat([d, torch.full((2, 1), 4.0, dtype=torch.float64)], 1), 1)
+    torch.testing.assert_close(a, expected)
+    assert sim.rejects(d).tolist() == [False, True]
+    assert (a.argmax(1) == 3).tolist() == sim.rejects(d).tolist()
+
+
+def test_epsilon_running_mean_and_learned():
+    sim = EpsilonSoftmax(mode="running").train()
+    d1, d2 = torch.full((2, 3), 2.0), torch.full((2, 3), 4.0)
+    sim(d1)
+    assert float(sim.epsilon) == pytest.approx(2.0)
+    sim(d2)
+    assert float(sim.epsilon) == pytest.approx(0.9 * 2.0 + 0.1 * 4.0)
+    sim.eval()
+    sim(torch.full((2, 3), 100.0))
+    assert float(sim.epsilon) == pytest.approx(2.2)  # frozen in eval
+    learned = EpsilonSoftmax(1.5, mode="learned")
+    learned(torch.rand(3, 4)).sum().backward()
+    assert learned.log_epsilon.grad is not None
+
+
+def test_min_exp_and_umap_similarity():
+    torch.manual_seed(0)
+    d = torch.rand(6, 20, dtype=torch.float64) * 5
+    ref = torch.exp(-2 * (d - d.min(1, keepdim=True).values) / d.std(1, keepdim=True))
+    torch.testing.assert_close(min_exp_similarity(d), ref, rtol=1e-6, atol=1e-7)
+    a = umap_similarity(d, k=8)
+    torch.testing.assert_close(a.sum(1), torch.full((6,), 3.0, dtype=torch.float64), rtol=1e-9, atol=1e-9)
+    assert torch.allclose(a.max(1).values, torch.ones(6, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("bad", [torch.randn(3, 5), torch.randn(3, 4, 1), torch.full((2, 4), float("nan"))])
+def test_bad_inputs_raise(bad):
+    with pytest.raises(InvalidInputError):
+        LpDistance(4, 3)(bad)
+
+
+def test_bad_parameters_raise():
+    for make in (lambda: LpDistance(4, 3, p=0), lambda: LpDistance(4, 3, p=-1),
+                 lambda: LpDistance(4, 1), lambda: LpDistance(4, 3, variant="nope"),
+                 lambda: EpsilonSoftmax(0.0, mode="fixed"), lambda: EpsilonSoftmax(-1.0, mode="fixed"),
+                 lambda: EpsilonSoftmax(float("nan"), mode="fixed"), lambda: EpsilonSoftmax(mode="fixed"),
+                 lambda: EpsilonSoftmax(1.0, mode="bogus")):
+        with pytest.raises(InvalidInputError):
+            make()
+    with pytest.raises(InvalidInputError):
+        EpsilonSoftmax(1.0, mode="fixed").set_epsilon(0.0)
+    with pytest.raises(InvalidInputError):
+        L2DistanceConv2d(3, 4, 3)(torch.randn(1, 2, 8, 8))
