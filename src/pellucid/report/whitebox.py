@@ -28,7 +28,7 @@ def whitebox_report(run_dir: Path | str, model: WhiteBoxNet, test: ImageDataset,
                                                   run_dir / "reliability.png")
     if history:
         figs["learning"] = curves.plot_learning_curve(history, run_dir / "learning_curve.png")
-    sub = test.subset(slice(0, eps_curve_limit))
+    sub = test.subset(slice(0, min(eps_curve_limit, len(test))))
     eps_points = accuracy_vs_eps(model, sub.images, sub.labels, [0.0, 0.05, 0.1, 0.15, 0.2, 0.25,
                                                                   0.3, 0.35, 0.4], steps=40, seed=seed)
     figs["eps"] = curves.plot_accuracy_vs_eps(eps_points, run_dir / "accuracy_vs_eps.png",

@@ -1,0 +1,21 @@
+import base64
+import json
+import re
+
+from pellucid.cli import main
+
+
+def test_demo_trains_evaluates_and_writes_a_self_contained_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "1", "--limit", "24", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["n"] == 24 and 0 <= summary["robust_accuracy"] <= summary["clean_accuracy"]
+    for png in ("reliability", "learning_curve", "accuracy_vs_eps", "twostep", "conv_kernels",
+                "affine_features", "affine_posed_features", "how_model_sees"):
+        assert (out / f"{png}.png").stat().st_size > 1000, png
+    html = (out / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) >= 8 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert "src=\"http" not in html and "robust_accuracy" in html
+    # running the demo again reuses the finished run instead of failing
+    assert main(["demo", "--out", str(out), "--epochs", "1", "--limit", "24"]) == 0
