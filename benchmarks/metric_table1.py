@@ -1,0 +1,75 @@
+"""Table 1 of Metric as Transform: Fashion-MNIST metric MLP, best test accuracy per (metric, H).
+
+Paper protocol: metric layer -> BatchNorm1d -> LayerNorm -> ELU -> Linear, Adam lr 1e-4, cosine
+schedule over 50 epochs, batch 50, 60k train images, best test accuracy over epochs, 8 seeds.
+``--epochs`` shortens the schedule (the cosine decay is then over the shorter run), for machines
+that cannot afford 50 epochs per cell; the JSON records what was run.
+
+Prints ONE JSON line, e.g.
+``nice -n 15 .venv/bin/python benchmarks/metric_table1.py --epochs 3 --seeds 2 --cells l2:5,l2:100``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from pellucid.data import load_dataset
+from pellucid.models import create_model
+from pellucid.train.metric_recipes import train_classifier
+
+PUBLISHED = {  # mean over 8 seeds; H = 5, 10, 20, 100, 500
+    "l0.5": [72.92, 78.06, 80.13, 83.16, 84.74], "l1": [76.98, 81.71, 82.95, 85.36, 87.02],
+    "l2": [77.84, 82.86, 83.72, 86.16, 87.67], "l20": [79.39, 82.90, 83.97, 85.80, 87.63],
+    "stereo": [80.90, 84.96, 86.32, 88.23, 89.32], "linear": [81.17, 84.92, 86.47, 88.42, 89.72],
+    "convex": [88.29, 88.96, 88.90, 88.48, 88.49], "invex": [88.54, 89.29, 88.18, 88.19, 89.11],
+    "ordinary": [84.35, 85.91, 86.14, 87.09, 87.50]}
+HIDDEN = [5, 10, 20, 100, 500]
+
+
+def run_cell(metric: str, hidden: int, seed: int, epochs: int, train, test) -> dict:
+    torch.manual_seed(seed)
+    model = create_model("metric-mlp", metric=metric, hidden=hidden)
+    t = time.perf_counter()
+    hist = train_classifier(model, train, test, epochs=epochs, batch_size=50,
+                            param_groups=[{"params": model.parameters(), "lr": 1e-4}], cosine=True,
+                            seed=seed, out=None, model_name="metric-mlp", model_kwargs={}, extra_config={})
+    return {"best": 100 * hist[-1]["best_test_accuracy"], "final": 100 * hist[-1]["test_accuracy"],
+            "seconds": time.perf_counter() - t}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cells", default="l2:100", help="comma list of metric:H")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
+    t0 = time.perf_counter()
+    cells = {}
+    for cell in args.cells.split(","):
+        metric, hidden = cell.split(":")
+        runs = [run_cell(metric, int(hidden), s, args.epochs, train, test) for s in range(args.seeds)]
+        best = [r["best"] for r in runs]
+        pub = PUBLISHED[metric][HIDDEN.index(int(hidden))]
+        cells[cell] = {"best_mean": round(statistics.mean(best), 2),
+                       "best_std": round(statistics.stdev(best), 2) if len(best) > 1 else None,
+                       "final_mean": round(statistics.mean(r["final"] for r in runs), 2),
+                       "published": pub, "diff": round(statistics.mean(best) - pub, 2),
+                       "seconds_per_run": round(statistics.mean(r["seconds"] for r in runs), 1)}
+        print(json.dumps({"cell": cell, **cells[cell]}), file=__import__("sys").stderr, flush=True)
+    print(json.dumps({"benchmark": "metric_table1", "epochs": args.epochs, "seeds": args.seeds,
+                      "protocol": f"Adam 1e-4, cosine over {args.epochs} epochs, batch 50, 60k train, best test acc",
+                      "cells": cells, "seconds": round(time.perf_counter() - t0, 1), "threads": args.threads,
+                      "torch": torch.__version__, "python": platform.python_version(), "device": "cpu"}))
+
+
+if __name__ == "__main__":
+    main()
