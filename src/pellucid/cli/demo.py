@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     test = load_test_set(config, args.data_dir, args.limit)
     print(f"[2/3] PGD-40 (L-inf eps 0.3, step 0.1) on {len(test)} test images", flush=True)
     result = evaluate_robustness(model, test.images, test.labels, attack="pgd", eps=0.3,
-                                 step_size=0.1, steps=40, seed=0)
+                                 step_size=0.1, steps=40, seed=0, progress=True)
     summary = {**result.summary(), "train_seconds": round(train_seconds, 1)}
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("[3/3] figures and report", flush=True)

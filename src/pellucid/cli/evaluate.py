@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     model, config = load_model(Path(args.model_dir))
     ds = load_test_set(config, args.data_dir, args.limit)
-    kwargs = {"steps": args.steps, "step_size": args.step_size, "norm": args.norm} \
-        if args.attack == "pgd" else {}
+    kwargs = {"steps": args.steps, "step_size": args.step_size, "norm": args.norm,
+              "progress": True} if args.attack == "pgd" else {}
     result = evaluate_robustness(model, ds.images, ds.labels, attack=args.attack, eps=args.eps,
                                  seed=args.seed, **kwargs)
     summary = {"model": config["model"], "model_dir": str(args.model_dir), **result.summary(),

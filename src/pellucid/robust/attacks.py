@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 from typing import Callable, Iterator
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from pellucid._registry import Registry
 from pellucid.errors import InvalidInputError
@@ -56,7 +59,7 @@ def _check(eps: float, steps: int = 1) -> None:
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float | None = None,
         steps: int = 40, norm: str = "linf", random_start: bool = True,
         value_range: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
-        batch_size: int = 1024) -> torch.Tensor:
+        batch_size: int = 1024, progress: bool = False) -> torch.Tensor:
     r"""PGD maximising cross-entropy inside the ``norm`` ball of radius ``eps`` around ``x``.
 
     L-inf: :math:`x \leftarrow \Pi(x + \alpha\,\mathrm{sign}(\nabla_x \mathcal L))`; L2:
@@ -70,7 +73,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
     alpha = eps / 3 if step_size is None else step_size
     lo, hi = value_range
     out = []
-    with eval_mode(model):
+    bar = tqdm(total=len(x) * steps, desc=f"PGD-{steps}", unit="img-step", leave=False,
+               disable=not progress, file=sys.stderr)
+    with eval_mode(model), bar:
         for x0, yb in zip(x.split(batch_size), y.split(batch_size)):
             x0 = x0.detach()
             if random_start and eps > 0:
@@ -95,6 +100,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
                     delta = xa - x0
                     xa = x0 + delta * (eps / _flat_norm(delta)).clamp(max=1.0)
                 xa = xa.clamp(lo, hi).detach()
+                bar.update(len(x0))
             out.append(xa)
     return torch.cat(out)
 
