@@ -74,7 +74,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
     lo, hi = value_range
     out = []
     bar = tqdm(total=len(x) * steps, desc=f"PGD-{steps}", unit="img-step", leave=False,
-               disable=not progress, file=sys.stderr)
+               disable=None if progress else True, file=sys.stderr)  # None: off when not a TTY
     with eval_mode(model), bar:
         for x0, yb in zip(x.split(batch_size), y.split(batch_size)):
             x0 = x0.detach()

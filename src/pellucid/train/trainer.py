@@ -115,7 +115,7 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConf
         perm = torch.randperm(n, generator=gen)
         total_loss, total_correct = 0.0, 0
         bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-                   disable=not progress, file=sys.stderr, unit="batch")
+                   disable=None if progress else True, file=sys.stderr, unit="batch")  # None: no TTY, no bar
         for b in bar:
             rows = perm[b * bs:(b + 1) * bs]
             x, y = train.images[rows], train.labels[rows]
