@@ -21,18 +21,21 @@ def plot_twostep(initial: TwoStep, learned: TwoStep, path: Path | str) -> Path:
     for t in (learned.t0, learned.t1):
         ax.axvline(float(t), color="grey", lw=0.6, ls=":")
     ax.set(xlabel="pixel value x", ylabel="TwoStep(x)",
-           title=f"TwoStep: OFF < {float(learned.t0):.3f} <= MEH < {float(learned.t1):.3f} <= ON")
+           title=f"TwoStep, learned levels\nOFF [0, {float(learned.t0):.3f}) MEH [{float(learned.t0):.3f}, "
+                 f"{float(learned.t1):.3f}) ON [{float(learned.t1):.3f}, 1]")
+    ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
     return save(fig, path)
 
 
 @torch.no_grad()
 def plot_conv_kernels(model: WhiteBoxNet, path: Path | str) -> Path:
-    posed = model.conv.posed_weights()[0]  # (K*P, k, k)
+    posed = model.conv.posed_weights()[0]  # (K*P, k, k): kernel-major, then rotation
     n_rot = model.conv.angles.numel()
-    return image_grid(posed, len(posed) // n_rot, n_rot, path,
-                      f"{len(posed)} posed conv kernels ({len(posed) // n_rot} kernels x {n_rot} rotations)",
-                      cell=0.45)
+    cols = 16 if n_rot % 16 == 0 else n_rot  # wrap each kernel's rotations over rows of 16
+    return image_grid(posed, len(posed) // cols, cols, path,
+                      f"{len(posed)} posed conv kernels ({len(posed) // n_rot} kernels x {n_rot} "
+                      f"rotations of {360 / n_rot:g} degrees)", cell=0.6)
 
 
 @torch.no_grad()
