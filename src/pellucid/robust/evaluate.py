@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pellucid.data.validation import check_images
+from pellucid.errors import InvalidInputError
 from pellucid.robust.attacks import eval_mode, run_attack
 from pellucid.robust.reliability import ReliabilityCurve, reliability_curve
 
@@ -45,6 +46,8 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, a
                         seed: int = 0, **attack_kwargs) -> RobustnessResult:
     """Attack ``x`` with the true labels ``y`` and score clean, robust accuracy and reliability."""
     check_images(x, value_range=value_range)
+    if not eps >= 0:  # fail before any work is done
+        raise InvalidInputError(f"eps must be >= 0, got {eps}")
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     clean = predict_logits(model, x)
