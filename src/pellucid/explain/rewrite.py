@@ -1,0 +1,406 @@
+"""Put the surrogate gates at every ReLU and max-pool call site of a model, and say what was changed.
+
+Peers swap ``nn.ReLU`` child modules or hook them, which silently misses functional calls
+(``F.relu``, ``torch.relu``, ``x.relu_()``: all 94 ReLUs of torchvision's Inception-v3) and breaks on
+reused modules. A ``torch.fx`` trace sees every call site, so :func:`rewrite_for_pullback` returns a
+*new* ``GraphModule`` (sharing the user's parameters, never modifying the user's model) in which every
+
+- ReLU call (``nn.ReLU`` module, ``F.relu``, ``F.relu_``, ``torch.relu``, ``torch.relu_``,
+  ``Tensor.relu``, ``Tensor.relu_``; inplace or not; reused or not) becomes :class:`ExcitationReLU`,
+- max-pool call (``nn.MaxPool2d``, ``F.max_pool2d``, ``torch.max_pool2d``; no ``return_indices``)
+  becomes :class:`ExcitationMaxPool2d`,
+
+and a :class:`CoverageReport` counts the replaced sites by kind and lists every other nonlinearity
+left untouched (GELU, SiLU, softmax, ...). When a model cannot be traced, :func:`pullback_mode`
+falls back to swapping ``nn.ReLU``/``nn.MaxPool2d`` modules inside a context manager (restored in
+``finally``) and warns that functional calls cannot be reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from pellucid.errors import PellucidError
+from pellucid.explain.gates import (ExcitationBatchNormReLU, ExcitationMaxPool2d, ExcitationReLU,
+                                    Gate, PoolGeometry, check_temperature)
+
+__all__ = ["CoverageReport", "PullbackCoverageWarning", "Surrogate", "UntraceableModelError",
+           "pullback_mode", "rewrite_for_pullback", "swap_modules"]
+
+
+class UntraceableModelError(PellucidError):
+    """``torch.fx`` could not trace the model (data-dependent control flow, input checks, ...)."""
+
+
+class PullbackCoverageWarning(UserWarning):
+    """Some ReLU / max-pool call sites could not be reached: the pullback is partly the plain gradient."""
+
+
+# ----------------------------------------------------------------------------------------------
+# What counts as a site (ordered tables, first match wins)
+# ----------------------------------------------------------------------------------------------
+
+# (callable, kind label, inplace?)
+_RELU_FUNCTIONS = ((F.relu, "F.relu", None), (torch.relu, "torch.relu", False),
+                   (torch.relu_, "torch.relu_", True))  # F.relu_ is torch.relu_
+_RELU_METHODS = {"relu": False, "relu_": True}
+_MAXPOOL_FUNCTIONS = ((F.max_pool2d, "F.max_pool2d"), (torch.max_pool2d, "torch.max_pool2d"))
+
+
+def _max_pool2d_signature(input, kernel_size, stride=None, padding=0, dilation=1,  # noqa: A002
+                          ceil_mode=False, return_indices=False):
+    """Argument names shared by ``F.max_pool2d`` and ``torch.max_pool2d``."""
+
+
+_MAXPOOL_SIG = inspect.signature(_max_pool2d_signature)
+
+# Nonlinear modules / functions that are left alone (reported, not replaced).
+_OTHER_MODULES = (nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.ELU, nn.CELU, nn.SELU,
+                  nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish,
+                  nn.Hardsigmoid, nn.Mish, nn.Threshold, nn.Softmax, nn.LogSoftmax, nn.Softmin,
+                  nn.GLU, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
+                  nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.FractionalMaxPool2d,
+                  nn.LPPool2d, nn.MultiheadAttention)
+_OTHER_FUNCTIONS = {f: f"F.{f.__name__}" for f in (
+    F.gelu, F.silu, F.sigmoid, F.tanh, F.softplus, F.elu, F.celu, F.selu, F.leaky_relu, F.prelu,
+    F.rrelu, F.relu6, F.hardtanh, F.hardswish, F.hardsigmoid, F.mish, F.threshold, F.softmax,
+    F.log_softmax, F.softmin, F.glu, F.max_pool1d, F.max_pool3d, F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.scaled_dot_product_attention)}
+_OTHER_FUNCTIONS.update({f: f"torch.{f.__name__}" for f in (
+    torch.sigmoid, torch.tanh, torch.softmax, torch.log_softmax, torch.clamp, torch.clip,
+    torch.maximum, torch.minimum, torch.max, torch.min, torch.abs, torch.sign, torch.where)})
+_OTHER_METHODS = {"sigmoid", "tanh", "softmax", "log_softmax", "clamp", "clamp_", "clamp_min",
+                  "clamp_max", "clip", "abs", "sign", "max", "min", "sigmoid_", "tanh_"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Coverage report
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class CoverageReport:
+    """Which call sites got a surrogate gate, by kind, and what nonlinearity was left untouched.
+
+    ``method`` is ``"fx"`` (every call site seen) or ``"module-replacement"`` (fallback: only
+    ``nn.ReLU``/``nn.MaxPool2d`` modules; functional calls are not reached and cannot be counted).
+    """
+
+    model: str
+    method: str
+    relu: Counter = field(default_factory=Counter)  # kind -> replaced call sites
+    maxpool: Counter = field(default_factory=Counter)
+    untouched: Counter = field(default_factory=Counter)  # kind -> call sites left alone
+    sites: list[str] = field(default_factory=list)  # node / module names, in order
+    fused_batchnorm: int = 0  # ReLU sites fed by an eval batch norm, fused to save memory
+    note: str = ""
+
+    @property
+    def relu_sites(self) -> int:
+        return sum(self.relu.values())
+
+    @property
+    def maxpool_sites(self) -> int:
+        return sum(self.maxpool.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "method": self.method, "relu_sites": self.relu_sites,
+                "maxpool_sites": self.maxpool_sites, "relu": dict(self.relu),
+                "maxpool": dict(self.maxpool), "untouched": dict(self.untouched),
+                "fused_batchnorm": self.fused_batchnorm, "note": self.note}
+
+    def __str__(self) -> str:
+        def fmt(c: Counter) -> str:
+            return ", ".join(f"{k} x{v}" for k, v in sorted(c.items())) or "none"
+        lines = [f"pullback coverage for {self.model} ({self.method}):",
+                 f"  ReLU call sites replaced:     {self.relu_sites} ({fmt(self.relu)})",
+                 f"  max-pool call sites replaced: {self.maxpool_sites} ({fmt(self.maxpool)})",
+                 f"  nonlinear call sites left untouched: {fmt(self.untouched)}"]
+        if self.fused_batchnorm:
+            lines.append(f"  ({self.fused_batchnorm} ReLU sites fused with the eval batch norm before "
+                         "them: same gate, less memory)")
+        if self.note:
+            lines.append(f"  note: {self.note}")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# fx rewriting
+# ----------------------------------------------------------------------------------------------
+
+def _trace(model: nn.Module) -> fx.Graph:
+    try:
+        return fx.Tracer().trace(model)
+    except Exception as e:  # fx raises TraceError, TypeError, RuntimeError, user errors, ...
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        raise UntraceableModelError(
+            f"torch.fx cannot trace {type(model).__name__} ({reason}); pullback_mode falls back to "
+            "module replacement, or make forward traceable (no data-dependent Python control flow "
+            "or input checks on tensor values)") from e
+
+
+def _relu_site(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[str, bool] | None:
+    """``(kind, inplace)`` if ``node`` is a ReLU call site."""
+    if node.op == "call_module" and type(modules.get(node.target)) is nn.ReLU:
+        return "nn.ReLU", bool(modules[node.target].inplace)
+    if node.op == "call_function":
+        for fn, kind, inplace in _RELU_FUNCTIONS:
+            if node.target is fn:
+                if inplace is None:  # F.relu(input, inplace=False)
+                    inplace = bool(node.kwargs.get("inplace", node.args[1] if len(node.args) > 1 else False))
+                return kind, inplace
+    if node.op == "call_method" and node.target in _RELU_METHODS:
+        return f"Tensor.{node.target}", _RELU_METHODS[node.target]
+    return None
+
+
+def _maxpool_site(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[str, PoolGeometry] | None:
+    """``(kind, geometry)`` if ``node`` is a replaceable 2-d max-pool call site."""
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        if type(m) is nn.MaxPool2d and not m.return_indices:
+            return "nn.MaxPool2d", PoolGeometry.of(m.kernel_size, m.stride, m.padding, m.dilation,
+                                                   m.ceil_mode)
+    if node.op == "call_function":
+        for fn, kind in _MAXPOOL_FUNCTIONS:
+            if node.target is fn:
+                bound = _MAXPOOL_SIG.bind(*node.args, **node.kwargs)
+                bound.apply_defaults()
+                a = bound.arguments
+                if a["return_indices"] or any(isinstance(v, fx.Node) for k, v in a.items() if k != "input"):
+                    return None
+                return kind, PoolGeometry.of(a["kernel_size"], a["stride"], a["padding"],
+                                             a["dilation"], a["ceil_mode"])
+    return None
+
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _fusable_batchnorm(source: Any, modules: dict[str, nn.Module]) -> nn.Module | None:
+    """The batch norm module whose output feeds only this ReLU site, if any."""
+    if (isinstance(source, fx.Node) and source.op == "call_module" and len(source.users) == 1
+            and type(modules.get(source.target)) in _BATCHNORMS and len(source.args) == 1
+            and not source.kwargs and isinstance(source.args[0], fx.Node)):
+        return modules[source.target]
+    return None
+
+
+def _untouched_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        if isinstance(m, _OTHER_MODULES):
+            return f"nn.{type(m).__name__}" + ("(return_indices)" if getattr(m, "return_indices", False) else "")
+    elif node.op == "call_function":
+        if node.target in (F.max_pool2d, torch.max_pool2d):
+            return "F.max_pool2d(return_indices/dynamic args)"
+        return _OTHER_FUNCTIONS.get(node.target)
+    elif node.op == "call_method" and node.target in _OTHER_METHODS:
+        return f"Tensor.{node.target}"
+    return None
+
+
+def rewrite_for_pullback(model: nn.Module, temperature: float = 0.3, gate: str | Gate = "sigmoid",
+                         detach_pool_weights: bool = False, replace_maxpool: bool = True,
+                         fuse_batchnorm: bool = True) -> tuple[fx.GraphModule, CoverageReport]:
+    """A new ``GraphModule`` computing ``model``'s exact forward with surrogate gates in backward.
+
+    The returned module shares ``model``'s parameters and submodules (no copy) but ``model`` itself
+    is never modified. Raises :class:`UntraceableModelError` if ``torch.fx`` cannot trace it.
+    Inplace sites keep their semantics: later readers of the overwritten tensor read the new output.
+    ``fuse_batchnorm``: a ReLU fed only by a batch norm becomes one :class:`ExcitationBatchNormReLU`
+    (same values and gate; saves only the batch norm's input, as plain autograd does).
+    """
+    tau = check_temperature(temperature)
+    graph = _trace(model)
+    gm = fx.GraphModule(model, graph, class_name=f"Pullback{type(model).__name__}")
+    gm.training = model.training  # attribute only: gm.train() would recurse into the user's modules
+    modules = dict(model.named_modules(remove_duplicate=False))
+    report = CoverageReport(type(model).__name__, "fx")
+    relu_name = _free_name(gm, "excitation_relu")
+    gm.add_submodule(relu_name, ExcitationReLU(gate, tau))
+    pools: dict[PoolGeometry, str] = {}
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        relu = _relu_site(node, modules)
+        pool = _maxpool_site(node, modules) if (replace_maxpool and relu is None) else None
+        if relu is not None:
+            kind, inplace = relu
+            report.relu[kind] += 1
+            target = relu_name
+        elif pool is not None:
+            kind, geometry = pool
+            inplace = False
+            report.maxpool[kind] += 1
+            if geometry not in pools:
+                pools[geometry] = _free_name(gm, f"excitation_maxpool{len(pools)}")
+                gm.add_submodule(pools[geometry], ExcitationMaxPool2d(geometry, tau, detach_pool_weights))
+            target = pools[geometry]
+        else:
+            kind = _untouched_kind(node, modules)
+            if kind is not None:
+                report.untouched[kind] += 1
+            continue
+        report.sites.append(f"{node.name} ({kind})")
+        source = node.args[0] if node.args else node.kwargs["input"]
+        bn = _fusable_batchnorm(source, modules) if (relu is not None and fuse_batchnorm) else None
+        if bn is not None:  # relu(bn(c)) -> one module that saves only c
+            target = _free_name(gm, f"excitation_bn_relu_{source.target.replace('.', '_')}")
+            gm.add_submodule(target, ExcitationBatchNormReLU(modules[source.target],
+                                                             gm.get_submodule(relu_name)))
+            report.fused_batchnorm += 1
+            inplace, bn_node, source = False, source, source.args[0]
+        with graph.inserting_after(node):
+            new = graph.call_module(target, (source,))
+        node.replace_all_uses_with(new)
+        if inplace and isinstance(source, fx.Node):  # readers after an inplace op see its output
+            for user in list(source.users):
+                if user is not new and order.get(user, -1) > order[node]:
+                    user.replace_input_with(source, new)
+        order[new] = order[node]
+        graph.erase_node(node)
+        if bn is not None:
+            graph.erase_node(bn_node)
+    graph.lint()
+    gm.recompile()
+    return gm, report
+
+
+def _free_name(gm: nn.Module, base: str) -> str:
+    name, i = base, 0
+    while hasattr(gm, name):
+        i += 1
+        name = f"{base}_{i}"
+    return name
+
+
+# ----------------------------------------------------------------------------------------------
+# Fallback: module replacement (temporary, restored in finally)
+# ----------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def swap_modules(model: nn.Module, temperature: float = 0.3, gate: str | Gate = "sigmoid",
+                 detach_pool_weights: bool = False, replace_maxpool: bool = True
+                 ) -> Iterator[CoverageReport]:
+    """Temporarily replace every ``nn.ReLU`` / ``nn.MaxPool2d`` child of ``model`` (restored in ``finally``).
+
+    Reused modules are fine (the replacement is a module too); functional calls are not reached.
+    Entering twice is safe: the inner context sees no ``nn.ReLU`` left and changes nothing.
+    """
+    tau = check_temperature(temperature)
+    relu = ExcitationReLU(gate, tau)
+    report = CoverageReport(type(model).__name__, "module-replacement",
+                            note="model could not be traced: functional relu/max_pool calls inside "
+                                 "forward (F.relu, torch.relu, x.relu()) are NOT reached")
+    swaps: list[tuple[nn.Module, str, nn.Module]] = []
+    for parent_name, parent in model.named_modules(remove_duplicate=True):
+        for name, child in parent._modules.items():
+            if type(child) is nn.ReLU:
+                swaps.append((parent, name, child))
+                report.relu["nn.ReLU (module)"] += 1
+            elif replace_maxpool and type(child) is nn.MaxPool2d and not child.return_indices:
+                swaps.append((parent, name, child))
+                report.maxpool["nn.MaxPool2d (module)"] += 1
+            elif isinstance(child, _OTHER_MODULES):
+                report.untouched[f"nn.{type(child).__name__} (module)"] += 1
+            else:
+                continue
+            report.sites.append(f"{parent_name}.{name}".lstrip("."))
+    done: list[tuple[nn.Module, str, nn.Module]] = []
+    try:
+        for parent, name, child in swaps:
+            if type(child) is nn.ReLU:
+                new: nn.Module = relu
+            else:
+                new = ExcitationMaxPool2d(PoolGeometry.of(child.kernel_size, child.stride, child.padding,
+                                                          child.dilation, child.ceil_mode),
+                                          tau, detach_pool_weights)
+            parent._modules[name] = new
+            done.append((parent, name, child))
+        yield report
+    finally:
+        for parent, name, child in reversed(done):
+            parent._modules[name] = child
+
+
+# ----------------------------------------------------------------------------------------------
+# pullback_mode
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Surrogate:
+    """The module to differentiate (``module(x)`` equals ``model(x)``) and its coverage report."""
+
+    module: nn.Module
+    coverage: CoverageReport
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def pullback_mode(model: nn.Module, temperature: float = 0.3, gate: str | Gate = "sigmoid",
+                  detach_pool_weights: bool = False, replace_maxpool: bool = True,
+                  fallback: bool = True, example_input: torch.Tensor | None = None
+                  ) -> Iterator[Surrogate]:
+    """``with pullback_mode(model) as s: s(x)`` has ``model``'s forward and the pullback's backward.
+
+    Tries :func:`rewrite_for_pullback` (the user's model is untouched); if the model cannot be
+    traced and ``fallback`` is true, warns and swaps modules for the duration of the block
+    (restored in ``finally``, also on exceptions). With ``example_input`` the forward is checked
+    to be bit-identical to ``model``'s before the block runs.
+    """
+    try:
+        module, report = rewrite_for_pullback(model, temperature, gate, detach_pool_weights,
+                                              replace_maxpool)
+        context: contextlib.AbstractContextManager = contextlib.nullcontext(report)
+    except UntraceableModelError as e:
+        if not fallback:
+            raise
+        warnings.warn(f"{e}; falling back to replacing nn.ReLU/nn.MaxPool2d modules: functional "
+                      "calls are not reached", PullbackCoverageWarning, stacklevel=3)
+        module = model
+        context = swap_modules(model, temperature, gate, detach_pool_weights, replace_maxpool)
+    want = None
+    if example_input is not None:
+        with torch.no_grad():
+            want = model(example_input)  # before any module is swapped
+    with context as report:
+        surrogate = Surrogate(module, report)
+        if want is not None:
+            check_forward_unchanged(surrogate, example_input, want)
+        yield surrogate
+
+
+def check_forward_unchanged(surrogate: Surrogate, x: torch.Tensor, want: Any) -> float:
+    """Max abs difference of the surrogate's outputs on ``x`` and ``want``; raises unless it is 0."""
+    with torch.no_grad():
+        got = surrogate(x)
+    got_flat, want_flat = _flat(got), _flat(want)
+    if len(got_flat) != len(want_flat) or any(a.shape != b.shape for a, b in zip(got_flat, want_flat)):
+        raise PellucidError(f"the pullback model of {surrogate.coverage.model} returns differently "
+                            "shaped outputs; please report this model")
+    diff = max((float((a - b).abs().max()) for a, b in zip(got_flat, want_flat)), default=0.0)
+    if diff != 0.0:
+        raise PellucidError(f"the pullback model of {surrogate.coverage.model} changed the forward "
+                            f"pass (max abs diff {diff:.3g}); please report this model")
+    return diff
+
+
+def _flat(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _flat(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _flat(o)]
+    return []
