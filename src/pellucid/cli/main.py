@@ -13,7 +13,7 @@ import sys
 from pellucid.errors import PellucidError
 
 # Subcommand modules under pellucid.cli, in help order.
-SUBCOMMANDS = ("train", "evaluate", "demo")
+SUBCOMMANDS = ("train", "evaluate", "demo", "explain")
 
 
 def build_parser() -> argparse.ArgumentParser:

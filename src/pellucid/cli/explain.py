@@ -1,0 +1,269 @@
+"""``pellucid explain``: excitation pullback (or gradient) and a counterfactual for image files.
+
+    pellucid explain --model resnet50 --image cat.jpg --target 281 --out cat.png
+    pellucid explain --model fid-inception --image skimage:chelsea skimage:coffee \\
+        --target skimage:coffee skimage:chelsea --out docs/img/morph.png --json
+
+``--model`` is a registered name (ImageNet names load torchvision weights, see ``--weights``) or a
+pellucid model directory. ``--image`` takes files or ``skimage:NAME`` (a photo shipped with
+scikit-image). ``--target`` is a class/unit index, or an image whose output the input is morphed
+toward (cosine similarity); one for all images or one per image; default: the top output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+import time
+import warnings
+from pathlib import Path
+
+MAX_PIXELS = 50_000_000  # larger images are refused before decoding
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("explain", help="excitation pullback and counterfactual of images",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, metavar="NAME|DIR",
+                   help="registered model name (see `pellucid explain --list-models`) or model directory")
+    p.add_argument("--image", required=True, nargs="+", metavar="PATH",
+                   help="image file(s) or skimage:NAME (e.g. skimage:chelsea)")
+    p.add_argument("--target", nargs="+", default=None, metavar="T",
+                   help="class/unit index, or an image to morph toward (cosine similarity of outputs); "
+                        "one for all or one per image (default: top output)")
+    p.add_argument("--method", default="pullback", choices=["pullback", "gradient"],
+                   help="pullback = soft gates in backward; gradient = the vanilla baseline")
+    p.add_argument("--temperature", type=float, default=0.3, help="tau of the soft gates")
+    p.add_argument("--gate", default="sigmoid", choices=["sigmoid", "normal_cdf"], help="backward gate")
+    p.add_argument("--steps", type=int, default=5, help="counterfactual ascent steps (0: none)")
+    p.add_argument("--alpha", type=float, default=20.0,
+                   help="L2 length of each ascent step, in [0, 1] pixel units")
+    p.add_argument("--eps", type=float, default=None, help="L2 radius around the input (default: none)")
+    p.add_argument("--weights", default=None,
+                   help="ImageNet names: torchvision weights name (default DEFAULT), a local file, or "
+                        "'none' for random init; fid-inception: the installed package by default")
+    p.add_argument("--out", default=None, metavar="PNG", help="save the explanation grid here")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.set_defaults(func=run)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def load_explained_model(spec_or_dir: str, weights: str | None):
+    """``(model, ModelSpec, description)`` from a model directory or a registered name."""
+    from pellucid.errors import CheckpointError
+    from pellucid.models import MODELS, create_model, is_model_dir, load_model
+
+    path = Path(spec_or_dir)
+    if path.is_dir():
+        if not is_model_dir(path):
+            load_model(path)  # raises the precise CheckpointError
+        model, config = load_model(path)
+        return model, MODELS.get(config["model"]), f"{config['model']} from {path}"
+    if spec_or_dir not in MODELS:
+        known = ", ".join(MODELS)
+        raise CheckpointError(f"--model {spec_or_dir!r} is neither a model directory nor a registered "
+                              f"model ({known})")
+    spec = MODELS.get(spec_or_dir)
+    accepts_weights = "weights" in inspect.signature(spec.builder).parameters
+    kwargs = {}
+    if accepts_weights:
+        if weights is None and spec.name != "fid-inception":
+            weights = "DEFAULT"
+        if weights is not None:
+            kwargs["weights"] = None if weights.lower() == "none" else weights
+    elif weights is not None:
+        raise CheckpointError(f"--weights is not used by {spec.name}; pass a model directory instead")
+    model = create_model(spec.name, **kwargs).eval()
+    return model, spec, f"{spec.name} (weights={kwargs.get('weights', 'default')})"
+
+
+# --------------------------------------------------------------------------- images
+
+
+def load_image(source: str, shape: tuple[int, int, int]):
+    """``(1, C, H, W)`` float in [0, 1]: shorter side resized to H, centre crop to ``(H, W)``."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image, UnidentifiedImageError
+
+    from pellucid.errors import DataNotFoundError, InvalidInputError
+
+    channels, height, width = shape
+    if source.startswith("skimage:"):
+        array = _skimage_photo(source.split(":", 1)[1])
+        image = Image.fromarray(array)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise DataNotFoundError(f"image {source} does not exist or is not a file")
+        try:
+            image = Image.open(path)
+            if image.width * image.height > MAX_PIXELS:
+                raise InvalidInputError(f"image {source} is {image.width} x {image.height} pixels "
+                                        f"(limit {MAX_PIXELS:,}); downscale it first")
+            image.load()
+        except UnidentifiedImageError:
+            raise InvalidInputError(f"{source} is not an image file PIL can read (PNG, JPEG, ...)") from None
+        except Image.DecompressionBombError:
+            raise InvalidInputError(f"image {source} is too large to decode safely; downscale it "
+                                    "first") from None
+        except OSError as e:
+            raise InvalidInputError(f"cannot read image {source}: {e}") from None
+    image = _to_channels(image, channels, source)
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()) / 255.0
+    x = x.unsqueeze(-1) if x.dim() == 2 else x
+    x = x.permute(2, 0, 1).unsqueeze(0)  # (H, W, C) -> (1, C, H, W)
+    scale = max(height / x.shape[-2], width / x.shape[-1])
+    size = (max(height, round(x.shape[-2] * scale)), max(width, round(x.shape[-1] * scale)))
+    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    return x[..., top:top + height, left:left + width].clamp(0, 1).contiguous()
+
+
+def _to_channels(image, channels: int, source: str):
+    from pellucid.errors import InvalidInputError
+
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        raise InvalidInputError(f"{source} has an alpha channel; flatten it onto a background first "
+                                "(dropping it silently could change the explanation)")
+    if image.mode == "P":
+        image = image.convert("RGB")
+    if image.mode in ("I;16", "I", "F"):
+        raise InvalidInputError(f"{source} has {image.mode} pixels; convert it to 8-bit first")
+    if channels == 3:
+        if image.mode == "L":
+            return image.convert("RGB")  # grey -> equal R, G, B
+        if image.mode != "RGB":
+            raise InvalidInputError(f"{source} has mode {image.mode}; the model expects RGB images")
+        return image
+    if channels == 1:
+        if image.mode == "L":
+            return image
+        import numpy as np
+        rgb = np.asarray(image.convert("RGB"))
+        if (rgb == rgb[..., :1]).all():
+            return image.convert("L")
+        raise InvalidInputError(f"{source} is a colour image but the model expects 1-channel "
+                                "(greyscale) images; convert it first")
+    raise InvalidInputError(f"the model expects {channels}-channel inputs; image files give 1 or 3")
+
+
+def _skimage_photo(name: str):
+    from pellucid.errors import DataNotFoundError, InvalidInputError
+
+    photos = ("astronaut", "camera", "cat", "chelsea", "coffee", "coins", "moon", "rocket", "page",
+              "text", "horse", "immunohistochemistry", "hubble_deep_field", "logo", "retina")
+    if name not in photos:
+        raise InvalidInputError(f"unknown scikit-image photo {name!r}; try one of {', '.join(photos)}")
+    try:
+        from skimage import data
+        array = getattr(data, name)()
+    except ImportError:
+        raise DataNotFoundError("skimage:NAME needs scikit-image (pip install scikit-image)") from None
+    except Exception as e:  # photos that need a download (pooch) fail offline
+        raise DataNotFoundError(f"scikit-image photo {name!r} is not available offline ({e})") from None
+    if array.dtype != "uint8":
+        raise InvalidInputError(f"scikit-image photo {name!r} is not an 8-bit image")
+    return array
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def parse_targets(values: list[str] | None, n_images: int, model, shape):
+    """``None``, an index tensor ``(B,)``, or a cosine-similarity target function."""
+    import torch
+
+    from pellucid.errors import InvalidInputError
+    from pellucid.explain import cosine_similarity_target
+
+    if values is None:
+        return None, None
+    if len(values) not in (1, n_images):
+        raise InvalidInputError(f"got {len(values)} targets for {n_images} images; give one or one per image")
+    values = values * n_images if len(values) == 1 else values
+    ints = [v.lstrip("-").isdigit() for v in values]
+    if all(ints):
+        return torch.tensor([int(v) for v in values]), [int(v) for v in values]
+    if any(ints):
+        raise InvalidInputError("mix of index and image targets; use one kind for all images")
+    refs = torch.cat([load_image(v, shape) for v in values])
+    with torch.no_grad():
+        reference = model(refs)
+    return cosine_similarity_target(reference), [f"cosine({v})" for v in values]
+
+
+# --------------------------------------------------------------------------- run
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from pellucid.cli._common import print_json
+    from pellucid.errors import InvalidInputError
+    from pellucid.explain import ExcitationPullback, counterfactual, create_explainer
+    from pellucid.explain.rewrite import Surrogate, check_forward_unchanged
+
+    t0 = time.time()
+    if args.steps < 0:
+        raise InvalidInputError(f"--steps must be >= 0, got {args.steps}")
+    model, spec, description = load_explained_model(args.model, args.weights)
+    if spec.input_shape is None or len(spec.input_shape) != 3:
+        raise InvalidInputError(f"{spec.name} does not take images (input shape {spec.input_shape})")
+    x = torch.cat([load_image(s, spec.input_shape) for s in args.image])
+    lo, hi = spec.value_range
+    x = x * (hi - lo) + lo
+    target, target_labels = parse_targets(args.target, len(args.image), model, spec.input_shape)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explainer = create_explainer(args.method, model, temperature=args.temperature, gate=args.gate)
+    for w in caught:
+        print(f"pellucid explain: warning: {str(w.message).splitlines()[0]}", file=sys.stderr)
+    coverage = getattr(explainer, "coverage", None)
+    forward_diff = None
+    if isinstance(explainer, ExcitationPullback) and explainer._rewritten is not None:
+        with torch.no_grad():
+            forward_diff = check_forward_unchanged(Surrogate(explainer._rewritten, coverage), x, model(x))
+
+    with torch.no_grad():
+        output = model(x)
+    attribution = explainer.attribute(x, target=target)
+    result = counterfactual(explainer, x, target, steps=args.steps, alpha=args.alpha, eps=args.eps,
+                            pixel_range=(lo, hi)) if args.steps > 0 else None
+    if args.out:
+        from pellucid.viz.explain import explanation_grid
+        labels = [Path(s).name if not s.startswith("skimage:") else s for s in args.image]
+        explanation_grid(args.out, (x - lo) / (hi - lo), attribution,
+                         None if result is None else (result.counterfactual - lo) / (hi - lo),
+                         row_labels=labels, method=args.method)
+
+    summary = {
+        "model": description, "method": args.method, "images": args.image,
+        "temperature": args.temperature if args.method == "pullback" else None,
+        "gate": args.gate if args.method == "pullback" else None,
+        "steps": args.steps, "alpha": args.alpha, "eps": args.eps,
+        "target": target_labels if target_labels is not None else output.flatten(1).argmax(1).tolist(),
+        "top5": output.flatten(1).topk(min(5, output.flatten(1).shape[1]), 1).indices.tolist(),
+        "attribution_l2": attribution.flatten(1).norm(dim=1).tolist(),
+        "score_before": None if result is None else result.scores[0].tolist(),
+        "score_after": None if result is None else result.scores[-1].tolist(),
+        "coverage": None if coverage is None else coverage.to_dict(),
+        "forward_max_abs_diff": forward_diff, "out": args.out, "seconds": round(time.time() - t0, 2),
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        if coverage is not None:
+            print(coverage)
+        print(f"{description}: {args.method}, target {summary['target']}")
+        if result is not None:
+            for name, before, after in zip(args.image, summary["score_before"], summary["score_after"]):
+                print(f"  {name}: score {before:.4g} -> {after:.4g} after {args.steps} steps")
+        if args.out:
+            print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,69 @@
+"""Explanation grids: input | pullback | counterfactual | difference, one row per image (PNG).
+
+- input, counterfactual: the images as they are (values in [0, 1]);
+- pullback: the channel-summed attribution as a signed heatmap centred at 0 (white = 0, each
+  image scaled by its own 99.5th percentile of |value|, so a few extreme pixels do not wash it out);
+- difference ``counterfactual - input``: per-image min-max scaled to [0, 1] (the paper's display).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from pellucid.viz.style import plt, save, show_signed
+
+__all__ = ["explanation_grid", "minmax_per_image", "signed_map"]
+
+
+def minmax_per_image(x: torch.Tensor) -> torch.Tensor:
+    """``(x - min_b) / (max_b - min_b)`` per sample ``b`` (constant images map to 0.5)."""
+    flat = x.detach().flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    span = hi - lo
+    scaled = torch.where(span > 0, (flat - lo) / span.clamp_min(1e-30), torch.full_like(flat, 0.5))
+    return scaled.view_as(x)
+
+
+def signed_map(attribution: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W) -> (B, H, W)``: channel sum, signed (shown centred at 0)."""
+    return attribution.detach().sum(1)
+
+
+def _show_image(ax, image: torch.Tensor, title: str | None) -> None:
+    img = image.detach().cpu().float().clamp(0, 1)
+    if img.shape[0] == 1:
+        ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(img.permute(1, 2, 0).numpy())  # (C, H, W) -> (H, W, C)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def explanation_grid(path: Path | str, inputs: torch.Tensor, pullback: torch.Tensor | None = None,
+                     counterfactual: torch.Tensor | None = None, row_labels: Sequence[str] | None = None,
+                     method: str = "pullback", cell: float = 2.0) -> Path:
+    """Save the grid as a PNG; columns without data are left out. Returns ``path``."""
+    columns = [("input", lambda b, ax, t: _show_image(ax, inputs[b], t))]
+    if pullback is not None:
+        heat = signed_map(pullback).cpu().float()
+        limits = heat.flatten(1).abs().quantile(0.995, dim=1)
+        columns.append((method, lambda b, ax, t: show_signed(ax, heat[b], vmax=float(limits[b]) or None,
+                                                             title=t)))
+    if counterfactual is not None:
+        diff = minmax_per_image(counterfactual - inputs)
+        columns.append(("counterfactual", lambda b, ax, t: _show_image(ax, counterfactual[b], t)))
+        columns.append(("difference (min-max)", lambda b, ax, t: _show_image(ax, diff[b], t)))
+    rows = inputs.shape[0]
+    fig, axes = plt.subplots(rows, len(columns), figsize=(len(columns) * cell, rows * cell + 0.2),
+                             squeeze=False)
+    for b in range(rows):
+        for c, (name, draw) in enumerate(columns):
+            draw(b, axes[b, c], name if b == 0 else None)
+        if row_labels is not None:
+            axes[b, 0].set_ylabel(row_labels[b], fontsize=8)
+    return save(fig, path)
