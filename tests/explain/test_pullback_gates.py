@@ -119,3 +119,11 @@ def test_custom_gate_callable():
     x = torch.randn(3, 6, dtype=torch.float64)
     hard = ExcitationPullback(model, gate=lambda u: (u > 0).to(u.dtype)).attribute(x, target=0)
     torch.testing.assert_close(hard, Gradient(model).attribute(x, target=0), rtol=0, atol=0)
+
+
+def test_gradient_equals_captum_saliency():
+    attr = pytest.importorskip("captum.attr")
+    model = _mlp(4).eval()
+    x = torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    want = attr.Saliency(model).attribute(x.clone().requires_grad_(True), target=1, abs=False)
+    torch.testing.assert_close(Gradient(model).attribute(x, target=1), want, rtol=0, atol=0)
