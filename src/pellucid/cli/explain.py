@@ -226,9 +226,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"pellucid explain: warning: {str(w.message).splitlines()[0]}", file=sys.stderr)
     coverage = getattr(explainer, "coverage", None)
     forward_diff = None
-    if isinstance(explainer, ExcitationPullback) and explainer._rewritten is not None:
-        with torch.no_grad():
-            forward_diff = check_forward_unchanged(Surrogate(explainer._rewritten, coverage), x, model(x))
+    if isinstance(explainer, ExcitationPullback) and explainer.rewritten is not None:
+        with torch.no_grad():  # raises unless the rewritten forward is bit-identical
+            forward_diff = check_forward_unchanged(Surrogate(explainer.rewritten, coverage), x, model(x))
 
     with torch.no_grad():
         output = model(x)

@@ -63,6 +63,11 @@ class ExcitationPullback(Explainer):
                           "relu/max_pool calls inside forward are not reached", PullbackCoverageWarning,
                           stacklevel=2)
 
+    @property
+    def rewritten(self) -> nn.Module | None:
+        """The fx-rewritten module (shares the model's parameters), or None in the fallback."""
+        return self._rewritten
+
     @contextlib.contextmanager
     def backward_model(self) -> Iterator[nn.Module]:
         if self._rewritten is not None:
