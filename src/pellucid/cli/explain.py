@@ -26,7 +26,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("explain", help="excitation pullback and counterfactual of images",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, metavar="NAME|DIR",
-                   help="registered model name (see `pellucid explain --list-models`) or model directory")
+                   help="registered model name (resnet50, vgg11_bn, densenet121, resnext50_32x4d, "
+                        "inception_v3, googlenet, fid-inception, ...) or a pellucid model directory")
     p.add_argument("--image", required=True, nargs="+", metavar="PATH",
                    help="image file(s) or skimage:NAME (e.g. skimage:chelsea)")
     p.add_argument("--target", nargs="+", default=None, metavar="T",
