@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pellucid.data.datasets import DATASETS, ImageDataset
-from pellucid.data.idx import find_idx_pair, read_idx
+from pellucid.data.idx import find_idx_pair, read_idx_split
 from pellucid.errors import DataNotFoundError
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -34,13 +34,7 @@ _HOW_TO_PROVIDE = (
 
 
 def _from_idx_dir(root: Path, split: str) -> tuple[np.ndarray, np.ndarray] | None:
-    pair = find_idx_pair(root, _STEMS[split], _SUBDIRS)
-    if pair is None:
-        return None
-    images, labels = read_idx(pair[0]), read_idx(pair[1])
-    if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
-        raise DataNotFoundError(f"IDX files in {root} do not hold 28x28 images with one label each")
-    return images.astype(np.uint8), labels.astype(np.int64)
+    return read_idx_split(root, _STEMS[split], _SUBDIRS)
 
 
 def _from_torchvision(split: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -55,7 +49,6 @@ def _from_torchvision(split: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 @lru_cache(maxsize=4)
 def _load_uint8(split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray, str]:
-    data_dir = data_dir or os.environ.get("PELLUCID_DATA_DIR") or None
     if data_dir is not None:
         root = Path(data_dir)
         got = _from_idx_dir(root, split) if root.is_dir() else None
@@ -84,7 +77,8 @@ def fashion_mnist_available(data_dir: str | None = None) -> bool:
 @DATASETS.register("fashion-mnist", "Fashion-MNIST clothing images, 28x28 grey, 10 classes")
 def load_fashion_mnist(split: str = "train", data_dir: str | None = None) -> ImageDataset:
     """All of Fashion-MNIST's ``split`` as images in [0, 1], ``(N, 1, 28, 28)`` float32."""
-    images, labels, source = _load_uint8(split, data_dir)
+    # resolved before the cache so that changing the variable changes the source
+    images, labels, source = _load_uint8(split, data_dir or os.environ.get("PELLUCID_DATA_DIR") or None)
     x = torch.from_numpy(images).to(torch.float32).div_(255.0).unsqueeze(1)  # (N, 1, 28, 28)
     y = torch.from_numpy(labels)
     return ImageDataset(x, y, FASHION_MNIST_CLASSES, source, torch.arange(len(y)))

