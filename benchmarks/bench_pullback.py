@@ -44,16 +44,11 @@ def _build(batch: int, size: int):
     import torch
     from torchvision.models import resnet50
 
+    from pellucid.models.imagenet import calibrate_batchnorm
+
     torch.manual_seed(0)
     model = resnet50(weights=None)
-    for m in model.modules():  # calibrate BN statistics once (cumulative average)
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-            m.reset_running_stats()
-    model.train()
-    with torch.no_grad():
-        model(torch.rand(4, 3, size, size))
-    model.eval()
+    calibrate_batchnorm(model, torch.rand(4, 3, size, size))
     x = torch.rand(batch, 3, size, size)
     return model, x
 

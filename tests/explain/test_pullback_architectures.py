@@ -11,6 +11,7 @@ import torch
 from torchvision import models as tvm
 
 from pellucid.explain import ExcitationPullback, Gradient, pullback_mode, rewrite_for_pullback
+from pellucid.models.imagenet import calibrate_batchnorm
 from pullback_reference import reference_pullback
 
 # name -> (builder kwargs, input size, ReLU call sites, max-pool call sites)
@@ -30,14 +31,7 @@ def _calibrated(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     kwargs, size, _, _ = ARCHITECTURES[name]
     model = getattr(tvm, name)(weights=None, **kwargs)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-            m.reset_running_stats()
-    model.train()
-    with torch.no_grad():
-        model(torch.rand(4, 3, size, size))
-    return model.eval()
+    return calibrate_batchnorm(model, torch.rand(4, 3, size, size))
 
 
 @pytest.fixture(scope="module", params=list(ARCHITECTURES))

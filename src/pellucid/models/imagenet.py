@@ -88,6 +88,23 @@ def build_torchvision(arch: str, weights: str | Path | None = None) -> ImageNetC
                               "ImageNet model 'fid-inception'") from None
 
 
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, inputs: torch.Tensor) -> nn.Module:
+    """Give a randomly initialised network realistic batch-norm statistics, in place.
+
+    Resets every BatchNorm's running mean/variance and replaces them with the cumulative average
+    over one forward pass of ``inputs`` in train mode (momentum None); returns ``model`` in eval
+    mode. Random-init benchmarks and tests then see activations of a sane scale.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+            m.reset_running_stats()
+    model.train()
+    model(inputs)
+    return model.eval()
+
+
 def _load_local(model: ImageNetClassifier, path: Path) -> None:
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
