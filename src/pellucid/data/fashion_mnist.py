@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 
 from pellucid.data.datasets import DATASETS, ImageDataset
 from pellucid.data.idx import find_idx_pair
@@ -48,7 +47,4 @@ def fashion_mnist_available(data_dir: str | None = None) -> bool:
 @DATASETS.register("fashion-mnist", "Fashion-MNIST clothing images, 28x28 grey, 10 classes")
 def load_fashion_mnist(split: str = "train", data_dir: str | None = None) -> ImageDataset:
     """All of Fashion-MNIST's ``split`` as images in [0, 1], ``(N, 1, 28, 28)`` float32."""
-    images, labels, source = FASHION_MNIST_SOURCE.load(split, data_dir)
-    x = torch.from_numpy(images).to(torch.float32).div_(255.0).unsqueeze(1)  # (N, 1, 28, 28)
-    y = torch.from_numpy(labels)
-    return ImageDataset(x, y, FASHION_MNIST_CLASSES, source, torch.arange(len(y)))
+    return FASHION_MNIST_SOURCE.images(split, data_dir, FASHION_MNIST_CLASSES)

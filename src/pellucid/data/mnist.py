@@ -94,7 +94,4 @@ MNIST_SOURCE = IdxSource("MNIST", ("", "MNIST/raw", "raw", "mnist"), "MNIST", _H
 @DATASETS.register("mnist", "MNIST handwritten digits, 28x28 grey, 10 classes")
 def load_mnist(split: str = "train", data_dir: str | None = None) -> ImageDataset:
     """All of MNIST's ``split`` as ``ToTensor()`` images (uint8 / 255) in ``(N, 1, 28, 28)``."""
-    images, labels, source = MNIST_SOURCE.load(split, data_dir)
-    x = torch.from_numpy(images).to(torch.float32).div_(255.0).unsqueeze(1)  # (N, 1, 28, 28)
-    y = torch.from_numpy(labels)
-    return ImageDataset(x, y, MNIST_CLASSES, source, torch.arange(len(y)))
+    return MNIST_SOURCE.images(split, data_dir, MNIST_CLASSES)

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
+from pellucid.data.datasets import ImageDataset
 from pellucid.data.idx import read_idx_split
 from pellucid.errors import DataNotFoundError
 
@@ -62,6 +64,13 @@ class IdxSource:
         """``(images, labels, source label)`` of ``split`` from the first source that has it."""
         # the variable is resolved before the cache so that changing it changes the source
         return _load_cached(self, split, data_dir or os.environ.get("PELLUCID_DATA_DIR") or None)
+
+    def images(self, split: str, data_dir: str | None, classes: tuple[str, ...]) -> ImageDataset:
+        """All of ``split`` as ``ToTensor()`` images (uint8 / 255) in ``(N, 1, H, W)`` float32."""
+        images, labels, source = self.load(split, data_dir)
+        x = torch.from_numpy(images).to(torch.float32).div_(255.0).unsqueeze(1)  # (N, 1, H, W)
+        y = torch.from_numpy(labels)
+        return ImageDataset(x, y, classes, source, torch.arange(len(y)))
 
 
 @lru_cache(maxsize=16)
