@@ -23,6 +23,29 @@ def test_evaluate_json_last_line(authors_dir, capsys):
     assert out["n"] == 40 and 0 <= out["robust_accuracy"] <= out["clean_accuracy"] <= 1
 
 
+def test_evaluate_records_checks_and_writes_the_report(authors_dir, capsys):
+    assert main(["evaluate", str(authors_dir), "--attack", "apgd-dlr", "--steps", "5",
+                 "--limit", "16", "--check-limit", "16", "--report", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out["checks"]) == {"gradients", "deterministic", "unbounded", "monotone", "black_box"}
+    assert out["checks"]["unbounded"]["passed"] and out["checks"]["gradients"]["passed"]
+    assert out["checks"]["black_box"]["passed"] is None  # no black-box attack in this run
+    record = json.loads((authors_dir / "evaluations" / "apgd-dlr-linf-eps0.3.json").read_text())
+    assert record["summary"]["robust_accuracy"] == out["robust_accuracy"]
+    assert len(record["accuracy_vs_eps"]["points"]) == 9
+    html = (authors_dir / "report.html").read_text()
+    assert "Gradient-masking checks" in html and "apgd-dlr-linf-eps0.3" in html
+
+
+def test_boundary_attack_reports_minimal_perturbations(authors_dir, capsys):
+    assert main(["evaluate", str(authors_dir), "--attack", "boundary", "--steps", "20",
+                 "--limit", "3", "--no-checks", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    mp = out["minimal_perturbation"]
+    assert mp["flipped"] >= 1 and mp["median_l2"] > 0 and mp["median_linf"] > 0
+    assert (authors_dir / "boundary_examples.png").stat().st_size > 1000
+
+
 def test_fgsm_from_the_cli(authors_dir, capsys):
     assert main(["evaluate", str(authors_dir), "--attack", "fgsm", "--limit", "20"]) == 0
     assert "robust_accuracy" in capsys.readouterr().out
@@ -32,6 +55,8 @@ def test_fgsm_from_the_cli(authors_dir, capsys):
     (["evaluate", "/definitely/not/here"], "does not exist"),
     (["evaluate", "{d}", "--limit", "0"], "--limit"),
     (["evaluate", "{d}", "--eps", "-1"], "eps"),
+    (["evaluate", "{d}", "--attack", "square", "--steps", "5"], "--steps does not apply"),
+    (["evaluate", "{d}", "--attack", "pgd", "--queries", "5"], "--queries"),
 ])
 def test_user_errors_exit_nonzero_with_one_line(authors_dir, capsys, argv, match):
     argv = [a.format(d=authors_dir) for a in argv]

@@ -4,8 +4,9 @@ from pellucid.models.checkpoint import is_model_dir, load_model, load_weights, r
 from pellucid.models.registry import MODELS, ModelSpec, create_model, register_model
 from pellucid.models.metric import DictionaryMLP, MetricMLP, MetricResNet20
 from pellucid.models.whitebox import WhiteBoxNet, convert_authors_state_dict, whitebox_mnist35
+from pellucid.models.lenet import LeNet, lenet_mnist35
 from pellucid.models import fid_inception, imagenet  # noqa: F401,E402  (register ImageNet models)
 
-__all__ = ["DictionaryMLP", "MetricMLP", "MetricResNet20", "MODELS", "ModelSpec", "WhiteBoxNet", "convert_authors_state_dict", "create_model",
-           "is_model_dir", "load_model", "load_weights", "read_config", "register_model",
+__all__ = ["DictionaryMLP", "LeNet", "MetricMLP", "MetricResNet20", "MODELS", "ModelSpec", "WhiteBoxNet", "convert_authors_state_dict", "create_model",
+           "is_model_dir", "lenet_mnist35", "load_model", "load_weights", "read_config", "register_model",
            "save_model", "whitebox_mnist35"]

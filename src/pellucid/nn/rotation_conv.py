@@ -48,9 +48,9 @@ class RotationConvFeatures(SemanticFeatures):
     def forward(self, x: torch.Tensor, return_poses: bool = False):
         # same result as the base class's max over match(), without materialising K*P maps
         k = (posed := self._posed()).shape[-1]
-        best, pose = max_correlation(x, posed.reshape(-1, 1, k, k))  # (B, 1, H, W), (B, H, W)
-        out = self.activation(best)
-        return (out, pose.unsqueeze(1)) if return_poses else out
+        best, pose = max_correlation(x, posed.reshape(-1, 1, k, k), return_index=return_poses)
+        out = self.activation(best)  # (B, 1, H, W)
+        return (out, pose.unsqueeze(1)) if return_poses else out  # pose: (B, H, W) -> (B, 1, H, W)
 
     def activation(self, scores: torch.Tensor) -> torch.Tensor:
         return F.relu(scores / self.scale)

@@ -1,10 +1,16 @@
-"""Robustness: attacks (registry :data:`ATTACKS`), reliability curves, evaluation."""
+"""Robustness: attacks (registry :data:`ATTACKS`, native and ART), AutoAttack, gradient-masking
+checks, reliability curves, rejection and evaluation."""
 
-from pellucid.robust.attacks import ATTACKS, eval_mode, fgsm, pgd, run_attack
+from pellucid.robust.attacks import (ATTACKS, AttackRun, eval_mode, fgsm, perturbation_norm, pgd,
+                                     run_attack, within_budget)
+from pellucid.robust import art_backend  # noqa: F401  (registers apgd-ce, apgd-dlr, square, ...)
+from pellucid.robust.autoattack import BUDGETS, autoattack
 from pellucid.robust.evaluate import RobustnessResult, accuracy_vs_eps, evaluate_robustness, predict_logits
+from pellucid.robust.checks import Check, GradientMaskingWarning, run_checks
 from pellucid.robust.reliability import ReliabilityCurve, reliability_curve
 from pellucid.robust.rejection import coverage_curve, rejection_counts, rejection_search
 
-__all__ = ["ATTACKS", "ReliabilityCurve", "RobustnessResult", "accuracy_vs_eps", "eval_mode",
-           "evaluate_robustness", "fgsm", "pgd", "predict_logits", "reliability_curve", "run_attack",
-           "coverage_curve", "rejection_counts", "rejection_search"]
+__all__ = ["ATTACKS", "AttackRun", "BUDGETS", "Check", "GradientMaskingWarning", "ReliabilityCurve",
+           "RobustnessResult", "accuracy_vs_eps", "autoattack", "eval_mode", "evaluate_robustness",
+           "fgsm", "perturbation_norm", "pgd", "predict_logits", "reliability_curve", "run_attack",
+           "run_checks", "within_budget", "coverage_curve", "rejection_counts", "rejection_search"]

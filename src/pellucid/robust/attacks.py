@@ -8,9 +8,10 @@ over the batch so each image's gradient is independent of its batch-mates.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
-
 import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +21,35 @@ from tqdm.auto import tqdm
 from pellucid._registry import Registry
 from pellucid.errors import InvalidInputError
 
-Attack = Callable[..., torch.Tensor]
+Attack = Callable[..., "torch.Tensor | AttackRun"]
 ATTACKS: Registry[Attack] = Registry("attack")
+
+# An output counts as inside the eps-ball up to this relative slack (float32 rounding of x + delta).
+BUDGET_RTOL = 1e-4
+
+
+@dataclass
+class AttackRun:
+    """What an attack returns: adversarial inputs, and for ensembles a log row per stage."""
+
+    adversarial: torch.Tensor
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-image ``||delta||`` for ``norm`` in {"linf", "l2"}: shape ``(B,)``."""
+    flat = delta.flatten(1)
+    if norm == "linf":
+        return flat.abs().amax(1) if flat.shape[1] else flat.new_zeros(len(flat))
+    if norm == "l2":
+        return flat.norm(dim=1)
+    raise InvalidInputError(f"norm must be 'linf' or 'l2', got {norm!r}")
+
+
+def within_budget(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Per-image: is the perturbation inside the ``norm`` ball of radius ``eps``?"""
+    return perturbation_norm(delta, norm) * (1 - BUDGET_RTOL) <= eps
 
 
 @contextlib.contextmanager
@@ -40,8 +68,9 @@ def _input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         loss = F.cross_entropy(model(x), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
-    return grad
+        # allow_unused: a model whose output ignores its input has a zero gradient, not an error
+        (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad
 
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
@@ -106,16 +135,23 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
 
 
 @ATTACKS.register("fgsm", "fast gradient sign method (one L-inf step of size eps)")
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
          value_range: tuple[float, float] = (0.0, 1.0), batch_size: int = 1024, **_: object) -> torch.Tensor:
-    r""":math:`x' = \Pi_{[lo, hi]}(x + \epsilon\,\mathrm{sign}(\nabla_x \mathcal L))`."""
+    r""":math:`x' = \Pi_{[lo, hi]}(x + \epsilon\,\mathrm{sign}(\nabla_x \mathcal L))` (L-inf only)."""
     _check(eps)
+    if norm != "linf":
+        raise InvalidInputError(f"fgsm is an L-inf attack; got norm {norm!r} (use pgd for l2)")
     with eval_mode(model):
         out = [(xb + eps * _input_grad(model, xb, yb).sign()).clamp(*value_range).detach()
                for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
     return torch.cat(out)
 
 
-def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Run the registered attack ``name`` (see :data:`ATTACKS`)."""
-    return ATTACKS.get(name)(model, x, y, **kwargs)
+def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs) -> AttackRun:
+    """Run the registered attack ``name`` (see :data:`ATTACKS`) with the true labels ``y``."""
+    start = time.perf_counter()
+    out = ATTACKS.get(name)(model, x, y, **kwargs)
+    if isinstance(out, AttackRun):
+        return out
+    return AttackRun(out, [{"attack": name, "attacked": len(x),
+                            "seconds": round(time.perf_counter() - start, 2)}])

@@ -10,7 +10,7 @@ from torch import nn
 
 from pellucid.data.validation import check_images
 from pellucid.errors import InvalidInputError
-from pellucid.robust.attacks import eval_mode, run_attack
+from pellucid.robust.attacks import eval_mode, perturbation_norm, run_attack, within_budget
 from pellucid.robust.reliability import ReliabilityCurve, reliability_curve
 
 
@@ -22,27 +22,44 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) ->
 
 @dataclass
 class RobustnessResult:
+    """Outcome of one attack on a labelled set; per-image tensors are in input order.
+
+    ``robust`` = clean correct AND adversarial correct, where an adversarial output outside the
+    eps-ball (unbounded attacks such as DeepFool or Boundary) does not count: the clean input
+    stands in for it (``within_budget`` is False there).
+    """
+
     attack: str
     eps: float
+    norm: str
     n: int
     clean_accuracy: float
     robust_accuracy: float  # clean correct AND adversarial correct
-    reliability: ReliabilityCurve = field(repr=False)  # on the adversarial inputs
+    reliability: ReliabilityCurve = field(repr=False)  # on the (budget-respecting) adversarial inputs
     seconds: float
-    adversarial: torch.Tensor = field(repr=False)
-    adversarial_logits: torch.Tensor = field(repr=False)
+    adversarial: torch.Tensor = field(repr=False)  # what the attack returned
+    adversarial_logits: torch.Tensor = field(repr=False)  # on the budget-respecting inputs
     clean_logits: torch.Tensor = field(repr=False)
+    robust: torch.Tensor = field(repr=False)  # (n,) bool
+    within_budget: torch.Tensor = field(repr=False)  # (n,) bool
+    stages: list[dict] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+    checks: list = field(default_factory=list)  # gradient-masking checks (robust.checks.Check)
 
     def summary(self) -> dict:
-        return {"attack": self.attack, "eps": self.eps, "n": self.n,
-                "clean_accuracy": self.clean_accuracy, "robust_accuracy": self.robust_accuracy,
-                "precision_at_recall_0.8": self.reliability.precision_at_recall(0.8),
-                "reliability_auc": self.reliability.average_precision,
-                "seconds": round(self.seconds, 3)}
+        out = {"attack": self.attack, "eps": self.eps, "norm": self.norm, "n": self.n,
+               "clean_accuracy": self.clean_accuracy, "robust_accuracy": self.robust_accuracy,
+               "precision_at_recall_0.8": self.reliability.precision_at_recall(0.8),
+               "reliability_auc": self.reliability.average_precision,
+               "seconds": round(self.seconds, 3), "stages": self.stages, **self.info}
+        if self.checks:
+            out["checks"] = {c.name: c.summary() for c in self.checks}
+        return out
 
 
 def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str = "pgd",
-                        eps: float = 0.3, value_range: tuple[float, float] = (0.0, 1.0),
+                        eps: float = 0.3, norm: str = "linf",
+                        value_range: tuple[float, float] = (0.0, 1.0),
                         seed: int = 0, **attack_kwargs) -> RobustnessResult:
     """Attack ``x`` with the true labels ``y`` and score clean, robust accuracy and reliability."""
     check_images(x, value_range=value_range)
@@ -51,13 +68,17 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, a
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     clean = predict_logits(model, x)
-    x_adv = run_attack(attack, model, x, y, eps=eps, value_range=value_range, generator=gen,
-                       **attack_kwargs)
-    adv = predict_logits(model, x_adv)
+    run = run_attack(attack, model, x, y, eps=eps, norm=norm, value_range=value_range,
+                     generator=gen, **attack_kwargs)
+    inside = within_budget(run.adversarial - x, eps, norm)
+    x_eval = torch.where(inside.view(-1, *[1] * (x.dim() - 1)), run.adversarial, x)
+    adv = predict_logits(model, x_eval)
     clean_ok, adv_ok = clean.argmax(1) == y, adv.argmax(1) == y
-    return RobustnessResult(attack, eps, len(y), float(clean_ok.float().mean()),
-                            float((clean_ok & adv_ok).float().mean()), reliability_curve(adv, y),
-                            time.perf_counter() - start, x_adv, adv, clean)
+    robust = clean_ok & adv_ok
+    return RobustnessResult(attack, eps, norm, len(y), float(clean_ok.float().mean()),
+                            float(robust.float().mean()), reliability_curve(adv, y),
+                            time.perf_counter() - start, run.adversarial, adv, clean, robust,
+                            inside, run.stages, run.info)
 
 
 def accuracy_vs_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_values, *,
@@ -66,3 +87,16 @@ def accuracy_vs_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_valu
     return [{"eps": float(e), "robust_accuracy": evaluate_robustness(
         model, x, y, attack=attack, eps=float(e), seed=seed, **attack_kwargs).robust_accuracy}
             for e in eps_values]
+
+
+def minimal_perturbations(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
+                          y: torch.Tensor) -> dict:
+    """Norms of the perturbations that flipped a correct prediction, for unbounded minimising
+    attacks (Boundary, DeepFool): ``{"flipped", "median_l2", "median_linf", "l2", "linf"}``."""
+    flipped = (predict_logits(model, x).argmax(1) == y) & (predict_logits(model, x_adv).argmax(1) != y)
+    delta = (x_adv - x)[flipped]
+    l2, linf = perturbation_norm(delta, "l2"), perturbation_norm(delta, "linf")
+    return {"flipped": int(flipped.sum()), "attacked": int((predict_logits(model, x).argmax(1) == y).sum()),
+            "median_l2": float(l2.median()) if len(l2) else None,
+            "median_linf": float(linf.median()) if len(linf) else None,
+            "l2": l2.tolist(), "linf": linf.tolist()}

@@ -115,7 +115,8 @@ def rejection_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, atta
         model.set_epsilon(eps)
         if eps not in directions:
             gen = torch.Generator().manual_seed(seed)
-            directions[eps] = run_attack(attack, model, x, y, generator=gen, **(attack_kwargs or {}))
+            directions[eps] = run_attack(attack, model, x, y, generator=gen,
+                                         **(attack_kwargs or {})).adversarial
         return rejection_counts(model, x, y, shifted_along_attack(x, directions[eps], alpha, bound))
 
     results = {}

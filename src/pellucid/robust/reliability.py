@@ -26,6 +26,16 @@ class ReliabilityCurve:
         reached = torch.nonzero(self.recall >= target - 1e-12)
         return float(self.precision[reached[0, 0]]) if len(reached) else float("nan")
 
+    def to_dict(self) -> dict:
+        """JSON-ready operating points (for run records that reports plot later)."""
+        return {"precision": self.precision.tolist(), "recall": self.recall.tolist(),
+                "thresholds": self.thresholds.tolist(), "accuracy": self.accuracy}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ReliabilityCurve":
+        t = lambda k: torch.tensor(d[k], dtype=torch.float64)  # noqa: E731
+        return cls(t("precision"), t("recall"), t("thresholds"), float(d["accuracy"]))
+
     @property
     def average_precision(self) -> float:
         """Area under the step curve, ``sum_n (R_n - R_{n-1}) P_n`` (the "AUC" reported)."""

@@ -58,11 +58,16 @@ def train_registered_classifier(model_name: str, cfg: TrainConfig, out: Path | s
     return {"model": model_name, "out": str(out), "epochs": history, "config": asdict(cfg)}
 
 
-def _classifier_recipe(model_name: str, **defaults: Any) -> None:
-    """Register a recipe that trains ``model_name`` with :class:`TrainConfig` (+ ``defaults``)."""
+def _classifier_recipe(model_name: str, *, recipe: str | None = None, summary: str = "",
+                       **defaults: Any) -> None:
+    """Register recipe ``recipe`` (default: ``model_name``) training ``model_name`` with
+    :class:`TrainConfig` (+ ``defaults``). Runs record ``model_name``, so ``pellucid evaluate``
+    rebuilds them from the model registry whichever recipe trained them.
+    """
+    recipe = recipe or model_name
     config_type = TrainConfig
     if defaults:  # a subclass whose defaults differ, so --help shows the recipe's own values
-        config_type = dataclass(type(f"{model_name}Config", (TrainConfig,),
+        config_type = dataclass(type(f"{recipe}Config", (TrainConfig,),
                                      {"__annotations__": {k: type(v) for k, v in defaults.items()},
                                       **defaults}))
 
@@ -70,7 +75,16 @@ def _classifier_recipe(model_name: str, **defaults: Any) -> None:
         return train_registered_classifier(model_name, cfg, out, resume=resume,
                                            progress=progress, data_dir=data_dir)
 
-    register_recipe(model_name, config_type, MODELS.get(model_name).summary)(run)
+    register_recipe(recipe, config_type, summary or MODELS.get(model_name).summary)(run)
 
 
 _classifier_recipe("whitebox-mnist35")
+# Baselines: the same trainer, data split, optimiser and epochs; only what is named differs.
+_classifier_recipe("lenet-mnist35", noise_p=0.0,
+                   summary="LeNet ReLU CNN baseline for MNIST 3 vs 5, plain training "
+                           "(no noise augmentation)")
+# Madry et al. 2018 PGD training at the evaluation radius (eps 0.3, L-inf). adv_steps stays 7
+# (step 2.5 eps / 7, random start): the trainer's default, ~5x cheaper than Madry's 40 steps.
+_classifier_recipe("lenet-mnist35", recipe="lenet-mnist35-adv", noise_p=0.0, adv_eps=0.3,
+                   summary="LeNet ReLU CNN baseline for MNIST 3 vs 5, Madry PGD adversarial "
+                           "training (L-inf eps 0.3, 7 steps, no noise augmentation)")

@@ -1,0 +1,189 @@
+"""ART (adversarial-robustness-toolbox) attacks behind pellucid's attack signature.
+
+Every attack here has the native signature ``attack(model, x, y, *, eps, norm, ...) -> x_adv``
+on tensors in the model's natural range, so the registry, the evaluator and the CLI treat them
+like the native PGD. What ART needs is handled once, in :func:`art_classifier`:
+
+- binary models get a constant third logit (-100): the DLR loss divides by
+  :math:`z_{\\pi_1} - z_{\\pi_3}` and needs at least three classes (the white-box paper's
+  protocol); the extra logit changes neither the argmax nor, to float precision, the CE loss;
+- the model is put in eval mode and its parameters stop requiring gradients for the duration
+  (ART calls ``loss.backward()``, which would otherwise also compute every weight gradient);
+- inputs go to the model's device and come back on the caller's; ART's NumPy RNG is seeded from
+  ``generator`` and restored afterwards, so runs are reproducible without global side effects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from pellucid.errors import InvalidInputError, PellucidError
+from pellucid.robust.attacks import ATTACKS, eval_mode
+
+PAD_LOGIT = -100.0  # the constant third logit of binary models (reference protocol)
+_NORMS = {"linf": np.inf, "l2": 2}
+
+
+class PadBinaryLogits(nn.Module):
+    """``z -> [z_0, z_1, c]``: a constant extra logit so that 2-class models have 3 logits."""
+
+    def __init__(self, model: nn.Module, value: float = PAD_LOGIT) -> None:
+        super().__init__()
+        self.model, self.value = model, value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.model(x)  # (B, 2)
+        return torch.cat([z, z.new_full((z.shape[0], 1), self.value)], dim=1)  # (B, 3)
+
+
+class _CastInput(nn.Module):
+    """ART hands some models float64 arrays (Boundary); cast to the model's dtype."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.dtype))
+
+
+def _import_art():
+    try:
+        import art  # noqa: F401
+    except ImportError as e:  # pragma: no cover - ART is a core dependency
+        raise PellucidError("this attack needs ART: pip install adversarial-robustness-toolbox") from e
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and ``requires_grad=False`` on every parameter; both restored on exit."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    with eval_mode(model):
+        try:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield model
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def numpy_seed(generator: torch.Generator | None) -> Iterator[None]:
+    """Seed NumPy's global RNG (which ART draws from) from ``generator``; restore it on exit."""
+    state = np.random.get_state()
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator else None
+    if seed is not None:
+        np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+@contextlib.contextmanager
+def art_classifier(model: nn.Module, x: torch.Tensor, value_range: tuple[float, float]):
+    """An ART ``PyTorchClassifier`` for ``model`` (see the module docstring for what it handles)."""
+    _import_art()
+    from art.estimators.classification import PyTorchClassifier
+
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else x.device
+    dtype = param.dtype if param is not None else x.dtype
+    with frozen(model), torch.no_grad():
+        n_classes = model(x[:1].to(device, dtype)).shape[1]
+    if n_classes < 2:
+        raise InvalidInputError(f"a classifier needs >= 2 logits, the model returns {n_classes}")
+    net = _CastInput(PadBinaryLogits(model) if n_classes == 2 else model, dtype)
+    with frozen(model):
+        yield PyTorchClassifier(
+            model=net, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
+            nb_classes=max(n_classes, 3), clip_values=tuple(float(v) for v in value_range),
+            device_type="gpu" if device.type == "cuda" else "cpu")
+
+
+def _norm(norm: str) -> float:
+    if norm not in _NORMS:
+        raise InvalidInputError(f"norm must be one of {sorted(_NORMS)}, got {norm!r}")
+    return _NORMS[norm]
+
+
+def run_art(build: Callable, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+            value_range: tuple[float, float] = (0.0, 1.0),
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Run ``build(classifier).generate`` on ``x`` with the true labels ``y``; returns ``x_adv``."""
+    if len(x) == 0:
+        return x.clone()
+    with art_classifier(model, x, value_range) as clf, numpy_seed(generator):
+        x_np = x.detach().cpu().numpy().astype(np.float32)
+        x_adv = build(clf).generate(x=x_np, y=y.detach().cpu().numpy())
+    return torch.from_numpy(np.asarray(x_adv, dtype=np.float32)).to(x.device, x.dtype)
+
+
+# --- registered attacks (ART implementations) -------------------------------------------------
+
+def _apgd(loss_type: str):
+    def attack(model, x, y, *, eps: float, norm: str = "linf", step_size: float | None = None,
+               steps: int = 100, restarts: int = 1, value_range=(0.0, 1.0), generator=None,
+               batch_size: int = 1024, progress: bool = False, **_) -> torch.Tensor:
+        from art.attacks.evasion import AutoProjectedGradientDescent
+
+        return run_art(lambda clf: AutoProjectedGradientDescent(
+            clf, norm=_norm(norm), eps=eps, eps_step=eps / 3 if step_size is None else step_size,
+            max_iter=steps, targeted=False, nb_random_init=restarts, batch_size=batch_size,
+            loss_type=loss_type, verbose=progress), model, x, y, value_range=value_range,
+            generator=generator)
+
+    return attack
+
+
+ATTACKS.register("apgd-ce", "AutoPGD on cross-entropy (ART), 100 steps")(_apgd("cross_entropy"))
+ATTACKS.register("apgd-dlr", "AutoPGD on the DLR loss (ART), 100 steps")(
+    _apgd("difference_logits_ratio"))
+
+
+@ATTACKS.register("square", "Square attack (ART): black-box random search, 5000 queries")
+def square(model, x, y, *, eps: float, norm: str = "linf", queries: int = 5000, restarts: int = 1,
+           p_init: float = 0.8, value_range=(0.0, 1.0), generator=None, batch_size: int = 2048,
+           progress: bool = False, **_) -> torch.Tensor:
+    """Score-based random search in the eps-ball (Andriushchenko et al. 2020); no gradients."""
+    from art.attacks.evasion import SquareAttack
+
+    h, w = x.shape[-2:]
+    if norm == "linf" and round((p_init * h * w) ** 0.5) >= min(h, w):
+        # ART draws the square's corner with randint(0, H - side), which fails at side >= H
+        raise InvalidInputError(f"square: p_init {p_init} gives squares as large as the {h}x{w} "
+                                "image; use a smaller p_init")
+    return run_art(lambda clf: SquareAttack(
+        clf, norm=_norm(norm), max_iter=queries, eps=eps, p_init=p_init, nb_restarts=restarts,
+        batch_size=batch_size, verbose=progress), model, x, y, value_range=value_range,
+        generator=generator)
+
+
+@ATTACKS.register("deepfool", "DeepFool (ART): minimal L2 perturbation, unbounded")
+def deepfool(model, x, y, *, eps: float = 0.0, steps: int = 100, overshoot: float = 1e-3,
+             value_range=(0.0, 1.0), generator=None, batch_size: int = 1024,
+             progress: bool = False, **_) -> torch.Tensor:
+    """Unbounded: ``eps`` is not used here; the evaluator keeps only results inside the budget."""
+    from art.attacks.evasion import DeepFool
+
+    return run_art(lambda clf: DeepFool(clf, max_iter=steps, epsilon=overshoot, nb_grads=10,
+                                        batch_size=batch_size, verbose=progress),
+                   model, x, y, value_range=value_range, generator=generator)
+
+
+@ATTACKS.register("boundary", "Boundary attack (ART): decision-based minimal perturbation, unbounded")
+def boundary(model, x, y, *, eps: float = 0.0, steps: int = 1000, value_range=(0.0, 1.0),
+             generator=None, progress: bool = False, **_) -> torch.Tensor:
+    """Brendel et al. 2018, untargeted, ``steps`` iterations (the paper's 1000); one image at a
+    time in ART, so slow: use it on a few images for the minimal-perturbation figure."""
+    from art.attacks.evasion import BoundaryAttack
+
+    return run_art(lambda clf: BoundaryAttack(clf, targeted=False, max_iter=steps, batch_size=64,
+                                              verbose=progress),
+                   model, x, y, value_range=value_range, generator=generator)
