@@ -2,7 +2,9 @@
 
 Runs the ensemble (APGD-CE, APGD-DLR, DeepFool, Square; ART implementations) at L-inf eps 0.3
 with the true labels on every test image, then the gradient-masking checks, and prints ONE JSON
-line. The paper: clean 99.527 %, AutoAttack 92.008 % (ART default budget, authors' weights).
+line, and records the evaluation in the model directory (``DIR/evaluations/``) so that
+``pellucid evaluate DIR --report`` shows it. The paper: clean 99.527 %, AutoAttack 92.008 % (ART
+default budget, authors' weights).
 
     python benchmarks/autoattack_full.py runs/seeds/seed314 --budget standard
 """
@@ -19,7 +21,9 @@ import torch
 from pellucid.data import load_dataset
 from pellucid.models import load_model
 from pellucid.report import environment
-from pellucid.robust import BUDGETS, evaluate_robustness, run_checks
+from pellucid.report.records import save_record
+from pellucid.robust import BUDGETS, evaluate_robustness
+from pellucid.robust.checks import evaluation_checks
 
 
 def main() -> None:
@@ -42,13 +46,18 @@ def main() -> None:
                               log=lambda m: print(m, flush=True, file=__import__("sys").stderr))
     attack_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    checks = run_checks(model, test.images, test.labels, stages=res.stages, seed=args.seed)
+    checks, points = evaluation_checks(model, res, test.images, test.labels, limit=None,
+                                       seed=args.seed)
     checks_s = time.perf_counter() - t1
     if args.save:
         from safetensors.torch import save_file
         save_file({"adversarial": res.adversarial.contiguous(), "robust": res.robust.to(torch.uint8)},
                   args.save)
+    res.checks = checks
     s = res.summary()
+    summary = {"model": config["model"], "model_dir": args.model_dir, **s}
+    if not args.limit:  # only full-test-set runs become the model's record
+        save_record(args.model_dir, summary, res, eps_points={"points": points, "n": len(test)})
     print(json.dumps({
         "benchmark": "autoattack_full", "model": config["model"], "model_dir": args.model_dir,
         "budget": args.budget, "eps": args.eps, "n": s["n"], "clean_accuracy": s["clean_accuracy"],

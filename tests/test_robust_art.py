@@ -7,11 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from pellucid.robust import ATTACKS, autoattack, evaluate_robustness, within_budget
+from pellucid.robust import ATTACKS, evaluate_robustness, within_budget
 from pellucid.robust.art_backend import PadBinaryLogits, frozen, numpy_seed
 from pellucid.robust.autoattack import Stage
-from pellucid.robust.checks import (check_black_box, check_gradients, check_monotone,
-                                    check_unbounded, run_checks)
+from pellucid.robust.checks import check_black_box, check_gradients, check_monotone, run_checks
 
 TINY_STAGES = (Stage("apgd-ce", {"steps": 10}), Stage("apgd-dlr", {"steps": 10}),
                Stage("deepfool", {"steps": 10}), Stage("square", {"queries": 30}, white_box=False))

@@ -54,7 +54,7 @@ class _CastInput(nn.Module):
 
 def _import_art():
     try:
-        import art  # noqa: F401
+        import art  # noqa: F401  (only checks that it is installed)
     except ImportError as e:  # pragma: no cover - ART is a core dependency
         raise PellucidError("this attack needs ART: pip install adversarial-robustness-toolbox") from e
 

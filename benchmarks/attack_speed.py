@@ -1,0 +1,84 @@
+"""Images per second of every attack on a trained model, and of its inference forward pass.
+
+Each attack runs once on the first ``--n`` test images (L-inf eps 0.3, true labels; Square
+with ``--queries`` queries, so its figure scales as about 1 / queries). The forward figure is
+compared, in the same process, with the same forward computing the rotation-conv max with
+argmax indices (what the layer did before the inference path skipped them). Prints ONE JSON line.
+
+    python benchmarks/attack_speed.py runs/seeds/seed314 --n 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pellucid.data import load_dataset
+from pellucid.models import load_model
+from pellucid.nn import functional as fn
+from pellucid.report import environment
+from pellucid.robust import evaluate_robustness
+
+ATTACK_SETTINGS = {"fgsm": {}, "pgd": {"steps": 40}, "apgd-ce": {"steps": 100},
+                   "apgd-dlr": {"steps": 100}, "deepfool": {"steps": 100}}
+
+
+@contextlib.contextmanager
+def argmax_forward():
+    """The forward with argmax bookkeeping (``max(dim=1)``) in the conv layer: the baseline."""
+    original = fn.max_correlation
+
+    def with_index(x, weight, return_index=True):
+        return original(x, weight, return_index=True)
+
+    import pellucid.nn.rotation_conv as rc
+    rc.max_correlation = with_index
+    try:
+        yield
+    finally:
+        rc.max_correlation = original
+
+
+def images_per_s(f, n: int, repeats: int = 3) -> float:
+    f()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        f()
+    return n * repeats / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model_dir")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--queries", type=int, default=500)
+    args = ap.parse_args()
+    model, config = load_model(Path(args.model_dir))
+    test = load_dataset(config["data"]["dataset"], "test", classes=config["data"].get("classes"))
+    x, y = test.images[: args.n], test.labels[: args.n]
+    model.eval()
+    with torch.no_grad():
+        full = test.images
+        fast = images_per_s(lambda: model(full), len(full))
+        with argmax_forward():
+            base = images_per_s(lambda: model(full), len(full))
+    rows = {}
+    for name, kw in {**ATTACK_SETTINGS, "square": {"queries": args.queries}}.items():
+        t = time.perf_counter()
+        res = evaluate_robustness(model, x, y, attack=name, eps=0.3, **kw)
+        s = time.perf_counter() - t
+        rows[name] = {**kw, "seconds": round(s, 2), "images_per_s": round(len(x) / s, 2),
+                      "robust_accuracy": res.robust_accuracy}
+    print(json.dumps({"benchmark": "attack_speed", "model": config["model"], "n": len(x),
+                      "forward_images_per_s": round(fast), "forward_baseline_images_per_s": round(base),
+                      "forward_speedup": round(fast / base, 2), "attacks": rows,
+                      "environment": environment()}))
+
+
+if __name__ == "__main__":
+    main()
