@@ -38,6 +38,7 @@ def test_recipes_defaults():
     assert RECIPES.get("whitebox-mnist35").config_type is TrainConfig  # unchanged
     assert plain.noise_p == 0.0 and plain.adv_eps == 0.0
     assert adv.noise_p == 0.0 and adv.adv_eps == 0.3 and adv.adv_steps == base.adv_steps
+    assert adv.adv_warmup_epochs == 5.0 and plain.adv_warmup_epochs == 0.0
     for cfg in (plain, adv):  # everything else is the white-box recipe's
         assert isinstance(cfg, TrainConfig)
         assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.seed) == (base.epochs, base.batch_size,

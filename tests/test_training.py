@@ -97,3 +97,36 @@ def test_resume_refuses_different_settings_and_missing_state(tiny_data, tmp_path
     with pytest.raises(CheckpointError, match="corrupted"):
         fit(whitebox_mnist35(), *tiny_data, TrainConfig(**TINY), tmp_path / "run",
             model_name="whitebox-mnist35", resume=True, progress=False)
+
+
+def test_adversarial_eps_ramps_linearly_then_holds():
+    from pellucid.train.trainer import adversarial_eps
+
+    cfg = TrainConfig(adv_eps=0.3, adv_warmup_epochs=2.0)
+    # 10 steps per epoch: the ramp spans steps 1..20
+    assert adversarial_eps(cfg, 1, 10) == pytest.approx(0.3 / 20)
+    assert adversarial_eps(cfg, 10, 10) == pytest.approx(0.15)
+    assert adversarial_eps(cfg, 20, 10) == pytest.approx(0.3)
+    assert adversarial_eps(cfg, 500, 10) == pytest.approx(0.3)
+    assert adversarial_eps(TrainConfig(adv_eps=0.3), 1, 10) == 0.3  # no warmup: full radius
+
+
+def test_resume_reads_settings_added_later_as_their_defaults(tiny_data, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from pellucid.train.checkpointing import STATE_FILE
+
+    _fit(tiny_data, tmp_path, epochs=1)
+    state = tmp_path / STATE_FILE
+    with safe_open(str(state), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    info = json.loads(meta["info"])
+    del info["config"]["adv_warmup_epochs"]  # a run written before that setting existed
+    save_file(tensors, str(state), metadata={**meta, "info": json.dumps(info)})
+    train, val = tiny_data
+    resume = lambda **kw: fit(whitebox_mnist35(), train, val, TrainConfig(**{**TINY, **kw}),  # noqa: E731
+                              tmp_path, model_name="whitebox-mnist35", progress=False, resume=True)
+    assert [r["epoch"] for r in resume(epochs=2)] == [1, 2]
+    with pytest.raises(CheckpointError, match="adv_warmup_epochs"):
+        resume(epochs=3, adv_warmup_epochs=1.0)

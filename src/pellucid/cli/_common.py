@@ -19,17 +19,23 @@ def _option(field: Field) -> str:
     return "--" + field.name.replace("_", "-")
 
 
+def _help(field: Field) -> str:
+    """The field's ``metadata["help"]``; the parser's ``ArgumentDefaultsHelpFormatter`` appends
+    the default."""
+    return field.metadata.get("help", "")
+
+
 def add_dataclass_options(parser: argparse.ArgumentParser, config_type: type) -> None:
     """One ``--field-name`` option per dataclass field, typed and defaulted from the field."""
     for f in fields(config_type):
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         if isinstance(default, bool):
             parser.add_argument(_option(f), dest=f.name, default=default,
-                                action=argparse.BooleanOptionalAction, help=f"(default {default})")
+                                action=argparse.BooleanOptionalAction, help=_help(f))
         else:
             kind = type(default) if default is not None else str
             parser.add_argument(_option(f), dest=f.name, type=kind, default=default,
-                                metavar=kind.__name__.upper(), help=f"(default {default})")
+                                metavar=kind.__name__.upper(), help=_help(f))
 
 
 def dataclass_from_args(config_type: type, args: argparse.Namespace):

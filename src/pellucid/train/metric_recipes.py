@@ -37,6 +37,7 @@ from pellucid.models.checkpoint import save_model
 from pellucid.models.registry import create_model
 from pellucid.robust.evaluate import predict_logits
 from pellucid.train.recipes import register_recipe
+from pellucid.train.trainer import config_option as _opt
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -45,31 +46,32 @@ METRICS_FILE = "metrics.jsonl"
 class MetricMLPConfig:
     """Table 1 protocol of Metric as Transform (Fashion-MNIST)."""
 
-    metric: str = "l2"  # l<p> (l0.5, l1, l2, l20, ...), stereo, cosine, linear, convex, invex, ordinary
-    hidden: int = 100  # H, metric neurons
-    variant: str = "standardised"  # lp only: standardised (paper) or simple
-    dataset: str = "fashion-mnist"
-    epochs: int = 50
-    batch_size: int = 50
-    lr: float = 1e-4  # Adam, cosine-annealed to 0 over all steps
-    seed: int = 0
-    test_limit: int = 0  # > 0: measure the per-epoch test accuracy on the first N test images
+    metric: str = _opt("l2", "l<p> (l0.5, l1, l2, l20, ...), stereo, cosine, linear, convex, "
+                                    "invex or ordinary")
+    hidden: int = _opt(100, "H, metric neurons")
+    variant: str = _opt("standardised", "lp only: standardised (paper) or simple")
+    dataset: str = _opt("fashion-mnist", "dataset name (see pellucid.data)")
+    epochs: int = _opt(50, "passes over the training split")
+    batch_size: int = _opt(50, "images per optimizer step")
+    lr: float = _opt(1e-4, "Adam, cosine-annealed to 0 over all steps")
+    seed: int = _opt(0, "seed of initialisation, data order and sampling")
+    test_limit: int = _opt(0, "> 0: measure the per-epoch test accuracy on the first N test images")
 
 
 @dataclass
 class DictionaryMLPConfig:
     """Epsilon-softmax dictionary MLP of the rejection experiments (Fashion-MNIST)."""
 
-    hidden: int = 100  # H, keys
-    dataset: str = "fashion-mnist"
-    epochs: int = 30
-    batch_size: int = 50
-    lr: float = 0.01  # Adam, constant
-    centre_lr_scale: float = 1.0  # keys learn at lr * this (paper: 1 or 0.01)
-    data_init: bool = False  # keys = random training images, values = one-hot labels
-    epsilon_mode: str = "running"  # running, learned or fixed
-    seed: int = 0
-    test_limit: int = 0
+    hidden: int = _opt(100, "H, keys")
+    dataset: str = _opt("fashion-mnist", "dataset name (see pellucid.data)")
+    epochs: int = _opt(30, "passes over the training split")
+    batch_size: int = _opt(50, "images per optimizer step")
+    lr: float = _opt(0.01, "Adam, constant")
+    centre_lr_scale: float = _opt(1.0, "keys learn at lr * this (paper: 1 or 0.01)")
+    data_init: bool = _opt(False, "keys = random training images, values = one-hot labels")
+    epsilon_mode: str = _opt("running", "running, learned or fixed")
+    seed: int = _opt(0, "seed of initialisation, data order and sampling")
+    test_limit: int = _opt(0, "> 0: measure the per-epoch test accuracy on the first N test images")
 
 
 def train_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset, *, epochs: int,

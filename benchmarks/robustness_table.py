@@ -1,0 +1,88 @@
+"""The white-box network side by side with CNN baselines: one row per trained model directory.
+
+For each ``DIR`` (written by ``pellucid train``): parameters, training time (the sum of the
+run's ``epoch_seconds``, validation included, from ``metrics.jsonl``), clean accuracy, PGD-40
+and AutoAttack accuracy at L-inf eps 0.3 on the full test set (true labels; robust = clean
+correct and adversarial correct), precision at 80 % recall under each attack, and the
+gradient-masking checks. Every figure is computed in this process. Prints ONE JSON line; each
+evaluation is also recorded in ``DIR/evaluations/`` for ``pellucid evaluate DIR --report``.
+
+    python benchmarks/robustness_table.py runs/wb314 runs/lenet runs/lenet-adv --budget standard
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from pellucid.data import load_dataset
+from pellucid.models import load_model
+from pellucid.report import environment
+from pellucid.report.records import save_record
+from pellucid.robust import BUDGETS, evaluate_robustness
+from pellucid.robust.checks import evaluation_checks
+
+
+def training_seconds(run_dir: Path) -> float | None:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    return round(sum(json.loads(line)["epoch_seconds"] for line in path.read_text().splitlines()
+                     if line.strip()), 1)
+
+
+def row(run_dir: Path, budget: str, eps: float, seed: int, limit: int | None) -> dict:
+    model, config = load_model(run_dir)
+    data = config["data"]
+    test = load_dataset(data["dataset"], "test", classes=data.get("classes"))
+    if limit:
+        test = test.subset(slice(0, limit))
+    out = {"model": config["model"], "model_dir": str(run_dir),
+           "parameters": sum(p.numel() for p in model.parameters()),
+           "train": {k: config.get("train", {}).get(k) for k in ("epochs", "adv_eps", "noise_p")},
+           "training_seconds": training_seconds(run_dir), "n": len(test)}
+    log = lambda m: print(f"{run_dir}: {m}", file=sys.stderr, flush=True)  # noqa: E731
+    for attack, kw in (("pgd", {"steps": 40, "step_size": 0.1}),
+                       ("autoattack", {"budget": budget, "log": log})):
+        res = evaluate_robustness(model, test.images, test.labels, attack=attack, eps=eps,
+                                  seed=seed, **kw)
+        checks, points = evaluation_checks(model, res, test.images, test.labels, limit=500,
+                                           seed=seed)
+        res.checks = checks
+        summary = {"model": config["model"], "model_dir": str(run_dir), **res.summary()}
+        if attack == "pgd":
+            summary["steps"] = 40
+        if not limit:
+            save_record(run_dir, summary, res, eps_points={"points": points, "n": min(500, len(test))})
+        key = "pgd40" if attack == "pgd" else "autoattack"
+        out["clean_accuracy"] = res.clean_accuracy
+        out[f"{key}_accuracy"] = res.robust_accuracy
+        out[f"{key}_precision_at_recall_0.8"] = summary["precision_at_recall_0.8"]
+        out[f"{key}_seconds"] = round(res.seconds, 1)
+        out[f"{key}_checks"] = {c.name: c.passed for c in checks}
+        if res.stages:
+            out["autoattack_stages"] = res.stages
+        log(f"{attack}: {res.robust_accuracy:.4f} in {res.seconds:.1f} s")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model_dirs", nargs="+", type=Path)
+    ap.add_argument("--budget", default="standard", choices=sorted(BUDGETS))
+    ap.add_argument("--eps", type=float, default=0.3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=None, help="first N test images (not recorded)")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    rows = [row(d, args.budget, args.eps, args.seed, args.limit) for d in args.model_dirs]
+    print(json.dumps({"benchmark": "robustness_table", "budget": args.budget, "eps": args.eps,
+                      "rows": rows, "seconds": round(time.perf_counter() - t0, 1),
+                      "environment": environment()}))
+
+
+if __name__ == "__main__":
+    main()
