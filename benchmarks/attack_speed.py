@@ -68,7 +68,8 @@ def main() -> None:
         with argmax_forward():
             base = images_per_s(lambda: model(full), len(full))
     rows = {}
-    for name, kw in {**ATTACK_SETTINGS, "square": {"queries": args.queries}}.items():
+    for name, kw in {**ATTACK_SETTINGS, "square": {"queries": args.queries},
+                     "square-native": {"queries": args.queries}}.items():
         t = time.perf_counter()
         res = evaluate_robustness(model, x, y, attack=name, eps=0.3, **kw)
         s = time.perf_counter() - t

@@ -71,6 +71,7 @@ def test_attacks_reach_the_linear_models_closed_form_worst_case(attack, kwargs):
 
 @pytest.mark.parametrize("attack, kwargs", [("pgd", {"steps": 5}), ("fgsm", {}),
                                             ("apgd-ce", {"steps": 5}), ("square", {"queries": 20}),
+                                            ("square-native", {"queries": 20}),
                                             ("autoattack", {"budget": TINY_STAGES})])
 def test_a_model_robust_by_construction_keeps_its_clean_accuracy(attack, kwargs):
     x, y = _data()
@@ -162,7 +163,7 @@ def test_monotone_and_black_box_checks_on_known_inputs():
 
 
 SMALL = {"pgd": {"steps": 2}, "fgsm": {}, "apgd-ce": {"steps": 2}, "apgd-dlr": {"steps": 2},
-         "square": {"queries": 5}, "deepfool": {"steps": 2}, "boundary": {"steps": 2},
+         "square": {"queries": 5}, "square-native": {"queries": 5}, "deepfool": {"steps": 2}, "boundary": {"steps": 2},
          "autoattack": {"budget": TINY_STAGES}}
 
 

@@ -78,12 +78,12 @@ def attack_kwargs(args: argparse.Namespace) -> dict:
     if args.step_size is not None:
         kw["step_size"] = args.step_size
     if args.restarts is not None:
-        if args.attack not in ("apgd-ce", "apgd-dlr", "square"):
+        if args.attack not in ("apgd-ce", "apgd-dlr", "square", "square-native"):
             raise InvalidInputError(f"--restarts does not apply to {args.attack}")
         kw["restarts"] = args.restarts
     if args.queries is not None:
-        if args.attack != "square":
-            raise InvalidInputError("--queries applies to square only")
+        if args.attack not in ("square", "square-native"):
+            raise InvalidInputError("--queries applies to square and square-native only")
         kw["queries"] = args.queries
     if args.attack == "autoattack":
         kw["budget"] = args.budget

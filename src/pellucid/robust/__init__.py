@@ -4,6 +4,7 @@ checks, reliability curves, rejection and evaluation."""
 from pellucid.robust.attacks import (ATTACKS, AttackRun, eval_mode, fgsm, perturbation_norm, pgd,
                                      run_attack, within_budget)
 from pellucid.robust import art_backend  # noqa: F401  (registers apgd-ce, apgd-dlr, square, ...)
+from pellucid.robust.square import square_native
 from pellucid.robust.autoattack import BUDGETS, autoattack
 from pellucid.robust.evaluate import RobustnessResult, accuracy_vs_eps, evaluate_robustness, predict_logits
 from pellucid.robust.checks import Check, GradientMaskingWarning, run_checks
@@ -13,4 +14,4 @@ from pellucid.robust.rejection import coverage_curve, rejection_counts, rejectio
 __all__ = ["ATTACKS", "AttackRun", "BUDGETS", "Check", "GradientMaskingWarning", "ReliabilityCurve",
            "RobustnessResult", "accuracy_vs_eps", "autoattack", "eval_mode", "evaluate_robustness",
            "fgsm", "perturbation_norm", "pgd", "predict_logits", "reliability_curve", "run_attack",
-           "run_checks", "within_budget", "coverage_curve", "rejection_counts", "rejection_search"]
+           "run_checks", "square_native", "within_budget", "coverage_curve", "rejection_counts", "rejection_search"]

@@ -26,6 +26,9 @@ from torch import nn
 from pellucid.robust.attacks import eval_mode, pgd
 from pellucid.robust.evaluate import predict_logits
 
+# stand-alone black-box attacks: their result is checked against PGD-40 on the same images
+BLACK_BOX_ATTACKS = ("square", "square-native")
+
 EPS_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
 
 
@@ -160,7 +163,7 @@ def evaluation_checks(model: nn.Module, result, x: torch.Tensor, y: torch.Tensor
     points = accuracy_vs_eps(model, xs, ys, EPS_GRID, steps=40, seed=seed, value_range=value_range)
     checks = run_checks(model, xs, ys, stages=result.stages, eps_points=points,
                         value_range=value_range, seed=seed, warn=False)
-    if result.attack == "square":
+    if result.attack in BLACK_BOX_ATTACKS:
         white = evaluate_robustness(model, x, y, attack="pgd", eps=result.eps, norm=result.norm,
                                     steps=40, seed=seed, value_range=value_range)
         checks = [c for c in checks if c.name != "black_box"]
