@@ -57,7 +57,12 @@ def main() -> None:
     ap.add_argument("model_dir")
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--queries", type=int, default=500)
+    ap.add_argument("--attacks", nargs="+", default=[*ATTACK_SETTINGS, "square", "square-native"],
+                    choices=[*ATTACK_SETTINGS, "square", "square-native"])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, config = load_model(Path(args.model_dir))
     test = load_dataset(config["data"]["dataset"], "test", classes=config["data"].get("classes"))
     x, y = test.images[: args.n], test.labels[: args.n]
@@ -68,14 +73,16 @@ def main() -> None:
         with argmax_forward():
             base = images_per_s(lambda: model(full), len(full))
     rows = {}
-    for name, kw in {**ATTACK_SETTINGS, "square": {"queries": args.queries},
-                     "square-native": {"queries": args.queries}}.items():
+    settings = {**ATTACK_SETTINGS, "square": {"queries": args.queries},
+                "square-native": {"queries": args.queries}}
+    for name, kw in {k: settings[k] for k in args.attacks}.items():
         t = time.perf_counter()
         res = evaluate_robustness(model, x, y, attack=name, eps=0.3, **kw)
         s = time.perf_counter() - t
         rows[name] = {**kw, "seconds": round(s, 2), "images_per_s": round(len(x) / s, 2),
                       "robust_accuracy": res.robust_accuracy}
     print(json.dumps({"benchmark": "attack_speed", "model": config["model"], "n": len(x),
+                      "threads": torch.get_num_threads(),
                       "forward_images_per_s": round(fast), "forward_baseline_images_per_s": round(base),
                       "forward_speedup": round(fast / base, 2), "attacks": rows,
                       "environment": environment()}))

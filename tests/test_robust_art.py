@@ -94,6 +94,20 @@ def test_autoattack_attacks_only_the_robust_images_and_logs_each_stage():
     assert res.info["budget"] == "custom"
 
 
+def test_autoattack_scores_unbroken_images_at_their_hardest_point_not_clean():
+    # reliability under AutoAttack must see the attacked inputs, also where no stage won
+    model, (x, y), eps = ImageLinear(), _data(), 0.05
+    res = evaluate_robustness(model, x, y, attack="autoattack", eps=eps, budget=TINY_STAGES)
+    z = lambda t: model(t)[:, 1].detach()  # noqa: E731  (class 1 when z > 0)
+    signed = torch.where(y == 1, 1.0, -1.0)  # margin of the true class: signed * z
+    held = res.robust
+    assert held.sum() > 10 and (~held).sum() > 0
+    assert within_budget(res.adversarial - x, eps, "linf").all()
+    # linear model: every gradient stage moves a robust image toward the boundary
+    assert (signed[held] * z(res.adversarial[held]) < signed[held] * z(x[held]) - 1e-4).all()
+    assert torch.equal(res.adversarial_logits.argmax(1)[held], y[held])
+
+
 def test_binary_models_get_a_constant_third_logit_for_dlr():
     x, _ = _data(4)
     z = PadBinaryLogits(ImageLinear())(x)

@@ -4,7 +4,9 @@ The stages are ART's default AutoAttack ensemble (APGD-CE, APGD-DLR, DeepFool, S
 in sequence by pellucid rather than by ``art.attacks.evasion.AutoAttack`` so that each stage's
 wall time and yield are recorded (the ART class reports neither) and the attack uses the true
 labels. An image counts as broken when the model misclassifies the stage's output *and* the
-output lies inside the eps-ball; the stage after sees only the images still robust.
+output lies inside the eps-ball; the stage after sees only the images still robust. An image no
+stage breaks keeps the in-budget output of lowest margin ``z_y - max_{j != y} z_j`` any stage
+found, so the reliability curve scores every image at the hardest point the ensemble reached.
 
 Two budgets (:data:`BUDGETS`):
 
@@ -25,6 +27,7 @@ from torch import nn
 from pellucid.errors import InvalidInputError
 from pellucid.robust.attacks import ATTACKS, AttackRun, eval_mode, within_budget
 from pellucid.robust import art_backend  # noqa: F401  (registers the ART attacks used below)
+from pellucid.robust.square import margin
 
 
 @dataclass(frozen=True)
@@ -47,10 +50,12 @@ BUDGETS: dict[str, tuple[Stage, ...]] = {
 
 
 @torch.no_grad()
-def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+def _margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+    """``z_y - max_{j != y} z_j`` per image; > 0 where the prediction is correct (ties: argmax)."""
     with eval_mode(model):
-        return torch.cat([model(xb).argmax(1) == yb for xb, yb in
-                          zip(x.split(batch_size), y.split(batch_size))])
+        logits = torch.cat([model(xb) for xb in x.split(batch_size)])
+    m = margin(logits, y)
+    return torch.where(logits.argmax(1) == y, m.clamp_min(torch.finfo(m.dtype).tiny), m.clamp_max(0))
 
 
 @ATTACKS.register("autoattack", "AutoAttack ensemble (APGD-CE, APGD-DLR, DeepFool, Square via ART)")
@@ -71,7 +76,8 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     else:
         stage_list, budget_name = tuple(budget), "custom"
     x_adv = x.detach().clone()
-    robust = _correct(model, x, y)  # only correctly classified images are attacked
+    best = _margins(model, x, y)  # margin of x_adv: the lowest any in-budget output reached
+    robust = best > 0  # only correctly classified images are attacked
     stages = []
     for stage in stage_list:
         idx = torch.nonzero(robust).squeeze(1)
@@ -81,8 +87,12 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
                                             step_size=step_size, value_range=value_range,
                                             generator=generator, progress=progress, **stage.kwargs)
             out = out.adversarial if isinstance(out, AttackRun) else out
-            broken = ~_correct(model, out, y[idx]) & within_budget(out - x[idx], eps, norm)
-            x_adv[idx[broken]] = out[broken]
+            m = _margins(model, out, y[idx])
+            # keep the in-budget output closest to the boundary, broken or not, so that an image
+            # the ensemble could not break is scored (reliability) at its hardest point, not clean
+            closer = within_budget(out - x[idx], eps, norm) & (m < best[idx])
+            x_adv[idx[closer]], best[idx[closer]] = out[closer], m[closer]
+            broken = closer & (m <= 0)
             robust[idx[broken]] = False
         else:
             broken = torch.zeros(0, dtype=torch.bool)
