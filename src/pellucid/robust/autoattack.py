@@ -12,6 +12,8 @@ Two budgets (:data:`BUDGETS`):
 
 - ``"standard"``: one restart for each APGD and Square (5000 queries), like the reference
   implementation's "standard" version (Croce & Hein 2020);
+- ``"standard-native"``: ``"standard"`` with :func:`pellucid.robust.square.square_native`
+  (per-image proposals, about 3.6x faster) in place of ART's Square;
 - ``"art-default"``: ART's defaults, 5 restarts for each APGD and 5 x 5000 queries of Square.
 """
 
@@ -42,6 +44,11 @@ BUDGETS: dict[str, tuple[Stage, ...]] = {
                  Stage("apgd-dlr", {"steps": 100, "restarts": 1}),
                  Stage("deepfool", {"steps": 100}),
                  Stage("square", {"queries": 5000, "restarts": 1}, white_box=False)),
+    # the standard budget with pellucid's Square (per-image proposals, robust images only)
+    "standard-native": (Stage("apgd-ce", {"steps": 100, "restarts": 1}),
+                        Stage("apgd-dlr", {"steps": 100, "restarts": 1}),
+                        Stage("deepfool", {"steps": 100}),
+                        Stage("square-native", {"queries": 5000, "restarts": 1}, white_box=False)),
     "art-default": (Stage("apgd-ce", {"steps": 100, "restarts": 5}),
                     Stage("apgd-dlr", {"steps": 100, "restarts": 5}),
                     Stage("deepfool", {"steps": 100}),
