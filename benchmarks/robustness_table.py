@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from pellucid.cli._common import strict_json
 from pellucid.data import load_dataset
 from pellucid.models import load_model
 from pellucid.report import environment
@@ -79,9 +80,10 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     rows = [row(d, args.budget, args.eps, args.seed, args.limit) for d in args.model_dirs]
-    print(json.dumps({"benchmark": "robustness_table", "budget": args.budget, "eps": args.eps,
-                      "rows": rows, "seconds": round(time.perf_counter() - t0, 1),
-                      "environment": environment()}))
+    print(json.dumps(strict_json({"benchmark": "robustness_table", "budget": args.budget,
+                                  "eps": args.eps, "rows": rows,
+                                  "seconds": round(time.perf_counter() - t0, 1),
+                                  "environment": environment()}), allow_nan=False))
 
 
 if __name__ == "__main__":

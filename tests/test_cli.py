@@ -76,3 +76,14 @@ def test_train_cli_tiny_run_then_resume(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert main(args[:5] + ["2"] + args[6:] + ["--resume"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epoch"] == 2
+
+
+def test_json_output_is_strict_json_without_nan(capsys):
+    import numpy as np
+
+    from pellucid.cli._common import print_json
+
+    print_json({"p": float("nan"), "q": [1.5, float("inf")], "r": np.float32("nan"), "s": 2})
+    out = capsys.readouterr().out.strip()
+    assert json.loads(out, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}")) == {
+        "p": None, "q": [1.5, None], "r": None, "s": 2}

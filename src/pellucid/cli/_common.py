@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import MISSING, Field, fields
 from typing import Any
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by ``None``: ``json.dumps`` would write
+    ``NaN``, which strict JSON parsers (``jq``, browsers) reject. Precision at a recall that
+    cannot be reached (no correct prediction) is such a NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def print_json(obj: Any) -> None:
     """Print ``obj`` as the last stdout line (machine-readable output of ``--json``)."""
-    sys.stdout.write(json.dumps(obj, sort_keys=True, default=float) + "\n")
+    sys.stdout.write(json.dumps(strict_json(obj), sort_keys=True, allow_nan=False,
+                                default=lambda o: strict_json(float(o))) + "\n")
     sys.stdout.flush()
 
 
