@@ -107,16 +107,21 @@ def test_conv_layer_forward_is_relu_of_max_over_all_posed_kernels_over_five():
     assert torch.equal(pose, full.argmax(dim=1, keepdim=True))
 
 
-def test_max_correlation_gradients():
-    x = torch.randn(3, 1, 9, 9, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(7, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("channels,kernel,size", [(1, 5, (9, 9)), (2, 3, (6, 11))])
+def test_max_correlation_gradients(channels, kernel, size):
+    x = torch.randn(3, channels, *size, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, channels, kernel, kernel, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: max_correlation(a, b)[0], (x, w))
     # and against autograd through the dense formulation
-    g = torch.randn(3, 1, 9, 9, dtype=torch.float64)
+    g = torch.randn(3, 1, *size, dtype=torch.float64)
     gx, gw = torch.autograd.grad((max_correlation(x, w)[0] * g).sum(), (x, w))
-    dense = F.conv2d(x, w, padding=2).max(dim=1, keepdim=True).values
+    dense = F.conv2d(x, w, padding=kernel // 2).max(dim=1, keepdim=True).values
     rx, rw = torch.autograd.grad((dense * g).sum(), (x, w))
     assert torch.allclose(gx, rx) and torch.allclose(gw, rw)
+    # one-sided: only the input (attacks) or only the kernels
+    only_x = torch.autograd.grad((max_correlation(x, w.detach())[0] * g).sum(), x)[0]
+    only_w = torch.autograd.grad((max_correlation(x.detach(), w)[0] * g).sum(), w)[0]
+    assert torch.allclose(only_x, rx) and torch.allclose(only_w, rw)
 
 
 # -- affine features ---------------------------------------------------------------------------

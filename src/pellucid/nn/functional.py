@@ -7,9 +7,11 @@ import torch.nn.functional as F
 
 # Images per block. The (block, K, H, W) score tensor must stay in cache: on a 2-core machine
 # conv2d + max over 200 MNIST images at once runs 3.7x slower than in blocks of 8, because
-# the 40 MB of scores spill to memory. Blocks are a cache tiling, not a per-sample loop.
+# the 40 MB of scores spill to memory. Blocks are a cache tiling, not a per-sample loop. The
+# backward's per-tap buffers are (taps, block, H, W): 128 images keep them at ~10 MB (at attack
+# batches of 1024 an unblocked backward ran 1.5x slower).
 _FORWARD_BLOCK = 8
-_BACKWARD_BLOCK = 16
+_BACKWARD_BLOCK = 128
 
 
 class _MaxCorrelation(torch.autograd.Function):
@@ -36,24 +38,44 @@ class _MaxCorrelation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_best: torch.Tensor, _grad_idx):
         x, weight, idx = ctx.saved_tensors
-        n_k, c, kh, kw = weight.shape
-        pad, size = (kh // 2, kw // 2), x.shape[-2:]
-        w_flat = weight.reshape(n_k, c * kh * kw)
         need_x, need_w = ctx.needs_input_grad[:2]
         grad_x = [] if need_x else None
-        grad_w = torch.zeros_like(w_flat) if need_w else None
-        blocks = zip(x.split(_BACKWARD_BLOCK), idx.flatten(1).split(_BACKWARD_BLOCK),
-                     grad_best.flatten(1).split(_BACKWARD_BLOCK))
-        for xb, ib, gb in blocks:  # ib, gb: (b, H*W)
-            if need_x:  # d/dx: the winning kernel times the incoming gradient, folded back
-                cols = (w_flat[ib] * gb.unsqueeze(-1)).transpose(1, 2)  # (b, C*kh*kw, H*W)
-                grad_x.append(F.fold(cols, size, (kh, kw), padding=pad))
-            if need_w:  # d/dw_k: sum of the patches that kernel k won, weighted by the gradient
-                patches = F.unfold(xb, (kh, kw), padding=pad)  # (b, C*kh*kw, H*W)
-                grad_w.index_add_(0, ib.reshape(-1),
-                                  (patches * gb.unsqueeze(1)).transpose(1, 2).reshape(-1, c * kh * kw))
+        grad_w = weight.new_zeros(weight[0].numel(), weight.shape[0]) if need_w else None
+        for xb, ib, gb in zip(x.split(_BACKWARD_BLOCK), idx.split(_BACKWARD_BLOCK),
+                              grad_best.split(_BACKWARD_BLOCK)):
+            gx = _max_correlation_backward_block(xb, weight, ib, gb.squeeze(1), grad_w)
+            if need_x:
+                grad_x.append(gx)
         return (torch.cat(grad_x) if need_x else None,
-                grad_w.view_as(weight) if need_w else None)
+                grad_w.t().reshape(weight.shape) if need_w else None)
+
+
+def _max_correlation_backward_block(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor,
+                                    g: torch.Tensor, grad_w: torch.Tensor | None) -> torch.Tensor:
+    """Input gradient of one block, accumulating the kernel gradient into ``grad_w`` (taps, K).
+
+    The loops run over the ``c*kh*kw`` kernel taps (25 for 5x5), never over images or pixels: each
+    tap is one whole-block tensor op. On CPU this is 2-3x faster than F.fold / F.unfold (col2im /
+    im2col), because nothing (B, HW, taps)-sized is ever transposed.
+    """
+    n_k, c, kh, kw = weight.shape
+    b, _, h, w = x.shape
+    ph, pw = kh // 2, kw // 2
+    taps = [(c_, dy, dx) for c_ in range(c) for dy in range(kh) for dx in range(kw)]
+    if grad_w is not None:  # dw_k[tap] += sum over pixels p that kernel k won of g[p] x[p + tap]
+        xp = F.pad(x, (pw, pw, ph, ph))
+        weighted = x.new_empty(len(taps), b, h, w)
+        for t, (c_, dy, dx) in enumerate(taps):
+            torch.mul(xp[:, c_, dy:dy + h, dx:dx + w], g, out=weighted[t])
+        grad_w.index_add_(1, idx.reshape(-1), weighted.view(len(taps), -1))
+    # dx[p] = sum_taps g[p - tap] w_{k(p - tap)}[tap]: the winning kernel, spread back over its patch
+    w_taps = weight.reshape(n_k, -1).t()  # (taps, K)
+    flat = idx.reshape(1, -1).expand(len(taps), -1)
+    winner = w_taps.gather(1, flat).view(len(taps), b, h, w)  # (taps, b, H, W)
+    padded = x.new_zeros(b, c, h + 2 * ph, w + 2 * pw)
+    for t, (c_, dy, dx) in enumerate(taps):
+        padded[:, c_, dy:dy + h, dx:dx + w].addcmul_(winner[t], g)
+    return padded[:, :, ph:ph + h, pw:pw + w]
 
 
 def max_correlation(x: torch.Tensor, weight: torch.Tensor, return_index: bool = True
