@@ -12,7 +12,6 @@ from pathlib import Path
 from urllib.error import URLError
 
 import torch
-import torchvision
 from torch import nn
 
 from pellucid.errors import CheckpointError
@@ -62,6 +61,9 @@ _ARCHITECTURES = {
 def build_torchvision(arch: str, weights: str | Path | None = None) -> ImageNetClassifier:
     """torchvision ``arch`` wrapped to take [0, 1] images; ``weights``: None, a torchvision weights
     name (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...) or a local ``.pth``/``.pt``/``.safetensors`` file."""
+    # imported here: torchvision.models pulls in torch._dynamo (~2.5 s), which every CLI start paid
+    import torchvision.models
+
     builder = getattr(torchvision.models, arch)
     if weights is None:
         return ImageNetClassifier(builder(weights=None, **_ARCHITECTURES[arch][1])).eval()
