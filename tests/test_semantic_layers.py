@@ -124,6 +124,26 @@ def test_max_correlation_gradients(channels, kernel, size):
     assert torch.allclose(only_x, rx) and torch.allclose(only_w, rw)
 
 
+def test_max_correlation_backward_has_the_fold_formulations_bits():
+    # The per-tap backward must add the same products in the same order as F.fold / F.unfold +
+    # index_add (the formulation it replaced): a faster kernel must not change trained models.
+    # Its outputs must also be contiguous: a strided kernel gradient changed downstream sums.
+    torch.manual_seed(0)
+    x = torch.rand(150, 1, 28, 28, requires_grad=True)
+    w = torch.randn(64, 1, 5, 5, requires_grad=True)
+    g = torch.randn(150, 1, 28, 28)
+    best, idx = max_correlation(x, w)
+    gx, gw = torch.autograd.grad(best, (x, w), g)
+    assert gx.is_contiguous() and gw.is_contiguous()
+    w_flat, flat_idx, flat_g = w.detach().reshape(64, 25), idx.flatten(1), g.flatten(1)
+    cols = (w_flat[flat_idx] * flat_g.unsqueeze(-1)).transpose(1, 2)
+    ref_gx = F.fold(cols, (28, 28), (5, 5), padding=2)
+    patches = F.unfold(x.detach(), (5, 5), padding=2)
+    rows = (patches * flat_g.unsqueeze(1)).transpose(1, 2).reshape(-1, 25)
+    ref_gw = torch.zeros(64, 25).index_add_(0, flat_idx.reshape(-1), rows).view_as(w)
+    assert torch.equal(gx, ref_gx) and torch.equal(gw, ref_gw)
+
+
 # -- affine features ---------------------------------------------------------------------------
 def test_identity_pose_leaves_a_feature_unchanged():
     img = torch.randn(2, 28, 28, dtype=torch.float64)

@@ -47,7 +47,7 @@ class _MaxCorrelation(torch.autograd.Function):
             if need_x:
                 grad_x.append(gx)
         return (torch.cat(grad_x) if need_x else None,
-                grad_w.t().reshape(weight.shape) if need_w else None)
+                grad_w.t().contiguous().view(weight.shape) if need_w else None)
 
 
 def _max_correlation_backward_block(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor,
@@ -74,7 +74,7 @@ def _max_correlation_backward_block(x: torch.Tensor, weight: torch.Tensor, idx: 
     winner = w_taps.gather(1, flat).view(len(taps), b, h, w)  # (taps, b, H, W)
     padded = x.new_zeros(b, c, h + 2 * ph, w + 2 * pw)
     for t, (c_, dy, dx) in enumerate(taps):
-        padded[:, c_, dy:dy + h, dx:dx + w].addcmul_(winner[t], g)
+        padded[:, c_, dy:dy + h, dx:dx + w] += winner[t] * g
     return padded[:, :, ph:ph + h, pw:pw + w]
 
 
