@@ -104,3 +104,45 @@ def test_authors_model_pgd40_matches_published_robustness(authors_model, mnist35
                             steps=40, seed=0)
     assert r.clean_accuracy >= 0.99
     assert 0.88 <= r.robust_accuracy <= 0.97  # paper: 92.6 % on all 1,902
+
+
+def test_precision_at_recall_interval_brackets_the_estimate_and_shrinks_with_n():
+    from pellucid.robust import precision_at_recall_interval
+
+    torch.manual_seed(0)
+
+    def noisy(n):  # confidence loosely tied to correctness, about 90 % correct
+        labels = torch.zeros(n, dtype=torch.long)
+        wrong = torch.rand(n) < 0.1
+        margin = torch.randn(n) + 1.5 * torch.where(wrong, -1.0, 1.0)
+        return torch.stack([margin, torch.zeros(n)], 1), labels
+
+    logits, labels = noisy(2000)
+    point = reliability_curve(logits, labels).precision_at_recall(0.8)
+    gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    lo, hi = precision_at_recall_interval(logits, labels, 0.8, generator=gen())
+    # width close to the binomial one, 2 * 1.96 * sqrt(P (1 - P) / k), k = inputs accepted there
+    accepted = 0.8 * (logits.argmax(1) == labels).sum().item() / point
+    binomial = 3.92 * (point * (1 - point) / accepted) ** 0.5
+    assert lo < point < hi and 0.5 < (hi - lo) / binomial < 2
+    assert (lo, hi) == precision_at_recall_interval(logits, labels, 0.8, generator=gen())
+    small = precision_at_recall_interval(*noisy(200), 0.8, generator=gen())
+    assert small[1] - small[0] > hi - lo  # ten times fewer inputs: a wider interval
+    # perfect separation: every replicate has precision 1
+    sep = torch.tensor([[5.0, 0], [4, 0], [3, 0], [0.1, 0], [0.2, 0]])
+    assert precision_at_recall_interval(sep, torch.tensor([0, 0, 0, 1, 1]), 1.0,
+                                        generator=gen()) == (1.0, 1.0)
+
+
+def test_precision_at_recall_interval_replicate_of_all_ones_equals_the_curve():
+    # the bootstrap's shared-sort arithmetic, checked on the identity redraw (each input once)
+    from pellucid.robust import reliability as rel
+
+    torch.manual_seed(3)
+    logits = torch.randn(300, 2).round(decimals=1)  # many ties
+    labels = torch.randint(0, 2, (300,))
+    _, correct, last = rel._sorted_correctness(logits, labels)
+    tp, n_pred = torch.cumsum(correct, 0), torch.arange(1, 301, dtype=torch.float64)
+    first = ((tp / tp[-1] >= 0.8 - 1e-12) & last).double().argmax()
+    expected = reliability_curve(logits, labels).precision_at_recall(0.8)
+    assert float(tp[first] / n_pred[first]) == pytest.approx(expected)

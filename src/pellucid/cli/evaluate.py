@@ -154,8 +154,13 @@ def _save_examples(model_dir: Path, model, ds, result, minimal: dict) -> None:
 def _print_summary(summary: dict, args: argparse.Namespace) -> None:
     print(f"{summary['model']} on {summary['n']} test images, {args.attack} {args.norm} "
           f"eps={args.eps}:")
+    ci = summary.get("precision_at_recall_0.8_ci95")
     for key in ("clean_accuracy", "robust_accuracy", "precision_at_recall_0.8", "reliability_auc"):
-        print(f"  {key:<24} {summary[key] * 100:7.2f} %")
+        value = summary[key]
+        text = "      -" if value is None or value != value else f"{value * 100:7.2f} %"
+        if key == "precision_at_recall_0.8" and ci and None not in ci and ci[0] == ci[0]:
+            text += f"  (95 % bootstrap interval {ci[0] * 100:.2f} to {ci[1] * 100:.2f} %)"
+        print(f"  {key:<24} {text}")
     print(f"  {'seconds':<24} {summary['seconds']:7.1f}")
     for st in summary.get("stages", []) if len(summary.get("stages", [])) > 1 else []:
         print(f"    {st['attack']:<10} broke {st['broken']:5d} of {st['attacked']:5d} in "

@@ -8,10 +8,11 @@ from pellucid.robust.square import square_native
 from pellucid.robust.autoattack import BUDGETS, autoattack
 from pellucid.robust.evaluate import RobustnessResult, accuracy_vs_eps, evaluate_robustness, predict_logits
 from pellucid.robust.checks import Check, GradientMaskingWarning, run_checks
-from pellucid.robust.reliability import ReliabilityCurve, reliability_curve
+from pellucid.robust.reliability import ReliabilityCurve, precision_at_recall_interval, reliability_curve
 from pellucid.robust.rejection import coverage_curve, rejection_counts, rejection_search
 
 __all__ = ["ATTACKS", "AttackRun", "BUDGETS", "Check", "GradientMaskingWarning", "ReliabilityCurve",
            "RobustnessResult", "accuracy_vs_eps", "autoattack", "eval_mode", "evaluate_robustness",
-           "fgsm", "perturbation_norm", "pgd", "predict_logits", "reliability_curve", "run_attack",
+           "fgsm", "perturbation_norm", "pgd", "precision_at_recall_interval", "predict_logits",
+           "reliability_curve", "run_attack",
            "run_checks", "square_native", "within_budget", "coverage_curve", "rejection_counts", "rejection_search"]

@@ -11,7 +11,7 @@ from torch import nn
 from pellucid.data.validation import check_images
 from pellucid.errors import InvalidInputError
 from pellucid.robust.attacks import eval_mode, perturbation_norm, run_attack, within_budget
-from pellucid.robust.reliability import ReliabilityCurve, reliability_curve
+from pellucid.robust.reliability import ReliabilityCurve, precision_at_recall_interval, reliability_curve
 
 
 @torch.no_grad()
@@ -45,12 +45,15 @@ class RobustnessResult:
     stages: list[dict] = field(default_factory=list)
     info: dict = field(default_factory=dict)
     checks: list = field(default_factory=list)  # gradient-masking checks (robust.checks.Check)
+    precision_at_recall_ci: tuple[float, float] | None = None  # 95 % bootstrap interval at recall 0.8
 
     def summary(self) -> dict:
         out = {"attack": self.attack, "eps": self.eps, "norm": self.norm, "n": self.n,
                "clean_accuracy": self.clean_accuracy, "robust_accuracy": self.robust_accuracy,
                "precision_at_recall_0.8": self.reliability.precision_at_recall(0.8),
                "reliability_auc": self.reliability.average_precision,
+               **({"precision_at_recall_0.8_ci95": list(self.precision_at_recall_ci)}
+                  if self.precision_at_recall_ci is not None else {}),
                "seconds": round(self.seconds, 3), "stages": self.stages, **self.info}
         if self.checks:
             out["checks"] = {c.name: c.summary() for c in self.checks}
@@ -75,10 +78,12 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, a
     adv = predict_logits(model, x_eval)
     clean_ok, adv_ok = clean.argmax(1) == y, adv.argmax(1) == y
     robust = clean_ok & adv_ok
+    # test-set noise of the reliability figure; its own generator so the attack's draws don't move it
+    ci = precision_at_recall_interval(adv, y, 0.8, generator=torch.Generator().manual_seed(seed))
     return RobustnessResult(attack, eps, norm, len(y), float(clean_ok.float().mean()),
                             float(robust.float().mean()), reliability_curve(adv, y),
                             time.perf_counter() - start, run.adversarial, adv, clean, robust,
-                            inside, run.stages, run.info)
+                            inside, run.stages, run.info, precision_at_recall_ci=ci)
 
 
 def accuracy_vs_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_values, *,

@@ -43,18 +43,56 @@ class ReliabilityCurve:
         return float(((recall[1:] - recall[:-1]) * self.precision).sum())
 
 
-def reliability_curve(logits: torch.Tensor, labels: torch.Tensor) -> ReliabilityCurve:
-    """Precision-recall curve of "prediction is correct" scored by the max softmax probability."""
+def _sorted_correctness(logits: torch.Tensor, labels: torch.Tensor):
+    """Scores in decreasing order, correctness in that order, and the last index of each tie run."""
     probs = logits.detach().double().softmax(dim=-1)
     score, pred = probs.max(dim=-1)
     correct = (pred == labels).double()
     order = torch.argsort(score, descending=True, stable=True)
     score, correct = score[order], correct[order]
-    tp = torch.cumsum(correct, 0)
     # one operating point per distinct threshold: the last index of each run of tied scores
     last = torch.ones_like(score, dtype=torch.bool)
     last[:-1] = score[1:] != score[:-1]
+    return score, correct, last
+
+
+def reliability_curve(logits: torch.Tensor, labels: torch.Tensor) -> ReliabilityCurve:
+    """Precision-recall curve of "prediction is correct" scored by the max softmax probability."""
+    score, correct, last = _sorted_correctness(logits, labels)
+    tp = torch.cumsum(correct, 0)
     tp, n_pred, thr = tp[last], torch.nonzero(last).squeeze(1).double() + 1, score[last]
     n_pos = correct.sum()
     recall = tp / n_pos if n_pos > 0 else torch.zeros_like(tp)
     return ReliabilityCurve(tp / n_pred, recall, thr, float(correct.mean()))
+
+
+def precision_at_recall_interval(logits: torch.Tensor, labels: torch.Tensor, target: float = 0.8, *,
+                                 n_boot: int = 2000, level: float = 0.95,
+                                 generator: torch.Generator | None = None) -> tuple[float, float]:
+    """Percentile-bootstrap interval of :meth:`ReliabilityCurve.precision_at_recall` (test-set noise).
+
+    Each replicate redraws the ``N`` inputs with replacement. A redraw changes only how often each
+    input counts, not the order of the scores, so all replicates share one sort: with multiplicity
+    ``w_bn``, ``TP_b(t) = sum_{n <= t} w_bn c_n`` and ``P_b(t) = TP_b(t) / sum_{n <= t} w_bn``,
+    read at the highest threshold where ``TP_b(t) / TP_b(N) >= target``. Returns ``(lo, hi)``;
+    NaN where no replicate has a correct answer.
+    """
+    if not 0 < level < 1 or n_boot < 1:
+        raise ValueError(f"need 0 < level < 1 and n_boot >= 1, got {level}, {n_boot}")
+    _, correct, last = _sorted_correctness(logits, labels)
+    n = len(correct)
+    draws = torch.randint(n, (n_boot, n), generator=generator)
+    weight = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(
+        1, draws, torch.ones(n_boot, n, dtype=torch.float64))
+    tp, n_pred = torch.cumsum(weight * correct, 1), torch.cumsum(weight, 1)
+    recall = tp / tp[:, -1:]
+    # operating points: the last index of each tie run (its cumulative sums cover the whole run)
+    reached = (recall >= target - 1e-12) & last
+    first = reached.double().argmax(1, keepdim=True)
+    precision = (tp.gather(1, first) / n_pred.gather(1, first)).squeeze(1)
+    precision = precision[tp[:, -1] > 0]
+    if len(precision) == 0:
+        return float("nan"), float("nan")
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    lo, hi = torch.quantile(precision, q).tolist()
+    return lo, hi
