@@ -5,6 +5,8 @@ schedule over 50 epochs, batch 50, 60k train images, best test accuracy over epo
 ``--epochs`` shortens the schedule (the cosine decay is then over the shorter run), for machines
 that cannot afford 50 epochs per cell; the JSON records what was run.
 
+``--cost-only STEPS`` trains nothing: it times STEPS steps per cell and projects the run length.
+
 Prints ONE JSON line, e.g.
 ``nice -n 15 .venv/bin/python benchmarks/metric_table1.py --epochs 3 --seeds 2 --cells l2:5,l2:100``
 """
@@ -43,6 +45,33 @@ def run_cell(metric: str, hidden: int, seed: int, epochs: int, train, test) -> d
             "seconds": time.perf_counter() - t}
 
 
+def cost_estimate(cells: list[str], steps: int, epochs: int, threads: int) -> dict:
+    """Seconds per training step (batch 50, after one warm-up step) and the projected run length."""
+    x, y = torch.rand(50, 1, 28, 28) * 2 - 1, torch.randint(0, 10, (50,))
+    out = {}
+    for cell in cells:
+        metric, hidden = cell.split(":")
+        torch.manual_seed(0)
+        model = create_model("metric-mlp", metric=metric, hidden=int(hidden))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def step():
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        step()
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        per_step = (time.perf_counter() - t) / steps
+        out[cell] = {"ms_per_step": round(1000 * per_step, 1),
+                     "projected_hours_per_run": round(per_step * 1200 * epochs / 3600, 2)}
+    return {"benchmark": "metric_table1_cost", "steps": steps, "epochs": epochs, "threads": threads,
+            "steps_per_epoch": 1200, "cells": out, "torch": torch.__version__, "device": "cpu"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cells", default="l2:100", help="comma list of metric:H")
@@ -50,8 +79,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cost-only", type=int, default=0, metavar="STEPS",
+                    help="do not train: time STEPS training steps per cell and project a run's cost")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.cost_only:
+        print(json.dumps(cost_estimate(args.cells.split(","), args.cost_only, args.epochs, args.threads)))
+        return
     train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
     t0 = time.perf_counter()
     cells = {}
