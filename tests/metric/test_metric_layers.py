@@ -34,6 +34,50 @@ def test_lp_distance_standardised_matches_formula(p, seed):
     torch.testing.assert_close(layer(x), -(d - mean) / (std + 1e-5), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("p", [0.3, 0.5, 1.5, 3.0, 20.0])
+def test_general_p_distance_matches_cdist_values_and_gradients(p):
+    # The blocked path must agree with torch.cdist, including its conventions where the
+    # derivative does not exist: a coordinate equal to the centre's, and an exact hit (d = 0).
+    from pellucid.nn.distance import lp_distance
+    torch.manual_seed(0)
+    x = torch.randn(7, 9, dtype=torch.float64)
+    c = torch.randn(11, 9, dtype=torch.float64)
+    c[1, 2] = x[0, 2]
+    c[2] = x[1]
+    weights = torch.randn(7, 11, dtype=torch.float64)
+    results = []
+    for distance in (lambda a, b: torch.cdist(a, b, p=p), lambda a, b: lp_distance(a, b, p)):
+        a, b = x.clone().requires_grad_(), c.clone().requires_grad_()
+        d = distance(a, b)
+        (d * weights).sum().backward()
+        results.append((d.detach(), a.grad, b.grad))
+    for ours, reference in zip(results[1], results[0]):
+        assert torch.isfinite(ours).all()
+        torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda a, b: lp_distance(a, b, p),
+                                    (torch.randn(3, 5, dtype=torch.float64, requires_grad=True),
+                                     torch.randn(4, 5, dtype=torch.float64, requires_grad=True)))
+
+
+def test_general_p_distance_blocks_cover_every_centre(monkeypatch):
+    # Force blocks of 3 centres so that 10 centres end in a partial block.
+    from pellucid.nn import distance
+    monkeypatch.setattr(distance, "_LP_BLOCK_ELEMENTS", 3 * 4 * 6)
+    torch.manual_seed(1)
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(10, 6, dtype=torch.float64, requires_grad=True)
+    d = distance.lp_distance(x, c, 0.5)
+    d.pow(2).sum().backward()
+    x2, c2 = x.detach().clone().requires_grad_(), c.detach().clone().requires_grad_()
+    torch.cdist(x2, c2, p=0.5).pow(2).sum().backward()
+    torch.testing.assert_close(d, torch.cdist(x2, c2, p=0.5))
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(c.grad, c2.grad)
+    x3 = x.detach().clone().requires_grad_()  # centres fixed: only the input gradient
+    distance.lp_distance(x3, c.detach(), 0.5).sum().backward()
+    assert x3.grad.shape == x.shape
+
+
 def test_lp_simple_variant_and_gradients():
     torch.manual_seed(0)
     layer = LpDistance(3, 4, p=2, variant="simple").double()
