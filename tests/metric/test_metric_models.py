@@ -179,3 +179,59 @@ def test_train_and_evaluate_smoke(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(out2), "--json", "--attack", "fgsm", "--eps", "0.1"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["clean_accuracy"] > 0.5
+
+
+@pytest.fixture
+def synthetic_blobs(monkeypatch):
+    """Register a tiny synthetic 3-class dataset as 'synthetic-blobs' for the recipes."""
+    x, y = synthetic_images(n_per_class=30, seed=0)
+    xt, yt = synthetic_images(n_per_class=10, seed=1)
+
+    def fake_loader(split, data_dir=None):
+        imgs, labels = (x, y) if split == "train" else (xt, yt)
+        return ImageDataset(imgs, labels, ("a", "b", "c"), "synthetic", torch.arange(len(labels)))
+
+    monkeypatch.setitem(DATASETS._entries, "synthetic-blobs",
+                        type(DATASETS._entries["fashion-mnist"])("synthetic-blobs", fake_loader, "test"))
+    return "synthetic-blobs"
+
+
+@pytest.mark.parametrize("recipe", ["metric-mlp", "dictionary-mlp"])
+def test_metric_recipe_killed_mid_run_resumes_bit_for_bit(recipe, synthetic_blobs, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from pellucid.errors import CheckpointError
+    from pellucid.train import RECIPES, metric_recipes
+
+    entry = RECIPES.get(recipe)
+    extra = {"metric": "l0.5"} if recipe == "metric-mlp" else {"data_init": True, "centre_lr_scale": 0.01}
+    cfg = entry.config_type(dataset=synthetic_blobs, hidden=6, epochs=4, batch_size=15, lr=0.01, seed=3, **extra)
+    entry.run(cfg, tmp_path / "whole", progress=False)
+
+    real_predict, calls = metric_recipes.predict_logits, []
+
+    def dies_in_epoch_3(model, images):
+        calls.append(1)
+        if len(calls) == 3:  # after epochs 1 and 2 were checkpointed
+            raise KeyboardInterrupt
+        return real_predict(model, images)
+
+    monkeypatch.setattr(metric_recipes, "predict_logits", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        entry.run(cfg, tmp_path / "killed", progress=False)
+    monkeypatch.setattr(metric_recipes, "predict_logits", real_predict)
+    with pytest.raises(CheckpointError, match="already holds a training run"):
+        entry.run(cfg, tmp_path / "killed", progress=False)
+    if recipe == "metric-mlp":  # the cosine schedule spans the run: its length may not change
+        with pytest.raises(CheckpointError, match="epochs=4"):
+            entry.run(entry.config_type(**{**cfg.__dict__, "epochs": 6}), tmp_path / "killed",
+                      resume=True, progress=False)
+    result = entry.run(cfg, tmp_path / "killed", resume=True, progress=False)
+    assert [r["epoch"] for r in result["epochs"]] == [1, 2, 3, 4]
+    whole, resumed = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        assert torch.equal(whole[name], resumed[name]), name
+    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "epoch_seconds"}  # noqa: E731
+                          for line in path.read_text().splitlines()]
+    assert strip(tmp_path / "whole" / "metrics.jsonl") == strip(tmp_path / "killed" / "metrics.jsonl")

@@ -12,12 +12,12 @@ Defaults are the paper's protocols ("Metric as Transform"):
 These use their own short loop instead of :func:`pellucid.train.fit` because they need a per-step
 cosine learning-rate schedule, per-parameter-group learning rates and per-epoch test accuracy; the
 output directory has the same layout (``model.safetensors`` + ``config.json`` with a ``data``
-section, ``metrics.jsonl``) so ``pellucid evaluate DIR`` works on it. ``--resume`` is not supported.
+section, ``metrics.jsonl``) so ``pellucid evaluate DIR`` works on it, and the same resumable
+``train_state.safetensors``: ``--resume`` continues an interrupted run bit for bit.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -30,16 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import pellucid.models.metric  # noqa: F401  (registers metric-mlp, dictionary-mlp)
-from pellucid._io import save_bytes_atomic
 from pellucid.data.datasets import ImageDataset, load_dataset
-from pellucid.errors import CheckpointError, InvalidInputError
+from pellucid.errors import InvalidInputError
 from pellucid.models.checkpoint import save_model
 from pellucid.models.registry import create_model
 from pellucid.robust.evaluate import predict_logits
+from pellucid.train.checkpointing import save_epoch, start_or_resume
 from pellucid.train.recipes import register_recipe
 from pellucid.train.trainer import config_option as _opt
-
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -77,13 +75,19 @@ class DictionaryMLPConfig:
 def train_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset, *, epochs: int,
                      batch_size: int, param_groups: list[dict], cosine: bool, seed: int,
                      out: Path | str | None, model_name: str, model_kwargs: dict[str, Any],
-                     extra_config: dict[str, Any], progress: bool = False) -> list[dict[str, Any]]:
+                     extra_config: dict[str, Any], progress: bool = False, resume: bool = False,
+                     run_config: Any = None) -> list[dict[str, Any]]:
     """Adam + cross-entropy, optional per-step cosine decay; test accuracy after every epoch.
 
-    Saves a loadable model directory to ``out`` after every epoch (if ``out`` is given).
+    With ``out``, saves a loadable model directory and the resumable training state after every
+    epoch; ``run_config`` (the recipe's settings dataclass) is then required and ``resume=True``
+    continues the run in ``out`` from its last finished epoch. The cosine schedule spans all
+    epochs, so a resumed cosine run must keep its number of epochs.
     """
     if epochs < 1 or batch_size < 1:
         raise InvalidInputError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+    if out is not None and run_config is None:
+        raise InvalidInputError("train_classifier: saving to out needs run_config (the settings to resume with)")
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(param_groups)
     n = len(train)
@@ -91,9 +95,15 @@ def train_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset, 
     total_steps = epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, (lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps))) if cosine else (lambda s: 1.0))
-    history: list[dict[str, Any]] = []
-    best = 0.0
-    for epoch in range(1, epochs + 1):
+    start, history = 0, []
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        start, history = start_or_resume(out, resume, run_config, model, optimizer, gen,
+                                         may_change=() if cosine else ("epochs",))
+        schedule.last_epoch = start * steps_per_epoch  # the optimizer's saved lr is already that step's
+    best = max((r["best_test_accuracy"] for r in history), default=0.0)
+    for epoch in range(start + 1, epochs + 1):
         model.train()
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen)
@@ -113,8 +123,7 @@ def train_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset, 
         history.append(row)
         if out is not None:
             save_model(model, out, model_name, model_kwargs, {**extra_config, "history_last": row})
-            save_bytes_atomic(Path(out) / METRICS_FILE,
-                              "".join(json.dumps(r) + "\n" for r in history).encode())
+            save_epoch(out, model, optimizer, gen, run_config, history)
         if progress:
             print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                   file=sys.stderr, flush=True)
@@ -132,20 +141,9 @@ def _data(dataset: str, data_dir: str | None, test_limit: int):
     return train, test, data
 
 
-def _prepare_out(out, resume: bool) -> Path:
-    if resume:
-        raise CheckpointError("metric recipes cannot resume; start again with a new --out")
-    out = Path(out)
-    if (out / METRICS_FILE).exists():
-        raise CheckpointError(f"{out} already holds a training run; use a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 @register_recipe("metric-mlp", MetricMLPConfig, "metric-neuron MLP, Metric as Transform Table 1 protocol")
 def train_metric_mlp(cfg: MetricMLPConfig, out, *, resume: bool = False, progress: bool = True,
                      data_dir: str | None = None) -> dict[str, Any]:
-    out = _prepare_out(out, resume)
     train, test, data = _data(cfg.dataset, data_dir, cfg.test_limit)
     torch.manual_seed(cfg.seed)
     kwargs = {"metric": cfg.metric, "hidden": cfg.hidden, "variant": cfg.variant}
@@ -153,7 +151,8 @@ def train_metric_mlp(cfg: MetricMLPConfig, out, *, resume: bool = False, progres
     history = train_classifier(model, train, test, epochs=cfg.epochs, batch_size=cfg.batch_size,
                                param_groups=[{"params": model.parameters(), "lr": cfg.lr}], cosine=True,
                                seed=cfg.seed, out=out, model_name="metric-mlp", model_kwargs=kwargs,
-                               extra_config={"data": data, "train": asdict(cfg)}, progress=progress)
+                               extra_config={"data": data, "train": asdict(cfg)}, progress=progress,
+                               resume=resume, run_config=cfg)
     return {"model": "metric-mlp", "out": str(out), "epochs": history, "config": asdict(cfg)}
 
 
@@ -175,11 +174,11 @@ def build_dictionary_mlp(cfg: DictionaryMLPConfig, train: ImageDataset):
 @register_recipe("dictionary-mlp", DictionaryMLPConfig, "epsilon-softmax dictionary MLP that can reject inputs")
 def train_dictionary_mlp(cfg: DictionaryMLPConfig, out, *, resume: bool = False, progress: bool = True,
                          data_dir: str | None = None) -> dict[str, Any]:
-    out = _prepare_out(out, resume)
     train, test, data = _data(cfg.dataset, data_dir, cfg.test_limit)
     model, kwargs, groups = build_dictionary_mlp(cfg, train)
     history = train_classifier(model, train, test, epochs=cfg.epochs, batch_size=cfg.batch_size,
                                param_groups=groups, cosine=False, seed=cfg.seed, out=out,
                                model_name="dictionary-mlp", model_kwargs=kwargs,
-                               extra_config={"data": data, "train": asdict(cfg)}, progress=progress)
+                               extra_config={"data": data, "train": asdict(cfg)}, progress=progress,
+                               resume=resume, run_config=cfg)
     return {"model": "dictionary-mlp", "out": str(out), "epochs": history, "config": asdict(cfg)}

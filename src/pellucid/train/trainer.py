@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from pellucid._io import save_bytes_atomic
 from pellucid.data.datasets import ImageDataset
-from pellucid.errors import CheckpointError
 from pellucid.models.checkpoint import save_model
 from pellucid.nn.semantic import project_constraints_
 from pellucid.robust.attacks import pgd
 from pellucid.robust.evaluate import predict_logits
-from pellucid.train.checkpointing import STATE_FILE, load_train_state, save_train_state
-
-METRICS_FILE = "metrics.jsonl"
+from pellucid.train.checkpointing import save_epoch, start_or_resume
 
 
 def config_option(default, help: str):
@@ -90,13 +85,6 @@ def _validate(model: nn.Module, val: ImageDataset, cfg: TrainConfig, epoch: int)
     return out
 
 
-def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["epoch"] <= upto_epoch]
-
-
 def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConfig, out: Path | str,
         *, model_name: str, model_kwargs: dict[str, Any] | None = None,
         extra_config: dict[str, Any] | None = None, resume: bool = False,
@@ -112,25 +100,7 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConf
     out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, history = 0, []
-    state_path = out / STATE_FILE
-    if resume:
-        if not state_path.is_file():
-            raise CheckpointError(f"nothing to resume in {out} (no {STATE_FILE}); drop --resume")
-        info = load_train_state(state_path, model, optimizer, gen)
-        # resuming may extend the number of epochs; every other setting must be the same
-        # a setting added after the run started reads as its default
-        defaults = {f.name: f.default for f in fields(cfg)}
-        saved = {k: v for k, v in {**defaults, **(info.get("config") or {})}.items() if k != "epochs"}
-        wanted = {k: v for k, v in asdict(cfg).items() if k != "epochs"}
-        if saved != wanted:
-            diff = sorted(k for k in wanted if saved.get(k) != wanted[k])
-            raise CheckpointError(f"cannot resume {out}: it was started with different settings "
-                                  f"({', '.join(f'{k}={saved.get(k)}' for k in diff)})")
-        start = int(info["epoch"])
-        history = _read_metrics(out / METRICS_FILE, start)
-    elif state_path.exists():
-        raise CheckpointError(f"{out} already holds a training run; use --resume or a new --out")
+    start, history = start_or_resume(out, resume, cfg, model, optimizer, gen)
     config = {**(extra_config or {}), "train": asdict(cfg)}
     n, bs = len(train), cfg.batch_size
     n_batches = math.ceil(n / bs)
@@ -167,10 +137,8 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConf
         row.update(_validate(model, val, cfg, epoch))
         row["epoch_seconds"] = round(time.perf_counter() - t0, 3)
         history.append(row)
-        # checkpoint: the loadable model, then the resumable state (the authority on resume)
         save_model(model, out, model_name, model_kwargs, config)
-        save_train_state(state_path, model, optimizer, gen, {"epoch": epoch, "config": asdict(cfg)})
-        save_bytes_atomic(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history).encode())
+        save_epoch(out, model, optimizer, gen, cfg, history)
         if progress:
             msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
             tqdm.write(msg, file=sys.stderr)
