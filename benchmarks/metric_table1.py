@@ -7,6 +7,9 @@ that cannot afford 50 epochs per cell; the JSON records what was run.
 
 ``--cost-only STEPS`` trains nothing: it times STEPS steps per cell and projects the run length.
 
+``--runs-dir DIR`` keeps every run as a model directory and resumes the interrupted ones when the
+same command is run again (the H = 500 runs of the slow metrics take hours).
+
 Prints ONE JSON line, e.g.
 ``nice -n 15 .venv/bin/python benchmarks/metric_table1.py --epochs 3 --seeds 2 --cells l2:5,l2:100``
 """
@@ -18,12 +21,14 @@ import json
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from pellucid.data import load_dataset
 from pellucid.models import create_model
-from pellucid.train.metric_recipes import train_classifier
+from pellucid.train.checkpointing import STATE_FILE
+from pellucid.train.metric_recipes import MetricMLPConfig, train_classifier, train_metric_mlp
 
 PUBLISHED = {  # mean over 8 seeds; H = 5, 10, 20, 100, 500
     "l0.5": [72.92, 78.06, 80.13, 83.16, 84.74], "l1": [76.98, 81.71, 82.95, 85.36, 87.02],
@@ -34,7 +39,14 @@ PUBLISHED = {  # mean over 8 seeds; H = 5, 10, 20, 100, 500
 HIDDEN = [5, 10, 20, 100, 500]
 
 
-def run_cell(metric: str, hidden: int, seed: int, epochs: int, train, test) -> dict:
+def run_cell(metric: str, hidden: int, seed: int, epochs: int, train, test, runs_dir: Path | None = None) -> dict:
+    if runs_dir is not None:  # through the recipe: checkpointed every epoch, resumed if interrupted
+        out = runs_dir / f"{metric}_{hidden}_s{seed}"
+        cfg = MetricMLPConfig(metric=metric, hidden=hidden, epochs=epochs, seed=seed)
+        t = time.perf_counter()
+        hist = train_metric_mlp(cfg, out, resume=(out / STATE_FILE).is_file(), progress=False)["epochs"]
+        return {"best": 100 * hist[-1]["best_test_accuracy"], "final": 100 * hist[-1]["test_accuracy"],
+                "seconds": sum(r["epoch_seconds"] for r in hist), "resumed_run_seconds": time.perf_counter() - t}
     torch.manual_seed(seed)
     model = create_model("metric-mlp", metric=metric, hidden=hidden)
     t = time.perf_counter()
@@ -79,6 +91,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs-dir", type=Path, default=None, metavar="DIR",
+                    help="train each run as a model directory DIR/<metric>_<H>_s<seed>, checkpointed "
+                         "every epoch; re-running the same command resumes interrupted runs")
     ap.add_argument("--cost-only", type=int, default=0, metavar="STEPS",
                     help="do not train: time STEPS training steps per cell and project a run's cost")
     args = ap.parse_args()
@@ -91,7 +106,7 @@ def main() -> None:
     cells = {}
     for cell in args.cells.split(","):
         metric, hidden = cell.split(":")
-        runs = [run_cell(metric, int(hidden), s, args.epochs, train, test) for s in range(args.first_seed, args.first_seed + args.seeds)]
+        runs = [run_cell(metric, int(hidden), s, args.epochs, train, test, args.runs_dir) for s in range(args.first_seed, args.first_seed + args.seeds)]
         best = [r["best"] for r in runs]
         pub = PUBLISHED[metric][HIDDEN.index(int(hidden))]
         cells[cell] = {"best_mean": round(statistics.mean(best), 2),
