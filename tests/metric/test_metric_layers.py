@@ -128,18 +128,51 @@ def test_convex_distance_is_convex_and_matches_definition():
     assert bool((fm <= (fa + fb) / 2 + 1e-12).all())
 
 
-def test_invex_flow_is_invertible_and_ordinary_differs():
+def test_invex_distance_is_invertible_with_a_single_minimum_per_neuron():
     torch.manual_seed(0)
     layer = InvexDistance(5, 3, hidden=16).double()
     x = torch.randn(64, 5, dtype=torch.float64)
-    layer(x)  # initialises ActNorm from this batch in training mode
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.05)
+    for _ in range(30):  # large steps: the spectral caps must hold while the weights move
+        optimizer.zero_grad()
+        layer(x).pow(2).mean().neg().backward()
+        optimizer.step()
+    norms = lambda: torch.stack([torch.linalg.matrix_norm(linear.weight, ord=2)  # noqa: E731
+                                 for linear in layer.flow[1].layers]).detach()
+    # power iteration underestimates sigma while the weights move, but the block stays contractive
+    assert norms().prod() < 1
+    with torch.no_grad():  # more power iterations on the final weights: the cap itself is exact
+        for _ in range(40):
+            layer(x)
     layer.eval()
+    assert (norms() <= 0.97 + 1e-6).all()
     res = layer.flow[1]
-    u = res(x)
-    torch.testing.assert_close(res.inverse(u, iterations=300), x, rtol=1e-8, atol=1e-8)
+    z = torch.randn(64, 5, dtype=torch.float64)
+    torch.testing.assert_close(res.inverse(res(z), iterations=400), z, rtol=1e-8, atol=1e-8)
+    # f(x - c_j) = ||g(x - c_j) - r|| is 0 exactly at x = c_j + g^{-1}(r), and positive elsewhere
+    best = layer.centres.detach() + layer.argmin_offset(iterations=400)  # (H, D)
+    values = layer.invex_value(best)  # row j: input = neuron j's minimiser
+    assert values.diagonal().abs().max() < 1e-7
+    assert (layer.invex_value(x) > 1e-3).all()
+    torch.testing.assert_close(layer(x), -layer.invex_value(x) * layer.log_scale.exp())
+    # the module's formula, written out
+    diff = x[:7, None, :] - layer.centres[None]
+    expected = -(layer.flow(diff.reshape(-1, 5)) - layer.reference).norm(dim=1).view(7, 3) * layer.log_scale.exp()
+    torch.testing.assert_close(layer(x[:7]), expected)
+
+
+def test_soft_spectral_norm_caps_only_large_weights_and_ordinary_is_unconstrained():
+    from pellucid.nn.invex import SoftSpectralNorm
+    torch.manual_seed(0)
+    small = torch.randn(6, 4, dtype=torch.float64)
+    small = small / torch.linalg.matrix_norm(small, ord=2) * 0.5
+    cap = SoftSpectralNorm(small, coeff=0.97, n_power_iterations=50).double()
+    torch.testing.assert_close(cap(small), small)  # already below the cap: unchanged
+    large = small * 10
+    capped = cap(large)
+    torch.testing.assert_close(torch.linalg.matrix_norm(capped, ord=2), torch.tensor(0.97, dtype=torch.float64))
     ordinary = InvexDistance(5, 3, hidden=16, contractive=False)
-    assert not hasattr(ordinary.flow[1].first, "parametrizations")
-    assert hasattr(layer.flow[1].first, "parametrizations")
+    assert not any(hasattr(linear, "parametrizations") for linear in ordinary.flow[1].layers)
 
 
 def test_conv_l2_equals_unfold_cdist():

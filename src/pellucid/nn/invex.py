@@ -1,24 +1,26 @@
-"""Learnable invex distances: a Euclidean distance measured after an invertible map.
+"""Learnable invex distances: one invex function of the difference to each centre.
 
-``y_j = -||g(x) - c_j||_2 e^{t} + b_j`` with ``g = ActNorm o (I + r) o ActNorm``. When ``g`` is a
-bijection (``r`` contractive: spectral norm of each layer <= ``lipschitz`` < 1, LeakyReLU(0.1)
-is 1-Lipschitz, so ``I + r`` is invertible, i-ResNet style) every ``x -> ||g(x) - c_j||`` is invex:
-its only stationary point is its global minimum ``g^{-1}(c_j)``. "Ordinary" is the same network
-without the spectral normalisation (no invexity guarantee).
+``y_j = -f(x - c_j) e^{t}`` with ``f(z) = ||g(z) - r||_2``, ``g = ActNorm o (I + R) o ActNorm`` and
+``r`` a learned reference point (the construction behind the paper's Table 1 row "invex"). When
+``g`` is a bijection, ``f`` is invex: ``\\nabla f = J_g^T (g(z) - r) / ||g(z) - r||`` vanishes only
+where ``g(z) = r`` (``J_g`` is invertible), so ``f``'s only stationary point is its global minimum
+``z^* = g^{-1}(r)`` and every neuron fires most at ``x = c_j + z^*``. ``I + R`` is invertible when
+``Lip(R) < 1`` (i-ResNet): each linear layer of ``R`` is spectrally normalised to ``<= 0.97`` and
+LeakyReLU(0.1) is 1-Lipschitz. "Ordinary" is the same network without the spectral
+normalisation (no invexity guarantee). Like :class:`ConvexDistance`, the output is negated
+(larger = closer); a BatchNorm after it makes the sign and scale immaterial to the MLP.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import parametrize
 
-from pellucid.nn.distance import check_features, lp_distance
+from pellucid.nn.distance import check_features
 
-__all__ = ["ActNorm", "InvertibleResidual", "InvexDistance"]
+__all__ = ["ActNorm", "InvertibleResidual", "InvexDistance", "SoftSpectralNorm"]
 
 
 class ActNorm(nn.Module):
@@ -42,36 +44,71 @@ class ActNorm(nn.Module):
         return y * self.log_scale.exp() + self.shift
 
 
+class SoftSpectralNorm(nn.Module):
+    r"""Weight parametrisation ``W / max(1, \sigma(W) / c)``: the spectral norm is capped at ``c``.
+
+    ``\sigma`` is estimated by power iteration (``n_power_iterations`` per training forward, the
+    vectors kept between calls, as in i-ResNet). The estimate ``u^T W v`` is a lower bound on
+    ``\sigma``, so while the weights move the cap holds up to its lag. Unlike ``torch.nn.utils.parametrizations.
+    spectral_norm``, which always rescales to ``\sigma = 1``, a weight already below the cap is
+    left unchanged.
+    """
+
+    def __init__(self, weight: torch.Tensor, coeff: float = 0.97, n_power_iterations: int = 5) -> None:
+        super().__init__()
+        self.coeff, self.n_power_iterations = coeff, n_power_iterations
+        rows, cols = weight.shape
+        self.register_buffer("left", F.normalize(weight.new_empty(rows).normal_(), dim=0))
+        self.register_buffer("right", F.normalize(weight.new_empty(cols).normal_(), dim=0))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                for _ in range(self.n_power_iterations):
+                    self.right.copy_(F.normalize(weight.t() @ self.left, dim=0))
+                    self.left.copy_(F.normalize(weight @ self.right, dim=0))
+        sigma = self.left.clone() @ weight @ self.right.clone()  # clones: buffers change in place later
+        return weight / torch.clamp(sigma / self.coeff, min=1.0)
+
+
 class InvertibleResidual(nn.Module):
-    """``u = x + r(x)``, ``r = L_2 o LeakyReLU(0.1) o L_1``; with ``contractive=True`` each ``L`` is
-    spectrally normalised and scaled by ``sqrt(lipschitz)`` so ``Lip(r) <= lipschitz < 1``."""
+    """``u = z + R(z)``, ``R = L_3 o LeakyReLU(0.1) o L_2 o LeakyReLU(0.1) o L_1`` (two hidden layers).
+
+    ``contractive=True`` caps the spectral norm of every ``L`` at ``lipschitz`` (< 1), so
+    ``Lip(R) <= lipschitz^3 < 1`` and the block is a bijection with the fixed-point inverse below.
+    """
 
     def __init__(self, features: int, hidden: int, lipschitz: float = 0.97, contractive: bool = True) -> None:
         super().__init__()
-        self.first, self.second = nn.Linear(features, hidden), nn.Linear(hidden, features)
+        self.layers = nn.ModuleList([nn.Linear(features, hidden), nn.Linear(hidden, hidden),
+                                     nn.Linear(hidden, features)])
         self.contractive, self.lipschitz = contractive, lipschitz
         if contractive:
-            self.first, self.second = spectral_norm(self.first), spectral_norm(self.second)
+            for layer in self.layers:
+                parametrize.register_parametrization(layer, "weight", SoftSpectralNorm(layer.weight, lipschitz))
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        gain = math.sqrt(self.lipschitz) if self.contractive else 1.0
-        return gain * self.second(F.leaky_relu(gain * self.first(x), 0.1))
+    def residual(self, z: torch.Tensor) -> torch.Tensor:
+        first, second, third = self.layers
+        return third(F.leaky_relu(second(F.leaky_relu(first(z), 0.1)), 0.1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.residual(x)
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z + self.residual(z)
 
     @torch.no_grad()
     def inverse(self, u: torch.Tensor, iterations: int = 100) -> torch.Tensor:
-        """Fixed point ``x = u - r(x)`` (converges geometrically when contractive)."""
-        x = u.clone()
+        """Fixed point ``z = u - R(z)`` (converges geometrically when contractive)."""
+        z = u.clone()
         for _ in range(iterations):
-            x = u - self.residual(x)
-        return x
+            z = u - self.residual(z)
+        return z
 
 
 class InvexDistance(nn.Module):
-    r"""``y_j = -||g(x) - c_j|| e^{t} + b_j``, ``g = ActNorm -> I + r -> ActNorm`` (see module doc).
+    r"""``y_j = -||g(x - c_j) - r||_2 e^{t}``, ``g = ActNorm -> I + R -> ActNorm`` (see module doc).
 
+    The shared ``g`` runs on all ``B H`` differences, so the cost grows with ``H`` like an MLP on
+    a batch of ``B H``. Init: centres ``randn / 3``, reference ``r ~ U[-1, 1]^D``, ``t = 0``;
+    the ActNorms initialise from the first training batch of differences.
     ``contractive=False`` gives the paper's "ordinary" network for comparison.
     """
 
@@ -79,13 +116,24 @@ class InvexDistance(nn.Module):
                  contractive: bool = True, lipschitz: float = 0.97) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self.centres = nn.Parameter(torch.randn(out_features, in_features) / 3)
         self.flow = nn.Sequential(ActNorm(in_features),
                                   InvertibleResidual(in_features, hidden, lipschitz, contractive),
                                   ActNorm(in_features))
-        self.centres = nn.Parameter(torch.randn(out_features, in_features) / 3)
+        self.reference = nn.Parameter(torch.rand(in_features) * 2 - 1)
         self.log_scale = nn.Parameter(torch.zeros(()))
-        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def invex_value(self, x: torch.Tensor) -> torch.Tensor:
+        """``f(x - c_j) = ||g(x - c_j) - r||`` for every pair, ``(B, H)``."""
+        check_features(x, self.in_features)
+        diff = (x[:, None, :] - self.centres[None]).reshape(-1, self.in_features)  # (B H, D)
+        return (self.flow(diff) - self.reference).norm(dim=1).view(x.shape[0], self.out_features)
+
+    @torch.no_grad()
+    def argmin_offset(self, iterations: int = 200) -> torch.Tensor:
+        """``z^* = g^{-1}(r)``: each neuron's ``f`` is smallest (0) at ``x = c_j + z^*``."""
+        first, block, last = self.flow
+        return first.inverse(block.inverse(last.inverse(self.reference[None]), iterations))[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_features(x, self.in_features)
-        return -lp_distance(self.flow(x), self.centres, 2.0) * self.log_scale.exp() + self.bias
+        return -self.invex_value(x) * self.log_scale.exp()
