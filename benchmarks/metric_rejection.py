@@ -15,12 +15,16 @@ import argparse
 import json
 import platform
 import time
+from pathlib import Path
 
 import torch
 
 from pellucid.data import load_dataset
 from pellucid.robust.rejection import rejection_report
-from pellucid.train.metric_recipes import DictionaryMLPConfig, build_dictionary_mlp, train_classifier
+from pellucid.models import load_model
+from pellucid.train.checkpointing import STATE_FILE
+from pellucid.train.metric_recipes import (DictionaryMLPConfig, build_dictionary_mlp, train_classifier,
+                                           train_dictionary_mlp)
 
 ATTACKS = {"fgsm": ("fgsm", {"eps": 0.3}),
            "linf-pgd": ("pgd", {"eps": 0.3, "steps": 20, "step_size": 0.03, "norm": "linf"}),
@@ -34,6 +38,8 @@ def main() -> None:
     ap.add_argument("--centre-lr-scale", type=float, default=0.01)
     ap.add_argument("--n", type=int, default=1000, help="test images attacked")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs-dir", type=Path, default=None, metavar="DIR",
+                    help="keep each trained model in DIR (checkpointed every epoch; re-running resumes)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
@@ -43,11 +49,16 @@ def main() -> None:
     for hidden in args.hidden:
         cfg = DictionaryMLPConfig(hidden=hidden, epochs=args.epochs, data_init=True,
                                   centre_lr_scale=args.centre_lr_scale)
-        model, _, groups = build_dictionary_mlp(cfg, train)
         t = time.perf_counter()
-        hist = train_classifier(model, train, test, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                                param_groups=groups, cosine=False, seed=cfg.seed, out=None,
-                                model_name="dictionary-mlp", model_kwargs={}, extra_config={})
+        if args.runs_dir is not None:  # checkpointed every epoch; re-running resumes
+            out = args.runs_dir / f"dictionary_{hidden}_e{args.epochs}_lr{args.centre_lr_scale:g}"
+            hist = train_dictionary_mlp(cfg, out, resume=(out / STATE_FILE).is_file(), progress=False)["epochs"]
+            model = load_model(out)[0]
+        else:
+            model, _, groups = build_dictionary_mlp(cfg, train)
+            hist = train_classifier(model, train, test, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                                    param_groups=groups, cosine=False, seed=cfg.seed, out=None,
+                                    model_name="dictionary-mlp", model_kwargs={}, extra_config={})
         model.eval()
         row = {"test_accuracy": hist[-1]["test_accuracy"], "train_seconds": round(time.perf_counter() - t, 1),
                "attacks": {}}
