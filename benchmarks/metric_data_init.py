@@ -62,6 +62,7 @@ def data_init_accuracy(train, test, hidden: int, seed: int, chunk: int = 1000,
                        random_bias: bool = False, authors: bool = False) -> float:
     if authors:
         rows, bias = authors_draw(len(train), hidden, seed)
+        bias = bias if random_bias else torch.zeros(10)
     else:
         gen = torch.Generator().manual_seed(seed)
         rows = torch.randperm(len(train), generator=gen)[:hidden]
@@ -85,8 +86,8 @@ def main() -> None:
     ap.add_argument("--random-bias", action="store_true",
                     help="add the original notebook's random output bias (to test that it explains the gap)")
     ap.add_argument("--authors-draws", action="store_true",
-                    help="replay the original notebook's 20 seeds and random draws (its centres and its "
-                         "random output bias) instead of our seeds 0..N-1")
+                    help="replay the original notebook's 20 seeds and its random draws of centres "
+                         "instead of our seeds 0..N-1 (with --random-bias: also its output bias)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
