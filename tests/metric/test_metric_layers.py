@@ -135,7 +135,7 @@ def test_invex_distance_is_invertible_with_a_single_minimum_per_neuron():
     optimizer = torch.optim.Adam(layer.parameters(), lr=0.05)
     for _ in range(30):  # large steps: the spectral caps must hold while the weights move
         optimizer.zero_grad()
-        layer(x).pow(2).mean().neg().backward()
+        layer(x).pow(2).mean().neg().backward()  # push the distances apart
         optimizer.step()
     norms = lambda: torch.stack([torch.linalg.matrix_norm(linear.weight, ord=2)  # noqa: E731
                                  for linear in layer.flow[1].layers]).detach()
@@ -154,10 +154,10 @@ def test_invex_distance_is_invertible_with_a_single_minimum_per_neuron():
     values = layer.invex_value(best)  # row j: input = neuron j's minimiser
     assert values.diagonal().abs().max() < 1e-7
     assert (layer.invex_value(x) > 1e-3).all()
-    torch.testing.assert_close(layer(x), -layer.invex_value(x) * layer.log_scale.exp())
+    torch.testing.assert_close(layer(x), layer.invex_value(x) * layer.log_scale.exp())
     # the module's formula, written out
     diff = x[:7, None, :] - layer.centres[None]
-    expected = -(layer.flow(diff.reshape(-1, 5)) - layer.reference).norm(dim=1).view(7, 3) * layer.log_scale.exp()
+    expected = (layer.flow(diff.reshape(-1, 5)) - layer.reference).norm(dim=1).view(7, 3) * layer.log_scale.exp()
     torch.testing.assert_close(layer(x[:7]), expected)
 
 

@@ -1,14 +1,16 @@
 """Learnable invex distances: one invex function of the difference to each centre.
 
-``y_j = -f(x - c_j) e^{t}`` with ``f(z) = ||g(z) - r||_2``, ``g = ActNorm o (I + R) o ActNorm`` and
+``y_j = f(x - c_j) e^{t}`` with ``f(z) = ||g(z) - r||_2``, ``g = ActNorm o (I + R) o ActNorm`` and
 ``r`` a learned reference point (the construction behind the paper's Table 1 row "invex"). When
 ``g`` is a bijection, ``f`` is invex: ``\\nabla f = J_g^T (g(z) - r) / ||g(z) - r||`` vanishes only
 where ``g(z) = r`` (``J_g`` is invertible), so ``f``'s only stationary point is its global minimum
 ``z^* = g^{-1}(r)`` and every neuron fires most at ``x = c_j + z^*``. ``I + R`` is invertible when
 ``Lip(R) < 1`` (i-ResNet): each linear layer of ``R`` is spectrally normalised to ``<= 0.97`` and
 LeakyReLU(0.1) is 1-Lipschitz. "Ordinary" is the same network without the spectral
-normalisation (no invexity guarantee). Like :class:`ConvexDistance`, the output is negated
-(larger = closer); a BatchNorm after it makes the sign and scale immaterial to the MLP.
+normalisation (no invexity guarantee). The output is the distance itself (larger = farther),
+as in the paper's invex row, where ``(1 - f_{paper}) e^{t}`` with ``f_{paper} = -||g(z) - r|| e^{s} + b``
+is this up to constants. (Its convex row, like :class:`ConvexDistance`, is negated instead.) The
+sign matters in the metric MLP: BatchNorm without affine and LayerNorm keep it up to the ELU.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ class InvertibleResidual(nn.Module):
 
 
 class InvexDistance(nn.Module):
-    r"""``y_j = -||g(x - c_j) - r||_2 e^{t}``, ``g = ActNorm -> I + R -> ActNorm`` (see module doc).
+    r"""``y_j = ||g(x - c_j) - r||_2 e^{t}``, ``g = ActNorm -> I + R -> ActNorm`` (see module doc).
 
     The shared ``g`` runs on all ``B H`` differences, so the cost grows with ``H`` like an MLP on
     a batch of ``B H``. Init: centres ``randn / 3``, reference ``r ~ U[-1, 1]^D``, ``t = 0``;
@@ -136,4 +138,4 @@ class InvexDistance(nn.Module):
         return first.inverse(block.inverse(last.inverse(self.reference[None]), iterations))[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return -self.invex_value(x) * self.log_scale.exp()
+        return self.invex_value(x) * self.log_scale.exp()
