@@ -200,3 +200,36 @@ def test_paper_init_of_logical_layer():
     f = LogicalFeatures().features
     assert f[0].tolist() == pytest.approx([.4, -.1, -.1, -.1, -.1, -.1, -.1, -.1])
     assert f[1].tolist() == pytest.approx([-.1, -.1, -.1, -.1, .4, -.1, -.1, -.1])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_twostep_eval_path_has_the_train_graphs_bits(seed):
+    """Eval mode runs a fused single-piece path with a hand-written input gradient: values and
+    input gradients must equal autograd on the four-piece train graph exactly, including pixels
+    exactly at the thresholds and at 0 / 1."""
+    gen = torch.Generator().manual_seed(seed)
+    layer = TwoStep()
+    if seed:
+        with torch.no_grad():  # random points of the constraint box
+            for p, (lo, hi) in ((layer.t0, (0.01, 0.49)), (layer.t1, (0.51, 0.99)),
+                                (layer.a0, (0.01, 0.99)), (layer.a1, (0.01, 0.99)),
+                                (layer.scales, (0.001, 2.0))):
+                p.copy_(lo + (hi - lo) * torch.rand(p.shape, generator=gen))
+    x = torch.rand(64, 1, 28, 28, generator=gen)
+    x[0, 0, 0, :5] = torch.tensor([layer.t0.item(), layer.t1.item(), 0.5, 0.0, 1.0])
+    x[1] = (x[1] > 0.7).float()  # MNIST-like: mostly exact 0 and 1
+    g = torch.randn(x.shape, generator=gen)
+    results = []
+    for train in (True, False):
+        xi = x.clone().requires_grad_(True)
+        y = layer.train(train)(xi)
+        results.append((y.detach(), torch.autograd.grad(y, xi, g)[0]))
+    (y_train, g_train), (y_eval, g_eval) = results
+    assert torch.equal(y_train, y_eval)
+    assert torch.equal(g_train, g_eval)
+
+
+def test_twostep_eval_path_gives_parameters_no_gradient():
+    layer = TwoStep().eval()
+    layer(torch.rand(2, 1, 4, 4, requires_grad=True)).sum().backward()
+    assert all(p.grad is None for p in layer.parameters())
