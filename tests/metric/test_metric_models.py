@@ -120,6 +120,27 @@ def test_rejection_protocol_counts_and_search():
     assert result["alphas"]["9.0"]["measure"] <= at_trained.measure + 1e-12
 
 
+def test_rejection_search_noise_constraint_excludes_epsilons_that_let_noise_through():
+    model, _, _ = train_tiny_dictionary()
+    x, y = synthetic_images(n_per_class=10, seed=4)
+    # half-noise "clean" inputs: their rejection pushes the measure-only search to a large epsilon
+    x = 0.5 * x + 0.5 * torch.rand(x.shape, generator=torch.Generator().manual_seed(5))
+    kw = dict(attack="fgsm", alphas=(3.0,), attack_kwargs={"eps": 0.1}, refinements=0,
+              relative_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), noise_samples=200)
+    free = rejection_search(model, x, y, **kw)["alphas"]["3.0"]
+    strict = rejection_search(model, x, y, min_noise_rejection=0.99, **kw)["alphas"]["3.0"]
+    assert free["noise_rejection_rate"] < 0.99  # the protocol's minimum lets noise through here
+    assert strict["noise_constraint_met"] and strict["noise_rejection_rate"] >= 0.99
+    assert strict["epsilon"] < free["epsilon"]
+    assert strict["measure"] >= free["measure"]  # same candidates (no refinement), fewer allowed
+    # an impossible constraint is reported, not hidden
+    model.set_epsilon(model.epsilon * 16)
+    none = rejection_search(model, x, y, min_noise_rejection=1.0, **{**kw, "relative_grid": (1.0, 2.0)})
+    assert none["alphas"]["3.0"]["noise_constraint_met"] is False
+    with pytest.raises(InvalidInputError):
+        rejection_search(model, x, y, min_noise_rejection=1.5, **kw)
+
+
 def test_shift_along_attack_is_fixed_l2_step_in_signed_space():
     x = torch.full((2, 1, 4, 4), 0.5)
     xa = x.clone()

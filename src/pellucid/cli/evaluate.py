@@ -46,6 +46,10 @@ def add_parser(sub) -> None:
     p.add_argument("--rejection", action="store_true",
                    help="also the epsilon-neuron rejection figures (models that can reject, e.g. "
                         "dictionary-mlp; attack directions from --attack, alpha in {1, 3, 9})")
+    p.add_argument("--min-noise-rejection", type=float, default=None, metavar="P",
+                   help="with --rejection: the epsilon search only considers epsilons that reject "
+                        "at least this fraction of uniform-noise inputs (default: the paper's "
+                        "protocol, measure only)")
     add_data_dir(p)
     p.set_defaults(func=run)
 
@@ -129,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
 
         summary["rejection"] = rejection_report(model, ds.images, ds.labels, attack=args.attack,
                                                 seed=args.seed,
-                                                attack_kwargs={"eps": args.eps, **kwargs})
+                                                attack_kwargs={"eps": args.eps, **kwargs},
+                                                min_noise_rejection=args.min_noise_rejection)
     if args.report:
         from pellucid.report.run import run_report
 
@@ -180,6 +185,8 @@ def _print_summary(summary: dict, args: argparse.Namespace) -> None:
         for alpha, r in rej["search"]["alphas"].items():
             print(f"  alpha={alpha}: best epsilon {r['epsilon']:.4g}, measure {r['measure']:.4f}, "
                   f"adversarial rejected {r['adversarial_rejection_rate'] * 100:.2f} %, clean "
-                  f"rejected {r['clean_rejection_rate'] * 100:.2f} %")
+                  f"rejected {r['clean_rejection_rate'] * 100:.2f} %, noise rejected "
+                  f"{r['noise_rejection_rate'] * 100:.2f} %"
+                  + ("" if r["noise_constraint_met"] else " (below --min-noise-rejection)"))
     if "report" in summary:
         print(f"  report: {summary['report']}")
