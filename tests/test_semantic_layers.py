@@ -233,3 +233,36 @@ def test_twostep_eval_path_gives_parameters_no_gradient():
     layer = TwoStep().eval()
     layer(torch.rand(2, 1, 4, 4, requires_grad=True)).sum().backward()
     assert all(p.grad is None for p in layer.parameters())
+
+
+def _twostep_where_graph(layer, x):
+    """The train graph as first written (nested torch.where); the layer selects pieces by lerp."""
+    xt = 2 * x - 1
+    big_t0, big_t1 = 2 * layer.t0 - 1, 2 * layer.t1 - 1
+    s0, s1, s2, s3 = layer.scales.unbind()
+    return torch.where(
+        xt < 0,
+        torch.where(xt < big_t0, layer._external(xt, big_t0, s0, layer.a0),
+                    layer._internal(xt, big_t0, s1, layer.a0)),
+        torch.where(xt < big_t1, layer._internal(xt, big_t1, s2, layer.a1),
+                    layer._external(xt, big_t1, s3, layer.a1)))
+
+
+def test_twostep_train_graph_has_the_where_graphs_parameter_gradient_bits():
+    """Selecting by lerp must leave values and every parameter gradient bit-identical (so models
+    trained before the change are reproduced exactly); building the pieces in another order
+    changes autograd's summation order and breaks this."""
+    gen = torch.Generator().manual_seed(7)
+    layer = TwoStep()
+    with torch.no_grad():
+        layer.t0.fill_(0.31), layer.t1.fill_(0.62), layer.a0.fill_(0.7), layer.a1.fill_(0.4)
+        layer.scales.copy_(torch.tensor([0.05, 0.3, 0.9, 0.01]))
+    x = (torch.rand(200, 1, 28, 28, generator=gen) > 0.8).float()
+    x = (x + 0.25 * torch.randn(x.shape, generator=gen) + 0.05).clamp(0, 1)  # the noise augmentation
+    g = torch.randn(x.shape, generator=gen)
+    y = layer(x)
+    y_ref = _twostep_where_graph(layer, x)
+    assert torch.equal(y, y_ref)
+    params = list(layer.parameters())
+    for got, ref in zip(torch.autograd.grad(y, params, g), torch.autograd.grad(y_ref, params, g)):
+        assert torch.equal(got, ref)
