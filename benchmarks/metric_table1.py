@@ -39,14 +39,17 @@ PUBLISHED = {  # mean over 8 seeds; H = 5, 10, 20, 100, 500
 HIDDEN = [5, 10, 20, 100, 500]
 
 
-def run_cell(metric: str, hidden: int, seed: int, epochs: int, train, test, runs_dir: Path | None = None) -> dict:
+def run_cell(metric: str, hidden: int, seed: int, epochs: int, train, test, runs_dir: Path | None = None,
+             compiled: bool = False) -> dict:
     if runs_dir is not None:  # through the recipe: checkpointed every epoch, resumed if interrupted
         out = runs_dir / f"{metric}_{hidden}_s{seed}"
-        cfg = MetricMLPConfig(metric=metric, hidden=hidden, epochs=epochs, seed=seed)
+        cfg = MetricMLPConfig(metric=metric, hidden=hidden, epochs=epochs, seed=seed, compiled_kernels=compiled)
         t = time.perf_counter()
         hist = train_metric_mlp(cfg, out, resume=(out / STATE_FILE).is_file(), progress=False)["epochs"]
         return {"best": 100 * hist[-1]["best_test_accuracy"], "final": 100 * hist[-1]["test_accuracy"],
                 "seconds": sum(r["epoch_seconds"] for r in hist), "resumed_run_seconds": time.perf_counter() - t}
+    if compiled:
+        raise SystemExit("--compiled-kernels needs --runs-dir (it goes through the recipe)")
     torch.manual_seed(seed)
     model = create_model("metric-mlp", metric=metric, hidden=hidden)
     t = time.perf_counter()
@@ -57,7 +60,7 @@ def run_cell(metric: str, hidden: int, seed: int, epochs: int, train, test, runs
             "seconds": time.perf_counter() - t}
 
 
-def cost_estimate(cells: list[str], steps: int, epochs: int, threads: int) -> dict:
+def cost_estimate(cells: list[str], steps: int, epochs: int, threads: int, compiled: bool = False) -> dict:
     """Seconds per training step (batch 50, after one warm-up step) and the projected run length."""
     x, y = torch.rand(50, 1, 28, 28) * 2 - 1, torch.randint(0, 10, (50,))
     out = {}
@@ -65,6 +68,9 @@ def cost_estimate(cells: list[str], steps: int, epochs: int, threads: int) -> di
         metric, hidden = cell.split(":")
         torch.manual_seed(0)
         model = create_model("metric-mlp", metric=metric, hidden=int(hidden))
+        for m in model.modules():
+            if hasattr(m, "compiled"):
+                m.compiled = compiled
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
         def step():
@@ -81,6 +87,7 @@ def cost_estimate(cells: list[str], steps: int, epochs: int, threads: int) -> di
         out[cell] = {"ms_per_step": round(1000 * per_step, 1),
                      "projected_hours_per_run": round(per_step * 1200 * epochs / 3600, 2)}
     return {"benchmark": "metric_table1_cost", "steps": steps, "epochs": epochs, "threads": threads,
+            "compiled_kernels": compiled,
             "steps_per_epoch": 1200, "cells": out, "torch": torch.__version__, "device": "cpu"}
 
 
@@ -96,17 +103,21 @@ def main() -> None:
                          "every epoch; re-running the same command resumes interrupted runs")
     ap.add_argument("--cost-only", type=int, default=0, metavar="STEPS",
                     help="do not train: time STEPS training steps per cell and project a run's cost")
+    ap.add_argument("--compiled-kernels", action="store_true",
+                    help="lp cells with p != 2: torch.compile'd distance loops (needs a C++ compiler)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.cost_only:
-        print(json.dumps(cost_estimate(args.cells.split(","), args.cost_only, args.epochs, args.threads)))
+        print(json.dumps(cost_estimate(args.cells.split(","), args.cost_only, args.epochs, args.threads,
+                                       args.compiled_kernels)))
         return
     train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
     t0 = time.perf_counter()
     cells = {}
     for cell in args.cells.split(","):
         metric, hidden = cell.split(":")
-        runs = [run_cell(metric, int(hidden), s, args.epochs, train, test, args.runs_dir) for s in range(args.first_seed, args.first_seed + args.seeds)]
+        runs = [run_cell(metric, int(hidden), s, args.epochs, train, test, args.runs_dir, args.compiled_kernels)
+                for s in range(args.first_seed, args.first_seed + args.seeds)]
         best = [r["best"] for r in runs]
         pub = PUBLISHED[metric][HIDDEN.index(int(hidden))]
         cells[cell] = {"best_mean": round(statistics.mean(best), 2),
@@ -118,6 +129,7 @@ def main() -> None:
     print(json.dumps({"benchmark": "metric_table1", "epochs": args.epochs, "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
                       "protocol": f"Adam 1e-4, cosine over {args.epochs} epochs, batch 50, 60k train, best test acc",
                       "cells": cells, "seconds": round(time.perf_counter() - t0, 1), "threads": args.threads,
+                      "compiled_kernels": args.compiled_kernels,
                       "torch": torch.__version__, "python": platform.python_version(), "device": "cpu"}))
 
 

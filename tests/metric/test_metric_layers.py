@@ -59,6 +59,30 @@ def test_general_p_distance_matches_cdist_values_and_gradients(p):
                                      torch.randn(4, 5, dtype=torch.float64, requires_grad=True)))
 
 
+@pytest.mark.parametrize("p", [0.5, 1.0, 3.0])
+def test_compiled_lp_kernels_match_cdist_values_and_gradients(p):
+    # torch.compile'd loops (an opt-in execution option): same math, same zero conventions.
+    from pellucid.nn.distance import lp_distance
+    torch.manual_seed(0)
+    x = torch.randn(7, 9, dtype=torch.float64)
+    c = torch.randn(11, 9, dtype=torch.float64)
+    c[1, 2] = x[0, 2]
+    c[2] = x[1]
+    weights = torch.randn(7, 11, dtype=torch.float64)
+    results = []
+    for distance in (lambda a, b: torch.cdist(a, b, p=p), lambda a, b: lp_distance(a, b, p, compiled=True)):
+        a, b = x.clone().requires_grad_(), c.clone().requires_grad_()
+        try:
+            d = distance(a, b)
+            (d * weights).sum().backward()
+        except InvalidInputError as e:  # no C++ compiler for torch.compile on this machine
+            pytest.skip(str(e))
+        results.append((d.detach(), a.grad, b.grad))
+    for ours, reference in zip(results[1], results[0]):
+        assert torch.isfinite(ours).all()
+        torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
+
+
 def test_general_p_distance_blocks_cover_every_centre(monkeypatch):
     # Force blocks of 3 centres so that 10 centres end in a partial block.
     from pellucid.nn import distance

@@ -256,3 +256,18 @@ def test_metric_recipe_killed_mid_run_resumes_bit_for_bit(recipe, synthetic_blob
     strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "epoch_seconds"}  # noqa: E731
                           for line in path.read_text().splitlines()]
     assert strip(tmp_path / "whole" / "metrics.jsonl") == strip(tmp_path / "killed" / "metrics.jsonl")
+
+
+def test_metric_recipe_resume_may_switch_execution_options_only(synthetic_blobs, tmp_path):
+    from pellucid.errors import CheckpointError
+    from pellucid.train import RECIPES
+
+    entry = RECIPES.get("metric-mlp")
+    cfg = entry.config_type(dataset=synthetic_blobs, metric="l2", hidden=4, epochs=2, batch_size=30, seed=1)
+    entry.run(cfg, tmp_path / "run", progress=False)
+    # how the distances are computed may change between sessions (l2 never compiles) ...
+    entry.run(entry.config_type(**{**cfg.__dict__, "compiled_kernels": True}), tmp_path / "run",
+              resume=True, progress=False)
+    # ... what is computed may not
+    with pytest.raises(CheckpointError, match="lr="):
+        entry.run(entry.config_type(**{**cfg.__dict__, "lr": 0.5}), tmp_path / "run", resume=True, progress=False)

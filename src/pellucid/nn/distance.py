@@ -19,6 +19,7 @@ Convolutional forms (:mod:`pellucid.nn.metric_conv`) apply any of them to image 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -43,21 +44,28 @@ def check_features(x: torch.Tensor, in_features: int, name: str = "input") -> No
         raise InvalidInputError(f"{name} contains NaN or inf")
 
 
-def lp_distance(x: torch.Tensor, centres: torch.Tensor, p: float) -> torch.Tensor:
+def lp_distance(x: torch.Tensor, centres: torch.Tensor, p: float, compiled: bool = False) -> torch.Tensor:
     r"""``d[b, j] = (\sum_i |x_{bi} - c_{ji}|^p)^{1/p}`` for any ``p > 0`` (``(B, D), (H, D) -> (B, H)``).
 
     For ``p < 1`` this is not a norm (no triangle inequality) but still a usable dissimilarity.
     ``p = 2`` goes through ``torch.cdist``'s matrix-multiply path and ``p = 1`` through its own
     kernel; every other ``p`` through :class:`_GeneralLpDistance`, which is 4-10x faster than
     ``torch.cdist``'s generic-``p`` kernel (``benchmarks/metric_lp_speed.py``).
+
+    ``compiled=True`` (every ``p`` but 2) runs the same math as ``torch.compile``-generated loops
+    that never hold a ``(B, H, D)`` tensor of differences; it needs a working C++ compiler, costs
+    tens of seconds of compilation per ``p`` and input shape, and agrees with the eager path to
+    float rounding (a different summation order).
     """
     if not p > 0:
         raise InvalidInputError(f"p must be > 0, got {p}")
     if p == 2:
         return torch.cdist(x, centres, p=2.0, compute_mode="use_mm_for_euclid_dist")
+    if compiled:
+        return _GeneralLpDistance.apply(x, centres, float(p), True)
     if p == 1:
         return torch.cdist(x, centres, p=1.0)
-    return _GeneralLpDistance.apply(x, centres, float(p))
+    return _GeneralLpDistance.apply(x, centres, float(p), False)
 
 
 # Elements of one (B, h, D) block of differences: ~1 MiB of float32 stays in cache through the
@@ -90,6 +98,51 @@ def _abs_pow_(a: torch.Tensor, q: float) -> torch.Tensor:
     return a.pow_(q)
 
 
+def _abs_pow(a: torch.Tensor, q: float) -> torch.Tensor:
+    """Out-of-place :func:`_abs_pow_`, for traced (compiled) code."""
+    if q == 1:
+        return a
+    if q == 0.5:
+        return a.sqrt()
+    if q == -0.5:
+        return a.rsqrt()
+    return a.pow(int(q) if float(q).is_integer() else q)
+
+
+def _lp_slope(r: torch.Tensor, q: float, inplace: bool) -> torch.Tensor:
+    """``sign(r) |r|^q`` with 0 where ``r = 0`` (``q = p - 1``; ``torch.cdist``'s convention)."""
+    power = _abs_pow_ if inplace else _abs_pow
+    if float(q).is_integer() and q % 2 == 1:
+        return power(r, q) if q > 1 else r  # an odd power keeps the sign
+    slope = power(r.abs(), q)
+    slope = slope.mul_(r.sign()) if inplace else slope * r.sign()
+    return torch.where(r == 0, 0.0, slope) if q < 0 else slope  # sign 0 times |0|^q = inf
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_lp_kernels(p: float):
+    """``torch.compile``d power sum and gradient sums for one ``p`` (fused: no ``(B, H, D)`` buffer)."""
+
+    def power_sum(x, centres):
+        return _abs_pow((x[:, None, :] - centres[None]).abs(), p).sum(-1)
+
+    def gradient_sums(x, centres, inv_d, grad_d):
+        r = (x[:, None, :] - centres[None]) * inv_d[:, :, None]
+        weighted = grad_d[:, :, None] * _lp_slope(r, p - 1, inplace=False)
+        return weighted.sum(1), -weighted.sum(0)
+
+    return torch.compile(power_sum, fullgraph=True), torch.compile(gradient_sums, fullgraph=True)
+
+
+def _run_compiled(kernel, *args):
+    try:
+        return kernel(*args)
+    except Exception as e:  # Inductor wraps compiler failures in several exception types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidInputError(f"compiled lp kernels need torch.compile with a working C++ "
+                                f"compiler; it failed: {first[:200]}") from e
+
+
 class _GeneralLpDistance(torch.autograd.Function):
     r"""``d = (\sum_i |x_i - c_i|^p)^{1/p}`` in blocks of centres, recomputing differences in backward.
 
@@ -100,15 +153,18 @@ class _GeneralLpDistance(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, centres: torch.Tensor, p: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, centres: torch.Tensor, p: float, compiled: bool) -> torch.Tensor:
         block = max(1, _LP_BLOCK_ELEMENTS // max(1, x.shape[0] * x.shape[1]))
-        total = x.new_empty(x.shape[0], centres.shape[0])
-        for start in range(0, centres.shape[0], block):
-            diff = x[:, None, :] - centres[None, start:start + block]  # (B, h, D)
-            total[:, start:start + block] = _abs_pow_(diff.abs_(), p).sum(-1)
+        if compiled:
+            total = _run_compiled(_compiled_lp_kernels(p)[0], x, centres)
+        else:
+            total = x.new_empty(x.shape[0], centres.shape[0])
+            for start in range(0, centres.shape[0], block):
+                diff = x[:, None, :] - centres[None, start:start + block]  # (B, h, D)
+                total[:, start:start + block] = _abs_pow_(diff.abs_(), p).sum(-1)
         d = total.pow_(1.0 / p)
         ctx.save_for_backward(x, centres, d)
-        ctx.p, ctx.block = p, block
+        ctx.p, ctx.block, ctx.compiled = p, block, compiled
         return d
 
     @staticmethod
@@ -117,24 +173,22 @@ class _GeneralLpDistance(torch.autograd.Function):
         x, centres, d = ctx.saved_tensors
         p, block = ctx.p, ctx.block
         inv_d = torch.where(d > 0, d.reciprocal(), torch.zeros_like(d))
+        if ctx.compiled:
+            grad_x, grad_c = _run_compiled(_compiled_lp_kernels(p)[1], x, centres, inv_d, grad_d)
+            return (grad_x if ctx.needs_input_grad[0] else None,
+                    grad_c if ctx.needs_input_grad[1] else None, None, None)
         grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
         grad_c = torch.empty_like(centres) if ctx.needs_input_grad[1] else None
-        q = p - 1
         for start in range(0, centres.shape[0], block):
             stop = start + block
             r = (x[:, None, :] - centres[None, start:stop]).mul_(inv_d[:, start:stop, None])  # (B, h, D)
-            if float(q).is_integer() and q % 2 == 1:
-                slope = _abs_pow_(r, q) if q > 1 else r  # an odd power keeps the sign
-            else:
-                slope = _abs_pow_(r.abs(), q).mul_(r.sign())
-                if q < 0:
-                    slope = torch.where(r == 0, 0.0, slope)  # sign 0 times |0|^q = inf
+            slope = _lp_slope(r, p - 1, inplace=True)
             g = grad_d[:, start:stop]
             if grad_x is not None:  # sum_j g_bj slope_bji, as (B, 1, h) @ (B, h, D)
                 grad_x += torch.bmm(g[:, None, :], slope).squeeze(1)
             if grad_c is not None:  # -sum_b g_bj slope_bji, as (h, 1, B) @ (h, B, D)
                 grad_c[start:stop] = torch.bmm(g.t()[:, None, :], slope.transpose(0, 1)).squeeze(1).neg_()
-        return grad_x, grad_c, None
+        return grad_x, grad_c, None, None
 
 
 def standardise_negated(d: torch.Tensor, dim: int = 1, eps: float = 1e-5) -> torch.Tensor:
@@ -148,11 +202,12 @@ class LpDistance(nn.Module):
     ``variant="standardised"`` (default; it produced the paper's Table 1):
     ``y_j = -(d_j - mean_k d_k) / std_k d_k``; ``variant="simple"``: ``y_j = (1 - d_j) e^{s}`` with a
     learnable scalar ``s`` (init 0). Centres are initialised ``randn / 3``; :meth:`distances` gives
-    the raw ``d``.
+    the raw ``d``. ``compiled`` (an execution option, not saved with the weights) selects
+    :func:`lp_distance`'s ``torch.compile`` path.
     """
 
     def __init__(self, in_features: int, out_features: int, p: float = 2.0,
-                 variant: str = "standardised") -> None:
+                 variant: str = "standardised", compiled: bool = False) -> None:
         super().__init__()
         if not p > 0:
             raise InvalidInputError(f"p must be > 0, got {p}")
@@ -162,13 +217,14 @@ class LpDistance(nn.Module):
             raise InvalidInputError("the standardised variant needs out_features >= 2 (a std over "
                                     "one centre is undefined); use variant='simple'")
         self.in_features, self.out_features, self.p, self.variant = in_features, out_features, p, variant
+        self.compiled = compiled
         self.centres = nn.Parameter(torch.randn(out_features, in_features) / 3)  # (H, D)
         if variant == "simple":
             self.log_scale = nn.Parameter(torch.zeros(()))
 
     def distances(self, x: torch.Tensor) -> torch.Tensor:
         check_features(x, self.in_features)
-        return lp_distance(x, self.centres, self.p)  # (B, H)
+        return lp_distance(x, self.centres, self.p, compiled=self.compiled)  # (B, H)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self.distances(x)
