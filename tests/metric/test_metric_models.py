@@ -194,6 +194,13 @@ def test_train_and_evaluate_smoke(tmp_path, monkeypatch, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["n"] == 30 and 0 <= result["clean_accuracy"] <= 1 and "seconds" in result
     assert set(result["rejection"]["search"]["alphas"]) == {"1.0", "3.0", "9.0"}
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--json", "--attack", "fgsm", "--eps", "0.1", "--rejection",
+                 "--min-noise-rejection", "0.99"]) == 0
+    search = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rejection"]["search"]
+    assert search["min_noise_rejection"] == 0.99
+    assert all(r["noise_rejection_rate"] >= 0.99 or not r["noise_constraint_met"] for r in search["alphas"].values())
+    assert main(["evaluate", str(out), "--min-noise-rejection", "0.5"]) == 2  # needs --rejection
     out2 = tmp_path / "mlp"
     assert main(["train", "metric-mlp", "--dataset", "synthetic-blobs", "--hidden", "5", "--epochs", "4", "--lr", "0.01", "--batch-size", "15",
                  "--out", str(out2), "--no-progress"]) == 0

@@ -102,6 +102,13 @@ def run(args: argparse.Namespace) -> int:
     from pellucid.robust.checks import evaluation_checks
     from pellucid.robust.evaluate import minimal_perturbations
 
+    if args.min_noise_rejection is not None:
+        from pellucid.errors import InvalidInputError
+
+        if not args.rejection:
+            raise InvalidInputError("--min-noise-rejection applies to --rejection; add --rejection")
+        if not 0 <= args.min_noise_rejection <= 1:
+            raise InvalidInputError(f"--min-noise-rejection must be in [0, 1], got {args.min_noise_rejection}")
     model_dir = Path(args.model_dir)
     model, config = load_model(model_dir)
     ds = load_test_set(config, args.data_dir, args.limit)
