@@ -185,6 +185,30 @@ def test_invex_distance_is_invertible_with_a_single_minimum_per_neuron():
     torch.testing.assert_close(layer(x[:7]), expected)
 
 
+@pytest.mark.parametrize("contractive", [True, False])
+def test_invex_distance_split_first_layer_equals_the_flow_on_every_difference(contractive):
+    # invex_value never runs the residual block's first layer on the B*H differences; it must
+    # still equal ||g(x - c_j) - r|| computed literally, values and every parameter gradient,
+    # through the ActNorm initialisation and the spectral norm's power iterations.
+    import copy
+    torch.manual_seed(0)
+    layer = InvexDistance(12, 5, hidden=9, contractive=contractive).double()
+    literal = copy.deepcopy(layer)
+    x = torch.randn(7, 12, dtype=torch.float64)
+
+    def flow_on_differences(m):
+        diff = (x[:, None, :] - m.centres[None]).reshape(-1, 12)
+        return (m.flow(diff) - m.reference).norm(dim=1).view(7, 5) * m.log_scale.exp()
+
+    for train in (True, True, False):
+        layer.train(train), literal.train(train)
+        ours, reference = layer(x), flow_on_differences(literal)
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+        for a, b in zip(torch.autograd.grad(ours.sum(), list(layer.parameters())),
+                        torch.autograd.grad(reference.sum(), list(literal.parameters()))):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_soft_spectral_norm_caps_only_large_weights_and_ordinary_is_unconstrained():
     from pellucid.nn.invex import SoftSpectralNorm
     torch.manual_seed(0)

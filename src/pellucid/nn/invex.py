@@ -90,8 +90,12 @@ class InvertibleResidual(nn.Module):
                 parametrize.register_parametrization(layer, "weight", SoftSpectralNorm(layer.weight, lipschitz))
 
     def residual(self, z: torch.Tensor) -> torch.Tensor:
-        first, second, third = self.layers
-        return third(F.leaky_relu(second(F.leaky_relu(first(z), 0.1)), 0.1))
+        return self.residual_after_first(self.layers[0](z))
+
+    def residual_after_first(self, u: torch.Tensor) -> torch.Tensor:
+        """``R`` given the first layer's output ``u = L_1(z)``."""
+        _, second, third = self.layers
+        return third(F.leaky_relu(second(F.leaky_relu(u, 0.1)), 0.1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return z + self.residual(z)
@@ -126,10 +130,23 @@ class InvexDistance(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(()))
 
     def invex_value(self, x: torch.Tensor) -> torch.Tensor:
-        """``f(x - c_j) = ||g(x - c_j) - r||`` for every pair, ``(B, H)``."""
+        r"""``f(x - c_j) = ||g(x - c_j) - r||`` for every pair, ``(B, H)``.
+
+        Computes ``self.flow`` on the ``B H`` differences, except that the residual block's first
+        layer, affine in ``z = (x - c_j - m) e^{-s}``, is split as ``L_1(z) = W'(x - m) - W' c_j + b``
+        with ``W' = W_1 \mathrm{diag}(e^{-s})``: ``B + H`` rows of matrix product instead of ``B H``
+        (a third of the network's multiply-adds), the same function.
+        """
         check_features(x, self.in_features)
-        diff = (x[:, None, :] - self.centres[None]).reshape(-1, self.in_features)  # (B H, D)
-        return (self.flow(diff) - self.reference).norm(dim=1).view(x.shape[0], self.out_features)
+        (b, d), h = x.shape, self.out_features
+        first_norm, block, last_norm = self.flow
+        z = first_norm((x[:, None, :] - self.centres[None]).reshape(-1, d))  # (B H, D); inits ActNorm
+        first = block.layers[0]
+        weight, scale = first.weight, (-first_norm.log_scale).exp()  # weight read once: one power iteration
+        u = (F.linear((x - first_norm.shift) * scale, weight, first.bias)[:, None]
+             - F.linear(self.centres * scale, weight)[None])  # (B, H, hidden)
+        g = last_norm(z + block.residual_after_first(u.reshape(b * h, -1)))
+        return (g - self.reference).norm(dim=1).view(b, h)
 
     @torch.no_grad()
     def argmin_offset(self, iterations: int = 200) -> torch.Tensor:
