@@ -152,6 +152,21 @@ def test_convex_distance_is_convex_and_matches_definition():
     assert bool((fm <= (fa + fb) / 2 + 1e-12).all())
 
 
+def test_unconstrained_convex_network_is_an_ordinary_network_of_the_difference():
+    torch.manual_seed(0)
+    layer = ConvexDistance(3, 2, hidden=7, convex=False).double()
+    with torch.no_grad():
+        layer.raw_outer[:3] = -1.0  # outer weights of any sign are used as they are
+    x = torch.randn(4, 3, dtype=torch.float64)
+    u = x[:, None, :] - layer.centres.detach()[None]
+    f = (F.softplus(u @ layer.inner.weight.detach().T + layer.inner.bias.detach()) @ layer.raw_outer.detach()
+         + u @ layer.skip.detach())  # no softplus on the outer weights, no quadratic term
+    torch.testing.assert_close(layer.convex_value(x), f)
+    a, b = torch.randn(200, 3, dtype=torch.float64), torch.randn(200, 3, dtype=torch.float64)
+    fa, fb, fm = layer.convex_value(a), layer.convex_value(b), layer.convex_value((a + b) / 2)
+    assert bool((fm > (fa + fb) / 2 + 1e-9).any())  # and it is no longer convex
+
+
 def test_invex_distance_is_invertible_with_a_single_minimum_per_neuron():
     torch.manual_seed(0)
     layer = InvexDistance(5, 3, hidden=16).double()

@@ -23,13 +23,15 @@ from pellucid.nn.invex import InvexDistance
 from pellucid.nn.metric_conv import L2DistanceConv2d, MetricConv2d
 from pellucid.nn.similarity import EpsilonSoftmax
 
-METRICS = ("l0.5", "l1", "l2", "l20", "stereo", "cosine", "linear", "convex", "invex", "ordinary")
+METRICS = ("l0.5", "l1", "l2", "l20", "stereo", "cosine", "linear", "convex", "invex", "ordinary", "ordinary-mlp")
 
 
 def metric_layer(metric: str, in_features: int, out_features: int, variant: str = "standardised",
                  inner_hidden: int = 500) -> nn.Module:
     """A ``(B, D) -> (B, H)`` layer by name: ``l<p>`` (any p > 0, e.g. ``l0.5``, ``l2``, ``l20``),
-    ``stereo``, ``cosine``, ``linear`` (``nn.Linear``), ``convex``, ``invex``, ``ordinary``."""
+    ``stereo``, ``cosine``, ``linear`` (``nn.Linear``), ``convex``, ``invex``, ``ordinary`` (the invex
+    network without its spectral-norm cap) and ``ordinary-mlp`` (the convex network without its
+    constraints)."""
     if metric.startswith("l") and metric != "linear":
         try:
             p = float(metric[1:])
@@ -46,6 +48,8 @@ def metric_layer(metric: str, in_features: int, out_features: int, variant: str 
         "convex": lambda: ConvexDistance(in_features, out_features, inner_hidden),
         "invex": lambda: InvexDistance(in_features, out_features, inner_hidden, contractive=True),
         "ordinary": lambda: InvexDistance(in_features, out_features, inner_hidden, contractive=False),
+        # another reading of the paper's "ordinary" row: the convex network without its constraints
+        "ordinary-mlp": lambda: ConvexDistance(in_features, out_features, inner_hidden, convex=False),
     }
     if metric not in builders:
         raise InvalidInputError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")

@@ -297,11 +297,16 @@ class ConvexDistance(nn.Module):
     ``f`` is convex in ``u`` (and the quadratic term gives it a finite minimum). The first layer
     is affine, so ``W(x - c_j) = Wx - Wc_j``: the ``(B, H, D)`` tensor of differences is never
     formed, only ``(B, H, hidden)``.
+
+    ``convex=False`` drops what makes ``f`` a generalised distance: the outer weights ``a_k`` may
+    take any sign and the quadratic term is gone, ``f(u) = \sum_k a_k \mathrm{softplus}(W_k u + b_k)
+    + v \cdot u``, an ordinary one-hidden-layer network of the difference (the paper's text blames
+    the "ordinary" row's lower accuracy on its "not being a generalized form of metric").
     """
 
-    def __init__(self, in_features: int, out_features: int, hidden: int = 500) -> None:
+    def __init__(self, in_features: int, out_features: int, hidden: int = 500, convex: bool = True) -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features, self.out_features, self.convex = in_features, out_features, convex
         self.centres = nn.Parameter(torch.randn(out_features, in_features) / 3)
         self.inner = nn.Linear(in_features, hidden)
         self.raw_outer = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))  # a_k, softplus > 0
@@ -314,8 +319,11 @@ class ConvexDistance(nn.Module):
         check_features(x, self.in_features)
         wx, wc = F.linear(x, self.inner.weight), F.linear(self.centres, self.inner.weight)
         pre = wx[:, None, :] - wc[None, :, :] + self.inner.bias  # (B, H, hidden)
-        hidden_term = F.softplus(pre) @ F.softplus(self.raw_outer)  # (B, H)
+        outer = F.softplus(self.raw_outer) if self.convex else self.raw_outer
+        hidden_term = F.softplus(pre) @ outer  # (B, H)
         linear_term = (x @ self.skip)[:, None] - (self.centres @ self.skip)[None, :]
+        if not self.convex:
+            return hidden_term + linear_term
         sq = lp_distance(x, self.centres, 2.0).pow(2)
         return hidden_term + linear_term + 0.5 * sq * self.log_quadratic.exp()
 
