@@ -311,7 +311,10 @@ class ConvexDistance(nn.Module):
         self.inner = nn.Linear(in_features, hidden)
         self.raw_outer = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))  # a_k, softplus > 0
         self.skip = nn.Parameter(torch.zeros(in_features))  # v
-        self.log_quadratic = nn.Parameter(torch.tensor(-2.0))  # q
+        if convex:
+            self.log_quadratic = nn.Parameter(torch.tensor(-2.0))  # q
+        else:
+            self.register_parameter("log_quadratic", None)
         self.log_scale = nn.Parameter(torch.zeros(()))  # t
 
     def convex_value(self, x: torch.Tensor) -> torch.Tensor:
