@@ -34,10 +34,9 @@ def test_lp_distance_standardised_matches_formula(p, seed):
     torch.testing.assert_close(layer(x), -(d - mean) / (std + 1e-5), rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("p", [0.3, 0.5, 1.5, 3.0, 20.0])
-def test_general_p_distance_matches_cdist_values_and_gradients(p):
-    # The blocked path must agree with torch.cdist, including its conventions where the
-    # derivative does not exist: a coordinate equal to the centre's, and an exact hit (d = 0).
+def _lp_against_cdist(p, compiled):
+    """Values and both gradients of lp_distance and torch.cdist, including cdist's conventions
+    where the derivative does not exist: a coordinate equal to the centre's, and an exact hit."""
     from pellucid.nn.distance import lp_distance
     torch.manual_seed(0)
     x = torch.randn(7, 9, dtype=torch.float64)
@@ -46,7 +45,7 @@ def test_general_p_distance_matches_cdist_values_and_gradients(p):
     c[2] = x[1]
     weights = torch.randn(7, 11, dtype=torch.float64)
     results = []
-    for distance in (lambda a, b: torch.cdist(a, b, p=p), lambda a, b: lp_distance(a, b, p)):
+    for distance in (lambda a, b: torch.cdist(a, b, p=p), lambda a, b: lp_distance(a, b, p, compiled=compiled)):
         a, b = x.clone().requires_grad_(), c.clone().requires_grad_()
         d = distance(a, b)
         (d * weights).sum().backward()
@@ -54,6 +53,12 @@ def test_general_p_distance_matches_cdist_values_and_gradients(p):
     for ours, reference in zip(results[1], results[0]):
         assert torch.isfinite(ours).all()
         torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("p", [0.3, 0.5, 1.5, 3.0, 20.0])
+def test_general_p_distance_matches_cdist_values_and_gradients(p):
+    from pellucid.nn.distance import lp_distance
+    _lp_against_cdist(p, compiled=False)  # the blocked eager path
     assert torch.autograd.gradcheck(lambda a, b: lp_distance(a, b, p),
                                     (torch.randn(3, 5, dtype=torch.float64, requires_grad=True),
                                      torch.randn(4, 5, dtype=torch.float64, requires_grad=True)))
@@ -61,26 +66,11 @@ def test_general_p_distance_matches_cdist_values_and_gradients(p):
 
 @pytest.mark.parametrize("p", [0.5, 1.0, 3.0])
 def test_compiled_lp_kernels_match_cdist_values_and_gradients(p):
-    # torch.compile'd loops (an opt-in execution option): same math, same zero conventions.
-    from pellucid.nn.distance import lp_distance
-    torch.manual_seed(0)
-    x = torch.randn(7, 9, dtype=torch.float64)
-    c = torch.randn(11, 9, dtype=torch.float64)
-    c[1, 2] = x[0, 2]
-    c[2] = x[1]
-    weights = torch.randn(7, 11, dtype=torch.float64)
-    results = []
-    for distance in (lambda a, b: torch.cdist(a, b, p=p), lambda a, b: lp_distance(a, b, p, compiled=True)):
-        a, b = x.clone().requires_grad_(), c.clone().requires_grad_()
-        try:
-            d = distance(a, b)
-            (d * weights).sum().backward()
-        except InvalidInputError as e:  # no C++ compiler for torch.compile on this machine
-            pytest.skip(str(e))
-        results.append((d.detach(), a.grad, b.grad))
-    for ours, reference in zip(results[1], results[0]):
-        assert torch.isfinite(ours).all()
-        torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
+    # torch.compile'd loops (an opt-in execution option): same math, same zero conventions
+    try:
+        _lp_against_cdist(p, compiled=True)
+    except InvalidInputError as e:  # no C++ compiler for torch.compile on this machine
+        pytest.skip(str(e))
 
 
 def test_general_p_distance_blocks_cover_every_centre(monkeypatch):

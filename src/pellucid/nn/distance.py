@@ -74,18 +74,21 @@ def lp_distance(x: torch.Tensor, centres: torch.Tensor, p: float, compiled: bool
 _LP_BLOCK_ELEMENTS = 1 << 18
 
 
-def _abs_pow_(a: torch.Tensor, q: float) -> torch.Tensor:
-    """``a^q`` for ``a >= 0``, overwriting ``a`` where it can.
+def _abs_pow(a: torch.Tensor, q: float, inplace: bool = True) -> torch.Tensor:
+    """``a^q`` for ``a >= 0``; ``inplace`` overwrites ``a`` where it can (eager code).
 
     Square roots and small integer powers (square-and-multiply) are several times cheaper than
     the generic ``pow``, and p = 0.5 and p = 20 are the two Table 1 rows that need this path.
+    Traced (compiled) code passes ``inplace=False``; Inductor turns integer powers into products.
     """
     if q == 1:
         return a
     if q == 0.5:
-        return a.sqrt_()
+        return a.sqrt_() if inplace else a.sqrt()
     if q == -0.5:
-        return a.rsqrt_()
+        return a.rsqrt_() if inplace else a.rsqrt()
+    if not inplace:
+        return a.pow(int(q) if float(q).is_integer() else q)
     if float(q).is_integer() and 2 <= q <= 64:
         n, result, base = int(q), None, a
         while n:
@@ -98,23 +101,11 @@ def _abs_pow_(a: torch.Tensor, q: float) -> torch.Tensor:
     return a.pow_(q)
 
 
-def _abs_pow(a: torch.Tensor, q: float) -> torch.Tensor:
-    """Out-of-place :func:`_abs_pow_`, for traced (compiled) code."""
-    if q == 1:
-        return a
-    if q == 0.5:
-        return a.sqrt()
-    if q == -0.5:
-        return a.rsqrt()
-    return a.pow(int(q) if float(q).is_integer() else q)
-
-
 def _lp_slope(r: torch.Tensor, q: float, inplace: bool) -> torch.Tensor:
     """``sign(r) |r|^q`` with 0 where ``r = 0`` (``q = p - 1``; ``torch.cdist``'s convention)."""
-    power = _abs_pow_ if inplace else _abs_pow
     if float(q).is_integer() and q % 2 == 1:
-        return power(r, q) if q > 1 else r  # an odd power keeps the sign
-    slope = power(r.abs(), q)
+        return _abs_pow(r, q, inplace) if q > 1 else r  # an odd power keeps the sign
+    slope = _abs_pow(r.abs(), q, inplace)
     slope = slope.mul_(r.sign()) if inplace else slope * r.sign()
     return torch.where(r == 0, 0.0, slope) if q < 0 else slope  # sign 0 times |0|^q = inf
 
@@ -124,7 +115,7 @@ def _compiled_lp_kernels(p: float):
     """``torch.compile``d power sum and gradient sums for one ``p`` (fused: no ``(B, H, D)`` buffer)."""
 
     def power_sum(x, centres):
-        return _abs_pow((x[:, None, :] - centres[None]).abs(), p).sum(-1)
+        return _abs_pow((x[:, None, :] - centres[None]).abs(), p, inplace=False).sum(-1)
 
     def gradient_sums(x, centres, inv_d, grad_d):
         r = (x[:, None, :] - centres[None]) * inv_d[:, :, None]
@@ -161,7 +152,7 @@ class _GeneralLpDistance(torch.autograd.Function):
             total = x.new_empty(x.shape[0], centres.shape[0])
             for start in range(0, centres.shape[0], block):
                 diff = x[:, None, :] - centres[None, start:start + block]  # (B, h, D)
-                total[:, start:start + block] = _abs_pow_(diff.abs_(), p).sum(-1)
+                total[:, start:start + block] = _abs_pow(diff.abs_(), p).sum(-1)
         d = total.pow_(1.0 / p)
         ctx.save_for_backward(x, centres, d)
         ctx.p, ctx.block, ctx.compiled = p, block, compiled
