@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -22,7 +22,15 @@ STATE_FILE = "train_state.safetensors"
 METRICS_FILE = "metrics.jsonl"
 
 
-def save_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+class Optimizer(Protocol):
+    """What is checkpointed of an optimizer: ``torch.optim.Optimizer`` or :class:`pellucid.train.optim.Adam`."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
+def save_train_state(path: Path, model: nn.Module, optimizer: Optimizer,
                      generator: torch.Generator, info: dict[str, Any]) -> None:
     opt = optimizer.state_dict()
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -34,7 +42,7 @@ def save_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     save_tensors_atomic(path, tensors, meta)
 
 
-def load_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+def load_train_state(path: Path, model: nn.Module, optimizer: Optimizer,
                      generator: torch.Generator) -> dict[str, Any]:
     """Restore everything saved by :func:`save_train_state`; returns its ``info`` dict."""
     try:
@@ -53,12 +61,15 @@ def load_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
         if key.startswith("optim."):
             _, idx, name = key.split(".", 2)
             state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"cannot resume: {path} holds another optimizer's state ({e})") from None
     generator.set_state(tensors["rng.generator"])
     return info
 
 
-def start_or_resume(out: Path, resume: bool, cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer,
+def start_or_resume(out: Path, resume: bool, cfg: Any, model: nn.Module, optimizer: Optimizer,
                     generator: torch.Generator, may_change: tuple[str, ...] = ("epochs",)
                     ) -> tuple[int, list[dict[str, Any]]]:
     """Begin a run in ``out``, or (``resume=True``) restore the one there: ``(epochs done, their metrics)``.
@@ -88,7 +99,7 @@ def start_or_resume(out: Path, resume: bool, cfg: Any, model: nn.Module, optimiz
     return done, [r for r in rows if r["epoch"] <= done]
 
 
-def save_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+def save_epoch(out: Path, model: nn.Module, optimizer: Optimizer, generator: torch.Generator,
                cfg: Any, history: list[dict[str, Any]]) -> None:
     """After an epoch: the resumable state (the authority on resume), then the metrics so far."""
     save_train_state(out / STATE_FILE, model, optimizer, generator, {"epoch": history[-1]["epoch"], "config": asdict(cfg)})

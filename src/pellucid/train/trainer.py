@@ -20,6 +20,7 @@ from pellucid.nn.semantic import project_constraints_
 from pellucid.robust.attacks import pgd
 from pellucid.robust.evaluate import predict_logits
 from pellucid.train.checkpointing import save_epoch, start_or_resume
+from pellucid.train.optim import Adam
 
 
 def config_option(default, help: str):
@@ -99,7 +100,8 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConf
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(cfg.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # torch.optim.Adam's arithmetic, without the 2.2 s torch._dynamo import (see train/optim.py)
+    optimizer = Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history = start_or_resume(out, resume, cfg, model, optimizer, gen)
     config = {**(extra_config or {}), "train": asdict(cfg)}
     n, bs = len(train), cfg.batch_size
