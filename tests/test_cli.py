@@ -104,6 +104,10 @@ def test_console_entry_delivers_output_and_exit_codes(authors_dir):
     bad = run("evaluate", "/definitely/not/here")
     assert bad.returncode == 2 and bad.stdout == ""
     assert len(bad.stderr.strip().splitlines()) == 1 and "does not exist" in bad.stderr
+    helped = run("evaluate", "--help")
+    assert helped.returncode == 0 and "--rejection" in helped.stdout
+    usage = run("evaluate", "--no-such-option")
+    assert usage.returncode == 2 and "error: the following arguments are required" in usage.stderr
 
 
 def test_entry_flushes_and_runs_exit_handlers_before_the_fast_exit(monkeypatch):
@@ -135,6 +139,15 @@ def test_entry_flushes_and_runs_exit_handlers_before_the_fast_exit(monkeypatch):
     with pytest.raises(FastExit):
         cli_main.entry()
     assert events == ["atexit", "flush", "flush", ("os._exit", 3)]
+
+    # argparse's own exits (--help, usage errors) take the fast exit with their code
+    for raised, code in ((SystemExit(2), 2), (SystemExit(None), 0)):
+        events.clear()
+        monkeypatch.setattr(cli_main, "main", lambda: (_ for _ in ()).throw(raised))
+        with pytest.raises(FastExit):
+            cli_main.entry()
+        assert events[-1] == ("os._exit", code)
+    monkeypatch.setattr(cli_main, "main", lambda: 3)
 
     # a non-daemon thread still running: the normal exit, which waits for it
     events.clear()

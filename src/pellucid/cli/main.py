@@ -48,14 +48,18 @@ def entry() -> None:
 
     Interpreter finalisation after torch has been imported takes 1.3-1.8 s on a 2-core machine
     (module teardown and the unloading of torch's shared libraries), longer than most of what
-    ``pellucid --help`` does. Once ``main`` has returned, every file the command wrote is
-    closed (checkpoints and reports are written atomically), so the exit runs the ``atexit``
-    handlers, flushes stdout and stderr and ends the process without finalisation. It
-    falls back to a normal exit when a non-daemon thread is still running, and exceptions
-    (``SystemExit`` from ``--help``, an internal error with its traceback) take the normal
-    path too.
+    ``pellucid --help`` does. Once ``main`` has returned (or argparse has exited after ``--help``
+    or a usage error), every file the command wrote is closed: checkpoints and reports are
+    written atomically. So the exit runs the ``atexit`` handlers, flushes stdout and stderr and
+    ends the process without finalisation. It falls back to a normal exit when a non-daemon
+    thread is still running; an internal error keeps its traceback and the normal path.
     """
-    code = main()
+    try:
+        code = main()
+    except SystemExit as exit_:  # argparse: --help, --version, usage errors (message printed)
+        if not (exit_.code is None or isinstance(exit_.code, int)):
+            raise
+        code = exit_.code or 0
     if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
         sys.exit(code)
     atexit._run_exitfuncs()  # what a normal exit would run (logging, tqdm, compile workers)
