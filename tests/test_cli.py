@@ -161,3 +161,32 @@ def test_entry_flushes_and_runs_exit_handlers_before_the_fast_exit(monkeypatch):
         release.set()
         worker.join()
     assert exc.value.code == 3 and events == []
+
+
+def test_top_level_help_and_version_do_not_import_torch():
+    """Only the named subcommand's parser is built, so `pellucid --help` skips torch (~3 s)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom pellucid.cli.main import main\n"
+             "for argv in (['--help'], ['--version'], ['no-such-command']):\n"
+             "    try:\n        main(argv)\n    except SystemExit as e:\n        print('exit', e.code)\n"
+             "print('torch imported:', 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "torch imported: False"
+    assert [ln for ln in lines if ln.startswith("exit")] == ["exit 0", "exit 0", "exit 2"]
+    for name in ("train", "evaluate", "demo", "explain"):  # every command is listed with its summary
+        assert any(ln.strip().startswith(name + " ") for ln in lines), name
+    assert "invalid choice: 'no-such-command'" in out.stderr
+
+
+def test_a_named_subcommand_gets_its_full_parser():
+    from pellucid.cli.main import build_parser
+
+    args = build_parser(["train", "whitebox-mnist35", "--out", "x"]).parse_args(
+        ["train", "whitebox-mnist35", "--out", "x", "--epochs", "2"])
+    assert args.recipe == "whitebox-mnist35" and args.epochs == 2
+    with pytest.raises(SystemExit):  # another command's options are not there
+        build_parser(["evaluate"]).parse_args(["train", "whitebox-mnist35", "--out", "x"])

@@ -9,8 +9,12 @@ from pathlib import Path
 from pellucid.cli._common import add_data_dir, print_json
 
 
+# One line for `pellucid --help` (which imports no subcommand's dependencies).
+SUMMARY = "train + PGD-40 evaluation + HTML report of the white-box model"
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="train + PGD-40 evaluation + HTML report of the white-box model",
+    p = sub.add_parser("demo", help=SUMMARY,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="run directory")
     p.add_argument("--epochs", type=int, default=15, help="training epochs")

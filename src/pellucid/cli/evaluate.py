@@ -13,10 +13,14 @@ from pellucid.cli._common import add_data_dir, print_json
 _DEFAULT_STEPS = {"pgd": 40, "apgd-ce": 100, "apgd-dlr": 100, "deepfool": 100, "boundary": 1000}
 
 
+# One line for `pellucid --help` (which imports no subcommand's dependencies).
+SUMMARY = "robustness and reliability of a trained model"
+
+
 def add_parser(sub) -> None:
     from pellucid.robust import ATTACKS, BUDGETS
 
-    p = sub.add_parser("evaluate", help="robustness and reliability of a trained model",
+    p = sub.add_parser("evaluate", help=SUMMARY,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Attack a trained model's test set with the true labels, report "
                                    "clean and robust accuracy, reliability and gradient-masking "

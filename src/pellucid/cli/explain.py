@@ -22,8 +22,12 @@ from pathlib import Path
 MAX_PIXELS = 50_000_000  # larger images are refused before decoding
 
 
+# One line for `pellucid --help` (which imports no subcommand's dependencies).
+SUMMARY = "excitation pullback and counterfactual of images"
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("explain", help="excitation pullback and counterfactual of images",
+    p = sub.add_parser("explain", help=SUMMARY,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, metavar="NAME|DIR",
                    help="registered model name (resnet50, vgg11_bn, densenet121, resnext50_32x4d, "

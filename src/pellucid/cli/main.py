@@ -19,19 +19,33 @@ from pellucid.errors import PellucidError
 SUBCOMMANDS = ("train", "evaluate", "demo", "explain")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``pellucid`` parser, complete for the subcommand named in ``argv``.
+
+    Subcommand parsers need their registries (recipes, attacks, models), which import torch
+    (2.5-3 s here). Only the subcommand that ``argv`` names gets its full parser; the others are
+    listed with their one-line ``SUMMARY``, so ``pellucid --help``, ``--version`` and a mistyped
+    command answer without importing torch. ``argv=None`` reads ``sys.argv``.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    # the top-level parser has no option that takes a value: its first positional is the command
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="pellucid", description="White-box networks and "
                                      "explanations you can trust.")
     from pellucid import __version__
     parser.add_argument("--version", action="version", version=f"pellucid {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
-        importlib.import_module(f"pellucid.cli.{name}").add_parser(sub)
+        module = importlib.import_module(f"pellucid.cli.{name}")  # light: heavy imports are lazy
+        if name == chosen:
+            module.add_parser(sub)
+        else:
+            sub.add_parser(name, help=module.SUMMARY)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

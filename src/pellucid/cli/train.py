@@ -7,11 +7,15 @@ import argparse
 from pellucid.cli._common import add_data_dir, add_dataclass_options, dataclass_from_args, print_json
 
 
+# One line for `pellucid --help` (which imports no subcommand's dependencies).
+SUMMARY = "train a registered recipe"
+
+
 def add_parser(sub) -> None:
     import pellucid.models  # noqa: F401  (registers the models the recipes train)
     from pellucid.train import RECIPES
 
-    p = sub.add_parser("train", help="train a model (recipes: " + ", ".join(RECIPES) + ")",
+    p = sub.add_parser("train", help=SUMMARY + " (recipes: " + ", ".join(RECIPES) + ")",
                        description="Train a registered recipe; checkpoints after every epoch.")
     recipes = p.add_subparsers(dest="recipe", metavar="RECIPE", required=True)
     for entry in RECIPES.entries():
