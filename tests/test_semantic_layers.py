@@ -266,3 +266,19 @@ def test_twostep_train_graph_has_the_where_graphs_parameter_gradient_bits():
     params = list(layer.parameters())
     for got, ref in zip(torch.autograd.grad(y, params, g), torch.autograd.grad(y_ref, params, g)):
         assert torch.equal(got, ref)
+
+
+def test_max_correlation_index_is_max_first_index_with_ties():
+    # the fast argmax must return what scores.max(dim=1) returns, including the first of tied
+    # kernels (all-zero patches tie every kernel at 0; duplicated kernels tie everywhere)
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.rand(13, 1, 17, 17, dtype=dtype)
+        x[:, :, :6, :6] = 0
+        w = torch.randn(10, 1, 5, 5, dtype=dtype)
+        w[7] = w[2]  # exact ties between kernels 2 and 7
+        w[4] = -w[4]
+        v, i = F.conv2d(x, w, padding=2).max(dim=1)
+        best, idx = max_correlation(x, w)
+        assert torch.equal(best[:, 0], v) and torch.equal(idx, i)
+        assert (idx == 0).any() and (idx != 7).all()  # ties went to the first kernel

@@ -16,6 +16,27 @@ _FORWARD_BLOCK = 8
 _BACKWARD_BLOCK = 128
 
 
+def _max_with_first_index(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scores.max(dim=1)``: the max over channels and the first channel that attains it.
+
+    The same values and indices, ties included, about 1.4x faster on CPU for (8, 64, 28, 28):
+    the max with indices is the slowest op of the conv layer, while ``amax`` and float
+    elementwise ops are vectorised (comparisons that produce ``bool`` are not). With
+    ``d = scores - best`` (exactly +-0 where a channel attains the max, negative elsewhere),
+    ``(sign(d) + 1) * (K - k)`` is ``K - k`` at the winners and 0 elsewhere, so its max over ``k``
+    is ``K`` minus the first winner. Ranks are exact integers in float32 / float64.
+    """
+    k = scores.shape[1]
+    if scores.dtype not in (torch.float32, torch.float64) or k > 2 ** 24:
+        return scores.max(dim=1)
+    best = scores.amax(dim=1, keepdim=True)
+    rank = torch.arange(k, 0, -1, dtype=scores.dtype, device=scores.device).view(1, k, 1, 1)
+    first = torch.sub(scores, best).sign_().add_(1).mul_(rank).amax(dim=1)
+    # a NaN score has no winner (first = 0 or NaN); clamp keeps the index in range, and the
+    # NaN best score says what happened
+    return best.squeeze(1), (k - first).long().clamp_(0, k - 1)
+
+
 class _MaxCorrelation(torch.autograd.Function):
     """``y[b, i] = max_k <patch_i(x_b), w_k>`` and its argmax ``k``, with a sparse backward.
 
@@ -29,7 +50,7 @@ class _MaxCorrelation(torch.autograd.Function):
         pad = weight.shape[-1] // 2
         best, idx = [], []
         for xb in x.split(_FORWARD_BLOCK):
-            v, i = F.conv2d(xb, weight, padding=pad).max(dim=1)  # (b, H, W) each
+            v, i = _max_with_first_index(F.conv2d(xb, weight, padding=pad))  # (b, H, W) each
             best.append(v)
             idx.append(i)
         best, idx = torch.cat(best).unsqueeze(1), torch.cat(idx)  # (B, 1, H, W), (B, H, W)
@@ -89,17 +110,20 @@ def _max_correlation_backward_block(x: torch.Tensor, weight: torch.Tensor, idx: 
     if grad_w is not None:  # dw_k[tap] += sum over pixels p that kernel k won of g[p] x[p + tap]
         xp = F.pad(x, (pw, pw, ph, ph))
         weighted = workspace.get("weighted", (len(taps), b, h, w), x)
-        for t, (c_, dy, dx) in enumerate(taps):
-            torch.mul(xp[:, c_, dy:dy + h, dx:dx + w], g, out=weighted[t])
+        # every tap's shifted window at once, as a strided view (c, kh, kw, b, H, W): one op
+        windows = xp.unfold(2, kh, 1).unfold(3, kw, 1).permute(1, 4, 5, 0, 2, 3)
+        torch.mul(windows, g, out=weighted.view(c, kh, kw, b, h, w))
         grad_w.index_add_(1, idx.reshape(-1), weighted.view(len(taps), -1))
     # dx[p] = sum_taps g[p - tap] w_{k(p - tap)}[tap]: the winning kernel, spread back over its patch
-    w_taps = weight.reshape(n_k, -1).t()  # (taps, K)
+    # (taps, K), contiguous: gathering from contiguous rows is 1.6x faster than from the transpose
+    w_taps = weight.reshape(n_k, -1).t().contiguous()
     flat = idx.reshape(1, -1).expand(len(taps), -1)
     winner = torch.gather(w_taps, 1, flat, out=workspace.get("winner", tuple(flat.shape), x))
-    winner = winner.view(len(taps), b, h, w)  # (taps, b, H, W)
+    # times g in place: one op and no per-tap temporaries, the same products as winner[t] * g
+    spread = winner.view(len(taps), b, h, w).mul_(g)  # (taps, b, H, W)
     padded = workspace.get("padded", (b, c, h + 2 * ph, w + 2 * pw), x).zero_()
     for t, (c_, dy, dx) in enumerate(taps):
-        padded[:, c_, dy:dy + h, dx:dx + w] += winner[t] * g
+        padded[:, c_, dy:dy + h, dx:dx + w] += spread[t]
     return padded[:, :, ph:ph + h, pw:pw + w]
 
 
