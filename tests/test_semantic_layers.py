@@ -282,3 +282,21 @@ def test_max_correlation_index_is_max_first_index_with_ties():
         best, idx = max_correlation(x, w)
         assert torch.equal(best[:, 0], v) and torch.equal(idx, i)
         assert (idx == 0).any() and (idx != 7).all()  # ties went to the first kernel
+
+
+def test_affine_grid_matches_torch_values_and_gradient():
+    from pellucid.nn.geometry import affine_grid
+
+    torch.manual_seed(0)
+    for dtype, tol in ((torch.float32, 1e-6), (torch.float64, 1e-14)):
+        theta = (torch.eye(2, 3, dtype=dtype) + 0.3 * torch.randn(40, 2, 3, dtype=dtype)).requires_grad_()
+        ours, ref = affine_grid(theta, 28, 20), F.affine_grid(theta, [40, 1, 28, 20], align_corners=True)
+        assert ours.shape == ref.shape == (40, 28, 20, 2)
+        assert torch.allclose(ours, ref, atol=tol, rtol=0)
+        g = torch.randn_like(ref)
+        (ours_g,), (ref_g,) = torch.autograd.grad(ours, theta, g), torch.autograd.grad(ref, theta, g)
+        assert torch.equal(ours_g, ref_g)  # the same backward op
+    theta64 = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: affine_grid(t, 5, 4), (theta64,))
+    with pytest.raises(ValueError, match="theta must be"):
+        affine_grid(torch.zeros(3, 3, 3), 5, 5)
