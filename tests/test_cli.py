@@ -131,6 +131,10 @@ def test_entry_flushes_and_runs_exit_handlers_before_the_fast_exit(monkeypatch):
         events.append(("os._exit", code))
         raise FastExit
 
+    # Threads left by earlier tests (a cold-cache torch.compile leaves a non-daemon
+    # ThreadPoolExecutor worker) would rightly send entry() down the normal exit: hide them here.
+    alive = [threading.main_thread()]
+    monkeypatch.setattr(cli_main.threading, "enumerate", lambda: list(alive))
     monkeypatch.setattr(cli_main, "main", lambda: 3)
     monkeypatch.setattr(sys, "stdout", Stream())
     monkeypatch.setattr(sys, "stderr", Stream())
@@ -154,6 +158,7 @@ def test_entry_flushes_and_runs_exit_handlers_before_the_fast_exit(monkeypatch):
     release = threading.Event()
     worker = threading.Thread(target=release.wait, daemon=False)
     worker.start()
+    alive.append(worker)
     try:
         with pytest.raises(SystemExit) as exc:
             cli_main.entry()
