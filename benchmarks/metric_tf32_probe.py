@@ -34,13 +34,40 @@ def to_tf32(t: torch.Tensor) -> torch.Tensor:
     return ((bits + 0x0FFF + lsb) & -8192).view(torch.float32)
 
 
+class _TF32Linear(torch.autograd.Function):
+    """``x W^T + b`` on TF32-rounded operands; the backward's two products round theirs too.
+
+    That is what a GPU with ``set_float32_matmul_precision('high')`` does to ``F.linear`` and to
+    the two matrix multiplies of its gradient (accumulation stays float32 in both).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, linear):
+        x32, w32 = to_tf32(x), to_tf32(weight)
+        ctx.save_for_backward(x32, w32)
+        ctx.has_bias = bias is not None
+        return linear(x32, w32, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x32, w32 = ctx.saved_tensors
+        g32 = to_tf32(grad)
+        gx = g32 @ w32 if ctx.needs_input_grad[0] else None
+        gw = g32.reshape(-1, g32.shape[-1]).t() @ x32.reshape(-1, x32.shape[-1]) if ctx.needs_input_grad[1] else None
+        gb = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None
+
+
 @contextlib.contextmanager
 def tf32_linear() -> Iterator[None]:
-    """Every ``F.linear`` (``nn.Linear`` included) multiplies TF32-rounded operands, as on the GPU."""
+    """Every ``F.linear`` (``nn.Linear`` included) multiplies TF32-rounded operands, as on the GPU.
+
+    Forward and backward (see :class:`_TF32Linear`), so it also emulates TF32 *training*.
+    """
     original = F.linear
 
     def linear(x, weight, bias=None):
-        return original(to_tf32(x), to_tf32(weight), bias)
+        return _TF32Linear.apply(x, weight, bias, original)
 
     F.linear = linear
     try:

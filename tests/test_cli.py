@@ -195,3 +195,16 @@ def test_a_named_subcommand_gets_its_full_parser():
     assert args.recipe == "whitebox-mnist35" and args.epochs == 2
     with pytest.raises(SystemExit):  # another command's options are not there
         build_parser(["evaluate"]).parse_args(["train", "whitebox-mnist35", "--out", "x"])
+
+
+def test_help_states_real_defaults_only(capsys):
+    from pellucid.cli.main import build_parser
+
+    for argv in (["evaluate"], ["train", "whitebox-mnist35"], ["demo"], ["explain"]):
+        with pytest.raises(SystemExit):
+            build_parser(argv).parse_args([*argv, "--help"])
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert "(default: None)" not in text and "(default: False)" not in text, argv
+        if argv == ["evaluate"]:
+            assert "perturbation budget (default: 0.3)" in text  # a real default is still stated
+            assert "PGD/APGD step (default eps / 3)" in text and "(default eps / 3) (default" not in text

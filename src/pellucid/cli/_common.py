@@ -30,12 +30,24 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to an option's help unless there is nothing to say: no default
+    (``None``), an off-by-default flag (``--json``), or a help text that already states it
+    ("default eps / 3")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or (action.nargs == 0 and action.default is False) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def _option(field: Field) -> str:
     return "--" + field.name.replace("_", "-")
 
 
 def _help(field: Field) -> str:
-    """The field's ``metadata["help"]``; the parser's ``ArgumentDefaultsHelpFormatter`` appends
+    """The field's ``metadata["help"]``; the parser's :class:`DefaultsHelpFormatter` appends
     the default."""
     return field.metadata.get("help", "")
 

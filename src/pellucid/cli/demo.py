@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from pellucid.cli._common import add_data_dir, print_json
+from pellucid.cli._common import DefaultsHelpFormatter, add_data_dir, print_json
 
 
 # One line for `pellucid --help` (which imports no subcommand's dependencies).
@@ -15,7 +15,7 @@ SUMMARY = "train + PGD-40 evaluation + HTML report of the white-box model"
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help=SUMMARY,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="run directory")
     p.add_argument("--epochs", type=int, default=15, help="training epochs")
     p.add_argument("--seed", type=int, default=314, help="training seed")

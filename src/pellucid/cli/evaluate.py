@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pellucid.cli._common import add_data_dir, print_json
+from pellucid.cli._common import DefaultsHelpFormatter, add_data_dir, print_json
 
 
 # per-attack defaults of --steps (iterations); attacks not listed take no --steps
@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
     from pellucid.robust import ATTACKS, BUDGETS
 
     p = sub.add_parser("evaluate", help=SUMMARY,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=DefaultsHelpFormatter,
                        description="Attack a trained model's test set with the true labels, report "
                                    "clean and robust accuracy, reliability and gradient-masking "
                                    "checks, and record the result in DIR/evaluations/.")

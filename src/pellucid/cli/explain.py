@@ -19,6 +19,8 @@ import time
 import warnings
 from pathlib import Path
 
+from pellucid.cli._common import DefaultsHelpFormatter
+
 MAX_PIXELS = 50_000_000  # larger images are refused before decoding
 
 
@@ -28,7 +30,7 @@ SUMMARY = "excitation pullback and counterfactual of images"
 
 def add_parser(sub) -> None:
     p = sub.add_parser("explain", help=SUMMARY,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("--model", required=True, metavar="NAME|DIR",
                    help="registered model name (resnet50, vgg11_bn, densenet121, resnext50_32x4d, "
                         "inception_v3, googlenet, fid-inception, ...) or a pellucid model directory")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from pellucid.cli._common import add_data_dir, add_dataclass_options, dataclass_from_args, print_json
+from pellucid.cli._common import (DefaultsHelpFormatter, add_data_dir, add_dataclass_options, dataclass_from_args,
+                                  print_json)
 
 
 # One line for `pellucid --help` (which imports no subcommand's dependencies).
@@ -20,7 +21,7 @@ def add_parser(sub) -> None:
     recipes = p.add_subparsers(dest="recipe", metavar="RECIPE", required=True)
     for entry in RECIPES.entries():
         r = recipes.add_parser(entry.name, help=entry.summary, description=entry.summary,
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                               formatter_class=DefaultsHelpFormatter)
         r.add_argument("--out", required=True, metavar="DIR", help="run directory")
         r.add_argument("--resume", action="store_true",
                        help="continue an interrupted run in DIR from its last finished epoch")
