@@ -12,6 +12,11 @@ switched on one by one, so each can be measured instead of argued:
   moves the two parameterisations differently.
 * ``--notebook-output``: the notebook's output ``(1 - (b - ||g - r|| e^s)) e^t`` (``b = 0.5``,
   ``s = t = 0`` at init, all learned) instead of ``||g - r|| e^t``.
+* ``--removal-rescale`` (ordinary only): the notebook builds "ordinary" as the spectrally
+  normalised network and then removes the normalisation. The i-ResNet original removes it without
+  a power iteration (random ``u, v``: the weights stay as they are, as in pellucid); a later copy
+  of that file runs the 5 power iterations first, which divides each weight once by
+  ``max(1, sigma_est / 0.97)``. The notebook's copy is not public, so this tries the second.
 
 Always: the distance network runs in the notebook's order, ``g(x - c_j)`` on each difference
 (``InvexDistance.invex_value`` splits the first layer, which rounds differently). Everything else
@@ -60,7 +65,7 @@ class NotebookActNorm(nn.Module):
 
 
 @contextlib.contextmanager
-def notebook_variant(actnorm: bool, output: bool) -> Iterator[None]:
+def notebook_variant(actnorm: bool, output: bool, removal_rescale: bool = False) -> Iterator[None]:
     """``InvexDistance`` computed in the notebook's order, optionally with its parameterisations."""
     init, value, forward = InvexDistance.__init__, InvexDistance.invex_value, InvexDistance.forward
 
@@ -68,6 +73,15 @@ def notebook_variant(actnorm: bool, output: bool) -> Iterator[None]:
         init(self, *args, **kwargs)
         if actnorm:
             self.flow[0], self.flow[2] = NotebookActNorm(self.in_features), NotebookActNorm(self.in_features)
+        if removal_rescale and not self.flow[1].contractive:
+            with torch.no_grad():
+                for layer in self.flow[1].layers:
+                    w = layer.weight
+                    u = torch.nn.functional.normalize(torch.randn(w.shape[0]), dim=0)
+                    for _ in range(5):  # spectral_norm_fc's n_power_iterations in ResidualFlow
+                        v = torch.nn.functional.normalize(w.t() @ u, dim=0)
+                        u = torch.nn.functional.normalize(w @ v, dim=0)
+                    w.div_(torch.clamp(u @ w @ v / 0.97, min=1.0))
         if output:
             self.inner_log_scale = nn.Parameter(torch.zeros(()))
             self.inner_bias = nn.Parameter(torch.tensor(0.5))
@@ -100,17 +114,22 @@ def main() -> None:
     ap.add_argument("--tf32", action="store_true", help="emulate TF32 matrix multiplies in training and test")
     ap.add_argument("--notebook-actnorm", action="store_true", help="nflib's ActNorm parameterisation")
     ap.add_argument("--notebook-output", action="store_true", help="the notebook's (1 - (b - d e^s)) e^t output")
+    ap.add_argument("--removal-rescale", action="store_true",
+                    help="ordinary: rescale the weights as a spectral-norm removal with power iteration would")
     args = ap.parse_args()
     metric, hidden = args.cell.split(":")
     if metric not in ("ordinary", "invex"):
         raise SystemExit(f"--cell: metric must be ordinary or invex, got {metric!r}")
+    if args.removal_rescale and metric != "ordinary":
+        raise SystemExit("--removal-rescale: only the ordinary network has a spectral norm removed")
     _check_rounding()
     torch.set_num_threads(args.threads)
-    tags = ["tf32" if args.tf32 else "fp32"] + ["nbactnorm"] * args.notebook_actnorm + ["nboutput"] * args.notebook_output
+    tags = ["tf32" if args.tf32 else "fp32"] + ["nbactnorm"] * args.notebook_actnorm + ["nboutput"] * args.notebook_output \
+        + ["rmrescale"] * args.removal_rescale
     out = args.runs_dir / f"{metric}_{hidden}_s{args.seed}_{'-'.join(tags)}"
     cfg = MetricMLPConfig(metric=metric, hidden=int(hidden), epochs=args.epochs, seed=args.seed)
     t0 = time.perf_counter()
-    with notebook_variant(args.notebook_actnorm, args.notebook_output), \
+    with notebook_variant(args.notebook_actnorm, args.notebook_output, args.removal_rescale), \
             (tf32_linear() if args.tf32 else contextlib.nullcontext()):
         hist = train_metric_mlp(cfg, out, resume=(out / STATE_FILE).is_file(), progress=False)["epochs"]
     best, final = 100 * hist[-1]["best_test_accuracy"], 100 * hist[-1]["test_accuracy"]
