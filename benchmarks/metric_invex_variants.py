@@ -40,27 +40,27 @@ from torch import nn
 
 from metric_table1 import HIDDEN, PUBLISHED
 from metric_tf32_probe import _check_rounding, tf32_linear
-from pellucid.nn.invex import InvexDistance
+from pellucid.nn.invex import ActNorm, InvexDistance
 from pellucid.report import environment
 from pellucid.train.checkpointing import STATE_FILE
 from pellucid.train.metric_recipes import MetricMLPConfig, train_metric_mlp
 
 
-class NotebookActNorm(nn.Module):
-    """``z = x e^s + t`` per feature, ``s = -log std``, ``t = -mean(x e^s)`` from the first training batch."""
+class NotebookActNorm(ActNorm):
+    """nflib's parameterisation of the same layer: ``z = x e^s + t``, ``s = -log std``,
+    ``t = -mean(x e^s)`` from the first training batch (pellucid's: ``(x - m) e^{-l}``)."""
 
     def __init__(self, features: int) -> None:
-        super().__init__()
+        super().__init__(features)
+        del self.shift, self.log_scale  # replaced by nflib's two parameters
         self.s = nn.Parameter(torch.zeros(features))
         self.t = nn.Parameter(torch.zeros(features))
-        self.register_buffer("initialised", torch.tensor(False))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and not bool(self.initialised):
-            with torch.no_grad():
-                self.s.copy_(-x.std(0).log().nan_to_num(0.0, 0.0, 0.0))  # nflib zeroes inf / NaN
-                self.t.copy_(-(x * self.s.exp()).mean(0))
-                self.initialised.fill_(True)
+    def initialise_from(self, x: torch.Tensor) -> None:
+        self.s.copy_(-x.std(0).log().nan_to_num(0.0, 0.0, 0.0))  # nflib zeroes inf / NaN
+        self.t.copy_(-(x * self.s.exp()).mean(0))
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.s.exp() + self.t
 
 

@@ -37,9 +37,16 @@ class ActNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and not bool(self.initialised):
             with torch.no_grad():
-                self.shift.copy_(x.mean(0))
-                self.log_scale.copy_(x.std(0).clamp_min(1e-3).log())
+                self.initialise_from(x)
                 self.initialised.fill_(True)
+        return self.transform(x)
+
+    def initialise_from(self, x: torch.Tensor) -> None:
+        """Zero mean, unit std per feature on the batch ``x`` (called once, under ``no_grad``)."""
+        self.shift.copy_(x.mean(0))
+        self.log_scale.copy_(x.std(0).clamp_min(1e-3).log())
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.shift) * (-self.log_scale).exp()
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
