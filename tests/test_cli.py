@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -30,11 +31,13 @@ def test_evaluate_records_checks_and_writes_the_report(authors_dir, capsys):
     assert set(out["checks"]) == {"gradients", "deterministic", "unbounded", "monotone", "black_box"}
     assert out["checks"]["unbounded"]["passed"] and out["checks"]["gradients"]["passed"]
     assert out["checks"]["black_box"]["passed"] is None  # no black-box attack in this run
-    record = json.loads((authors_dir / "evaluations" / "apgd-dlr-linf-eps0.3.json").read_text())
+    record_path = Path(out["record"])
+    assert record_path.parent == authors_dir / "evaluations" and record_path.name.startswith("apgd-dlr-linf-eps0.3-n16-")
+    record = json.loads(record_path.read_text())
     assert record["summary"]["robust_accuracy"] == out["robust_accuracy"]
     assert len(record["accuracy_vs_eps"]["points"]) == 9
     html = (authors_dir / "report.html").read_text()
-    assert "Gradient-masking checks" in html and "apgd-dlr-linf-eps0.3" in html
+    assert "Gradient-masking checks" in html and record_path.stem in html
 
 
 def test_boundary_attack_reports_minimal_perturbations(authors_dir, capsys):
@@ -175,7 +178,7 @@ def test_top_level_help_and_version_do_not_import_torch():
 
     probe = ("import sys\nfrom pellucid.cli.main import main\n"
              "for argv in (['--help'], ['--version'], ['no-such-command']):\n"
-             "    try:\n        main(argv)\n    except SystemExit as e:\n        print('exit', e.code)\n"
+             "    try:\n        print('exit', main(argv))\n    except SystemExit as e:\n        print('exit', e.code)\n"
              "print('torch imported:', 'torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -1,30 +1,130 @@
-"""Atomic file writes: a crash never leaves a half-written checkpoint or metrics file behind."""
+"""Run-directory I/O that never loses data: atomic, durable writes and a lock per run directory.
+
+* :func:`save_json_atomic`, :func:`save_tensors_atomic`, :func:`save_bytes_atomic` write through a
+  temporary file in the target's directory, ``fsync`` it, rename it over the target and ``fsync``
+  the directory: after a crash (``kill -9``, power loss) the target holds either its old or its new
+  content, never a mix. Temporary files are named ``.NAME.PID.RANDOM.tmp``; one left behind by a
+  process that died mid-write is removed by the next write to the same directory.
+* :class:`RunLock` makes one process at a time write a run directory.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import re
+import sys
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from safetensors.torch import save_file
 
+from pellucid.errors import PellucidError
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, then rename over ``path``."""
+LOCK_FILE = ".pellucid.lock"
+_TEMP = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")  # .NAME.PID.RANDOM.tmp
+
+
+class RunDirectoryBusyError(PellucidError):
+    """Another live process holds the run directory's lock."""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this host)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_orphan_temps(directory: Path) -> list[Path]:
+    """Delete temporary files of :func:`_atomic_write` whose writing process no longer runs."""
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP.match(entry.name)
+        if m and entry.is_file(follow_symlinks=False) and not pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def file_sha256(path: Path | str) -> str | None:
+    """Hex SHA-256 of a file's bytes, or None if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def check_writable_dir(directory: Path | str, what: str) -> None:
+    """Raise :class:`PellucidError` unless ``directory`` is, or can be created as, a directory this
+    process can write. Nothing is left behind: the probe file is removed at once."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise PellucidError(f"{what} {directory} is a file, not a directory")
+    existing = directory
+    while not existing.exists():  # the nearest ancestor that exists must let us create the rest
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PellucidError(f"{what} {directory}: {existing} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".pellucid-probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PellucidError(f"{what} {directory} is not writable ({e.strerror}: {existing})") from None
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` a temporary file beside ``path``, fsync it, rename it over ``path``, fsync
+    the directory. An exception removes the temporary file and leaves ``path`` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_orphan_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
+        with open(tmp, "rb+") as f:  # the data reaches the disk before the rename publishes it
+            os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX and Windows
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
 
 
 def save_json_atomic(path: Path | str, obj: Any) -> None:
@@ -49,3 +149,101 @@ def save_bytes_atomic(path: Path | str, data: bytes) -> None:
             f.write(data)
 
     _atomic_write(Path(path), write)
+
+
+class RunLock:
+    """Exclusive right to write run directory ``directory`` (a context manager).
+
+    The lock is ``DIR/.pellucid.lock``, held with ``flock`` (the kernel releases it when the holder
+    dies, even by ``kill -9``) and holding the holder's pid and command. A second process is
+    refused at once with :class:`RunDirectoryBusyError` naming that pid. A lock file still holding
+    a pid when the lock is free was left by a process that died: it is taken over with a message
+    on stderr. Releasing empties the file rather than deleting it, so that two processes can never
+    hold locks on two different files of the same name.
+
+    Re-entrant within one process (a command that trains, then evaluates, holds it once).
+    """
+
+    # resolved directory -> nesting depth in this process: mirrors the flocks this process holds
+    # (a second flock on a new descriptor would block against our own)
+    _held: dict[str, int] = {}
+    _held_guard = threading.Lock()
+
+    def __init__(self, directory: Path | str, what: str = "") -> None:
+        self.directory = Path(directory)
+        self.what = what or " ".join(sys.argv[:3])
+        self._fd: int | None = None
+        self._key = ""
+
+    def __enter__(self) -> "RunLock":
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._key = str(self.directory.resolve())
+        with self._held_guard:
+            if self._held.get(self._key):
+                self._held[self._key] += 1
+                return self
+            self._acquire()
+            self._held[self._key] = 1
+        return self
+
+    def _acquire(self) -> None:
+        path = self.directory / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            previous = _read_holder(fd)
+            if not _try_lock(fd):
+                holder = f"pid {previous['pid']} ({previous.get('command', '?')})" if previous else "another process"
+                raise RunDirectoryBusyError(f"{self.directory} is in use by {holder}; wait for it to "
+                                            "finish or use another directory")
+            if previous and previous.get("pid") != os.getpid():
+                print(f"pellucid: taking over the lock of {self.directory} left by pid "
+                      f"{previous.get('pid')} ({previous.get('command', '?')}), which is no longer "
+                      "running", file=sys.stderr)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": self.what}).encode() + b"\n", 0)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def __exit__(self, *exc: object) -> None:
+        with self._held_guard:
+            self._held[self._key] -= 1
+            if self._held[self._key] or self._fd is None:
+                return
+            del self._held[self._key]
+            self._release()
+
+    def _release(self) -> None:
+        try:
+            os.ftruncate(self._fd, 0)  # a clean release: no pid left for a "stale lock" message
+        finally:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # Windows: msvcrt locks a byte range the same way
+        import msvcrt
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _read_holder(fd: int) -> dict | None:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0) or b"null")
+        return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
+    except (ValueError, OSError):
+        return None
+

@@ -1,4 +1,5 @@
-"""Small helpers shared by the subcommands: JSON output and dataclass-driven options."""
+"""Small helpers shared by the subcommands: JSON output, one-line usage errors, checked option
+types and dataclass-driven options."""
 
 from __future__ import annotations
 
@@ -28,6 +29,41 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(strict_json(obj), sort_keys=True, allow_nan=False,
                                 default=lambda o: strict_json(float(o))) + "\n")
     sys.stdout.flush()
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (exit 2), like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, text: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, "
+                                         f"got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def checked(kind: type, *, min: float | None = None, above: float | None = None,
+            max: float | None = None):
+    """An argparse ``type`` for ``int`` or finite ``float`` values in a range, whose error (one
+    line, naming the option) states the valid values."""
+    def convert(text: str):
+        value = _number(kind, text)
+        if (min is not None and value < min) or (above is not None and not value > above) or \
+                (max is not None and value > max):
+            parts = [f">= {min}" if min is not None else "", f"> {above}" if above is not None else "",
+                     f"<= {max}" if max is not None else ""]
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(p for p in parts if p)}, got {text}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -61,8 +97,11 @@ def add_dataclass_options(parser: argparse.ArgumentParser, config_type: type) ->
                                 action=argparse.BooleanOptionalAction, help=_help(f))
         else:
             kind = type(default) if default is not None else str
-            parser.add_argument(_option(f), dest=f.name, type=kind, default=default,
-                                metavar=kind.__name__.upper(), help=_help(f))
+            meta = f.metadata
+            convert = checked(kind, min=meta.get("min"), above=meta.get("above"), max=meta.get("max")) \
+                if kind in (int, float) else kind
+            parser.add_argument(_option(f), dest=f.name, type=convert, default=default,
+                                choices=meta.get("choices"), metavar=kind.__name__.upper(), help=_help(f))
 
 
 def dataclass_from_args(config_type: type, args: argparse.Namespace):

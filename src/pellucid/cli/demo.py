@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from pellucid.cli._common import DefaultsHelpFormatter, add_data_dir, print_json
+from pellucid.cli._common import DefaultsHelpFormatter, add_data_dir, checked, print_json
 
 
 # One line for `pellucid --help` (which imports no subcommand's dependencies).
@@ -15,54 +15,50 @@ SUMMARY = "train + PGD-40 evaluation + HTML report of the white-box model"
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help=SUMMARY,
-                       formatter_class=DefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter,
+                       description="Train the white-box network (or continue / reuse the demo run "
+                                   "in --out, which must have the same settings), evaluate it with "
+                                   "PGD-40 and the gradient-masking checks, write the report.")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="run directory")
-    p.add_argument("--epochs", type=int, default=15, help="training epochs")
-    p.add_argument("--seed", type=int, default=314, help="training seed")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate on N test images")
+    p.add_argument("--epochs", type=checked(int, min=1), default=15, help="training epochs")
+    p.add_argument("--seed", type=checked(int, min=0, max=2**63 - 1), default=314, help="training seed")
+    p.add_argument("--limit", type=checked(int, min=1), default=None, metavar="N",
+                   help="evaluate on N test images")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
     add_data_dir(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pellucid.cli.evaluate import load_test_set
-    from pellucid.models import load_model
-    from pellucid.report.records import save_record
-    from pellucid.report.run import run_report
-    from pellucid.robust import evaluate_robustness
-    from pellucid.robust.checks import evaluation_checks
+    from pellucid._io import check_writable_dir
+    from pellucid.report.evaluation import evaluate_run
+    from pellucid.report.html import check_report_writable
     from pellucid.train import TrainConfig, train_registered_classifier
-    from pellucid.train.checkpointing import STATE_FILE
+    from pellucid.train.checkpointing import STATE_FILE, check_run_dir
 
     out = Path(args.out)
-    t0 = time.perf_counter()
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
+    check_writable_dir(out, "--out")
     resume = (out / STATE_FILE).is_file()  # re-running the demo continues / reuses its run
+    check_run_dir(out, resume)
+    check_report_writable(out / "report.html")
+    t0 = time.perf_counter()
     print(f"[1/4] training whitebox-mnist35 -> {out}" + (" (resuming)" if resume else ""), flush=True)
-    train_registered_classifier("whitebox-mnist35", TrainConfig(epochs=args.epochs, seed=args.seed),
-                                out, resume=resume, data_dir=args.data_dir)
+    train_registered_classifier("whitebox-mnist35", cfg, out, resume=resume, data_dir=args.data_dir)
     train_seconds = time.perf_counter() - t0
-    model, config = load_model(out)
-    test = load_test_set(config, args.data_dir, args.limit)
-    print(f"[2/4] PGD-40 (L-inf eps 0.3, step 0.1) on {len(test)} test images", flush=True)
-    result = evaluate_robustness(model, test.images, test.labels, attack="pgd", eps=0.3,
-                                 step_size=0.1, steps=40, seed=0, progress=True)
-    print("[3/4] gradient-masking checks and accuracy vs eps (first 500 images)", flush=True)
-    checks, curve = evaluation_checks(model, result, test.images, test.labels, limit=500, warn=False)
-    summary = {"model": config["model"], **result.summary(), "steps": 40,
-               "train_seconds": round(train_seconds, 1)}
-    save_record(out, summary, result, eps_points={"points": curve, "n": min(500, len(test))})
-    print("[4/4] figures and report", flush=True)
-    report = run_report(out, model, test, result)
-    summary["report"] = str(report)
+    stage = iter(("[2/4]", "[3/4]", "[4/4]"))  # evaluate_run logs: attack, checks, report
+    done = evaluate_run(out, attack="pgd", eps=0.3, seed=0, options={"step_size": 0.1, "steps": 40},
+                        limit=args.limit, checks=True, check_limit=500, data_dir=args.data_dir,
+                        report=True, log=lambda msg: print(next(stage, ""), msg, flush=True))
+    summary = {**done.summary, "train_seconds": round(train_seconds, 1)}
     if args.json:
         print_json(summary)
     else:
         print(f"clean accuracy {summary['clean_accuracy']:.2%}, PGD-40 accuracy "
               f"{summary['robust_accuracy']:.2%}, precision at 80% recall "
               f"{summary['precision_at_recall_0.8']:.2%}")
-        for c in checks:
+        for c in done.checks:
             print(f"check {c.name:<14} {({True: 'pass', False: 'FAIL', None: 'skip'})[c.passed]}  "
                   f"{c.detail}")
-        print(f"report: {report}")
+        print(f"report: {summary['report']}")
     return 0

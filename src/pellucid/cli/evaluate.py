@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from pellucid.cli._common import DefaultsHelpFormatter, add_data_dir, print_json
+from pellucid.cli._common import DefaultsHelpFormatter, add_data_dir, checked, print_json
 
 
 # per-attack defaults of --steps (iterations); attacks not listed take no --steps
@@ -28,21 +27,25 @@ def add_parser(sub) -> None:
     p.add_argument("model_dir", metavar="DIR", help="a model directory written by `pellucid train`")
     p.add_argument("--attack", default="pgd", choices=list(ATTACKS),
                    help="; ".join(f"{e.name}: {e.summary}" for e in ATTACKS.entries()))
-    p.add_argument("--eps", type=float, default=0.3, help="perturbation budget")
+    p.add_argument("--eps", type=checked(float, min=0), default=0.3, help="perturbation budget")
     p.add_argument("--norm", default="linf", choices=["linf", "l2"], help="threat model")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=checked(int, min=1), default=None,
                    help="iterations (default: " + ", ".join(f"{k} {v}" for k, v in _DEFAULT_STEPS.items()) + ")")
-    p.add_argument("--step-size", type=float, default=None, help="PGD/APGD step (default eps / 3)")
+    p.add_argument("--step-size", type=checked(float, above=0), default=None,
+                   help="PGD/APGD step (default eps / 3)")
     p.add_argument("--budget", default="standard", choices=sorted(BUDGETS),
                    help="AutoAttack budget: standard = 1 restart per attack; art-default = ART's "
                         "5 restarts (5 x 5000 Square queries)")
-    p.add_argument("--restarts", type=int, default=None, help="restarts of apgd-*/square (default 1)")
-    p.add_argument("--queries", type=int, default=None, help="Square queries (default 5000)")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="first N test images only")
-    p.add_argument("--seed", type=int, default=0, help="seed of the attack's randomness")
+    p.add_argument("--restarts", type=checked(int, min=1), default=None,
+                   help="restarts of apgd-*/square (default 1)")
+    p.add_argument("--queries", type=checked(int, min=1), default=None, help="Square queries (default 5000)")
+    p.add_argument("--limit", type=checked(int, min=1), default=None, metavar="N",
+                   help="first N test images only")
+    p.add_argument("--seed", type=checked(int, min=0, max=2**63 - 1), default=0,
+                   help="seed of the attack's randomness")
     p.add_argument("--checks", action=argparse.BooleanOptionalAction, default=True,
                    help="gradient-masking checks (always on for autoattack)")
-    p.add_argument("--check-limit", type=int, default=500, metavar="N",
+    p.add_argument("--check-limit", type=checked(int, min=0), default=500, metavar="N",
                    help="images used by the unbounded-PGD and accuracy-vs-eps checks (0: all)")
     p.add_argument("--report", action="store_true",
                    help="(re)write DIR/report.html with every evaluation recorded in DIR")
@@ -50,7 +53,7 @@ def add_parser(sub) -> None:
     p.add_argument("--rejection", action="store_true",
                    help="also the epsilon-neuron rejection figures (models that can reject, e.g. "
                         "dictionary-mlp; attack directions from --attack, alpha in {1, 3, 9})")
-    p.add_argument("--min-noise-rejection", type=float, default=None, metavar="P",
+    p.add_argument("--min-noise-rejection", type=checked(float, min=0, max=1), default=None, metavar="P",
                    help="with --rejection: the epsilon search only considers epsilons that reject "
                         "at least this fraction of uniform-noise inputs (default: the paper's "
                         "protocol, measure only)")
@@ -58,31 +61,15 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def load_test_set(config: dict, data_dir: str | None, limit: int | None):
-    """The test split a model directory was trained for, optionally its first ``limit`` images."""
-    from pellucid.data import load_dataset
-    from pellucid.errors import InvalidInputError
-
-    data = config.get("data") or {}
-    if "dataset" not in data:
-        raise InvalidInputError("the model directory's config names no dataset to evaluate on")
-    ds = load_dataset(data["dataset"], "test", classes=data.get("classes"), data_dir=data_dir)
-    if limit is not None:
-        if limit < 1:
-            raise InvalidInputError(f"--limit must be >= 1, got {limit}")
-        ds = ds.subset(slice(0, limit))
-    return ds
-
-
-def attack_kwargs(args: argparse.Namespace) -> dict:
+def attack_options(args: argparse.Namespace) -> dict:
     """The options that apply to ``args.attack`` (others are rejected, not silently ignored)."""
     from pellucid.errors import InvalidInputError
 
-    kw: dict = {"progress": True}
+    kw: dict = {}
     if args.steps is not None and args.attack not in _DEFAULT_STEPS:
         raise InvalidInputError(f"--steps does not apply to {args.attack}")
     if args.attack in _DEFAULT_STEPS:
-        kw["steps"] = args.steps or _DEFAULT_STEPS[args.attack]
+        kw["steps"] = args.steps if args.steps is not None else _DEFAULT_STEPS[args.attack]
     if args.step_size is not None:
         kw["step_size"] = args.step_size
     if args.restarts is not None:
@@ -95,76 +82,44 @@ def attack_kwargs(args: argparse.Namespace) -> dict:
         kw["queries"] = args.queries
     if args.attack == "autoattack":
         kw["budget"] = args.budget
-        kw["log"] = lambda msg: print(msg, file=sys.stderr, flush=True)
     return kw
 
 
 def run(args: argparse.Namespace) -> int:
-    from pellucid.models import load_model
-    from pellucid.report.records import save_record
-    from pellucid.robust import evaluate_robustness
-    from pellucid.robust.checks import evaluation_checks
-    from pellucid.robust.evaluate import minimal_perturbations
+    from pellucid._io import check_writable_dir
+    from pellucid.errors import InvalidInputError
+    from pellucid.models import read_config
+    from pellucid.report.evaluation import evaluate_run
 
-    if args.min_noise_rejection is not None:
-        from pellucid.errors import InvalidInputError
-
-        if not args.rejection:
-            raise InvalidInputError("--min-noise-rejection applies to --rejection; add --rejection")
-        if not 0 <= args.min_noise_rejection <= 1:
-            raise InvalidInputError(f"--min-noise-rejection must be in [0, 1], got {args.min_noise_rejection}")
-    model_dir = Path(args.model_dir)
-    model, config = load_model(model_dir)
-    ds = load_test_set(config, args.data_dir, args.limit)
-    kwargs = attack_kwargs(args)
-    result = evaluate_robustness(model, ds.images, ds.labels, attack=args.attack, eps=args.eps,
-                                 norm=args.norm, seed=args.seed, **kwargs)
-    summary = {"model": config["model"], "model_dir": str(args.model_dir), **result.summary()}
-    if "steps" in kwargs:
-        summary["steps"] = kwargs["steps"]
-    minimal = points = None
-    if args.attack in ("boundary", "deepfool"):
-        minimal = minimal_perturbations(model, ds.images, result.adversarial, ds.labels)
-        summary["minimal_perturbation"] = {k: v for k, v in minimal.items() if k not in ("l2", "linf")}
-        _save_examples(model_dir, model, ds, result, minimal)
-    if args.checks or args.attack == "autoattack":
-        checks, curve = evaluation_checks(model, result, ds.images, ds.labels,
-                                          limit=args.check_limit or None, seed=args.seed,
-                                          warn=False)
-        result.checks = checks
-        summary["checks"] = {c.name: c.summary() for c in checks}
-        points = {"points": curve, "n": min(len(ds), args.check_limit or len(ds))}
-        for c in checks:
-            if c.passed is False:
-                print(f"WARNING: gradient-masking check '{c.name}' failed: {c.detail}",
-                      file=sys.stderr)
-    save_record(model_dir, summary, result, eps_points=points, minimal=minimal)
+    if args.min_noise_rejection is not None and not args.rejection:
+        raise InvalidInputError("--min-noise-rejection applies to --rejection; add --rejection")
+    options = attack_options(args)
+    read_config(args.model_dir)  # a missing or broken model directory fails before any work
+    check_writable_dir(args.model_dir, "model directory")  # the record is written there at the end
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    done = evaluate_run(args.model_dir, attack=args.attack, eps=args.eps, norm=args.norm,
+                        seed=args.seed, options=options, limit=args.limit, checks=args.checks,
+                        check_limit=args.check_limit or None, data_dir=args.data_dir,
+                        report=args.report and not args.rejection, log=log)
+    summary = done.summary
     if args.rejection:
+        from pellucid._io import RunLock
         from pellucid.robust.rejection import rejection_report
 
-        summary["rejection"] = rejection_report(model, ds.images, ds.labels, attack=args.attack,
-                                                seed=args.seed,
-                                                attack_kwargs={"eps": args.eps, **kwargs},
+        summary["rejection"] = rejection_report(done.model, done.test.images, done.test.labels,
+                                                attack=args.attack, seed=args.seed,
+                                                attack_kwargs={"eps": args.eps, "progress": True, **options},
                                                 min_noise_rejection=args.min_noise_rejection)
-    if args.report:
-        from pellucid.report.run import run_report
+        if args.report:
+            from pellucid.report.run import run_report
 
-        summary["report"] = str(run_report(model_dir, model, ds, result))
+            with RunLock(args.model_dir):
+                summary["report"] = str(run_report(args.model_dir, done.model, done.test, done.result))
     if args.json:
         print_json(summary)
     else:
         _print_summary(summary, args)
     return 0
-
-
-def _save_examples(model_dir: Path, model, ds, result, minimal: dict) -> None:
-    from pellucid.viz.robust import plot_minimal_perturbations
-
-    plot_minimal_perturbations(model, ds.images, result.adversarial, ds.labels, list(ds.classes),
-                               model_dir / f"{result.attack}_examples.png",
-                               f"{result.attack}: minimal perturbations that flip the prediction "
-                               f"(median L2 {minimal['median_l2'] or float('nan'):.2f}, L-inf "
-                               f"{minimal['median_linf'] or float('nan'):.2f})")
 
 
 def _print_summary(summary: dict, args: argparse.Namespace) -> None:

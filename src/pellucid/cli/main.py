@@ -30,8 +30,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     argv = sys.argv[1:] if argv is None else argv
     # the top-level parser has no option that takes a value: its first positional is the command
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    parser = argparse.ArgumentParser(prog="pellucid", description="White-box networks and "
-                                     "explanations you can trust.")
+    from pellucid.cli._common import Parser
+
+    parser = Parser(prog="pellucid", description="White-box networks and explanations you can trust.")
     from pellucid import __version__
     parser.add_argument("--version", action="version", version=f"pellucid {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -46,15 +47,26 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version (0) or a usage error (2, message printed)
+        return exit_.code if isinstance(exit_.code, int) else 2
     try:
         return int(args.func(args) or 0)
     except PellucidError as e:
-        print(f"pellucid {args.command}: error: {e}", file=sys.stderr)
+        print(f"pellucid {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the environment refused (disk full, read-only, permissions): no traceback
+        print(f"pellucid {args.command}: error: {e.strerror or e}"
+              + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pellucid {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
 
 
 def entry() -> None:

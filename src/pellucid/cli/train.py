@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pellucid.cli._common import (DefaultsHelpFormatter, add_data_dir, add_dataclass_options, dataclass_from_args,
                                   print_json)
@@ -33,9 +34,13 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pellucid._io import check_writable_dir
     from pellucid.train import RECIPES
+    from pellucid.train.checkpointing import check_run_dir
 
-    cfg = dataclass_from_args(args.config_type, args)
+    cfg = dataclass_from_args(args.config_type, args)  # checks every setting
+    check_writable_dir(args.out, "--out")  # before any data is loaded or epoch trained
+    check_run_dir(Path(args.out), args.resume)
     result = RECIPES.get(args.recipe).run(cfg, args.out, resume=args.resume,
                                           progress=not args.no_progress, data_dir=args.data_dir)
     last = result["epochs"][-1] if result["epochs"] else {}

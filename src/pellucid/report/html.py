@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from pellucid._io import save_bytes_atomic
+from pellucid.errors import PellucidError
 
 
 @dataclass
@@ -60,10 +61,31 @@ th{background:#f4f4f4}figure{display:inline-block;margin:.5em;vertical-align:top
 img{max-width:100%}figcaption{font-size:.8em;color:#555;max-width:520px}pre{background:#f7f7f7;padding:.6em;font-size:.8em;overflow:auto}"""
 
 
+GENERATOR = "<meta name='generator' content='pellucid'>"
+
+
+def check_report_writable(path: Path | str) -> None:
+    """Refuse to overwrite a file at ``path`` that is not a pellucid report (the user's own file)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", errors="replace")
+    except OSError as e:
+        raise PellucidError(f"cannot read {path} ({e.strerror}); move it away") from None
+    # reports written before the generator tag start with the same head and a "pellucid" title
+    if GENERATOR not in head and "<meta charset='utf-8'><title>pellucid" not in head:
+        raise PellucidError(f"{path} exists and was not written by pellucid; move it away or "
+                            "choose another directory (it is never overwritten)")
+
+
 def write_report(path: Path | str, title: str, sections: list[Section],
                  provenance: dict[str, Any] | None = None) -> Path:
-    """Write the report to ``path`` (atomically); every figure is embedded, no external files."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    """Write the report to ``path`` (atomically); every figure is embedded, no external files.
+    A file at ``path`` that pellucid did not write is refused (:func:`check_report_writable`)."""
+    check_report_writable(path)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'>{GENERATOR}<title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     for s in sections:
         parts.append(f"<h2>{html.escape(s.title)}</h2>")

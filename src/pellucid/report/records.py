@@ -1,11 +1,18 @@
-"""Evaluation records: one JSON file per (attack, budget, norm, eps) in ``RUN/evaluations/``.
+"""Evaluation records: one JSON file per evaluation in ``RUN/evaluations/``.
 
 ``pellucid evaluate`` and ``pellucid demo`` write them; reports read them all, so a run's report
-shows every attack evaluated on it, not only the latest.
+shows every evaluation of the run, not only the latest.
+
+A record is identified by everything that changes what its numbers mean: the attack and its
+options, the threat model, the seed, the test images (how many) and the weights evaluated
+(:func:`record_identity`). Two evaluations that differ in any of these are kept side by side (a
+20-image check never replaces the full test set's figure); only the same evaluation run again
+replaces its own record.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,12 +20,21 @@ from pellucid._io import save_json_atomic
 from pellucid.robust.evaluate import RobustnessResult
 
 RECORDS_DIR = "evaluations"
+# summary keys that identify an evaluation (see the module docstring)
+IDENTITY_KEYS = ("attack", "budget", "norm", "eps", "options", "seed", "n", "dataset", "weights_sha256")
+
+
+def record_identity(summary: dict) -> dict:
+    return {k: summary[k] for k in IDENTITY_KEYS if k in summary}
 
 
 def record_name(summary: dict) -> str:
-    """File stem of a record, e.g. ``autoattack-standard-linf-eps0.3``."""
+    """File stem of a record: readable settings and a digest of its whole identity, e.g.
+    ``autoattack-standard-linf-eps0.3-n1902-3f9c0a1b2d``."""
     budget = f"-{summary['budget']}" if "budget" in summary else ""
-    return f"{summary['attack']}{budget}-{summary['norm']}-eps{summary['eps']:g}"
+    digest = hashlib.sha256(json.dumps(record_identity(summary), sort_keys=True,
+                                       default=str).encode()).hexdigest()[:10]
+    return f"{summary['attack']}{budget}-{summary['norm']}-eps{summary['eps']:g}-n{summary['n']}-{digest}"
 
 
 def save_record(run_dir: Path | str, summary: dict, result: RobustnessResult, *,
@@ -40,7 +56,9 @@ def load_records(run_dir: Path | str) -> list[dict]:
     out = []
     for p in sorted((Path(run_dir) / RECORDS_DIR).glob("*.json")):
         try:
-            out.append({"name": p.stem, **json.loads(p.read_text())})
+            record = json.loads(p.read_text())
         except (OSError, ValueError):
             continue
+        if isinstance(record, dict) and isinstance(record.get("summary"), dict) and "reliability" in record:
+            out.append({"name": p.stem, **record})
     return out

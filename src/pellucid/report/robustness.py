@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pellucid._io import file_sha256
 from pellucid.report.html import Section
 from pellucid.robust.reliability import ReliabilityCurve
 from pellucid.viz import curves
 
-_SUMMARY_KEYS = ("attack", "budget", "norm", "eps", "n", "clean_accuracy", "robust_accuracy",
+_SUMMARY_KEYS = ("attack", "budget", "norm", "eps", "n", "options", "seed", "weights", "clean_accuracy", "robust_accuracy",
                  "precision_at_recall_0.8", "reliability_auc", "seconds")
+
+
+def _identity_columns(summary: dict, current_weights: str | None) -> dict:
+    options = summary.get("options") or {}
+    recorded = summary.get("weights_sha256")
+    return {"options": ", ".join(f"{k}={v}" for k, v in sorted(options.items())),
+            "weights": "" if recorded is None or current_weights is None
+            else "current" if recorded == current_weights else "earlier"}
 
 
 def robustness_sections(run_dir: Path | str, records: list[dict]) -> list[Section]:
@@ -18,10 +27,14 @@ def robustness_sections(run_dir: Path | str, records: list[dict]) -> list[Sectio
     run_dir = Path(run_dir)
     if not records:
         return [Section("Robustness", "No evaluation recorded yet: run `pellucid evaluate DIR`.")]
-    rows = [{k: r["summary"][k] for k in _SUMMARY_KEYS if k in r["summary"]} for r in records]
-    sections = [Section("Robustness", "Every evaluation recorded for this run. Attacks use the true "
-                        "labels; robust = clean correct and adversarial correct, counting only "
-                        "adversarial inputs inside the eps-ball.", table=rows)]
+    current = file_sha256(run_dir / "model.safetensors")
+    rows = [{k: v for k, v in {**r["summary"], **_identity_columns(r["summary"], current)}.items()
+             if k in _SUMMARY_KEYS} for r in records]
+    sections = [Section("Robustness", "Every evaluation recorded for this run, each with what "
+                        "identifies it: n test images, the attack's options, the seed, and whether "
+                        "it evaluated the weights now in the run directory (current) or earlier "
+                        "ones. Attacks use the true labels; robust = clean correct and adversarial "
+                        "correct, counting only adversarial inputs inside the eps-ball.", table=rows)]
     for r in records:
         stages = r["summary"].get("stages", [])
         if len(stages) > 1:

@@ -1,11 +1,15 @@
-"""Training state in one atomic safetensors file: model, optimizer, RNG and epoch together.
+"""Training state in one atomic safetensors file: model, optimizer, RNG, epoch and metrics together.
 
-A crash can therefore never leave weights from epoch k beside an optimizer from epoch k - 1.
+A crash can therefore never leave weights from epoch k beside an optimizer from epoch k - 1, nor
+a finished epoch without its metrics row: ``metrics.jsonl`` is a copy of the rows held in the
+state file, rewritten from them on resume.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,10 +20,15 @@ from safetensors.torch import load_file
 from torch import nn
 
 from pellucid._io import save_bytes_atomic, save_tensors_atomic
-from pellucid.errors import CheckpointError
+from pellucid.errors import CheckpointError, PellucidError
 
 STATE_FILE = "train_state.safetensors"
 METRICS_FILE = "metrics.jsonl"
+MODEL_FILES = ("model.safetensors", "config.json")  # written by models.checkpoint.save_model
+
+
+class TrainingDivergedError(PellucidError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 class Optimizer(Protocol):
@@ -52,6 +61,13 @@ def load_train_state(path: Path, model: nn.Module, optimizer: Optimizer,
         info, groups = json.loads(meta["info"]), json.loads(meta["param_groups"])
     except (SafetensorError, OSError, KeyError, ValueError) as e:
         raise CheckpointError(f"cannot resume: {path} is corrupted ({e})") from None
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise CheckpointError(f"cannot resume: {path} holds NaN or inf in {', '.join(bad[:5])}"
+                              f"{' ...' if len(bad) > 5 else ''}; the run diverged before this "
+                              "checkpoint: start a new run (e.g. with a lower --lr)")
+    if not isinstance(info, dict) or not isinstance(info.get("epoch"), int):
+        raise CheckpointError(f"cannot resume: {path} records no finished epoch")
     try:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     except RuntimeError as e:
@@ -69,22 +85,67 @@ def load_train_state(path: Path, model: nn.Module, optimizer: Optimizer,
     return info
 
 
+def check_run_dir(out: Path, resume: bool) -> None:
+    """Refuse, before any work, to start a run where one exists or to resume where none does.
+
+    A directory holding a model but no training state (a finished or copied model) is never
+    written by a new run: pellucid cannot recreate what it would overwrite.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"--out {out} is a file, not a directory; choose a directory")
+    state = out / STATE_FILE
+    model_files = [name for name in MODEL_FILES if (out / name).exists()]
+    if resume:
+        if state.is_file():
+            return
+        if model_files:
+            raise CheckpointError(f"nothing to resume in {out}: it holds a model ({model_files[0]}) "
+                                  f"but no training state ({STATE_FILE}); train into a new --out")
+        raise CheckpointError(f"nothing to resume in {out} (no {STATE_FILE}); drop --resume")
+    if state.exists() or (out / METRICS_FILE).exists():
+        raise CheckpointError(f"{out} already holds a training run; continue it with --resume or "
+                              "choose a new --out")
+    if model_files:
+        raise CheckpointError(f"{out} already holds a trained model ({model_files[0]}) that cannot "
+                              "be resumed; choose a new --out (a model is never overwritten)")
+
+
+def read_metrics(out: Path) -> list[dict[str, Any]]:
+    """The rows of ``out/metrics.jsonl``; a garbled line is skipped with a warning on stderr."""
+    path = Path(out) / METRICS_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                raise ValueError("not an epoch row")
+        except ValueError:
+            print(f"pellucid: warning: skipping garbled line {number} of {path}", file=sys.stderr)
+            continue
+        rows.append(row)
+    return rows
+
+
 def start_or_resume(out: Path, resume: bool, cfg: Any, model: nn.Module, optimizer: Optimizer,
                     generator: torch.Generator, may_change: tuple[str, ...] = ("epochs",)
                     ) -> tuple[int, list[dict[str, Any]]]:
     """Begin a run in ``out``, or (``resume=True``) restore the one there: ``(epochs done, their metrics)``.
 
     ``cfg`` is the run's settings dataclass. A resumed run must have the same settings except
-    those in ``may_change``; a setting added to the dataclass after the run started reads as its
-    default. Without ``resume`` an existing run in ``out`` is refused rather than overwritten.
+    those in ``may_change``, and at least as many epochs as it has finished; a setting added to
+    the dataclass after the run started reads as its default. Without ``resume`` an existing run
+    or model in ``out`` is refused rather than overwritten (:func:`check_run_dir`). The caller
+    holds ``out``'s :class:`pellucid._io.RunLock`.
     """
-    state_path = out / STATE_FILE
+    check_run_dir(out, resume)
     if not resume:
-        if state_path.exists() or (out / METRICS_FILE).exists():
-            raise CheckpointError(f"{out} already holds a training run; use --resume or a new --out")
         return 0, []
-    if not state_path.is_file():
-        raise CheckpointError(f"nothing to resume in {out} (no {STATE_FILE}); drop --resume")
+    state_path = out / STATE_FILE
     info = load_train_state(state_path, model, optimizer, generator)
     defaults = {f.name: f.default for f in fields(cfg)}
     saved = {k: v for k, v in {**defaults, **(info.get("config") or {})}.items() if k not in may_change}
@@ -94,13 +155,40 @@ def start_or_resume(out: Path, resume: bool, cfg: Any, model: nn.Module, optimiz
         raise CheckpointError(f"cannot resume {out}: it was started with different settings "
                               f"({', '.join(f'{k}={saved.get(k)}' for k in diff)})")
     done = int(info["epoch"])
-    metrics = out / METRICS_FILE
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
-    return done, [r for r in rows if r["epoch"] <= done]
+    epochs = getattr(cfg, "epochs", None)
+    if isinstance(epochs, int) and epochs < done:
+        raise CheckpointError(f"{out} has finished {done} epochs; --epochs {epochs} is fewer: pass "
+                              f"--epochs {done} or more to continue it, or choose a new --out")
+    history = info.get("history")
+    if not isinstance(history, list):  # runs saved before the state held the metrics
+        history = [r for r in read_metrics(out) if r["epoch"] <= done]
+    _write_metrics(out, history)  # repairs a garbled or stale metrics.jsonl
+    return done, history
+
+
+def check_loss(loss: torch.Tensor, epoch: int, step: int, out: Path | None) -> None:
+    """Stop a diverged run: raise :class:`TrainingDivergedError` if ``loss`` is NaN or inf."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        kept = (f"; the checkpoint of epoch {epoch - 1} in {out} is kept" if out is not None and epoch > 1
+                else "")
+        raise TrainingDivergedError(f"training diverged: the loss is {value} at epoch {epoch}, step "
+                                    f"{step}{kept}; try a lower --lr")
+
+
+def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
+    save_bytes_atomic(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history).encode())
 
 
 def save_epoch(out: Path, model: nn.Module, optimizer: Optimizer, generator: torch.Generator,
                cfg: Any, history: list[dict[str, Any]]) -> None:
-    """After an epoch: the resumable state (the authority on resume), then the metrics so far."""
-    save_train_state(out / STATE_FILE, model, optimizer, generator, {"epoch": history[-1]["epoch"], "config": asdict(cfg)})
-    save_bytes_atomic(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history).encode())
+    """After an epoch: the resumable state with the metrics so far (one atomic write, the
+    authority on resume), then their ``metrics.jsonl`` copy. Weights that turned NaN or inf are
+    never saved over the last good checkpoint."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise TrainingDivergedError(f"training diverged in epoch {history[-1]['epoch']}: {', '.join(bad[:5])} "
+                                    f"hold NaN or inf; the previous checkpoint in {out} is kept; try a lower --lr")
+    save_train_state(out / STATE_FILE, model, optimizer, generator,
+                     {"epoch": history[-1]["epoch"], "config": asdict(cfg), "history": history})
+    _write_metrics(out, history)

@@ -18,6 +18,7 @@ section, ``metrics.jsonl``) so ``pellucid evaluate DIR`` works on it, and the sa
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -30,31 +31,33 @@ import torch.nn.functional as F
 from torch import nn
 
 import pellucid.models.metric  # noqa: F401  (registers metric-mlp, dictionary-mlp)
+from pellucid._io import RunLock
 from pellucid.data.datasets import ImageDataset, load_dataset
 from pellucid.errors import InvalidInputError
 from pellucid.models.checkpoint import save_model
 from pellucid.models.registry import create_model
 from pellucid.nn.distance import LpDistance
 from pellucid.robust.evaluate import predict_logits
-from pellucid.train.checkpointing import save_epoch, start_or_resume
+from pellucid.train.checkpointing import check_loss, check_run_dir, save_epoch, start_or_resume
 from pellucid.train.recipes import register_recipe
-from pellucid.train.trainer import config_option as _opt
+from pellucid.train.trainer import CheckedConfig, config_option as _opt
 
 
 @dataclass
-class MetricMLPConfig:
+class MetricMLPConfig(CheckedConfig):
     """Table 1 protocol of Metric as Transform (Fashion-MNIST)."""
 
     metric: str = _opt("l2", "l<p> (l0.5, l1, l2, l20, ...), stereo, cosine, linear, convex, "
                                     "invex or ordinary")
-    hidden: int = _opt(100, "H, metric neurons")
-    variant: str = _opt("standardised", "lp only: standardised (paper) or simple")
+    hidden: int = _opt(100, "H, metric neurons", min=1)
+    variant: str = _opt("standardised", "lp only: standardised (paper) or simple",
+                        choices=("standardised", "simple"))
     dataset: str = _opt("fashion-mnist", "dataset name (see pellucid.data)")
-    epochs: int = _opt(50, "passes over the training split")
-    batch_size: int = _opt(50, "images per optimizer step")
-    lr: float = _opt(1e-4, "Adam, cosine-annealed to 0 over all steps")
-    seed: int = _opt(0, "seed of initialisation, data order and sampling")
-    test_limit: int = _opt(0, "> 0: measure the per-epoch test accuracy on the first N test images")
+    epochs: int = _opt(50, "passes over the training split", min=1)
+    batch_size: int = _opt(50, "images per optimizer step", min=1)
+    lr: float = _opt(1e-4, "Adam, cosine-annealed to 0 over all steps", above=0)
+    seed: int = _opt(0, "seed of initialisation, data order and sampling", min=0, max=2**63 - 1)
+    test_limit: int = _opt(0, "> 0: measure the per-epoch test accuracy on the first N test images", min=0)
     compiled_kernels: bool = _opt(False, "lp with p != 2: torch.compile'd distance loops (needs a C++ "
                                          "compiler; ~5x faster at p = 0.5, H = 500); may change on resume")
 
@@ -64,19 +67,19 @@ EXECUTION_OPTIONS = ("compiled_kernels",)
 
 
 @dataclass
-class DictionaryMLPConfig:
+class DictionaryMLPConfig(CheckedConfig):
     """Epsilon-softmax dictionary MLP of the rejection experiments (Fashion-MNIST)."""
 
-    hidden: int = _opt(100, "H, keys")
+    hidden: int = _opt(100, "H, keys", min=1)
     dataset: str = _opt("fashion-mnist", "dataset name (see pellucid.data)")
-    epochs: int = _opt(30, "passes over the training split")
-    batch_size: int = _opt(50, "images per optimizer step")
-    lr: float = _opt(0.01, "Adam, constant")
-    centre_lr_scale: float = _opt(1.0, "keys learn at lr * this (paper: 1 or 0.01)")
+    epochs: int = _opt(30, "passes over the training split", min=1)
+    batch_size: int = _opt(50, "images per optimizer step", min=1)
+    lr: float = _opt(0.01, "Adam, constant", above=0)
+    centre_lr_scale: float = _opt(1.0, "keys learn at lr * this (paper: 1 or 0.01)", min=0)
     data_init: bool = _opt(False, "keys = random training images, values = one-hot labels")
-    epsilon_mode: str = _opt("running", "running, learned or fixed")
-    seed: int = _opt(0, "seed of initialisation, data order and sampling")
-    test_limit: int = _opt(0, "> 0: measure the per-epoch test accuracy on the first N test images")
+    epsilon_mode: str = _opt("running", "running, learned or fixed", choices=("running", "learned", "fixed"))
+    seed: int = _opt(0, "seed of initialisation, data order and sampling", min=0, max=2**63 - 1)
+    test_limit: int = _opt(0, "> 0: measure the per-epoch test accuracy on the first N test images", min=0)
 
 
 def train_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset, *, epochs: int,
@@ -103,37 +106,40 @@ def train_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset, 
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, (lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps))) if cosine else (lambda s: 1.0))
     start, history = 0, []
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        start, history = start_or_resume(out, resume, run_config, model, optimizer, gen,
-                                         may_change=EXECUTION_OPTIONS + (() if cosine else ("epochs",)))
-        schedule.last_epoch = start * steps_per_epoch  # the optimizer's saved lr is already that step's
-    best = max((r["best_test_accuracy"] for r in history), default=0.0)
-    for epoch in range(start + 1, epochs + 1):
-        model.train()
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen)
-        total_loss = 0.0
-        for b in range(steps_per_epoch):
-            rows = perm[b * batch_size:(b + 1) * batch_size]
-            loss = F.cross_entropy(model(train.images[rows]), train.labels[rows])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total_loss += loss.item() * len(rows)
-        test_acc = float((predict_logits(model, test.images).argmax(1) == test.labels).float().mean())
-        best = max(best, test_acc)
-        row = {"epoch": epoch, "train_loss": total_loss / n, "test_accuracy": test_acc,
-               "best_test_accuracy": best, "epoch_seconds": round(time.perf_counter() - t0, 3)}
-        history.append(row)
+    with contextlib.ExitStack() as stack:
         if out is not None:
-            save_model(model, out, model_name, model_kwargs, {**extra_config, "history_last": row})
-            save_epoch(out, model, optimizer, gen, run_config, history)
-        if progress:
-            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                  file=sys.stderr, flush=True)
+            out = Path(out)
+            check_run_dir(out, resume)  # before the lock creates the directory
+            stack.enter_context(RunLock(out))
+            start, history = start_or_resume(out, resume, run_config, model, optimizer, gen,
+                                             may_change=EXECUTION_OPTIONS + (() if cosine else ("epochs",)))
+            schedule.last_epoch = start * steps_per_epoch  # the optimizer's saved lr is already that step's
+        best = max((r["best_test_accuracy"] for r in history), default=0.0)
+        for epoch in range(start + 1, epochs + 1):
+            model.train()
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, generator=gen)
+            total_loss = 0.0
+            for b in range(steps_per_epoch):
+                rows = perm[b * batch_size:(b + 1) * batch_size]
+                loss = F.cross_entropy(model(train.images[rows]), train.labels[rows])
+                check_loss(loss, epoch, b + 1, out)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total_loss += loss.item() * len(rows)
+            test_acc = float((predict_logits(model, test.images).argmax(1) == test.labels).float().mean())
+            best = max(best, test_acc)
+            row = {"epoch": epoch, "train_loss": total_loss / n, "test_accuracy": test_acc,
+                   "best_test_accuracy": best, "epoch_seconds": round(time.perf_counter() - t0, 3)}
+            history.append(row)
+            if out is not None:
+                save_model(model, out, model_name, model_kwargs, {**extra_config, "history_last": row})
+                save_epoch(out, model, optimizer, gen, run_config, history)
+            if progress:
+                print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                      file=sys.stderr, flush=True)
     return history
 
 

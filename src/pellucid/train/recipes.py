@@ -14,6 +14,7 @@ import torch
 
 from pellucid._registry import Registry
 from pellucid.data.datasets import load_dataset
+from pellucid.errors import InvalidInputError
 from pellucid.models.registry import MODELS, create_model
 from pellucid.train.trainer import TrainConfig, fit, split_train_val
 
@@ -48,6 +49,9 @@ def train_registered_classifier(model_name: str, cfg: TrainConfig, out: Path | s
     """Train registered model ``model_name`` on its registered dataset/classes."""
     spec = MODELS.get(model_name)
     ds = load_dataset(spec.dataset, "train", classes=spec.classes, data_dir=data_dir)
+    if cfg.val_size >= len(ds):
+        raise InvalidInputError(f"val_size (--val-size) {cfg.val_size} leaves no training images: the "
+                                f"train split has {len(ds)}; use at most {len(ds) - 1}")
     train, val = split_train_val(ds, cfg.val_size, cfg.seed)
     torch.manual_seed(cfg.seed)  # the model's initialisation
     model = create_model(model_name, **(model_kwargs or {}))

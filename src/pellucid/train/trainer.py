@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -14,44 +14,96 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from pellucid._io import RunLock
 from pellucid.data.datasets import ImageDataset
+from pellucid.errors import InvalidInputError
 from pellucid.models.checkpoint import save_model
 from pellucid.nn.semantic import project_constraints_
 from pellucid.robust.attacks import pgd
 from pellucid.robust.evaluate import predict_logits
-from pellucid.train.checkpointing import save_epoch, start_or_resume
+from pellucid.train.checkpointing import check_loss, check_run_dir, save_epoch, start_or_resume
 from pellucid.train.optim import Adam
 
 
-def config_option(default, help: str):
-    """A config field whose ``help`` becomes its command-line option's help text."""
-    return field(default=default, metadata={"help": help})
+def config_option(default, help: str, *, min: float | None = None, max: float | None = None,
+                  above: float | None = None, choices: tuple[str, ...] | None = None):
+    """A config field whose ``help`` becomes its command-line option's help text.
+
+    ``min`` / ``max`` (inclusive), ``above`` (exclusive) and ``choices`` are the valid values,
+    checked by :class:`CheckedConfig` when the config is built; numbers must also be finite.
+    """
+    limits = {k: v for k, v in (("min", min), ("max", max), ("above", above), ("choices", choices))
+              if v is not None}
+    return field(default=default, metadata={"help": help, **limits})
 
 
 _opt = config_option
 
 
+def _option_name(name: str) -> str:
+    return f"{name} (--{name.replace('_', '-')})"
+
+
+def check_option(f: Field, value: Any) -> None:
+    """Raise :class:`InvalidInputError` unless ``value`` suits field ``f`` (type and limits)."""
+    kind = type(f.default)
+    name = _option_name(f.name)
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise InvalidInputError(f"{name} must be a {kind.__name__}, got {value!r} ({type(value).__name__})")
+    meta = f.metadata
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise InvalidInputError(f"{name} must be a finite number, got {value}")
+        if "min" in meta and value < meta["min"]:
+            raise InvalidInputError(f"{name} must be >= {meta['min']}, got {value}")
+        if "max" in meta and value > meta["max"]:
+            raise InvalidInputError(f"{name} must be <= {meta['max']}, got {value}")
+        if "above" in meta and not value > meta["above"]:
+            raise InvalidInputError(f"{name} must be > {meta['above']}, got {value}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise InvalidInputError(f"{name} must be one of {', '.join(map(str, meta['choices']))}, "
+                                f"got {value!r}")
+
+
+class CheckedConfig:
+    """Mixin for settings dataclasses: every field is checked against its type and the limits of
+    its :func:`config_option` when the config is built, so a bad setting fails before any work."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            check_option(f, getattr(self, f.name))
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(CheckedConfig):
     """Optimisation and validation settings (defaults: the white-box paper's)."""
 
-    epochs: int = _opt(15, "passes over the training split")
-    batch_size: int = _opt(200, "images per optimizer step")
-    lr: float = _opt(3e-3, "Adam learning rate (L2 weight decay in the gradient, not AdamW)")
-    weight_decay: float = _opt(3e-6, "L2 weight decay")
+    epochs: int = _opt(15, "passes over the training split", min=1)
+    batch_size: int = _opt(200, "images per optimizer step", min=1)
+    lr: float = _opt(3e-3, "Adam learning rate (L2 weight decay in the gradient, not AdamW)", above=0)
+    weight_decay: float = _opt(3e-6, "L2 weight decay", min=0)
     noise_p: float = _opt(0.7, "per batch, with this probability: x <- clip(x + N(noise_mean, "
-                               "noise_std^2), 0, 1)")
+                               "noise_std^2), 0, 1)", min=0, max=1)
     noise_mean: float = _opt(0.05, "mean of the noise augmentation")
-    noise_std: float = _opt(0.25, "standard deviation of the noise augmentation")
-    adv_eps: float = _opt(0.0, "> 0: Madry-style PGD adversarial training at this L-inf eps")
-    adv_steps: int = _opt(7, "PGD steps of adversarial training (step 2.5 eps / steps)")
+    noise_std: float = _opt(0.25, "standard deviation of the noise augmentation", min=0)
+    adv_eps: float = _opt(0.0, "> 0: Madry-style PGD adversarial training at this L-inf eps", min=0)
+    adv_steps: int = _opt(7, "PGD steps of adversarial training (step 2.5 eps / steps)", min=1)
     adv_warmup_epochs: float = _opt(0.0, "epochs over which the adversarial-training eps ramps "
-                                         "linearly from 0 to adv_eps, step by step")
-    val_size: int = _opt(1000, "images held out of the train split for per-epoch validation")
-    val_pgd_steps: int = _opt(10, "PGD steps of the per-epoch robust validation (0: none)")
-    val_eps: float = _opt(0.3, "L-inf eps of the validation PGD")
-    val_step: float = _opt(0.1, "step size of the validation PGD")
-    seed: int = _opt(314, "seed of initialisation, data order, augmentation and the split")
+                                         "linearly from 0 to adv_eps, step by step", min=0)
+    val_size: int = _opt(1000, "images held out of the train split for per-epoch validation", min=0)
+    val_pgd_steps: int = _opt(10, "PGD steps of the per-epoch robust validation (0: none)", min=0)
+    val_eps: float = _opt(0.3, "L-inf eps of the validation PGD", min=0)
+    val_step: float = _opt(0.1, "step size of the validation PGD", above=0)
+    seed: int = _opt(314, "seed of initialisation, data order, augmentation and the split", min=0,
+                     max=2**63 - 1)
 
 
 def adversarial_eps(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -98,7 +150,18 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConf
     uninterrupted. Returns the metrics of all epochs.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_dir(out, resume)  # before the lock creates the directory
+    with RunLock(out):
+        return _fit_locked(model, train, val, cfg, out, model_name=model_name,
+                           model_kwargs=model_kwargs, extra_config=extra_config, resume=resume,
+                           progress=progress)
+
+
+def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConfig, out: Path,
+                *, model_name: str, model_kwargs: dict[str, Any] | None,
+                extra_config: dict[str, Any] | None, resume: bool, progress: bool) -> list[dict[str, Any]]:
+    if len(train) == 0:
+        raise InvalidInputError("no training images (is --val-size as large as the train split?)")
     gen = torch.Generator().manual_seed(cfg.seed)
     # torch.optim.Adam's arithmetic, without the 2.2 s torch._dynamo import (see train/optim.py)
     optimizer = Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -126,6 +189,7 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConf
                 model.train()
             logits = model(x)
             loss = F.cross_entropy(logits, y)
+            check_loss(loss, epoch, b + 1, out)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,0 +1,130 @@
+"""The evaluation pipeline of a run directory: load, attack, check, record, report.
+
+``pellucid evaluate`` and ``pellucid demo`` (and the benchmarks) run it, so every evaluation of a
+run is done, checked and recorded the same way. The run directory is only read until the end;
+the records, figures and report are written under the directory's :class:`pellucid._io.RunLock`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from pellucid._io import RunLock, file_sha256
+from pellucid.data.datasets import ImageDataset, load_dataset
+from pellucid.errors import InvalidInputError
+from pellucid.models.checkpoint import WEIGHTS, load_model
+from pellucid.report.records import save_record
+from pellucid.robust.checks import evaluation_checks
+from pellucid.robust.evaluate import RobustnessResult, evaluate_robustness, minimal_perturbations, predict_logits
+
+# attacks that return minimal (unbounded) perturbations: their examples are plotted and recorded
+MINIMISING_ATTACKS = ("boundary", "deepfool")
+
+
+@dataclass
+class RunEvaluation:
+    """What :func:`evaluate_run` computed: the recorded ``summary`` and the objects behind it."""
+
+    summary: dict[str, Any]
+    model: nn.Module
+    config: dict[str, Any]
+    test: ImageDataset
+    result: RobustnessResult
+    record: Path
+    checks: list = field(default_factory=list)
+
+
+def load_test_set(config: dict, data_dir: str | None, limit: int | None) -> ImageDataset:
+    """The test split a model directory was trained for, optionally its first ``limit`` images."""
+    data = config.get("data") or {}
+    if "dataset" not in data:
+        raise InvalidInputError("the model directory's config names no dataset to evaluate on")
+    ds = load_dataset(data["dataset"], "test", classes=data.get("classes"), data_dir=data_dir)
+    if limit is not None:
+        if limit < 1:
+            raise InvalidInputError(f"--limit must be >= 1, got {limit}")
+        ds = ds.subset(slice(0, limit))
+    return ds
+
+
+def check_outputs(model: nn.Module, images: torch.Tensor) -> None:
+    """Refuse a model whose outputs on the test images are NaN or inf (every figure would be
+    meaningless), before the attack spends any time."""
+    logits = predict_logits(model, images)
+    bad = int((~torch.isfinite(logits)).flatten(1).any(1).sum())
+    if bad:
+        raise InvalidInputError(f"the model outputs NaN or inf on {bad} of {len(images)} test images; "
+                                "its weights or inputs are broken")
+
+
+def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, norm: str = "linf",
+                 seed: int = 0, options: dict[str, Any] | None = None, limit: int | None = None,
+                 checks: bool = True, check_limit: int | None = 500, data_dir: str | None = None,
+                 report: bool = False, log: Callable[[str], None] | None = None) -> RunEvaluation:
+    """Attack the test set of the model in ``run_dir`` and record the evaluation there.
+
+    ``options`` are the attack's own options (steps, step_size, restarts, queries, budget); with
+    ``seed``, ``limit`` (the first N test images), the threat model and the weights they identify
+    the record (see :mod:`pellucid.report.records`). ``checks``: the gradient-masking checks on
+    the first ``check_limit`` images (``None``: all), always run for AutoAttack. ``report``:
+    (re)write ``run_dir/report.html`` with every evaluation recorded there.
+    """
+    run_dir = Path(run_dir)
+    options = dict(options or {})
+    say = log or (lambda msg: None)
+    weights_sha256 = file_sha256(run_dir / WEIGHTS)
+    model, config = load_model(run_dir)
+    test = load_test_set(config, data_dir, limit)
+    check_outputs(model, test.images)
+    say(f"{attack} ({norm} eps {eps:g}) on {len(test)} test images")
+    result = evaluate_robustness(model, test.images, test.labels, attack=attack, eps=eps, norm=norm,
+                                 seed=seed, progress=True, **options,
+                                 **({"log": log} if attack == "autoattack" and log else {}))
+    summary = {"model": config["model"], "model_dir": str(run_dir), **result.summary(),
+               "dataset": (config.get("data") or {}).get("dataset"), "seed": seed,
+               "options": options, "weights_sha256": weights_sha256}
+    if "steps" in options:
+        summary["steps"] = options["steps"]
+    minimal = points = None
+    if attack in MINIMISING_ATTACKS:
+        minimal = minimal_perturbations(model, test.images, result.adversarial, test.labels)
+        summary["minimal_perturbation"] = {k: v for k, v in minimal.items() if k not in ("l2", "linf")}
+    found: list = []
+    if checks or attack == "autoattack":
+        say(f"gradient-masking checks and accuracy vs eps (first {check_limit or len(test)} images)")
+        found, curve = evaluation_checks(model, result, test.images, test.labels, limit=check_limit,
+                                         seed=seed, warn=False)
+        result.checks = found
+        summary["checks"] = {c.name: c.summary() for c in found}
+        points = {"points": curve, "n": min(len(test), check_limit or len(test))}
+        for c in found:
+            if c.passed is False:
+                print(f"WARNING: gradient-masking check '{c.name}' failed: {c.detail}", file=sys.stderr)
+    with RunLock(run_dir):
+        if minimal is not None:
+            _save_examples(run_dir, model, test, result, minimal)
+        record = save_record(run_dir, summary, result, eps_points=points, minimal=minimal)
+        if report:
+            from pellucid.report.run import run_report
+
+            say("figures and report")
+            summary["report"] = str(run_report(run_dir, model, test, result))
+    summary["record"] = str(record)  # after saving: where the record lies is not part of it
+    return RunEvaluation(summary, model, config, test, result, record, found)
+
+
+def _save_examples(run_dir: Path, model: nn.Module, test: ImageDataset, result: RobustnessResult,
+                   minimal: dict) -> None:
+    from pellucid.viz.robust import plot_minimal_perturbations
+
+    plot_minimal_perturbations(model, test.images, result.adversarial, test.labels, list(test.classes),
+                               run_dir / f"{result.attack}_examples.png",
+                               f"{result.attack}: minimal perturbations that flip the prediction "
+                               f"(median L2 {minimal['median_l2'] or float('nan'):.2f}, L-inf "
+                               f"{minimal['median_linf'] or float('nan'):.2f})")
