@@ -17,5 +17,8 @@ def test_demo_trains_evaluates_and_writes_a_self_contained_report(tmp_path, caps
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
     assert len(images) >= 8 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     assert "src=\"http" not in html and "robust_accuracy" in html
+    # the demo records its gradient-masking checks like `pellucid evaluate` (one pipeline)
+    assert set(summary["checks"]) == {"gradients", "deterministic", "unbounded", "monotone", "black_box"}
+    assert "Gradient-masking checks" in html and "monotone" in html
     # running the demo again reuses the finished run instead of failing
     assert main(["demo", "--out", str(out), "--epochs", "1", "--limit", "24"]) == 0

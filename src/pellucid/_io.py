@@ -90,21 +90,25 @@ def file_sha256(path: Path | str) -> str | None:
 
 def check_writable_dir(directory: Path | str, what: str) -> None:
     """Raise :class:`PellucidError` unless ``directory`` is, or can be created as, a directory this
-    process can write. Nothing is left behind: the probe file is removed at once."""
+    process can write. ``what`` starts the message (e.g. ``"--out"``). Missing folders are not
+    created here; a probe file in the nearest existing one is created and removed at once
+    (permissions can say yes where a read-only mount says no)."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise PellucidError(f"{what} {directory} is a file, not a directory")
-    existing = directory
-    while not existing.exists():  # the nearest ancestor that exists must let us create the rest
+    existing = directory.absolute()
+    while not existing.exists() and existing != existing.parent:  # the rest will be created
         existing = existing.parent
     if not existing.is_dir():
         raise PellucidError(f"{what} {directory}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PellucidError(f"{what} {directory}: {existing} is not writable (permissions)")
     try:
         fd, probe = tempfile.mkstemp(dir=existing, prefix=".pellucid-probe.")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise PellucidError(f"{what} {directory} is not writable ({e.strerror}: {existing})") from None
+        raise PellucidError(f"{what} {directory}: {existing} is not writable ({e.strerror})") from None
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:

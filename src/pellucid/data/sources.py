@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pellucid.data.datasets import ImageDataset
-from pellucid.data.idx import read_idx_split
+from pellucid.data.idx import check_label_range, read_idx_split
 from pellucid.errors import DataNotFoundError
 
 Split = tuple[np.ndarray, np.ndarray]  # uint8 images (N, H, W), int64 labels (N,)
@@ -48,7 +48,7 @@ class IdxSource:
     ``subdirs``: places under a user directory that may hold the IDX files (torchvision's layout
     among them); ``offline``: ``(label, load(split) -> Split | None)`` tried in order after the user
     directory; ``torchvision_class``: the download of last resort; ``how_to_provide``: the message
-    when nothing works.
+    when nothing works; ``n_classes``: labels must lie in ``0..n_classes-1``.
     """
 
     name: str
@@ -56,9 +56,10 @@ class IdxSource:
     torchvision_class: str
     how_to_provide: str
     offline: tuple[tuple[str, Callable[[str], Split | None]], ...] = ()
+    n_classes: int = 10
 
     def read_dir(self, root: Path, split: str) -> Split | None:
-        return read_idx_split(root, STEMS[split], self.subdirs)
+        return read_idx_split(root, STEMS[split], self.subdirs, n_classes=self.n_classes)
 
     def load(self, split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
         """``(images, labels, source label)`` of ``split`` from the first source that has it."""
@@ -68,6 +69,7 @@ class IdxSource:
     def images(self, split: str, data_dir: str | None, classes: tuple[str, ...]) -> ImageDataset:
         """All of ``split`` as ``ToTensor()`` images (uint8 / 255) in ``(N, 1, H, W)`` float32."""
         images, labels, source = self.load(split, data_dir)
+        check_label_range(labels, len(classes), f"{self.name} {split} split from {source}")
         x = torch.from_numpy(images).to(torch.float32).div_(255.0).unsqueeze(1)  # (N, 1, H, W)
         y = torch.from_numpy(labels)
         return ImageDataset(x, y, classes, source, torch.arange(len(y)))

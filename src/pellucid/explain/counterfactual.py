@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pellucid.data.validation import check_model_input
 from pellucid.errors import InvalidInputError
-from pellucid.explain.base import Explainer, check_inputs
+from pellucid.explain.base import Explainer, check_inputs, model_lock, preserved_state
 from pellucid.explain.methods import create_explainer
 from pellucid.explain.targets import Target, resolve_target, select_target
 
@@ -50,7 +51,9 @@ def counterfactual(model: nn.Module | Explainer, x: torch.Tensor, target: Target
 
     ``model`` is a module (explained with ``method``: ``"pullback"``, or ``"gradient"`` for the
     vanilla baseline; ``explainer_kwargs`` such as ``temperature`` go to it) or an explainer.
-    A ``None`` target is fixed to each sample's top output at ``x``. ``x`` is not modified.
+    A ``None`` target is fixed to each sample's top output at ``x``. ``x`` is not modified, nor is
+    the model (a train-mode model's state is restored after every forward). ``x`` must have the
+    model's parameter dtype and device.
     """
     if int(steps) != steps or steps < 0:
         raise InvalidInputError(f"steps must be a non-negative integer, got {steps!r}")
@@ -65,6 +68,7 @@ def counterfactual(model: nn.Module | Explainer, x: torch.Tensor, target: Target
             raise InvalidInputError(f"inputs lie in [{float(x0.min()):.4g}, {float(x0.max()):.4g}], "
                                     f"outside pixel_range [{lo}, {hi}]; pass the model's input range")
     explainer = create_explainer(method, model, **explainer_kwargs) if isinstance(model, nn.Module) else model
+    check_model_input(explainer.model, x0, name="inputs")
     shape = (-1,) + (1,) * (x0.dim() - 1)  # per-sample scalars broadcast over (C, H, W)
     xi, scores = x0.clone(), []
     for _ in range(int(steps)):
@@ -77,7 +81,7 @@ def counterfactual(model: nn.Module | Explainer, x: torch.Tensor, target: Target
             xi = x0 + delta * (eps / delta.flatten(1).norm(dim=1).clamp_min(1e-20)).clamp(max=1.0).view(shape)
         if pixel_range is not None:
             xi = xi.clamp(*pixel_range)
-    with torch.no_grad():
+    with torch.no_grad(), model_lock(explainer.model), preserved_state(explainer.model):
         output = explainer.model(xi)
         target = resolve_target(output, target)
         scores.append(select_target(output, target))

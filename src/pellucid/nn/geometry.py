@@ -35,7 +35,10 @@ def pixel_affine_to_theta(m: torch.Tensor, height: int, width: int) -> torch.Ten
     ``M`` acts on pixel coordinates ``(x, y) = (column, row)`` about pixel (0, 0), as kornia's
     ``affine``. With ``N`` the pixel -> [-1, 1] map (align_corners=True),
     ``theta = inverse(N M3 N^-1)[:2]`` maps each destination location to its source location.
+    float16 / bfloat16 maps are inverted in float32 (``linalg.inv`` has no low-precision kernels).
     """
+    if m.dtype in (torch.float16, torch.bfloat16):
+        return pixel_affine_to_theta(m.float(), height, width).to(m.dtype)
     n = m.new_tensor([[2.0 / (width - 1), 0.0, -1.0], [0.0, 2.0 / (height - 1), -1.0], [0.0, 0.0, 1.0]])
     bottom = m.new_tensor([0.0, 0.0, 1.0]).expand(*m.shape[:-2], 1, 3)
     m3 = torch.cat([m, bottom], dim=-2)  # (..., 3, 3)

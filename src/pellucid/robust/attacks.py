@@ -8,6 +8,7 @@ over the batch so each image's gradient is independent of its batch-mates.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pellucid._registry import Registry
+from pellucid.data.validation import check_labels, check_model_input
 from pellucid.errors import InvalidInputError
 
 Attack = Callable[..., "torch.Tensor | AttackRun"]
@@ -78,10 +80,36 @@ def _flat_norm(t: torch.Tensor) -> torch.Tensor:
 
 
 def _check(eps: float, steps: int = 1) -> None:
-    if not eps >= 0:
-        raise InvalidInputError(f"eps must be >= 0, got {eps}")
-    if steps < 1:
-        raise InvalidInputError(f"steps must be >= 1, got {steps}")
+    check_eps(eps)
+    if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:
+        raise InvalidInputError(f"steps must be an int >= 1, got {steps!r}")
+
+
+def check_eps(eps: float, name: str = "eps") -> None:
+    """Raise :class:`InvalidInputError` unless ``eps`` is a number >= 0 (inf: unbounded)."""
+    try:
+        ok = not isinstance(eps, (str, bytes, bool)) and float(eps) >= 0  # NaN compares False
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several values
+        ok = False
+    if not ok:
+        raise InvalidInputError(f"{name} must be a number >= 0, got {eps!r}")
+
+
+def check_attack_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``y`` as int64 after checking the attack's inputs, before any work is done.
+
+    ``x``: a non-empty floating batch with the dtype and device of the model's parameters;
+    ``y``: integer labels ``(B,)`` in ``0..K-1``, ``K`` the number of the model's outputs (from one
+    forward pass on one image in eval mode).
+    """
+    check_model_input(model, x)
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise InvalidInputError(f"images must be a non-empty batch (B, ...), got shape {tuple(x.shape)}")
+    y = check_labels(y, n=x.shape[0], device=x.device)  # shape and dtype before the forward pass
+    with torch.no_grad(), eval_mode(model):
+        out = model(x[:1])
+    n_classes = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+    return check_labels(y, n=x.shape[0], n_classes=n_classes)
 
 
 @ATTACKS.register("pgd", "projected gradient descent (Madry et al.), L-inf or L2, random start")
@@ -99,6 +127,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
     _check(eps, steps)
     if norm not in ("linf", "l2"):
         raise InvalidInputError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    y = check_attack_inputs(model, x, y)
     alpha = eps / 3 if step_size is None else step_size
     lo, hi = value_range
     out = []
@@ -141,6 +170,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
     _check(eps)
     if norm != "linf":
         raise InvalidInputError(f"fgsm is an L-inf attack; got norm {norm!r} (use pgd for l2)")
+    y = check_attack_inputs(model, x, y)
     with eval_mode(model):
         out = [(xb + eps * _input_grad(model, xb, yb).sign()).clamp(*value_range).detach()
                for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
@@ -149,8 +179,10 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
 
 def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs) -> AttackRun:
     """Run the registered attack ``name`` (see :data:`ATTACKS`) with the true labels ``y``."""
+    attack = ATTACKS.get(name)
+    y = check_attack_inputs(model, x, y)
     start = time.perf_counter()
-    out = ATTACKS.get(name)(model, x, y, **kwargs)
+    out = attack(model, x, y, **kwargs)
     if isinstance(out, AttackRun):
         return out
     return AttackRun(out, [{"attack": name, "attacked": len(x),

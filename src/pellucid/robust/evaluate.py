@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from pellucid.data.validation import check_images
+from pellucid.data.validation import check_images, check_labels, check_model_input
 from pellucid.errors import InvalidInputError
-from pellucid.robust.attacks import eval_mode, perturbation_norm, run_attack, within_budget
+from pellucid.robust.attacks import check_eps, eval_mode, perturbation_norm, run_attack, within_budget
 from pellucid.robust.reliability import ReliabilityCurve, precision_at_recall_interval, reliability_curve
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """``model(x)`` in eval mode, in batches of ``batch_size``; ``x`` must have the model's dtype."""
+    check_model_input(model, x)
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be an int >= 1, got {batch_size!r}")
     with eval_mode(model):
         return torch.cat([model(xb) for xb in x.split(batch_size)])
 
@@ -64,13 +69,19 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, a
                         eps: float = 0.3, norm: str = "linf",
                         value_range: tuple[float, float] = (0.0, 1.0),
                         seed: int = 0, **attack_kwargs) -> RobustnessResult:
-    """Attack ``x`` with the true labels ``y`` and score clean, robust accuracy and reliability."""
+    """Attack ``x`` with the true labels ``y`` and score clean, robust accuracy and reliability.
+
+    ``x``: images in ``value_range`` with the dtype and device of the model's parameters; ``y``:
+    integer labels ``(B,)`` in ``0..K-1`` for a model with ``K`` outputs.
+    """
     check_images(x, value_range=value_range)
-    if not eps >= 0:  # fail before any work is done
-        raise InvalidInputError(f"eps must be >= 0, got {eps}")
+    check_model_input(model, x)
+    y = check_labels(y, n=x.shape[0], device=x.device)
+    check_eps(eps)  # fail before any work is done
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     clean = predict_logits(model, x)
+    y = check_labels(y, n_classes=clean.shape[1] if clean.dim() == 2 else None)
     run = run_attack(attack, model, x, y, eps=eps, norm=norm, value_range=value_range,
                      generator=gen, **attack_kwargs)
     inside = within_budget(run.adversarial - x, eps, norm)
@@ -89,6 +100,11 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, a
 def accuracy_vs_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_values, *,
                     attack: str = "pgd", seed: int = 0, **attack_kwargs) -> list[dict]:
     """Robust accuracy for each eps (same seed for each, so the curve is comparable)."""
+    eps_values = list(eps_values)
+    if not eps_values:
+        raise InvalidInputError("eps_values must hold at least one eps")
+    for e in eps_values:  # every value checked before the first attack runs
+        check_eps(e, name="each eps in eps_values")
     return [{"eps": float(e), "robust_accuracy": evaluate_robustness(
         model, x, y, attack=attack, eps=float(e), seed=seed, **attack_kwargs).robust_accuracy}
             for e in eps_values]

@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from pellucid._config import check_dataclass_dict
 from pellucid._io import save_bytes_atomic, save_tensors_atomic
 from pellucid.errors import CheckpointError, PellucidError
 
@@ -148,7 +149,10 @@ def start_or_resume(out: Path, resume: bool, cfg: Any, model: nn.Module, optimiz
     state_path = out / STATE_FILE
     info = load_train_state(state_path, model, optimizer, generator)
     defaults = {f.name: f.default for f in fields(cfg)}
-    saved = {k: v for k, v in {**defaults, **(info.get("config") or {})}.items() if k not in may_change}
+    # a setting since removed from the dataclass is ignored; one of the wrong type is refused
+    saved_cfg = check_dataclass_dict(type(cfg), info.get("config") or {}, f"{state_path}: config",
+                                     error=CheckpointError, ignore_unknown=True)
+    saved = {k: v for k, v in {**defaults, **saved_cfg}.items() if k not in may_change}
     wanted = {k: v for k, v in asdict(cfg).items() if k not in may_change}
     if saved != wanted:
         diff = sorted(k for k in wanted if saved.get(k) != wanted[k])

@@ -40,7 +40,7 @@ from pellucid.nn.distance import LpDistance
 from pellucid.robust.evaluate import predict_logits
 from pellucid.train.checkpointing import check_loss, check_run_dir, save_epoch, start_or_resume
 from pellucid.train.recipes import register_recipe
-from pellucid.train.trainer import CheckedConfig, config_option as _opt
+from pellucid._config import CheckedConfig, config_option as _opt
 
 
 @dataclass
@@ -114,6 +114,8 @@ def train_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset, 
             start, history = start_or_resume(out, resume, run_config, model, optimizer, gen,
                                              may_change=EXECUTION_OPTIONS + (() if cosine else ("epochs",)))
             schedule.last_epoch = start * steps_per_epoch  # the optimizer's saved lr is already that step's
+            if start:  # a kill after the state's commit may have left the model files one epoch behind
+                save_model(model, out, model_name, model_kwargs, {**extra_config, "history_last": history[-1]})
         best = max((r["best_test_accuracy"] for r in history), default=0.0)
         for epoch in range(start + 1, epochs + 1):
             model.train()
@@ -135,8 +137,8 @@ def train_classifier(model: nn.Module, train: ImageDataset, test: ImageDataset, 
                    "best_test_accuracy": best, "epoch_seconds": round(time.perf_counter() - t0, 3)}
             history.append(row)
             if out is not None:
+                save_epoch(out, model, optimizer, gen, run_config, history)  # the commit point of the epoch
                 save_model(model, out, model_name, model_kwargs, {**extra_config, "history_last": row})
-                save_epoch(out, model, optimizer, gen, run_config, history)
             if progress:
                 print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                       file=sys.stderr, flush=True)

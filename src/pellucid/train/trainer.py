@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import Field, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from pellucid._config import CheckedConfig, config_option
 from pellucid._io import RunLock
 from pellucid.data.datasets import ImageDataset
 from pellucid.errors import InvalidInputError
@@ -25,61 +26,7 @@ from pellucid.train.checkpointing import check_loss, check_run_dir, save_epoch, 
 from pellucid.train.optim import Adam
 
 
-def config_option(default, help: str, *, min: float | None = None, max: float | None = None,
-                  above: float | None = None, choices: tuple[str, ...] | None = None):
-    """A config field whose ``help`` becomes its command-line option's help text.
-
-    ``min`` / ``max`` (inclusive), ``above`` (exclusive) and ``choices`` are the valid values,
-    checked by :class:`CheckedConfig` when the config is built; numbers must also be finite.
-    """
-    limits = {k: v for k, v in (("min", min), ("max", max), ("above", above), ("choices", choices))
-              if v is not None}
-    return field(default=default, metadata={"help": help, **limits})
-
-
 _opt = config_option
-
-
-def _option_name(name: str) -> str:
-    return f"{name} (--{name.replace('_', '-')})"
-
-
-def check_option(f: Field, value: Any) -> None:
-    """Raise :class:`InvalidInputError` unless ``value`` suits field ``f`` (type and limits)."""
-    kind = type(f.default)
-    name = _option_name(f.name)
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        raise InvalidInputError(f"{name} must be a {kind.__name__}, got {value!r} ({type(value).__name__})")
-    meta = f.metadata
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise InvalidInputError(f"{name} must be a finite number, got {value}")
-        if "min" in meta and value < meta["min"]:
-            raise InvalidInputError(f"{name} must be >= {meta['min']}, got {value}")
-        if "max" in meta and value > meta["max"]:
-            raise InvalidInputError(f"{name} must be <= {meta['max']}, got {value}")
-        if "above" in meta and not value > meta["above"]:
-            raise InvalidInputError(f"{name} must be > {meta['above']}, got {value}")
-    if "choices" in meta and value not in meta["choices"]:
-        raise InvalidInputError(f"{name} must be one of {', '.join(map(str, meta['choices']))}, "
-                                f"got {value!r}")
-
-
-class CheckedConfig:
-    """Mixin for settings dataclasses: every field is checked against its type and the limits of
-    its :func:`config_option` when the config is built, so a bad setting fails before any work."""
-
-    def __post_init__(self) -> None:
-        for f in fields(self):  # type: ignore[arg-type]
-            check_option(f, getattr(self, f.name))
 
 
 @dataclass
@@ -167,6 +114,8 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
     optimizer = Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history = start_or_resume(out, resume, cfg, model, optimizer, gen)
     config = {**(extra_config or {}), "train": asdict(cfg)}
+    if start:  # a kill after the state's commit may have left the model files one epoch behind
+        save_model(model, out, model_name, model_kwargs, config)
     n, bs = len(train), cfg.batch_size
     n_batches = math.ceil(n / bs)
     for epoch in range(start + 1, cfg.epochs + 1):
@@ -203,8 +152,8 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
         row.update(_validate(model, val, cfg, epoch))
         row["epoch_seconds"] = round(time.perf_counter() - t0, 3)
         history.append(row)
+        save_epoch(out, model, optimizer, gen, cfg, history)  # the commit point of the epoch
         save_model(model, out, model_name, model_kwargs, config)
-        save_epoch(out, model, optimizer, gen, cfg, history)
         if progress:
             msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
             tqdm.write(msg, file=sys.stderr)

@@ -4,6 +4,9 @@
 - pullback: the channel-summed attribution as a signed heatmap centred at 0 (white = 0, each
   image scaled by its own 99.5th percentile of |value|, so a few extreme pixels do not wash it out);
 - difference ``counterfactual - input``: per-image min-max scaled to [0, 1] (the paper's display).
+
+Titles and labels are drawn literally (no mathtext, no TeX): file names and class labels may hold
+``$``, ``\\`` or ``^``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ def signed_map(attribution: torch.Tensor) -> torch.Tensor:
     return attribution.detach().sum(1)
 
 
+# keyword arguments for text that comes from data (file names, labels): drawn as given
+LITERAL = {"parse_math": False, "usetex": False}
+
+
 def _show_image(ax, image: torch.Tensor, title: str | None) -> None:
     img = image.detach().cpu().float().clamp(0, 1)
     if img.shape[0] == 1:
@@ -41,19 +48,25 @@ def _show_image(ax, image: torch.Tensor, title: str | None) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=8, **LITERAL)
+
+
+def _show_heat(ax, heat: torch.Tensor, vmax: float | None, title: str | None) -> None:
+    show_signed(ax, heat, vmax=vmax)
+    if title:
+        ax.set_title(title, fontsize=7, **LITERAL)
 
 
 def explanation_grid(path: Path | str, inputs: torch.Tensor, pullback: torch.Tensor | None = None,
                      counterfactual: torch.Tensor | None = None, row_labels: Sequence[str] | None = None,
-                     method: str = "pullback", cell: float = 2.0) -> Path:
-    """Save the grid as a PNG; columns without data are left out. Returns ``path``."""
+                     method: str = "pullback", cell: float = 2.0, title: str | None = None) -> Path:
+    """Save the grid (one row per image) to ``path``, in the format its suffix names (.png, .pdf,
+    .svg, ...); columns without data are left out; ``title`` goes above the grid. Returns ``path``."""
     columns = [("input", lambda b, ax, t: _show_image(ax, inputs[b], t))]
     if pullback is not None:
         heat = signed_map(pullback).cpu().float()
         limits = heat.flatten(1).abs().quantile(0.995, dim=1)
-        columns.append((method, lambda b, ax, t: show_signed(ax, heat[b], vmax=float(limits[b]) or None,
-                                                             title=t)))
+        columns.append((method, lambda b, ax, t: _show_heat(ax, heat[b], float(limits[b]) or None, t)))
     if counterfactual is not None:
         diff = minmax_per_image(counterfactual - inputs)
         columns.append(("counterfactual", lambda b, ax, t: _show_image(ax, counterfactual[b], t)))
@@ -65,5 +78,7 @@ def explanation_grid(path: Path | str, inputs: torch.Tensor, pullback: torch.Ten
         for c, (name, draw) in enumerate(columns):
             draw(b, axes[b, c], name if b == 0 else None)
         if row_labels is not None:
-            axes[b, 0].set_ylabel(row_labels[b], fontsize=8)
+            axes[b, 0].set_ylabel(row_labels[b], fontsize=8, **LITERAL)
+    if title:
+        fig.suptitle(title, fontsize=9, **LITERAL)
     return save(fig, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures are files
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+
+from pellucid._io import save_bytes_atomic  # noqa: E402
 
 DIVERGING = "bwr"
 
@@ -40,9 +43,11 @@ def image_grid(images: torch.Tensor, rows: int, cols: int, path: Path, title: st
 
 
 def save(fig, path: Path | str) -> Path:
+    """Save ``fig`` as ``path`` atomically (a killed process never leaves half a figure)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format=path.suffix.lstrip(".").lower() or "png")
     plt.close(fig)
+    save_bytes_atomic(path, buffer.getvalue())
     return path
