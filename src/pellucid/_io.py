@@ -79,12 +79,28 @@ def remove_orphan_temps(directory: Path) -> list[Path]:
     return removed
 
 
-def file_sha256(path: Path | str) -> str | None:
-    """Hex SHA-256 of a file's bytes, or None if it cannot be read."""
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Hex SHA-256 of named tensors: names, dtypes, shapes and bytes, in name order.
+
+    Identifies weights by what they are: the bytes of a safetensors file are not (its header's
+    metadata order varies from process to process).
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def weights_sha256(path: Path | str) -> str | None:
+    """:func:`tensors_sha256` of a safetensors file, or None if it cannot be read."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError:
+        return tensors_sha256(load_file(str(path)))
+    except (OSError, SafetensorError, ValueError):
         return None
 
 

@@ -7,7 +7,8 @@ keeps torch from starting a thread pool), which keeps the children fork-safe.
 
 A scenario's child kills itself with SIGKILL just before the n-th ``os.replace`` into the run
 directory (a temporary file written and fsynced, not yet published) or just after it (published,
-the directory not yet fsynced), or the parent kills it after a delay. Right after the kill the
+the directory not yet fsynced), or the parent kills it after a fraction of the time the
+uninterrupted run of the same kind took (which the plan runs first). Right after the kill the
 parent checks the directory's integrity; then it runs the command a user would run next until it
 succeeds, so the test can compare the result with an uninterrupted run.
 """
@@ -65,13 +66,13 @@ def child(argv: list[str], run_dir: Path, kill: dict | None) -> None:
     os._exit(code)
 
 
-def run(argv: list[str], run_dir: Path, kill: dict | None = None) -> dict:
+def run(argv: list[str], run_dir: Path, kill: dict | None = None, delay: float | None = None) -> dict:
     t0 = time.perf_counter()
     pid = os.fork()
     if pid == 0:
         child(argv, run_dir, kill)
-    if kill and "after_seconds" in kill:
-        deadline = t0 + kill["after_seconds"]
+    if delay is not None:
+        deadline = t0 + delay
         while time.perf_counter() < deadline:
             done, _ = os.waitpid(pid, os.WNOHANG)
             if done:
@@ -131,13 +132,17 @@ def next_command(kind: str, argv: list[str], run_dir: Path) -> list[str]:
 
 def main_driver(plan_path: str, result_path: str) -> None:
     plan = json.loads(Path(plan_path).read_text())
-    results = []
+    results, seconds = [], {}  # kind -> duration of its uninterrupted (reference) run
     for scenario in plan["scenarios"]:
         run_dir = Path(scenario["dir"])
         if scenario.get("copy_from"):
             shutil.copytree(scenario["copy_from"], run_dir)
         argv = [a.replace("{dir}", str(run_dir)) for a in scenario["argv"]]
-        outcome = run(argv, run_dir, scenario.get("kill"))
+        kill = scenario.get("kill") or {}
+        delay = kill["after_fraction"] * seconds[scenario["kind"]] if "after_fraction" in kill else None
+        outcome = run(argv, run_dir, kill, delay)
+        if not kill:
+            seconds[scenario["kind"]] = outcome["seconds"]
         outcome["integrity"] = integrity(run_dir) if run_dir.exists() else []
         outcome["finish"] = []
         for _ in range(3):  # a finished command, whatever the kill left

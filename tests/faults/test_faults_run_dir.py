@@ -450,3 +450,18 @@ def test_items14_18_user_errors_of_the_installed_command_take_under_5_seconds(tm
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert "Traceback" not in done.stderr and seconds < 5, (argv, seconds)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_item02_weights_are_identified_by_their_tensors_not_file_bytes(tmp_path):
+    from pellucid._io import tensors_sha256, weights_sha256
+
+    torch.manual_seed(0)
+    state = {"w": torch.randn(3, 4), "scalar": torch.tensor(0.5), "h": torch.ones(2, dtype=torch.bfloat16)}
+    save_file(state, str(tmp_path / "a.safetensors"), metadata={"format": "f", "model": "m"})
+    save_file(dict(reversed(state.items())), str(tmp_path / "b.safetensors"), metadata={"model": "m"})
+    assert weights_sha256(tmp_path / "a.safetensors") == weights_sha256(tmp_path / "b.safetensors") \
+        == tensors_sha256(state)
+    changed = {**state, "w": state["w"].clone()}
+    changed["w"][0, 0] = torch.nextafter(changed["w"][0, 0], torch.tensor(1e9))  # one ulp
+    assert tensors_sha256(changed) != tensors_sha256(state)
+    assert weights_sha256(tmp_path / "missing.safetensors") is None

@@ -112,7 +112,7 @@ def check_config_classes(config: dict[str, Any], where: str = CONFIG) -> tuple[i
 
 
 def load_weights(model: nn.Module, path: Path | str) -> nn.Module:
-    """Load a safetensors file into ``model``, strictly: every key and shape must match."""
+    """Load a safetensors file into ``model``, strictly (:func:`load_state_strict`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file {path} is missing")
@@ -120,15 +120,22 @@ def load_weights(model: nn.Module, path: Path | str) -> nn.Module:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"weights file {path} is corrupted: {e}") from None
+    return load_state_strict(model, state, path)
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str,
+                      mismatch: str = "does not match the model") -> nn.Module:
+    """``model.load_state_dict(state)`` after checking that every key and shape matches and every
+    tensor is finite; a :class:`CheckpointError` naming ``path`` and the offending tensors else."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or wrong:
-        parts = [f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+        parts = [f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
                  for label, keys in (("missing", missing), ("unexpected", unexpected),
                                      ("wrong shape", wrong)) if keys]
-        raise CheckpointError(f"{path} does not match the model ({'; '.join(parts)})")
+        raise CheckpointError(f"{path} {mismatch} ({'; '.join(parts)})")
     bad = [f"{k} ({'NaN' if bool(torch.isnan(t).any()) else 'inf'})" for k, t in sorted(state.items())
            if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())]
     if bad:

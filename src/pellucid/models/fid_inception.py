@@ -22,6 +22,7 @@ from torch import nn
 
 from pellucid.errors import CheckpointError, DataNotFoundError
 from pellucid.models.archive import check_weights_file, first_line
+from pellucid.models.checkpoint import load_state_strict
 from pellucid.models.registry import register_model
 
 __all__ = ["FIDInceptionBody", "FIDInceptionFeatures", "fid_inception", "fid_torchscript_path",
@@ -232,17 +233,7 @@ def load_fid_inception_weights(body: FIDInceptionBody, path: Path | str | None =
     """
     path = Path(path) if path is not None else fid_torchscript_path()
     state = {k.removeprefix("net."): v for k, v in _read_state_dict(path).items()}
-    expected = body.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or wrong:
-        parts = [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                     ("wrong shape", wrong)) if keys]
-        raise CheckpointError(f"{path} is not the FID Inception-v3 body ({'; '.join(parts)})")
-    body.load_state_dict(state, strict=True)
-    return body
+    return load_state_strict(body, state, path, "is not the FID Inception-v3 body")
 
 
 @register_model("fid-inception", input_shape=(3, 299, 299), dataset="imagenet")

@@ -15,10 +15,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from pellucid._io import RunLock, file_sha256
+from pellucid._io import RunLock, tensors_sha256
 from pellucid.data.datasets import ImageDataset, load_dataset
 from pellucid.errors import InvalidInputError
-from pellucid.models.checkpoint import WEIGHTS, load_model
+from pellucid.models.checkpoint import load_model
 from pellucid.report.records import save_record
 from pellucid.robust.checks import evaluation_checks
 from pellucid.robust.evaluate import RobustnessResult, evaluate_robustness, minimal_perturbations, predict_logits
@@ -78,8 +78,8 @@ def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, 
     run_dir = Path(run_dir)
     options = dict(options or {})
     say = log or (lambda msg: None)
-    weights_sha256 = file_sha256(run_dir / WEIGHTS)
     model, config = load_model(run_dir)
+    weights_sha256 = tensors_sha256(model.state_dict())
     test = load_test_set(config, data_dir, limit)
     check_outputs(model, test.images)
     say(f"{attack} ({norm} eps {eps:g}) on {len(test)} test images")

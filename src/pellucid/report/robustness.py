@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pellucid._io import file_sha256
+from pellucid._io import weights_sha256
 from pellucid.report.html import Section
 from pellucid.robust.reliability import ReliabilityCurve
 from pellucid.viz import curves
@@ -27,7 +27,7 @@ def robustness_sections(run_dir: Path | str, records: list[dict]) -> list[Sectio
     run_dir = Path(run_dir)
     if not records:
         return [Section("Robustness", "No evaluation recorded yet: run `pellucid evaluate DIR`.")]
-    current = file_sha256(run_dir / "model.safetensors")
+    current = weights_sha256(run_dir / "model.safetensors")
     rows = [{k: v for k, v in {**r["summary"], **_identity_columns(r["summary"], current)}.items()
              if k in _SUMMARY_KEYS} for r in records]
     sections = [Section("Robustness", "Every evaluation recorded for this run, each with what "
