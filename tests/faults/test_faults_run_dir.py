@@ -150,6 +150,22 @@ def test_item03_demo_never_overwrites_a_report_it_did_not_write(tmp_path, capsys
     assert snapshot(out) == before
 
 
+def test_item03_evaluate_report_never_overwrites_a_foreign_report_and_fails_first(tmp_path, authors_dir,
+                                                                                   capsys, monkeypatch):
+    from pellucid.report import evaluation
+
+    d = tmp_path / "copy"
+    d.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        (d / name).write_bytes((authors_dir / name).read_bytes())
+    (d / "report.html").write_text("<html>my own notes</html>")
+    monkeypatch.setattr(evaluation, "evaluate_robustness", lambda *a, **k: pytest.fail("attacked"))
+    before = snapshot(d)
+    assert main(["evaluate", str(d), "--limit", "8", "--report"]) == 2
+    one_line_error(capsys, "report.html", "not written by pellucid")
+    assert snapshot(d) == before
+
+
 # ----------------------------------------------------------------------------- item 4
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from pellucid.cli._common import DefaultsHelpFormatter, add_data_dir, checked, print_json
 
@@ -96,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
     options = attack_options(args)
     read_config(args.model_dir)  # a missing or broken model directory fails before any work
     check_writable_dir(args.model_dir, "model directory")  # the record is written there at the end
+    if args.report:
+        from pellucid.report.html import check_report_writable
+
+        check_report_writable(Path(args.model_dir) / "report.html")
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     done = evaluate_run(args.model_dir, attack=args.attack, eps=args.eps, norm=args.norm,
                         seed=args.seed, options=options, limit=args.limit, checks=args.checks,
