@@ -221,7 +221,11 @@ def option_name(name: str) -> str:
 
 def check_limits(field: dataclasses.Field, value: Any, name: str, *,
                  error: type[PellucidError] = ConfigError) -> None:
-    """Raise ``error`` unless ``value`` lies within the limits of its :func:`config_option`."""
+    """Raise ``error`` unless ``value`` lies within the limits of its :func:`config_option`.
+    Limits apply to numbers and strings; ``None`` (a "use the default" value) and structured values
+    meet them by definition."""
+    if not isinstance(value, (int, float, str)) or isinstance(value, bool):
+        return
     meta = field.metadata
     if "min" in meta and value < meta["min"]:
         raise error(f"{name} must be >= {meta['min']}, got {value}")

@@ -9,16 +9,88 @@ from pathlib import Path
 from pellucid.cli._common import DefaultsHelpFormatter, add_data_dir, checked, print_json
 
 
-# per-attack defaults of --steps (iterations); attacks not listed take no --steps
-_DEFAULT_STEPS = {"pgd": 40, "apgd-ce": 100, "apgd-dlr": 100, "deepfool": 100, "boundary": 1000}
-
-
 # One line for `pellucid --help` (which imports no subcommand's dependencies).
 SUMMARY = "robustness and reliability of a trained model"
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def option_fields() -> dict[str, list]:
+    """Every attack option (the union of the attacks' options dataclasses, in registration order)
+    -> ``[(attack, field), ...]`` of the attacks that take it: one flag each."""
+    import dataclasses
+
+    from pellucid.robust import ATTACKS
+
+    out: dict[str, list] = {}
+    for entry in ATTACKS.entries():
+        for f in dataclasses.fields(entry.obj.options):
+            out.setdefault(f.name, []).append((entry.obj, f))
+    return out
+
+
+def _flag_type(options_type: type, name: str) -> type:
+    """The plain type of an option's values on the command line: ``float | None`` -> ``float``,
+    ``str | tuple[Stage, ...]`` (a name, or stages from the API) -> ``str``."""
+    import typing
+
+    tp = typing.get_type_hints(options_type)[name]
+    for arg in typing.get_args(tp) or (tp,):
+        if arg in (bool, int, float, str):
+            return arg
+    raise TypeError(f"{options_type.__name__}.{name}: no command-line type for {tp}")
+
+
+def _add_option_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per attack option (see :func:`option_fields`); its default is ``None`` (not
+    given: the chosen attack's own default), its help names the attacks that take it."""
+    from pellucid.robust.attacks import default_text
+
+    for name, takers in option_fields().items():
+        (first, f), limits = takers[0], ("help", "min", "max", "above", "choices")
+        kind = _flag_type(first.options, name)
+        for attack, g in takers[1:]:  # one flag: the same meaning and valid values everywhere
+            if _flag_type(attack.options, name) is not kind or \
+                    any(g.metadata.get(k) != f.metadata.get(k) for k in limits):
+                raise TypeError(f"option {name!r} of {attack.name} differs from {first.name}'s")
+        defaults = {attack.name: default_text(g) for attack, g in takers}
+        if len(set(defaults.values())) == 1:
+            text = f"(default {next(iter(defaults.values()))}); applies to {', '.join(defaults)}"
+        else:
+            text = "(default: " + ", ".join(f"{a} {d}" for a, d in defaults.items()) + ")"
+        help = f"{f.metadata.get('help', name)} {text}"
+        if kind is bool:
+            p.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction,
+                           default=None, help=help)
+        else:
+            meta = f.metadata
+            convert = checked(kind, min=meta.get("min"), above=meta.get("above"), max=meta.get("max")) \
+                if kind in (int, float) else kind
+            p.add_argument(_flag(name), dest=name, type=convert, default=None,
+                           choices=meta.get("choices"), help=help)
+
+
+def _attack_help() -> str:
+    """``--attack``'s help: each attack with its options and their defaults."""
+    import dataclasses
+
+    from pellucid.robust import ATTACKS
+    from pellucid.robust.attacks import default_text
+
+    def option(f: dataclasses.Field) -> str:
+        if isinstance(f.default, bool):
+            return _flag(f.name) if f.default else "--no-" + _flag(f.name)[2:]
+        return f"{_flag(f.name)} {default_text(f)}"
+
+    return ("attack; in brackets its options with their defaults: " + "; ".join(
+        f"{e.name}: {e.summary} [{', '.join(map(option, dataclasses.fields(e.obj.options))) or 'no options'}]"
+        for e in ATTACKS.entries()) + " (default: pgd)")
+
+
 def add_parser(sub) -> None:
-    from pellucid.robust import ATTACKS, BUDGETS
+    from pellucid.robust import ATTACKS
 
     p = sub.add_parser("evaluate", help=SUMMARY,
                        formatter_class=DefaultsHelpFormatter,
@@ -26,20 +98,10 @@ def add_parser(sub) -> None:
                                    "clean and robust accuracy, reliability and gradient-masking "
                                    "checks, and record the result in DIR/evaluations/.")
     p.add_argument("model_dir", metavar="DIR", help="a model directory written by `pellucid train`")
-    p.add_argument("--attack", default="pgd", choices=list(ATTACKS),
-                   help="; ".join(f"{e.name}: {e.summary}" for e in ATTACKS.entries()))
+    p.add_argument("--attack", default="pgd", choices=list(ATTACKS), help=_attack_help())
     p.add_argument("--eps", type=checked(float, min=0), default=0.3, help="perturbation budget")
     p.add_argument("--norm", default="linf", choices=["linf", "l2"], help="threat model")
-    p.add_argument("--steps", type=checked(int, min=1), default=None,
-                   help="iterations (default: " + ", ".join(f"{k} {v}" for k, v in _DEFAULT_STEPS.items()) + ")")
-    p.add_argument("--step-size", type=checked(float, above=0), default=None,
-                   help="PGD/APGD step (default eps / 3)")
-    p.add_argument("--budget", default="standard", choices=sorted(BUDGETS),
-                   help="AutoAttack budget: standard = 1 restart per attack; art-default = ART's "
-                        "5 restarts (5 x 5000 Square queries)")
-    p.add_argument("--restarts", type=checked(int, min=1), default=None,
-                   help="restarts of apgd-*/square (default 1)")
-    p.add_argument("--queries", type=checked(int, min=1), default=None, help="Square queries (default 5000)")
+    _add_option_flags(p)
     p.add_argument("--limit", type=checked(int, min=1), default=None, metavar="N",
                    help="first N test images only")
     p.add_argument("--seed", type=checked(int, min=0, max=2**63 - 1), default=0,
@@ -63,27 +125,19 @@ def add_parser(sub) -> None:
 
 
 def attack_options(args: argparse.Namespace) -> dict:
-    """The options that apply to ``args.attack`` (others are rejected, not silently ignored)."""
+    """The options of ``args.attack``, every one with its value (the attack's default unless its
+    flag was given); a flag the attack does not take is rejected, not silently ignored."""
     from pellucid.errors import InvalidInputError
+    from pellucid.robust import ATTACKS
+    from pellucid.robust.attacks import option_values
 
-    kw: dict = {}
-    if args.steps is not None and args.attack not in _DEFAULT_STEPS:
-        raise InvalidInputError(f"--steps does not apply to {args.attack}")
-    if args.attack in _DEFAULT_STEPS:
-        kw["steps"] = args.steps if args.steps is not None else _DEFAULT_STEPS[args.attack]
-    if args.step_size is not None:
-        kw["step_size"] = args.step_size
-    if args.restarts is not None:
-        if args.attack not in ("apgd-ce", "apgd-dlr", "square", "square-native"):
-            raise InvalidInputError(f"--restarts does not apply to {args.attack}")
-        kw["restarts"] = args.restarts
-    if args.queries is not None:
-        if args.attack not in ("square", "square-native"):
-            raise InvalidInputError("--queries applies to square and square-native only")
-        kw["queries"] = args.queries
-    if args.attack == "autoattack":
-        kw["budget"] = args.budget
-    return kw
+    attack = ATTACKS.get(args.attack)
+    given = {name: getattr(args, name) for name in option_fields() if getattr(args, name) is not None}
+    for name in given:
+        if name not in attack.option_names:
+            takes = ", ".join(map(_flag, attack.option_names)) or "no options"
+            raise InvalidInputError(f"{_flag(name)} does not apply to {args.attack} (it takes {takes})")
+    return option_values(attack.check_options(given))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ a ``torch.fx`` rewrite (see :class:`CoverageReport`); the user's model is never 
 """
 
 from pellucid.explain.base import Explainer
-from pellucid.explain.counterfactual import Counterfactual, counterfactual
+from pellucid.explain.counterfactual import CounterfactualResult, counterfactual
 from pellucid.explain.gates import (GATES, ExcitationMaxPool2d, ExcitationReLU, PoolGeometry,
                                     normal_cdf_gate, sigmoid_gate)
 from pellucid.explain.methods import EXPLAINERS, ExcitationPullback, Gradient, create_explainer
@@ -16,7 +16,7 @@ from pellucid.explain.rewrite import (CoverageReport, PullbackCoverageWarning, S
                                       swap_modules)
 from pellucid.explain.targets import cosine_similarity_target
 
-__all__ = ["EXPLAINERS", "GATES", "Counterfactual", "CoverageReport", "ExcitationMaxPool2d",
+__all__ = ["EXPLAINERS", "GATES", "CounterfactualResult", "CoverageReport", "ExcitationMaxPool2d",
            "ExcitationPullback", "ExcitationReLU", "Explainer", "Gradient", "PoolGeometry",
            "PullbackCoverageWarning", "Surrogate", "UntraceableModelError", "cosine_similarity_target",
            "counterfactual", "create_explainer", "normal_cdf_gate", "pullback_mode",

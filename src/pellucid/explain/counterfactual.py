@@ -25,11 +25,11 @@ from pellucid.explain.base import Explainer, check_inputs, model_lock, preserved
 from pellucid.explain.methods import create_explainer
 from pellucid.explain.targets import Target, resolve_target, select_target
 
-__all__ = ["Counterfactual", "counterfactual"]
+__all__ = ["CounterfactualResult", "counterfactual"]
 
 
 @dataclass
-class Counterfactual:
+class CounterfactualResult:
     """``inputs``, ``counterfactual``, ``difference = counterfactual - inputs`` and the target
     ``scores`` before each step and after the last, shape ``(steps + 1, B)``."""
 
@@ -46,7 +46,7 @@ class Counterfactual:
 def counterfactual(model: nn.Module | Explainer, x: torch.Tensor, target: Target = None, *,
                    steps: int = 5, alpha: float = 20.0, eps: float | None = None,
                    pixel_range: tuple[float, float] | None = (0.0, 1.0), method: str = "pullback",
-                   **explainer_kwargs) -> Counterfactual:
+                   **explainer_kwargs) -> CounterfactualResult:
     """Ascend ``target``'s score from ``x`` by ``steps`` L2-normalised steps of length ``alpha``.
 
     ``model`` is a module (explained with ``method``: ``"pullback"``, or ``"gradient"`` for the
@@ -85,4 +85,4 @@ def counterfactual(model: nn.Module | Explainer, x: torch.Tensor, target: Target
         output = explainer.model(xi)
         target = resolve_target(output, target)
         scores.append(select_target(output, target))
-    return Counterfactual(x0, xi, torch.stack(scores), target)
+    return CounterfactualResult(x0, xi, torch.stack(scores), target)

@@ -7,6 +7,7 @@ the records, figures and report are written under the directory's :class:`pelluc
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +20,11 @@ from pellucid._io import RunLock, tensors_sha256
 from pellucid.data.datasets import ImageDataset, load_dataset
 from pellucid.errors import InvalidInputError
 from pellucid.models.checkpoint import load_model
+from pellucid.models.inference import predict_logits
 from pellucid.report.records import save_record
+from pellucid.robust.attacks import ATTACKS, option_values
 from pellucid.robust.checks import evaluation_checks
-from pellucid.robust.evaluate import RobustnessResult, evaluate_robustness, minimal_perturbations, predict_logits
+from pellucid.robust.evaluate import RobustnessResult, evaluate_robustness, minimal_perturbations
 
 # attacks that return minimal (unbounded) perturbations: their examples are plotted and recorded
 MINIMISING_ATTACKS = ("boundary", "deepfool")
@@ -69,14 +72,17 @@ def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, 
                  report: bool = False, log: Callable[[str], None] | None = None) -> RunEvaluation:
     """Attack the test set of the model in ``run_dir`` and record the evaluation there.
 
-    ``options`` are the attack's own options (steps, step_size, restarts, queries, budget); with
-    ``seed``, ``limit`` (the first N test images), the threat model and the weights they identify
-    the record (see :mod:`pellucid.report.records`). ``checks``: the gradient-masking checks on
+    ``options`` are the attack's own options (steps, step_size, restarts, queries, budget; see
+    :data:`pellucid.robust.ATTACKS`), checked before any work; the record keeps every option of
+    the attack with its value, the defaults filled in, so records stay comparable. With ``seed``,
+    ``limit`` (the first N test images), the threat model and the weights they identify the
+    record (see :mod:`pellucid.report.records`). ``checks``: the gradient-masking checks on
     the first ``check_limit`` images (``None``: all), always run for AutoAttack. ``report``:
     (re)write ``run_dir/report.html`` with every evaluation recorded there.
     """
     run_dir = Path(run_dir)
-    options = dict(options or {})
+    checked_options = ATTACKS.get(attack).check_options(options)
+    options = option_values(checked_options)
     say = log or (lambda msg: None)
     model, config = load_model(run_dir)
     weights_sha256 = tensors_sha256(model.state_dict())
@@ -84,11 +90,11 @@ def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, 
     check_outputs(model, test.images)
     say(f"{attack} ({norm} eps {eps:g}) on {len(test)} test images")
     result = evaluate_robustness(model, test.images, test.labels, attack=attack, eps=eps, norm=norm,
-                                 seed=seed, progress=True, **options,
-                                 **({"log": log} if attack == "autoattack" and log else {}))
+                                 seed=seed, progress=True, log=log, **options)
     summary = {"model": config["model"], "model_dir": str(run_dir), **result.summary(),
                "dataset": (config.get("data") or {}).get("dataset"), "seed": seed,
-               "options": options, "weights_sha256": weights_sha256}
+               "options": dataclasses.asdict(checked_options),  # JSON-ready: stages as dicts
+               "weights_sha256": weights_sha256}
     if "steps" in options:
         summary["steps"] = options["steps"]
     minimal = points = None

@@ -1,7 +1,8 @@
 """Robustness: attacks (registry :data:`ATTACKS`, native and ART), AutoAttack, gradient-masking
 checks, reliability curves, rejection and evaluation."""
 
-from pellucid.robust.attacks import (ATTACKS, AttackRun, eval_mode, fgsm, perturbation_norm, pgd,
+from pellucid.robust.attacks import (ATTACKS, COMMON_ARGS, Attack, AttackOptions, AttackRun,
+                                     eval_mode, fgsm, perturbation_norm, pgd, register_attack,
                                      run_attack, within_budget)
 from pellucid.robust import art_backend  # noqa: F401  (registers apgd-ce, apgd-dlr, square, ...)
 from pellucid.robust.square import square_native
@@ -11,8 +12,9 @@ from pellucid.robust.checks import Check, GradientMaskingWarning, run_checks
 from pellucid.robust.reliability import ReliabilityCurve, precision_at_recall_interval, reliability_curve
 from pellucid.robust.rejection import coverage_curve, rejection_counts, rejection_search
 
-__all__ = ["ATTACKS", "AttackRun", "BUDGETS", "Check", "GradientMaskingWarning", "ReliabilityCurve",
-           "RobustnessResult", "accuracy_vs_eps", "autoattack", "eval_mode", "evaluate_robustness",
-           "fgsm", "perturbation_norm", "pgd", "precision_at_recall_interval", "predict_logits",
-           "reliability_curve", "run_attack",
-           "run_checks", "square_native", "within_budget", "coverage_curve", "rejection_counts", "rejection_search"]
+__all__ = ["ATTACKS", "COMMON_ARGS", "Attack", "AttackOptions", "AttackRun", "BUDGETS", "Check",
+           "GradientMaskingWarning", "ReliabilityCurve", "RobustnessResult", "accuracy_vs_eps",
+           "autoattack", "eval_mode", "evaluate_robustness", "fgsm", "perturbation_norm", "pgd",
+           "precision_at_recall_interval", "predict_logits", "register_attack", "reliability_curve",
+           "run_attack", "run_checks", "square_native", "within_budget", "coverage_curve",
+           "rejection_counts", "rejection_search"]

@@ -1,8 +1,9 @@
 """ART (adversarial-robustness-toolbox) attacks behind pellucid's attack signature.
 
 Every attack here has the native signature ``attack(model, x, y, *, eps, norm, ...) -> x_adv``
-on tensors in the model's natural range, so the registry, the evaluator and the CLI treat them
-like the native PGD. What ART needs is handled once, in :func:`art_classifier`:
+on tensors in the model's natural range and an options dataclass (see
+:mod:`pellucid.robust.attacks`), so the registry, the evaluator and the CLI treat them like the
+native PGD. What ART needs is handled once, in :func:`art_classifier`:
 
 - binary models get a constant third logit (-100): the DLR loss divides by
   :math:`z_{\\pi_1} - z_{\\pi_3}` and needs at least three classes (the white-box paper's
@@ -16,6 +17,7 @@ like the native PGD. What ART needs is handled once, in :func:`art_classifier`:
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -23,7 +25,8 @@ import torch
 from torch import nn
 
 from pellucid.errors import InvalidInputError, PellucidError
-from pellucid.robust.attacks import ATTACKS, eval_mode
+from pellucid.robust.attacks import (AttackOptions, attack_option, eval_mode, register_attack,
+                                     restarts_option, step_size_option, steps_option)
 
 PAD_LOGIT = -100.0  # the constant third logit of binary models (reference protocol)
 _NORMS = {"linf": np.inf, "l2": 2}
@@ -127,10 +130,38 @@ def run_art(build: Callable, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 # --- registered attacks (ART implementations) -------------------------------------------------
 
+@dataclass(frozen=True)
+class APGDOptions(AttackOptions):
+    steps: int = steps_option(100)
+    step_size: float | None = step_size_option()
+    restarts: int = restarts_option()
+
+
+@dataclass(frozen=True)
+class SquareOptions(AttackOptions):
+    """Options of both Square attacks, ART's ``square`` and pellucid's ``square-native``."""
+
+    queries: int = attack_option(5000, "Square queries (per restart)", min=1)
+    restarts: int = restarts_option()
+    p_init: float = attack_option(0.8, "Square's initial share of pixels per window", above=0, max=1)
+
+
+@dataclass(frozen=True)
+class DeepFoolOptions(AttackOptions):
+    steps: int = steps_option(100)
+    overshoot: float = attack_option(1e-3, "DeepFool's overshoot past the boundary", min=0)
+
+
+@dataclass(frozen=True)
+class BoundaryOptions(AttackOptions):
+    steps: int = steps_option(1000)
+
+
 def _apgd(loss_type: str):
-    def attack(model, x, y, *, eps: float, norm: str = "linf", step_size: float | None = None,
-               steps: int = 100, restarts: int = 1, value_range=(0.0, 1.0), generator=None,
-               batch_size: int = 1024, progress: bool = False, **_) -> torch.Tensor:
+    def attack(model, x, y, *, eps: float, norm: str = "linf",
+               step_size: float | None = APGDOptions.step_size, steps: int = APGDOptions.steps,
+               restarts: int = APGDOptions.restarts, value_range=(0.0, 1.0), generator=None,
+               batch_size: int = 1024, progress: bool = False) -> torch.Tensor:
         from art.attacks.evasion import AutoProjectedGradientDescent
 
         return run_art(lambda clf: AutoProjectedGradientDescent(
@@ -142,15 +173,16 @@ def _apgd(loss_type: str):
     return attack
 
 
-ATTACKS.register("apgd-ce", "AutoPGD on cross-entropy (ART), 100 steps")(_apgd("cross_entropy"))
-ATTACKS.register("apgd-dlr", "AutoPGD on the DLR loss (ART), 100 steps")(
+register_attack("apgd-ce", APGDOptions, "AutoPGD on cross-entropy (ART), 100 steps")(_apgd("cross_entropy"))
+register_attack("apgd-dlr", APGDOptions, "AutoPGD on the DLR loss (ART), 100 steps")(
     _apgd("difference_logits_ratio"))
 
 
-@ATTACKS.register("square", "Square attack (ART): black-box random search, 5000 queries")
-def square(model, x, y, *, eps: float, norm: str = "linf", queries: int = 5000, restarts: int = 1,
-           p_init: float = 0.8, value_range=(0.0, 1.0), generator=None, batch_size: int = 2048,
-           progress: bool = False, **_) -> torch.Tensor:
+@register_attack("square", SquareOptions, "Square attack (ART): black-box random search, 5000 queries")
+def square(model, x, y, *, eps: float, norm: str = "linf", queries: int = SquareOptions.queries,
+           restarts: int = SquareOptions.restarts, p_init: float = SquareOptions.p_init,
+           value_range=(0.0, 1.0), generator=None, batch_size: int = 2048,
+           progress: bool = False) -> torch.Tensor:
     """Score-based random search in the eps-ball (Andriushchenko et al. 2020); no gradients."""
     from art.attacks.evasion import SquareAttack
 
@@ -165,11 +197,12 @@ def square(model, x, y, *, eps: float, norm: str = "linf", queries: int = 5000, 
         generator=generator)
 
 
-@ATTACKS.register("deepfool", "DeepFool (ART): minimal L2 perturbation, unbounded")
-def deepfool(model, x, y, *, eps: float = 0.0, steps: int = 100, overshoot: float = 1e-3,
-             value_range=(0.0, 1.0), generator=None, batch_size: int = 1024,
-             progress: bool = False, **_) -> torch.Tensor:
-    """Unbounded: ``eps`` is not used here; the evaluator keeps only results inside the budget."""
+@register_attack("deepfool", DeepFoolOptions, "DeepFool (ART): minimal L2 perturbation, unbounded")
+def deepfool(model, x, y, *, eps: float = 0.0, steps: int = DeepFoolOptions.steps,
+             overshoot: float = DeepFoolOptions.overshoot, value_range=(0.0, 1.0), generator=None,
+             batch_size: int = 1024, progress: bool = False) -> torch.Tensor:
+    """Unbounded: ``eps`` and ``norm`` are not used here; the evaluator keeps only results inside
+    the budget."""
     from art.attacks.evasion import DeepFool
 
     return run_art(lambda clf: DeepFool(clf, max_iter=steps, epsilon=overshoot, nb_grads=10,
@@ -177,11 +210,13 @@ def deepfool(model, x, y, *, eps: float = 0.0, steps: int = 100, overshoot: floa
                    model, x, y, value_range=value_range, generator=generator)
 
 
-@ATTACKS.register("boundary", "Boundary attack (ART): decision-based minimal perturbation, unbounded")
-def boundary(model, x, y, *, eps: float = 0.0, steps: int = 1000, value_range=(0.0, 1.0),
-             generator=None, progress: bool = False, **_) -> torch.Tensor:
+@register_attack("boundary", BoundaryOptions,
+                 "Boundary attack (ART): decision-based minimal perturbation, unbounded")
+def boundary(model, x, y, *, eps: float = 0.0, steps: int = BoundaryOptions.steps,
+             value_range=(0.0, 1.0), generator=None, progress: bool = False) -> torch.Tensor:
     """Brendel et al. 2018, untargeted, ``steps`` iterations (the paper's 1000); one image at a
-    time in ART, so slow: use it on a few images for the minimal-perturbation figure."""
+    time in ART, so slow: use it on a few images for the minimal-perturbation figure. Unbounded,
+    like DeepFool (``eps`` and ``norm`` are not used)."""
     from art.attacks.evasion import BoundaryAttack
 
     return run_art(lambda clf: BoundaryAttack(clf, targeted=False, max_iter=steps, batch_size=64,

@@ -1,30 +1,48 @@
 """Tensor-native, batched gradient attacks (PGD in L-inf and L2, FGSM) and the attack registry.
 
-Every attack has the signature ``attack(model, x, y, *, eps, ...) -> x_adv`` on inputs in their
-natural range; the model is put in eval mode for the duration (and restored). Losses are summed
-over the batch so each image's gradient is independent of its batch-mates.
+The registry :data:`ATTACKS` maps a name to an :class:`Attack`: a function and the dataclass of
+its own options (:class:`AttackOptions`, e.g. :class:`PGDOptions`: ``steps``, ``step_size``,
+``random_start``). Calling it, ``ATTACKS.get(name)(model, x, y, eps=..., **arguments)``, always
+returns an :class:`AttackRun`. Two kinds of keyword arguments are accepted:
+
+- the arguments common to every attack, :data:`COMMON_ARGS` (``eps``, ``norm``, ``value_range``,
+  ``generator``, ``progress``, ``batch_size``, ``log``): the threat model and how to run, not how
+  the attack searches. They are not options: an attack that has no use for one ignores it (FGSM
+  is deterministic and ignores ``generator``; only ensembles ``log``; unbounded attacks such as
+  DeepFool ignore ``eps`` and ``norm``, and the evaluator keeps only outputs inside the budget);
+  an attack that cannot work in a given ``norm`` raises;
+- the attack's own options, the fields of its options dataclass, checked when the dataclass is
+  built: an unknown option or an out-of-range value raises :class:`InvalidInputError` naming the
+  attack and the option. ``pellucid evaluate`` makes its flags (``--steps``, ``--queries``, ...)
+  from the union of these fields, and records the options used with their defaults filled in.
+
+Every attack works on inputs in their natural range and puts the model in eval mode for the
+duration (and restores it). Losses are summed over the batch so each image's gradient is
+independent of its batch-mates.
 """
 
 from __future__ import annotations
 
-import contextlib
-import numbers
+import dataclasses
+import inspect
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from pellucid._config import CheckedConfig, config_option
 from pellucid._registry import Registry
 from pellucid.data.validation import check_labels, check_model_input
-from pellucid.errors import InvalidInputError
+from pellucid.errors import ConfigError, InvalidInputError
+from pellucid.models.inference import eval_mode
 
-Attack = Callable[..., "torch.Tensor | AttackRun"]
-ATTACKS: Registry[Attack] = Registry("attack")
+# The keyword arguments every attack accepts besides its options (see the module docstring).
+COMMON_ARGS = ("eps", "norm", "value_range", "generator", "progress", "batch_size", "log")
 
 # An output counts as inside the eps-ball up to this relative slack (float32 rounding of x + delta).
 BUDGET_RTOL = 1e-4
@@ -32,11 +50,154 @@ BUDGET_RTOL = 1e-4
 
 @dataclass
 class AttackRun:
-    """What an attack returns: adversarial inputs, and for ensembles a log row per stage."""
+    """What an attack returns: adversarial inputs, and a log row per stage (one for a single
+    attack, one per attack of an ensemble)."""
 
     adversarial: torch.Tensor
     stages: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+
+
+# --- options ----------------------------------------------------------------------------------
+
+def attack_option(default: Any, help: str, *, default_text: str | None = None, **limits: Any):
+    """A field of an attack's options dataclass: :func:`pellucid._config.config_option` (help
+    text and valid values) plus ``default_text``, what a ``None`` default means in help texts
+    (``"eps / 3"``)."""
+    meta = dict(config_option(default, help, **limits).metadata)
+    if default_text is not None:
+        meta["default_text"] = default_text
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def default_text(f: dataclasses.Field) -> str:
+    """How help texts state the default of the option field ``f``."""
+    return f.metadata.get("default_text", str(f.default))
+
+
+@dataclass(frozen=True)
+class AttackOptions(CheckedConfig):
+    """Base of every attack's options dataclass: each field is checked against its annotated type
+    and the limits of its :func:`attack_option` when the options are built (``None``, the
+    attack's own default such as a step of eps / 3, meets any limit)."""
+
+
+def option_values(options: AttackOptions) -> dict[str, Any]:
+    """``{field: value}`` of an options dataclass (values as they are, not copied)."""
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+
+
+def check_options(attack: str, options_type: type[AttackOptions],
+                  values: Mapping[str, Any] | AttackOptions | None) -> AttackOptions:
+    """``values`` as ``options_type`` (missing options take their defaults); an unknown option or
+    a bad value raises :class:`InvalidInputError` (one line) naming ``attack`` and the option."""
+    if isinstance(values, options_type):
+        return values
+    values = dict(values or {})
+    names = [f.name for f in dataclasses.fields(options_type)]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        raise InvalidInputError(
+            f"attack {attack!r} has no option {unknown[0]!r}; its options: {', '.join(names) or 'none'}"
+            f" (besides the arguments every attack takes: {', '.join(COMMON_ARGS)})")
+    try:
+        return options_type(**values)
+    except ConfigError as e:
+        raise ConfigError(f"{attack}: {e}") from None
+
+
+class Attack:
+    """A registered attack: ``function`` and the dataclass of its options.
+
+    ``function(model, x, y, *, ...)`` takes keyword-only arguments: every field of ``options``
+    (with the dataclass's defaults, if any) and those of :data:`COMMON_ARGS` it uses, nothing else;
+    it returns the adversarial inputs or an :class:`AttackRun`. Calling the :class:`Attack` checks
+    the options and the inputs before any work and always returns an :class:`AttackRun`.
+    """
+
+    def __init__(self, name: str, function: Callable[..., torch.Tensor | AttackRun],
+                 options: type[AttackOptions]) -> None:
+        self.name, self.function, self.options = name, function, options
+        self.fields = tuple(dataclasses.fields(options))
+        self.option_names = tuple(f.name for f in self.fields)
+        params = list(inspect.signature(function).parameters.values())
+        keywords = {p.name: p for p in params if p.kind is p.KEYWORD_ONLY}
+        wrong = [p.name for p in params[3:] if p.kind is not p.KEYWORD_ONLY]
+        missing = [n for n in self.option_names if n not in keywords]
+        extra = [n for n in keywords if n not in self.option_names and n not in COMMON_ARGS]
+        differ = [f.name for f in self.fields if f.name in keywords
+                  and keywords[f.name].default not in (inspect.Parameter.empty, f.default)]
+        if len(params) < 3 or wrong or missing or extra or differ:
+            raise TypeError(f"attack {name!r}: {function.__qualname__} must take (model, x, y, *, "
+                            f"options of {options.__name__}, common arguments); positional or "
+                            f"**: {wrong}, options missing: {missing}, unknown: {extra}, defaults "
+                            f"differing from the options': {differ}")
+        self.uses = tuple(n for n in COMMON_ARGS if n in keywords)  # the common arguments it reads
+
+    def __repr__(self) -> str:
+        return f"Attack({self.name!r}, options={self.options.__name__})"
+
+    def check_options(self, values: Mapping[str, Any] | AttackOptions | None = None) -> AttackOptions:
+        """See :func:`check_options`."""
+        return check_options(self.name, self.options, values)
+
+    def split(self, kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], AttackOptions]:
+        """``kwargs`` as (common arguments, checked options)."""
+        common = {k: v for k, v in kwargs.items() if k in COMMON_ARGS}
+        return common, self.check_options({k: v for k, v in kwargs.items() if k not in COMMON_ARGS})
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> AttackRun:
+        """Attack ``x`` with the true labels ``y``; ``kwargs``: common arguments and options."""
+        common, options = self.split(kwargs)
+        if "eps" in common:
+            check_eps(common["eps"])
+        y = check_attack_inputs(model, x, y)
+        start = time.perf_counter()
+        out = self.function(model, x, y, **{k: v for k, v in common.items() if k in self.uses},
+                            **option_values(options))
+        if isinstance(out, AttackRun):
+            return out
+        return AttackRun(out, [{"attack": self.name, "attacked": len(x),
+                                "seconds": round(time.perf_counter() - start, 2)}])
+
+
+ATTACKS: Registry[Attack] = Registry("attack")
+
+
+def register_attack(name: str, options: type[AttackOptions], summary: str = ""):
+    """Decorator: register ``function`` under ``name`` with its ``options`` dataclass (see
+    :class:`Attack`); returns ``function`` unchanged."""
+    def add(function: Callable) -> Callable:
+        doc = summary or (function.__doc__ or "").strip().split("\n")[0]
+        ATTACKS.register(name, doc)(Attack(name, function, options))
+        return function
+
+    return add
+
+
+# Fields shared by several attacks: the same name, help and limits everywhere (one CLI flag each).
+def steps_option(default: int):
+    return attack_option(default, "iterations", min=1)
+
+
+def step_size_option():
+    return attack_option(None, "PGD/APGD step", default_text="eps / 3", above=0)
+
+
+def restarts_option():
+    return attack_option(1, "restarts", min=1)
+
+
+@dataclass(frozen=True)
+class PGDOptions(AttackOptions):
+    steps: int = steps_option(40)
+    step_size: float | None = step_size_option()
+    random_start: bool = attack_option(True, "PGD starts uniformly in the eps-ball (else at x)")
+
+
+@dataclass(frozen=True)
+class FGSMOptions(AttackOptions):
+    """FGSM has no options: one step of size eps."""
 
 
 def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
@@ -54,18 +215,6 @@ def within_budget(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return perturbation_norm(delta, norm) * (1 - BUDGET_RTOL) <= eps
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode; restore each submodule's previous mode on exit, even on errors."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
 def _input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -77,12 +226,6 @@ def _input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
-
-
-def _check(eps: float, steps: int = 1) -> None:
-    check_eps(eps)
-    if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:
-        raise InvalidInputError(f"steps must be an int >= 1, got {steps!r}")
 
 
 def check_eps(eps: float, name: str = "eps") -> None:
@@ -112,9 +255,10 @@ def check_attack_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     return check_labels(y, n=x.shape[0], n_classes=n_classes)
 
 
-@ATTACKS.register("pgd", "projected gradient descent (Madry et al.), L-inf or L2, random start")
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float | None = None,
-        steps: int = 40, norm: str = "linf", random_start: bool = True,
+@register_attack("pgd", PGDOptions, "projected gradient descent (Madry et al.), L-inf or L2, random start")
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+        step_size: float | None = PGDOptions.step_size, steps: int = PGDOptions.steps,
+        norm: str = "linf", random_start: bool = PGDOptions.random_start,
         value_range: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
         batch_size: int = 1024, progress: bool = False) -> torch.Tensor:
     r"""PGD maximising cross-entropy inside the ``norm`` ball of radius ``eps`` around ``x``.
@@ -123,8 +267,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
     :math:`x \leftarrow \Pi(x + \alpha\,\nabla_x \mathcal L / \|\nabla_x \mathcal L\|_2)`; :math:`\Pi`
     projects onto the ball and ``value_range``. Random start: uniform in the ball. Default step
     ``alpha = eps / 3`` (the paper's 0.1 at eps 0.3). Runs in batches of ``batch_size``.
+    Returns the adversarial inputs; the registered ``"pgd"`` wraps them in an :class:`AttackRun`.
     """
-    _check(eps, steps)
+    check_eps(eps)
+    check_options("pgd", PGDOptions, {"steps": steps, "step_size": step_size, "random_start": random_start})
     if norm not in ("linf", "l2"):
         raise InvalidInputError(f"norm must be 'linf' or 'l2', got {norm!r}")
     y = check_attack_inputs(model, x, y)
@@ -163,11 +309,15 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
     return torch.cat(out)
 
 
-@ATTACKS.register("fgsm", "fast gradient sign method (one L-inf step of size eps)")
+@register_attack("fgsm", FGSMOptions, "fast gradient sign method (one L-inf step of size eps)")
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
-         value_range: tuple[float, float] = (0.0, 1.0), batch_size: int = 1024, **_: object) -> torch.Tensor:
-    r""":math:`x' = \Pi_{[lo, hi]}(x + \epsilon\,\mathrm{sign}(\nabla_x \mathcal L))` (L-inf only)."""
-    _check(eps)
+         value_range: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
+         batch_size: int = 1024) -> torch.Tensor:
+    r""":math:`x' = \Pi_{[lo, hi]}(x + \epsilon\,\mathrm{sign}(\nabla_x \mathcal L))` (L-inf only).
+
+    Deterministic: ``generator`` is accepted, like by every attack, and not used.
+    """
+    check_eps(eps)
     if norm != "linf":
         raise InvalidInputError(f"fgsm is an L-inf attack; got norm {norm!r} (use pgd for l2)")
     y = check_attack_inputs(model, x, y)
@@ -177,13 +327,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
     return torch.cat(out)
 
 
-def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs) -> AttackRun:
-    """Run the registered attack ``name`` (see :data:`ATTACKS`) with the true labels ``y``."""
-    attack = ATTACKS.get(name)
-    y = check_attack_inputs(model, x, y)
-    start = time.perf_counter()
-    out = attack(model, x, y, **kwargs)
-    if isinstance(out, AttackRun):
-        return out
-    return AttackRun(out, [{"attack": name, "attacked": len(x),
-                            "seconds": round(time.perf_counter() - start, 2)}])
+def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> AttackRun:
+    """Run the registered attack ``name`` (see :data:`ATTACKS`) with the true labels ``y``;
+    ``kwargs``: the common arguments (:data:`COMMON_ARGS`) and the attack's options."""
+    return ATTACKS.get(name)(model, x, y, **kwargs)

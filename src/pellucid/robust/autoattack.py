@@ -26,10 +26,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from pellucid.errors import InvalidInputError
-from pellucid.robust.attacks import ATTACKS, AttackRun, eval_mode, within_budget
-from pellucid.robust import art_backend  # noqa: F401  (registers the ART attacks used below)
-from pellucid.robust.square import margin
+from pellucid.models.inference import predict_margins
+from pellucid.robust.attacks import (ATTACKS, AttackOptions, AttackRun, attack_option, check_options,
+                                     register_attack, step_size_option, within_budget)
+from pellucid.robust import art_backend, square  # noqa: F401  (register the attacks used below)
 
 
 @dataclass(frozen=True)
@@ -56,45 +56,57 @@ BUDGETS: dict[str, tuple[Stage, ...]] = {
 }
 
 
-@torch.no_grad()
-def _margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-    """``z_y - max_{j != y} z_j`` per image; > 0 where the prediction is correct (ties: argmax)."""
-    with eval_mode(model):
-        logits = torch.cat([model(xb) for xb in x.split(batch_size)])
-    m = margin(logits, y)
-    return torch.where(logits.argmax(1) == y, m.clamp_min(torch.finfo(m.dtype).tiny), m.clamp_max(0))
+@dataclass(frozen=True)
+class AutoAttackOptions(AttackOptions):
+    budget: str | tuple[Stage, ...] = attack_option(
+        "standard", "AutoAttack budget: standard = 1 restart per attack; standard-native = standard "
+        "with square-native; art-default = ART's 5 restarts (5 x 5000 Square queries)",
+        choices=tuple(sorted(BUDGETS)))
+    step_size: float | None = step_size_option()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.budget, str):  # custom stages: every attack and option must exist
+            for stage in self.budget:
+                ATTACKS.get(stage.attack).check_options(stage.kwargs)
 
 
-@ATTACKS.register("autoattack", "AutoAttack ensemble (APGD-CE, APGD-DLR, DeepFool, Square via ART)")
+@register_attack("autoattack", AutoAttackOptions,
+                 "AutoAttack ensemble (APGD-CE, APGD-DLR, DeepFool, Square via ART)")
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
-               budget: str | Sequence[Stage] = "standard", step_size: float | None = None,
+               budget: str | Sequence[Stage] = AutoAttackOptions.budget,
+               step_size: float | None = AutoAttackOptions.step_size,
                value_range=(0.0, 1.0), generator: torch.Generator | None = None,
-               progress: bool = False, log=None, **_) -> AttackRun:
+               progress: bool = False, batch_size: int | None = None, log=None) -> AttackRun:
     """Run the ``budget``'s stages in order; returns the adversarial inputs and a per-stage log.
 
-    ``budget``: a name in :data:`BUDGETS` or a custom sequence of :class:`Stage`.
+    ``budget``: a name in :data:`BUDGETS` or a custom sequence of :class:`Stage`. ``step_size``
+    and ``batch_size`` (each stage's own when ``None``) go to the stages that take them.
 
     ``log(message)`` (e.g. ``print``) is called after each stage with its time and yield.
     """
+    check_options("autoattack", AutoAttackOptions, {"budget": budget, "step_size": step_size})
     if isinstance(budget, str):
-        if budget not in BUDGETS:
-            raise InvalidInputError(f"unknown AutoAttack budget {budget!r}; choose from {sorted(BUDGETS)}")
         stage_list, budget_name = BUDGETS[budget], budget
     else:
         stage_list, budget_name = tuple(budget), "custom"
     x_adv = x.detach().clone()
-    best = _margins(model, x, y)  # margin of x_adv: the lowest any in-budget output reached
+    # margin of x_adv: the lowest any in-budget output reached
+    best = predict_margins(model, x, y, batch_size=2048)
     robust = best > 0  # only correctly classified images are attacked
     stages = []
     for stage in stage_list:
         idx = torch.nonzero(robust).squeeze(1)
         start = time.perf_counter()
         if len(idx):
-            out = ATTACKS.get(stage.attack)(model, x[idx], y[idx], eps=eps, norm=norm,
-                                            step_size=step_size, value_range=value_range,
-                                            generator=generator, progress=progress, **stage.kwargs)
-            out = out.adversarial if isinstance(out, AttackRun) else out
-            m = _margins(model, out, y[idx])
+            attack = ATTACKS.get(stage.attack)
+            shared = {"batch_size": batch_size} if batch_size is not None else {}
+            if step_size is not None and "step_size" in attack.option_names:
+                shared["step_size"] = step_size
+            out = attack(model, x[idx], y[idx], eps=eps, norm=norm, value_range=value_range,
+                         generator=generator, progress=progress,
+                         **{**shared, **stage.kwargs}).adversarial
+            m = predict_margins(model, out, y[idx], batch_size=2048)
             # keep the in-budget output closest to the boundary, broken or not, so that an image
             # the ensemble could not break is scored (reliability) at its hardest point, not clean
             closer = within_budget(out - x[idx], eps, norm) & (m < best[idx])

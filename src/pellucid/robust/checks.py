@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pellucid.robust.attacks import eval_mode, pgd
-from pellucid.robust.evaluate import predict_logits
+from pellucid.models.inference import eval_mode, predict_logits
+from pellucid.robust.attacks import pgd
 
 # stand-alone black-box attacks: their result is checked against PGD-40 on the same images
 BLACK_BOX_ATTACKS = ("square", "square-native")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -11,18 +10,12 @@ from torch import nn
 
 from pellucid.data.validation import check_images, check_labels, check_model_input
 from pellucid.errors import InvalidInputError
-from pellucid.robust.attacks import check_eps, eval_mode, perturbation_norm, run_attack, within_budget
+from pellucid.models.inference import predict_logits
+from pellucid.robust.attacks import ATTACKS, check_eps, perturbation_norm, within_budget
 from pellucid.robust.reliability import ReliabilityCurve, precision_at_recall_interval, reliability_curve
 
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """``model(x)`` in eval mode, in batches of ``batch_size``; ``x`` must have the model's dtype."""
-    check_model_input(model, x)
-    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InvalidInputError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    with eval_mode(model):
-        return torch.cat([model(xb) for xb in x.split(batch_size)])
+__all__ = ["RobustnessResult", "accuracy_vs_eps", "evaluate_robustness", "minimal_perturbations",
+           "predict_logits"]  # predict_logits: pellucid.models.inference
 
 
 @dataclass
@@ -72,18 +65,22 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, a
     """Attack ``x`` with the true labels ``y`` and score clean, robust accuracy and reliability.
 
     ``x``: images in ``value_range`` with the dtype and device of the model's parameters; ``y``:
-    integer labels ``(B,)`` in ``0..K-1`` for a model with ``K`` outputs.
+    integer labels ``(B,)`` in ``0..K-1`` for a model with ``K`` outputs. ``attack_kwargs``: the
+    attack's options (e.g. ``steps`` for PGD) and common arguments such as ``progress`` (see
+    :mod:`pellucid.robust.attacks`); an option the attack does not have raises.
     """
     check_images(x, value_range=value_range)
     check_model_input(model, x)
     y = check_labels(y, n=x.shape[0], device=x.device)
     check_eps(eps)  # fail before any work is done
+    runner = ATTACKS.get(attack)
+    runner.split(attack_kwargs)  # unknown options and bad values, too
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     clean = predict_logits(model, x)
     y = check_labels(y, n_classes=clean.shape[1] if clean.dim() == 2 else None)
-    run = run_attack(attack, model, x, y, eps=eps, norm=norm, value_range=value_range,
-                     generator=gen, **attack_kwargs)
+    run = runner(model, x, y, eps=eps, norm=norm, value_range=value_range, generator=gen,
+                 **attack_kwargs)
     inside = within_budget(run.adversarial - x, eps, norm)
     x_eval = torch.where(inside.view(-1, *[1] * (x.dim() - 1)), run.adversarial, x)
     adv = predict_logits(model, x_eval)

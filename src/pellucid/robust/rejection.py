@@ -29,7 +29,8 @@ from torch import nn
 
 from pellucid.data.validation import check_images
 from pellucid.errors import InvalidInputError
-from pellucid.robust.attacks import eval_mode, run_attack
+from pellucid.models.inference import eval_mode, predict_logits
+from pellucid.robust.attacks import run_attack
 
 __all__ = ["RejectionCounts", "coverage_curve", "rejection_report", "rejection_counts", "rejection_search",
            "shifted_along_attack", "temporary_epsilon"]
@@ -90,7 +91,7 @@ def rejection_counts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: 
     with eval_mode(model):
         rej_clean = torch.cat([model.rejects(b) for b in x.split(batch_size)])
         rej_adv = torch.cat([model.rejects(b) for b in x_adv.split(batch_size)])
-        wrong_adv = torch.cat([model(b).argmax(1) for b in x_adv.split(batch_size)]) != y
+        wrong_adv = predict_logits(model, x_adv, batch_size).argmax(1) != y
     return RejectionCounts(float(model.epsilon), len(y), int(rej_adv.sum()),
                            int((wrong_adv & ~rej_adv).sum()), int(rej_clean.sum()))
 
@@ -197,7 +198,7 @@ def rejection_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, atta
     _check_rejecting(model)
     with eval_mode(model), torch.no_grad():
         rejected = torch.cat([model.rejects(b) for b in x.split(1024)])
-        correct = torch.cat([model(b).argmax(1) for b in x.split(1024)]) == y
+        correct = predict_logits(model, x, 1024).argmax(1) == y
         min_d = torch.cat([model.distances(b).min(1).values for b in x.split(1024)])
     curve = coverage_curve(-min_d, correct)
     kept = ~rejected

@@ -32,7 +32,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pellucid.errors import InvalidInputError
-from pellucid.robust.attacks import ATTACKS, AttackRun, eval_mode
+from pellucid.models.inference import batched_logits, margin
+from pellucid.robust.art_backend import SquareOptions
+from pellucid.robust.attacks import AttackRun, check_eps, check_options, eval_mode, register_attack
+
+__all__ = ["margin", "square_fraction", "square_native"]  # margin: pellucid.models.inference
 
 # Fractions of the 10,000-query schedule at which p halves (the paper's p_selection).
 _HALVING = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -44,25 +48,14 @@ def square_fraction(p_init: float, query: int, n_queries: int) -> float:
     return p_init / 2 ** sum(at > t for t in _HALVING)
 
 
-def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``z_y - max_{j != y} z_j`` per row (negative: misclassified)."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-    return true - other
-
-
-@torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([model(xb) for xb in x.split(batch_size)])
-
-
-@ATTACKS.register("square-native", "Square attack, pellucid's tensor implementation (L-inf): "
-                                   "per-image windows, one forward per query on robust images")
+@register_attack("square-native", SquareOptions, "Square attack, pellucid's tensor implementation "
+                 "(L-inf): per-image windows, one forward per query on robust images")
 def square_native(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-                  norm: str = "linf", queries: int = 5000, restarts: int = 1, p_init: float = 0.8,
+                  norm: str = "linf", queries: int = SquareOptions.queries,
+                  restarts: int = SquareOptions.restarts, p_init: float = SquareOptions.p_init,
                   value_range: tuple[float, float] = (0.0, 1.0),
                   generator: torch.Generator | None = None, batch_size: int = 2048,
-                  progress: bool = False, **_: object) -> AttackRun:
+                  progress: bool = False) -> AttackRun:
     """Untargeted L-inf Square attack with the true labels ``y``; see the module docstring.
 
     ``queries`` per restart; each restart starts afresh (new stripes) on the images still robust.
@@ -70,12 +63,9 @@ def square_native(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
     """
     if norm != "linf":
         raise InvalidInputError(f"square-native is an L-inf attack; got norm {norm!r}")
-    if not eps >= 0:
-        raise InvalidInputError(f"eps must be >= 0, got {eps}")
-    if queries < 1 or restarts < 1:
-        raise InvalidInputError(f"queries and restarts must be >= 1, got {queries}, {restarts}")
-    if not 0 < p_init <= 1:
-        raise InvalidInputError(f"p_init must be in (0, 1], got {p_init}")
+    check_eps(eps)
+    check_options("square-native", SquareOptions,
+                  {"queries": queries, "restarts": restarts, "p_init": p_init})
     if x.dim() != 4:
         raise InvalidInputError(f"square-native needs images (B, C, H, W), got shape {tuple(x.shape)}")
     start = time.perf_counter()
@@ -86,7 +76,7 @@ def square_native(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
     best = x.clone()
     used = torch.zeros(n, dtype=torch.long, device=x.device)  # queries spent per image
     with eval_mode(model):
-        best_margin = margin(_logits(model, x, batch_size), y)
+        best_margin = margin(batched_logits(model, x, batch_size), y)
         broken = best_margin < 0  # already misclassified: no queries
         for _ in range(restarts):
             idx = torch.nonzero(~broken).squeeze(1)
@@ -95,7 +85,7 @@ def square_native(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
             # start: vertical stripes of +-eps, one sign per (image, channel, column)
             stripes = torch.where(rand(len(idx), c, 1, w) < 0.5, -eps, eps)
             cand = (x[idx] + stripes).clamp(lo, hi)
-            m = margin(_logits(model, cand, batch_size), y[idx])
+            m = margin(batched_logits(model, cand, batch_size), y[idx])
             used[idx] += 1
             best[idx], best_margin[idx] = cand, m
             broken[idx] = m < 0
@@ -117,7 +107,7 @@ def square_native(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
                 x0 = x[idx]
                 delta = torch.where(inside, signs, best[idx] - x0)
                 cand = (x0 + delta).clamp(lo, hi)
-                m = margin(_logits(model, cand, batch_size), y[idx])
+                m = margin(batched_logits(model, cand, batch_size), y[idx])
                 used[idx] += 1
                 better = m < best_margin[idx]
                 keep = idx[better]

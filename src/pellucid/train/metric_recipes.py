@@ -35,9 +35,9 @@ from pellucid._io import RunLock
 from pellucid.data.datasets import ImageDataset, load_dataset
 from pellucid.errors import InvalidInputError
 from pellucid.models.checkpoint import save_model
+from pellucid.models.inference import predict_logits
 from pellucid.models.registry import create_model
 from pellucid.nn.distance import LpDistance
-from pellucid.robust.evaluate import predict_logits
 from pellucid.train.checkpointing import check_loss, check_run_dir, save_epoch, start_or_resume
 from pellucid.train.recipes import register_recipe
 from pellucid._config import CheckedConfig, config_option as _opt

@@ -1,13 +1,20 @@
 """Adam with the arithmetic of ``torch.optim.Adam`` on CPU, bit for bit, without ``torch.optim``.
 
 Why not ``torch.optim.Adam`` itself: its methods are wrapped by ``torch._disable_dynamo``, which
-imports ``torch._dynamo`` the first time one of them runs. That import takes about 2.2 s on a
-2-core machine, some 2.5 % of the whole default white-box training run, for a compiler that
-training never uses. The update below performs the same tensor operations in the same order
-as torch's single-tensor implementation (``torch.optim.adam._single_tensor_adam``, the default for
-CPU tensors), and ``state_dict()`` has torch's layout, so checkpoints move freely between the two.
-``tests/test_optim.py`` compares both, bit for bit, and checks that ``torch._dynamo`` stays
-unimported.
+imports ``torch._dynamo`` the first time one of them runs, for a compiler that training never
+uses. Measured with torch 2.14.1 (CPython 3.11, 2 CPU cores; ``benchmarks/startup_costs.py
+--only adam``): a fresh process imports torch and ``pellucid.models``, builds the white-box
+network and back-propagates one batch; creating and stepping ``torch.optim.Adam`` then takes
+0.81 s against 0.03 s for this class, and the whole process 2.44 s against 1.44 s (the extra
+modules are also torn down at exit); medians of 7 processes each, alternating. So this class
+saves 0.8-1.0 s on every ``pellucid train`` run.
+
+The update below performs the same tensor operations in the same order as torch's single-tensor
+implementation (``torch.optim.adam._single_tensor_adam``, the default for CPU tensors), and
+``state_dict()`` has torch's layout, so checkpoints move freely between the two. With torch
+2.14.1, two 2-epoch trainer runs gave the same weights and metrics, tensor for tensor, with either
+optimizer. ``tests/test_optim.py`` compares both, bit for bit, and checks that ``torch._dynamo``
+stays unimported.
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ from pellucid._io import RunLock
 from pellucid.data.datasets import ImageDataset
 from pellucid.errors import InvalidInputError
 from pellucid.models.checkpoint import save_model
+from pellucid.models.inference import predict_logits
 from pellucid.nn.semantic import project_constraints_
 from pellucid.robust.attacks import pgd
-from pellucid.robust.evaluate import predict_logits
 from pellucid.train.checkpointing import check_loss, check_run_dir, save_epoch, start_or_resume
 from pellucid.train.optim import Adam
 
@@ -110,7 +110,7 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
     if len(train) == 0:
         raise InvalidInputError("no training images (is --val-size as large as the train split?)")
     gen = torch.Generator().manual_seed(cfg.seed)
-    # torch.optim.Adam's arithmetic, without the 2.2 s torch._dynamo import (see train/optim.py)
+    # torch.optim.Adam's arithmetic without its torch._dynamo import (0.8-1.0 s, see train/optim.py)
     optimizer = Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history = start_or_resume(out, resume, cfg, model, optimizer, gen)
     config = {**(extra_config or {}), "train": asdict(cfg)}

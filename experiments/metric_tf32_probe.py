@@ -7,7 +7,7 @@ and measures, on each trained run directory given, (a) the test accuracy without
 (b) the metric layer's distances: their spread over inputs against the error the rounding adds.
 Prints ONE JSON line.
 
-    python benchmarks/metric_tf32_probe.py runs/metric/t1runs/ordinary_5_s0 runs/metric/t1runs/invex_5_s0
+    python experiments/metric_tf32_probe.py runs/metric/t1runs/ordinary_5_s0 runs/metric/t1runs/invex_5_s0
 """
 
 from __future__ import annotations

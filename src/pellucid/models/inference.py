@@ -1,0 +1,64 @@
+"""Batched inference shared by training, robustness evaluation and attacks: logits and margins.
+
+One implementation of "run the model over a large batch in chunks, without gradients" that the
+trainer's validation, the evaluators and the black-box attacks all use, so they agree on eval
+mode, input checks and batching. It lives below :mod:`pellucid.robust` and :mod:`pellucid.train`
+so that both can import it without importing each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from pellucid.data.validation import check_model_input
+from pellucid.errors import InvalidInputError
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode; restore each submodule's previous mode on exit, even on errors."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@torch.no_grad()
+def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``model(x)`` without gradients in chunks of ``batch_size``, in the model's current mode and
+    unchecked: the inner loop of :func:`predict_logits`, for callers that already hold the model
+    in eval mode and checked ``x`` (an attack querying the model many times)."""
+    return torch.cat([model(xb) for xb in x.split(batch_size)])
+
+
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """``model(x)`` in eval mode, in batches of ``batch_size``; ``x`` must have the model's dtype."""
+    check_model_input(model, x)
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    with eval_mode(model):
+        return batched_logits(model, x, batch_size)
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``z_y - max_{j != y} z_j`` per row (negative: misclassified; 0: a tie)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+    return true - other
+
+
+def predict_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    batch_size: int = 1024) -> torch.Tensor:
+    """:func:`margin` of :func:`predict_logits`, with ties settled by the argmax: ``> 0`` exactly
+    where the model's prediction (``argmax``) is ``y``, ``<= 0`` elsewhere."""
+    logits = predict_logits(model, x, batch_size)
+    m = margin(logits, y)
+    return torch.where(logits.argmax(1) == y, m.clamp_min(torch.finfo(m.dtype).tiny), m.clamp_max(0))
