@@ -102,6 +102,16 @@ def test_item02_a_weaker_evaluation_never_replaces_a_stronger_one(authors_dir, c
     assert {r["summary"]["n"] for r in records} >= {20, 60}
 
 
+def test_item02_an_evaluation_without_checks_never_replaces_one_with_checks(authors_dir, capsys):
+    base = ["evaluate", str(authors_dir), "--attack", "pgd", "--steps", "3", "--limit", "16", "--json"]
+    assert main(base + ["--check-limit", "16"]) == 0
+    checked = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(base + ["--no-checks"]) == 0
+    unchecked = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert checked["record"] != unchecked["record"]
+    assert "checks" in json.loads(Path(checked["record"]).read_text())["summary"]
+
+
 def test_item02_the_report_shows_which_evaluation_is_which(authors_dir, capsys):
     assert main(["evaluate", str(authors_dir), "--attack", "fgsm", "--limit", "12", "--no-checks",
                  "--report"]) == 0

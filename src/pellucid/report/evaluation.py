@@ -94,7 +94,10 @@ def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, 
     summary = {"model": config["model"], "model_dir": str(run_dir), **result.summary(),
                "dataset": (config.get("data") or {}).get("dataset"), "seed": seed,
                "options": dataclasses.asdict(checked_options),  # JSON-ready: stages as dicts
-               "weights_sha256": weights_sha256}
+               "weights_sha256": weights_sha256,
+               # which gradient-masking checks the record holds: None, or on how many images
+               "checked_images": min(len(test), check_limit or len(test))
+               if checks or attack == "autoattack" else None}
     if "steps" in options:
         summary["steps"] = options["steps"]
     minimal = points = None

@@ -3,9 +3,9 @@
 ``pellucid evaluate`` and ``pellucid demo`` write them; reports read them all, so a run's report
 shows every evaluation of the run, not only the latest.
 
-A record is identified by everything that changes what its numbers mean: the attack and its
-options, the threat model, the seed, the test images (how many) and the weights evaluated
-(:func:`record_identity`). Two evaluations that differ in any of these are kept side by side (a
+A record is identified by everything that changes what it holds: the attack and its options,
+the threat model, the seed, the test images (how many), the weights evaluated and the images its
+gradient-masking checks ran on (:func:`record_identity`). Two evaluations that differ in any of these are kept side by side (a
 20-image check never replaces the full test set's figure); only the same evaluation run again
 replaces its own record.
 """
@@ -21,7 +21,8 @@ from pellucid.robust.evaluate import RobustnessResult
 
 RECORDS_DIR = "evaluations"
 # summary keys that identify an evaluation (see the module docstring)
-IDENTITY_KEYS = ("attack", "budget", "norm", "eps", "options", "seed", "n", "dataset", "weights_sha256")
+IDENTITY_KEYS = ("attack", "budget", "norm", "eps", "options", "seed", "n", "dataset", "weights_sha256",
+                 "checked_images")
 
 
 def record_identity(summary: dict) -> dict:

@@ -9,7 +9,8 @@ from pellucid.report.html import Section
 from pellucid.robust.reliability import ReliabilityCurve
 from pellucid.viz import curves
 
-_SUMMARY_KEYS = ("attack", "budget", "norm", "eps", "n", "options", "seed", "weights", "clean_accuracy", "robust_accuracy",
+_SUMMARY_KEYS = ("attack", "budget", "norm", "eps", "n", "options", "seed", "weights", "checked_images",
+                 "clean_accuracy", "robust_accuracy",
                  "precision_at_recall_0.8", "reliability_auc", "seconds")
 
 
