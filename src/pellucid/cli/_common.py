@@ -88,20 +88,28 @@ def _help(field: Field) -> str:
     return field.metadata.get("help", "")
 
 
+def add_field_option(parser: argparse.ArgumentParser, f: Field, kind: type, default: Any,
+                     help: str) -> None:
+    """One ``--field-name`` flag for dataclass field ``f`` whose values are of ``kind``: a
+    ``--x/--no-x`` pair for a bool, else typed and checked against the field's limits and choices
+    (see :func:`pellucid._config.config_option`)."""
+    if kind is bool:
+        parser.add_argument(_option(f), dest=f.name, default=default,
+                            action=argparse.BooleanOptionalAction, help=help)
+        return
+    meta = f.metadata
+    convert = checked(kind, min=meta.get("min"), above=meta.get("above"), max=meta.get("max")) \
+        if kind in (int, float) else kind
+    parser.add_argument(_option(f), dest=f.name, type=convert, default=default,
+                        choices=meta.get("choices"), metavar=kind.__name__.upper(), help=help)
+
+
 def add_dataclass_options(parser: argparse.ArgumentParser, config_type: type) -> None:
     """One ``--field-name`` option per dataclass field, typed and defaulted from the field."""
     for f in fields(config_type):
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-        if isinstance(default, bool):
-            parser.add_argument(_option(f), dest=f.name, default=default,
-                                action=argparse.BooleanOptionalAction, help=_help(f))
-        else:
-            kind = type(default) if default is not None else str
-            meta = f.metadata
-            convert = checked(kind, min=meta.get("min"), above=meta.get("above"), max=meta.get("max")) \
-                if kind in (int, float) else kind
-            parser.add_argument(_option(f), dest=f.name, type=convert, default=default,
-                                choices=meta.get("choices"), metavar=kind.__name__.upper(), help=_help(f))
+        kind = type(default) if default is not None else str
+        add_field_option(parser, f, kind, default, _help(f))
 
 
 def dataclass_from_args(config_type: type, args: argparse.Namespace):

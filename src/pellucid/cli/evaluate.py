@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pellucid.cli._common import DefaultsHelpFormatter, add_data_dir, checked, print_json
+from pellucid.cli._common import DefaultsHelpFormatter, add_data_dir, add_field_option, checked, print_json
 
 
 # One line for `pellucid --help` (which imports no subcommand's dependencies).
@@ -60,16 +60,7 @@ def _add_option_flags(p: argparse.ArgumentParser) -> None:
             text = f"(default {next(iter(defaults.values()))}); applies to {', '.join(defaults)}"
         else:
             text = "(default: " + ", ".join(f"{a} {d}" for a, d in defaults.items()) + ")"
-        help = f"{f.metadata.get('help', name)} {text}"
-        if kind is bool:
-            p.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction,
-                           default=None, help=help)
-        else:
-            meta = f.metadata
-            convert = checked(kind, min=meta.get("min"), above=meta.get("above"), max=meta.get("max")) \
-                if kind in (int, float) else kind
-            p.add_argument(_flag(name), dest=name, type=convert, default=None,
-                           choices=meta.get("choices"), help=help)
+        add_field_option(p, f, kind, None, f"{f.metadata.get('help', name)} {text}")
 
 
 def _attack_help() -> str:
