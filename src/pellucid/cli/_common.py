@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from dataclasses import MISSING, Field, fields
+from pathlib import Path
 from typing import Any
 
 
@@ -120,3 +122,30 @@ def add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="directory with the dataset's IDX files (else PELLUCID_DATA_DIR, the "
                              "embedded copy, or a download)")
+
+
+OUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # figure formats an --out file can take
+
+
+def check_out_path(out: str, images: list[str]) -> None:
+    """``--out`` can be written: a known suffix, not a directory, not an input image, and the
+    nearest existing folder on its path is a writable directory (missing folders are created)."""
+    from pellucid._io import check_writable_dir
+    from pellucid.errors import InvalidInputError
+
+    path = Path(out)
+    if path.is_dir():
+        raise InvalidInputError(f"--out {out} is a directory; give a file name such as "
+                                f"{path / 'explanation.png'} (one grid, one row per image)")
+    if path.suffix.lower() not in OUT_SUFFIXES:
+        raise InvalidInputError(f"--out {out}: the file name must end in one of {', '.join(OUT_SUFFIXES)} "
+                                "(the suffix picks the format)")
+    if path.exists() and not path.is_file():
+        raise InvalidInputError(f"--out {out} exists and is not a regular file")
+    for source in images:
+        if path.is_file() and Path(source).is_file() and os.path.samefile(path, source):
+            raise InvalidInputError(f"--out {out} is also an --image; writing the grid would overwrite "
+                                    "that input: choose another file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InvalidInputError(f"--out {out} is not writable (permissions); choose another file")
+    check_writable_dir(path.absolute().parent, f"--out {out}: directory")

@@ -22,17 +22,15 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
-import os
 import re
 import sys
 import time
 import warnings
 from pathlib import Path
 
-from pellucid.cli._common import DefaultsHelpFormatter
+from pellucid.cli._common import OUT_SUFFIXES, DefaultsHelpFormatter, check_out_path
 
 MAX_PIXELS = 50_000_000  # larger images are refused before decoding
-OUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # formats the grid is written in
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
 SKIMAGE_PHOTOS = ("astronaut", "camera", "cat", "chelsea", "coffee", "coins", "moon", "rocket", "page",
                   "text", "horse", "immunohistochemistry", "hubble_deep_field", "logo", "retina")
@@ -123,30 +121,6 @@ def check_image_source(source: str, option: str) -> None:
             raise InvalidInputError(f"--target {source!r} is neither a class/unit index (0, 1, ...) "
                                     "nor an image file (or skimage:NAME)")
         raise DataNotFoundError(f"{option} {source} does not exist or is not a file")
-
-
-def check_out_path(out: str, images: list[str]) -> None:
-    """``--out`` can be written: a known suffix, not a directory, not an input image, and the
-    nearest existing folder on its path is a writable directory (missing folders are created)."""
-    from pellucid._io import check_writable_dir
-    from pellucid.errors import InvalidInputError
-
-    path = Path(out)
-    if path.is_dir():
-        raise InvalidInputError(f"--out {out} is a directory; give a file name such as "
-                                f"{path / 'explanation.png'} (one grid, one row per image)")
-    if path.suffix.lower() not in OUT_SUFFIXES:
-        raise InvalidInputError(f"--out {out}: the file name must end in one of {', '.join(OUT_SUFFIXES)} "
-                                "(the suffix picks the format)")
-    if path.exists() and not path.is_file():
-        raise InvalidInputError(f"--out {out} exists and is not a regular file")
-    for source in images:
-        if path.is_file() and Path(source).is_file() and os.path.samefile(path, source):
-            raise InvalidInputError(f"--out {out} is also an --image; writing the grid would overwrite "
-                                    "that input: choose another file name")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise InvalidInputError(f"--out {out} is not writable (permissions); choose another file")
-    check_writable_dir(path.absolute().parent, f"--out {out}: directory")
 
 
 def has_pretrained_weights(spec) -> bool:

@@ -15,9 +15,14 @@ from pellucid.explain.rewrite import (CoverageReport, PullbackCoverageWarning, S
                                       UntraceableModelError, pullback_mode, rewrite_for_pullback,
                                       swap_modules)
 from pellucid.explain.targets import cosine_similarity_target
+from pellucid.explain.units import (LayerCheck, RepresentationCheck, UnitAddress, UnitGradients,
+                                    gradient_alignment, gradient_representation_check,
+                                    noise_gradient_alignment, unit_gradients_on_noise)
 
 __all__ = ["EXPLAINERS", "GATES", "CounterfactualResult", "CoverageReport", "ExcitationMaxPool2d",
            "ExcitationPullback", "ExcitationReLU", "Explainer", "Gradient", "PoolGeometry",
            "PullbackCoverageWarning", "Surrogate", "UntraceableModelError", "cosine_similarity_target",
            "counterfactual", "create_explainer", "normal_cdf_gate", "pullback_mode",
            "rewrite_for_pullback", "sigmoid_gate", "swap_modules"]
+__all__ += ["LayerCheck", "RepresentationCheck", "UnitAddress", "UnitGradients", "gradient_alignment",
+            "gradient_representation_check", "noise_gradient_alignment", "unit_gradients_on_noise"]
