@@ -10,10 +10,15 @@ from pellucid.nn.distance import ConvexDistance, CosineSimilarity, LpDistance, S
 from pellucid.nn.invex import InvexDistance
 from pellucid.nn.metric_conv import L2DistanceConv2d, MetricConv2d, l2_distance_conv2d
 from pellucid.nn.similarity import DistanceSoftmax, EpsilonSoftmax, min_exp_similarity, umap_similarity
+from pellucid.nn.disjunction import (GumbelConv2d, L2Conv2d, MaxMatch, Mean, PositiveConv2d, Scale,
+                                     SoftMaxPool, exponential_anneal)
 
 __all__ = ["AffineFeatures", "LogicalFeatures", "RotationConvFeatures", "SemanticFeatures",
            "TwoStep", "normalize", "project_constraints_",
            # metric neurons (Metric as Transform)
            "ConvexDistance", "CosineSimilarity", "DistanceSoftmax", "EpsilonSoftmax", "InvexDistance",
            "L2DistanceConv2d", "LpDistance", "MetricConv2d", "StereoAngle", "l2_distance_conv2d",
-           "lp_distance", "min_exp_similarity", "umap_similarity"]
+           "lp_distance", "min_exp_similarity", "umap_similarity",
+           # disjunctive building blocks (research log)
+           "GumbelConv2d", "L2Conv2d", "MaxMatch", "Mean", "PositiveConv2d", "Scale", "SoftMaxPool",
+           "exponential_anneal"]

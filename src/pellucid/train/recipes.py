@@ -98,3 +98,9 @@ _classifier_recipe("lenet-mnist35", recipe="lenet-mnist35-adv", noise_p=0.0, adv
                    summary="LeNet ReLU CNN baseline for MNIST 3 vs 5, Madry PGD adversarial "
                            "training (L-inf eps 0.3 reached after a 5-epoch ramp, 7 steps, no "
                            "noise augmentation)")
+# The research log's disjunctive networks (models/disjunction.py), trained plainly (no noise
+# augmentation). CIFAR-10 validation PGD at the usual L-inf 8/255 (step 2/255), not MNIST's 0.3.
+_classifier_recipe("disjunction-mnist35", noise_p=0.0)
+_classifier_recipe("directional-mnist35", noise_p=0.0)
+_classifier_recipe("disjunction-cifar-planes-cars", noise_p=0.0, val_eps=8 / 255, val_step=2 / 255)
+_classifier_recipe("directional-cifar-planes-cars", noise_p=0.0, val_eps=8 / 255, val_step=2 / 255)

@@ -1,0 +1,104 @@
+r"""The research log's two disjunctive classifiers: a disjunction of conjunctions of parts, and a
+directional (two-convolution) network ending in a soft OR per class.
+
+Both end in ``SoftMaxPool(K) -> Scale``: class ``j``'s logit is ``s * tau log((1/g) sum_{i in
+G_j} exp(z_i / tau))`` over its own group ``G_j`` of units, so each class is an OR of its units.
+The log's task is CIFAR-10 planes (label 0) vs cars (label 1); the MNIST 3 vs 5 variants are
+offline stand-ins with the same layers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pellucid.errors import InvalidInputError
+from pellucid.models.registry import register_model
+from pellucid.nn.disjunction import Mean, Scale, SoftMaxPool
+
+__all__ = ["DirectionalNet", "DisjunctionNet"]
+
+
+class DisjunctionNet(nn.Module):
+    r"""Disjunction of conjunctions: ``Conv2d(C, P, 10, stride 2) -> AdaptiveMaxPool2d(1) ->
+    flatten -> BatchNorm1d(P) -> Mean(P / parts) -> SoftMaxPool(K) -> Scale``.
+
+    Each of the ``P = channels`` filters is a part, present with strength ``u_p = BN(max_{h,w}
+    conv_p(x))``; a conjunction averages ``parts`` consecutive parts, ``c_q = mean_{p in q} u_p``
+    (``P / parts`` conjunctions); class ``j`` is the soft OR of its ``P / (parts K)`` consecutive
+    conjunctions, ``y_j = s * SoftMaxPool(c)_j``. Defaults (the log's): ``P = 120``, ``parts = 5``
+    (24 conjunctions, 12 per class for ``K = 2``). Any input of at least ``kernel_size`` pixels
+    per side works (the max pool is global).
+    """
+
+    def __init__(self, in_channels: int = 3, n_classes: int = 2, channels: int = 120,
+                 parts: int = 5, kernel_size: int = 10, stride: int = 2,
+                 temperature: float = 1.0) -> None:
+        super().__init__()
+        if channels % parts or (channels // parts) % n_classes:
+            raise InvalidInputError(f"channels={channels} must split into conjunctions of parts={parts} "
+                                    f"whose number ({channels / parts:g}) is a multiple of "
+                                    f"n_classes={n_classes}")
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, channels, kernel_size, stride=stride),
+            nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.BatchNorm1d(channels),
+        )
+        self.classifier = nn.Sequential(Mean(channels // parts), SoftMaxPool(n_classes, temperature),
+                                        Scale())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class DirectionalNet(nn.Module):
+    r"""``Conv2d(C, D, 10, stride 2) -> MaxPool2d(3, padding=pool_padding) -> BatchNorm2d(D) ->
+    GELU -> Conv2d(D, D, 4) -> AdaptiveMaxPool2d(1) -> flatten -> SoftMaxPool(K) -> Scale``.
+
+    Class ``j`` is the soft OR of its ``D / K`` consecutive second-layer units, each the best
+    (max over positions) response of a 4 x 4 arrangement of first-layer detectors. ``D = 120``
+    (the log's). Spatial sizes for 32 x 32 (CIFAR): 32 -> 12 -> 4 -> 1. For 28 x 28 (MNIST) the
+    first conv gives 10 x 10 and an unpadded 3 x 3 pool only 3 x 3, too small for the 4 x 4 conv,
+    so the MNIST variants use ``pool_padding=1`` (10 -> 4, every pixel covered, ``-inf`` padding)
+    and keep both convolutions as in the log.
+    """
+
+    def __init__(self, in_channels: int = 3, n_classes: int = 2, channels: int = 120,
+                 pool_padding: int = 0, temperature: float = 1.0) -> None:
+        super().__init__()
+        if channels % n_classes:
+            raise InvalidInputError(f"channels={channels} must be a multiple of n_classes={n_classes}")
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 10, stride=2),
+            nn.MaxPool2d(3, padding=pool_padding), nn.BatchNorm2d(channels), nn.GELU(),
+            nn.Conv2d(channels, channels, 4), nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+        )
+        self.classifier = nn.Sequential(SoftMaxPool(n_classes, temperature), Scale())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@register_model("disjunction-cifar-planes-cars", input_shape=(3, 32, 32), dataset="cifar10",
+                classes=(0, 1))
+def disjunction_cifar_planes_cars(**kwargs) -> DisjunctionNet:
+    """Disjunction of conjunctions (120 parts, 24 conjunctions, soft OR) for CIFAR-10 planes vs cars."""
+    return DisjunctionNet(**{"in_channels": 3, **kwargs})
+
+
+@register_model("directional-cifar-planes-cars", input_shape=(3, 32, 32), dataset="cifar10",
+                classes=(0, 1))
+def directional_cifar_planes_cars(**kwargs) -> DirectionalNet:
+    """Directional two-conv network with a soft OR per class for CIFAR-10 planes vs cars."""
+    return DirectionalNet(**{"in_channels": 3, **kwargs})
+
+
+@register_model("disjunction-mnist35", input_shape=(1, 28, 28), dataset="mnist", classes=(3, 5))
+def disjunction_mnist35(**kwargs) -> DisjunctionNet:
+    """Disjunction of conjunctions (120 parts, 24 conjunctions, soft OR) for MNIST 3 vs 5."""
+    return DisjunctionNet(**{"in_channels": 1, **kwargs})
+
+
+@register_model("directional-mnist35", input_shape=(1, 28, 28), dataset="mnist", classes=(3, 5))
+def directional_mnist35(**kwargs) -> DirectionalNet:
+    """Directional two-conv network with a soft OR per class for MNIST 3 vs 5 (pool padding 1)."""
+    return DirectionalNet(**{"in_channels": 1, "pool_padding": 1, **kwargs})
