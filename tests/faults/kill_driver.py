@@ -71,16 +71,18 @@ def run(argv: list[str], run_dir: Path, kill: dict | None = None, delay: float |
     pid = os.fork()
     if pid == 0:
         child(argv, run_dir, kill)
+    done, status = 0, 0
     if delay is not None:
         deadline = t0 + delay
         while time.perf_counter() < deadline:
-            done, _ = os.waitpid(pid, os.WNOHANG)
+            done, status = os.waitpid(pid, os.WNOHANG)  # a child that finished early is reaped here
             if done:
                 break
             time.sleep(0.005)
         else:
             os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
+    if not done:
+        _, status = os.waitpid(pid, 0)
     killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     return {"killed": killed, "code": None if killed else os.WEXITSTATUS(status),
             "seconds": round(time.perf_counter() - t0, 3)}
