@@ -56,12 +56,17 @@ def _check_image(x, channels: int, layer: str) -> None:
                                 f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
 
 
-def _grouped(z: torch.Tensor, n_groups: int, layer: str) -> torch.Tensor:
-    """``(..., n_groups * g) -> (..., n_groups, g)``, or a one-line error naming the widths."""
+def _units(z: torch.Tensor, layer: str) -> int:
+    """The width of ``z``'s last axis, or a one-line error unless ``z`` is a float tensor."""
     if not isinstance(z, torch.Tensor) or not z.is_floating_point() or z.dim() < 1:
         raise InvalidInputError(f"{layer} input must be a float tensor (..., units), got "
                                 f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
-    width = z.shape[-1]
+    return z.shape[-1]
+
+
+def _grouped(z: torch.Tensor, n_groups: int, layer: str) -> torch.Tensor:
+    """``(..., n_groups * g) -> (..., n_groups, g)``, or a one-line error naming the widths."""
+    width = _units(z, layer)
     if width == 0 or width % n_groups:
         raise InvalidInputError(f"{layer}: the input's last axis ({width} units) must split into "
                                 f"{n_groups} equal groups (a positive multiple of {n_groups})")
@@ -152,10 +157,7 @@ class Mean(nn.Module):
 
 def _grouped_by_size(z: torch.Tensor, group_size: int) -> torch.Tensor:
     """``(..., n * group_size) -> (..., n, group_size)``, or a one-line error."""
-    if not isinstance(z, torch.Tensor) or not z.is_floating_point() or z.dim() < 1:
-        raise InvalidInputError(f"Mean input must be a float tensor (..., units), got "
-                                f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
-    width = z.shape[-1]
+    width = _units(z, "Mean")
     if width == 0 or width % group_size:
         raise InvalidInputError(f"Mean: the input's last axis ({width} units) must split into groups "
                                 f"of group_size={group_size} (a positive multiple of {group_size})")
