@@ -39,6 +39,16 @@ def authors_model(authors_fixture):
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def authors_dir(tmp_path_factory, authors_model):
+    """A model directory holding the authors' weights (one per test module: tests write records)."""
+    from pellucid.models import save_model
+
+    d = tmp_path_factory.mktemp("authors")
+    save_model(authors_model, d, "whitebox-mnist35", extra={"data": {"dataset": "mnist", "classes": [3, 5]}})
+    return d
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -182,15 +182,6 @@ def test_cli_defaults_per_attack_are_the_attacks_own(name):
         assert expected["queries"] == 5000 and expected["restarts"] == 1
 
 
-@pytest.fixture(scope="module")
-def authors_dir(tmp_path_factory, authors_model):
-    from pellucid.models import save_model
-
-    d = tmp_path_factory.mktemp("authors")
-    save_model(authors_model, d, "whitebox-mnist35",
-               extra={"data": {"dataset": "mnist", "classes": [3, 5]}})
-    return d
-
 
 @pytest.mark.parametrize("argv,needle", [
     (["--attack", "fgsm", "--step-size", "0.1"], "--step-size does not apply to fgsm"),

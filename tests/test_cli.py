@@ -4,15 +4,7 @@ from pathlib import Path
 import pytest
 
 from pellucid.cli import main
-from pellucid.models import save_model
 
-
-@pytest.fixture(scope="module")
-def authors_dir(tmp_path_factory, authors_model):
-    d = tmp_path_factory.mktemp("authors")
-    save_model(authors_model, d, "whitebox-mnist35",
-               extra={"data": {"dataset": "mnist", "classes": [3, 5]}})
-    return d
 
 
 def test_evaluate_json_last_line(authors_dir, capsys):

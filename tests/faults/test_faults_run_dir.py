@@ -52,12 +52,6 @@ def train(out: Path, *extra: str) -> int:
     return main(["train", "whitebox-mnist35", "--out", str(out), "--epochs", "1", *TINY, *extra])
 
 
-@pytest.fixture(scope="module")
-def authors_dir(tmp_path_factory, authors_model):
-    d = tmp_path_factory.mktemp("authors")
-    save_model(authors_model, d, "whitebox-mnist35", extra={"data": {"dataset": "mnist", "classes": [3, 5]}})
-    return d
-
 
 @pytest.fixture
 def finished_model(tmp_path):
