@@ -68,25 +68,19 @@ def test_item11_float_idx_images_raise(tmp_path, dtype):
     assert img.name in msg and ("float32" if dtype == "f4" else "float64") in msg and "uint8" in msg
 
 
-def test_item11_negative_int8_labels_raise(tmp_path):
+@pytest.mark.parametrize("dtype,rows,value,count", [
+    (np.int8, [4], -1, "1 label"),  # int8 -1 was silently dropped
+    (np.uint8, [2, 7], 200, "2 labels"),  # 200 raised an IndexError deep inside
+])
+def test_item11_out_of_range_labels_raise_naming_file_value_and_count(tmp_path, dtype, rows, value, count):
     images, labels = _good()
-    labels = labels.astype(np.int8)
-    labels[4] = -1
+    labels = labels.astype(dtype)
+    labels[rows] = value
     _, lab = _write_split(tmp_path, images, labels)
     with pytest.raises(DataNotFoundError) as err:
         load_dataset("mnist", "test", classes=(3, 5), data_dir=str(tmp_path))
     msg = str(err.value)
-    assert lab.name in msg and "-1" in msg and "1 label" in msg and "0..9" in msg
-
-
-def test_item11_out_of_range_labels_raise_naming_file_value_and_count(tmp_path):
-    images, labels = _good()
-    labels[[2, 7]] = 200
-    _, lab = _write_split(tmp_path, images, labels)
-    with pytest.raises(DataNotFoundError) as err:
-        load_dataset("mnist", "test", classes=(3, 5), data_dir=str(tmp_path))
-    msg = str(err.value)
-    assert lab.name in msg and "200" in msg and "2 labels" in msg and "0..9" in msg
+    assert lab.name in msg and str(value) in msg and count in msg and "0..9" in msg
 
 
 def test_item11_float_labels_raise(tmp_path):
