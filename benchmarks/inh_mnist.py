@@ -1,10 +1,10 @@
-"""Incremental Neural Hashing on MNIST pixels: slots, accuracy and fit time of the greedy fit.
+"""Incremental Neural Hashing on MNIST pixels: slots, accuracy and time of the ``inh-mnist`` fit.
 
-The ``inh-mnist`` recipe's fit (:func:`pellucid.nn.inh.fit_inh`, then
-:func:`pellucid.nn.inh.prune_inh` unless ``--no-prune``) on the 60,000 training images, test
-accuracy on the 10,000 test images, with ``--threads`` CPU threads (default 2). Also times the
-set-cover step on one real coverage matrix: the first batch of the fit with no slots yet (every
-input a candidate), vectorised (:func:`pellucid.nn.inh.greedy_set_cover`, median of 3) against a
+The ``inh-mnist`` recipe's stages (:func:`pellucid.train.inh.fit_inh_classifier`: greedy fit,
+pruning unless ``--no-prune``, gradient stage unless ``--tune-epochs 0``; defaults: the recipe's)
+on the 60,000 training images, test accuracy on the 10,000 test images, with ``--threads`` CPU
+threads (default 2). Also times the set-cover step on one real coverage matrix: a first batch of
+``--cover-batch`` (2,000) images with no slots yet (every input a candidate), vectorised (:func:`pellucid.nn.inh.greedy_set_cover`, median of 3) against a
 Python-loop greedy over Python sets (lowest index on ties; once), checking both choose the same
 slots.
 
@@ -17,6 +17,7 @@ Prints ONE JSON line. ``.venv/bin/python benchmarks/inh_mnist.py [--similarity c
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 import json
 import math
 import platform
@@ -27,8 +28,8 @@ import torch
 
 from pellucid.data import load_dataset
 from pellucid.models import create_model
-from pellucid.nn.inh import (SIMILARITIES, THRESHOLD_MODES, candidate_coverage, fit_inh, greedy_set_cover,
-                             prune_inh)
+from pellucid.nn.inh import SIMILARITIES, THRESHOLD_MODES, candidate_coverage, greedy_set_cover
+from pellucid.train.inh import InhMnistConfig, fit_inh_classifier
 
 
 def python_set_cover(cover: torch.Tensor) -> list[int]:
@@ -76,44 +77,47 @@ def set_cover_timing(model, train, batch_size: int, seed: int, eps: float) -> di
 
 
 def main() -> None:
+    defaults = InhMnistConfig()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--similarity", default="centred-cosine", choices=SIMILARITIES)
-    ap.add_argument("--batch-size", type=int, default=2000)
-    ap.add_argument("--max-passes", type=int, default=10)
-    ap.add_argument("--threshold-mode", default="max", choices=THRESHOLD_MODES)
+    ap.add_argument("--similarity", default=defaults.similarity, choices=SIMILARITIES)
+    ap.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    ap.add_argument("--max-passes", type=int, default=defaults.max_passes)
+    ap.add_argument("--threshold-mode", default=defaults.threshold_mode, choices=THRESHOLD_MODES)
     ap.add_argument("--no-prune", action="store_true")
-    ap.add_argument("--eps", type=float, default=1e-4)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eps", type=float, default=defaults.eps)
+    ap.add_argument("--tune-epochs", type=int, default=defaults.tune_epochs)
+    ap.add_argument("--tune-lr", type=float, default=defaults.tune_lr)
+    ap.add_argument("--tune-temperature", type=float, default=defaults.tune_temperature)
+    ap.add_argument("--seed", type=int, default=defaults.seed)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-set-cover-timing", action="store_true")
+    ap.add_argument("--cover-batch", type=int, default=2000)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    cfg = InhMnistConfig(similarity=args.similarity, batch_size=args.batch_size,
+                         max_passes=args.max_passes, threshold_mode=args.threshold_mode,
+                         prune=not args.no_prune, eps=args.eps, tune_epochs=args.tune_epochs,
+                         tune_lr=args.tune_lr, tune_temperature=args.tune_temperature, seed=args.seed)
     train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
     model = create_model("inh-mnist", similarity=args.similarity)
-    t0 = time.perf_counter()
-    rows = fit_inh(model, train.images, train.labels, batch_size=args.batch_size,
-                   max_passes=args.max_passes, eps=args.eps, threshold_mode=args.threshold_mode,
-                   generator=torch.Generator().manual_seed(args.seed))
-    fitted = model.n_slots
-    if not args.no_prune:
-        prune_inh(model, train.images, train.labels)
-    fit_seconds = time.perf_counter() - t0
+    history = fit_inh_classifier(model, train.images, train.labels, cfg)
+    fit_rows = [r for r in history if r["stage"] == "fit"]
+    last = history[-1]
     test_acc = accuracy(model, test.images, test.labels)
     out = {
-        "benchmark": "inh_mnist", "similarity": args.similarity, "batch_size": args.batch_size,
-        "threshold_mode": args.threshold_mode, "prune": not args.no_prune,
-        "max_passes": args.max_passes, "passes": len(rows),
-        "converged": rows[-1]["new_slots"] == 0 and rows[-1]["raised_thresholds"] == 0,
-        "fitted_slots": fitted, "slots": model.n_slots,
+        "benchmark": "inh_mnist", "config": asdict(cfg), "passes": len(fit_rows),
+        "fit_converged": fit_rows[-1]["new_slots"] == 0 and fit_rows[-1]["raised_thresholds"] == 0,
+        "fitted_slots": last["fitted_slots"], "slots": model.n_slots,
         "train_accuracy": round(accuracy(model, train.images, train.labels), 4),
-        "test_accuracy": round(test_acc, 4), "fit_seconds": round(fit_seconds, 1),
-        "slots_per_pass": [r["slots"] for r in rows],
-        "target_met": test_acc >= 0.975 and model.n_slots <= 1200 and fit_seconds <= 300,
+        "test_accuracy": round(test_acc, 4), "fit_seconds": round(last["fit_seconds"], 1),
+        "slots_per_pass": [r["slots"] for r in fit_rows],
+        "tune_loss_per_epoch": [r["loss"] for r in history if r["stage"] == "tune"],
+        "target_met": test_acc >= 0.975 and model.n_slots <= 1200 and last["fit_seconds"] <= 300,
         "log_claim": {"slots": 998, "test_accuracy": 0.978},
     }
     if not args.no_set_cover_timing:
         out["set_cover"] = set_cover_timing(create_model("inh-mnist", similarity=args.similarity),
-                                            train, args.batch_size, args.seed, args.eps)
+                                            train, args.cover_batch, args.seed, args.eps)
     out["env"] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                   "machine": platform.machine(), "python": platform.python_version()}
     print(json.dumps(out))

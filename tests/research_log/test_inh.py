@@ -10,7 +10,7 @@ import torch
 
 from pellucid.errors import CheckpointError, InvalidInputError
 from pellucid.nn.inh import (IncrementalNeuralHashing, candidate_coverage, fit_inh, greedy_set_cover,
-                             precision_thresholds, prune_inh, quantile_thresholds)
+                             precision_thresholds, prune_inh, quantile_thresholds, tune_inh)
 
 
 def reference_set_cover(cover: torch.Tensor) -> list[int]:
@@ -135,6 +135,53 @@ def test_class_scores_are_the_max_margin_of_each_class_and_differentiable():
     assert torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
 
 
+def test_soft_class_scores_are_a_per_class_logsumexp_between_max_and_max_plus_tau_log_s():
+    x, y = blobs(20, 3, 6, 1.0, seed=9)
+    layer = IncrementalNeuralHashing(6, 4).double()  # class 3 gets no slot
+    fit_inh(layer, x, y, threshold_mode="batch", batch_size=15)
+    margins = layer.margins(x)
+    hard = layer.class_scores(margins)
+    for tau in (1.0, 0.1, 1e-3):
+        soft = layer.class_scores(margins, tau)
+        for k in range(3):  # slow reference: one logsumexp per class
+            cols = margins[:, layer.slot_classes == k]
+            assert torch.allclose(soft[:, k], tau * torch.logsumexp(cols / tau, 1), atol=1e-12)
+            assert (soft[:, k] >= hard[:, k]).all()
+            assert (soft[:, k] <= hard[:, k] + tau * math.log(cols.shape[1]) + 1e-12).all()
+        assert torch.equal(soft[:, 3], hard[:, 3])  # a class without slots keeps the floor
+    assert torch.allclose(layer.class_scores(margins, 1e-6), hard, atol=1e-5)
+
+
+def test_tune_lowers_the_loss_keeps_slots_and_keys_stay_embedded():
+    x, y = blobs(60, 3, 8, 0.7, seed=11)
+    layer = IncrementalNeuralHashing(8, 3).double()
+    fit_inh(layer, x, y, threshold_mode="batch", batch_size=30, generator=torch.Generator().manual_seed(0))
+    before = float((layer(x).argmax(1) == y).double().mean())
+    classes, n_slots = layer.slot_classes.clone(), layer.n_slots
+    rows = tune_inh(layer, x, y, epochs=6, lr=0.05, temperature=0.05, batch_size=32,
+                    generator=torch.Generator().manual_seed(0))
+    assert [r["epoch"] for r in rows] == list(range(1, 7))
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    after = float((layer(x).argmax(1) == y).double().mean())
+    assert after >= before and after > 0.9
+    assert layer.n_slots == n_slots and torch.equal(layer.slot_classes, classes)
+    keys = layer.keys.detach()  # centred-cosine keys: mean 0 and unit norm, as fit_inh makes them
+    assert torch.allclose(keys.mean(1), torch.zeros(n_slots, dtype=keys.dtype), atol=1e-12)
+    assert torch.allclose(keys.norm(dim=1), torch.ones(n_slots, dtype=keys.dtype), atol=1e-12)
+    assert layer.keys.dtype == torch.float64 and layer.thresholds.dtype == torch.float64
+
+
+def test_tune_is_reproducible_with_a_seed():
+    x, y = blobs(30, 2, 5, 0.8, seed=12)
+    runs = []
+    for _ in range(2):
+        layer = IncrementalNeuralHashing(5, 2).double()
+        fit_inh(layer, x, y, threshold_mode="batch", batch_size=20, generator=torch.Generator().manual_seed(1))
+        tune_inh(layer, x, y, epochs=2, batch_size=16, generator=torch.Generator().manual_seed(3))
+        runs.append((layer.keys.detach(), layer.thresholds))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
 def test_batch_threshold_mode_with_one_batch_equals_max_mode():
     x, y = blobs(40, 3, 6, 0.8, seed=6)
     a, b = (IncrementalNeuralHashing(6, 3).double() for _ in range(2))
@@ -225,11 +272,13 @@ def test_recipe_writes_a_loadable_model_directory(tmp_path, monkeypatch):
     small = {split: load_dataset("mnist", split).subset(slice(0, n))
              for split, n in (("train", 500), ("test", 200))}
     monkeypatch.setattr(recipe, "load_dataset", lambda name, split, data_dir=None: small[split])
-    cfg = recipe.InhMnistConfig(batch_size=250)
+    cfg = recipe.InhMnistConfig(batch_size=250, threshold_mode="max", tune_epochs=0)
     out = tmp_path / "run"
     result = RECIPES.get("inh-mnist").run(cfg, out, progress=False)
     rows = read_metrics(out)
+    # the precision-1 fit without the gradient stage classifies every training image correctly
     assert rows == result["epochs"] and rows[-1]["train_accuracy"] == 1.0
+    assert {r["stage"] for r in rows} == {"fit"}
     model, config = load_model(out)
     assert config["data"] == {"dataset": "mnist", "classes": None, "class_names": list(small["test"].classes),
                               "n_train": 500, "n_test": 200}
@@ -250,6 +299,12 @@ def _layer(n_classes=3):
 
 
 X, Y = torch.rand(30, 4), torch.arange(30) % 3
+
+
+def _fitted():
+    layer = _layer()
+    fit_inh(layer, X, Y)
+    return layer
 
 
 @pytest.mark.parametrize("call,message", [
@@ -280,6 +335,16 @@ X, Y = torch.rand(30, 4), torch.arange(30) % 3
     (lambda: _layer()(torch.rand(2, 5)), "4 features"),
     (lambda: _layer(None).hash(X), "no slots"),
     (lambda: _layer(None).class_scores(X), "unsupervised"),
+    (lambda: tune_inh(_layer(), X, Y), "no slots"),
+    (lambda: tune_inh(_layer(None), X, None), "unsupervised"),
+    (lambda: tune_inh(_fitted(), X, Y, epochs=0), "epochs"),
+    (lambda: tune_inh(_fitted(), X, Y, lr=0), "lr"),
+    (lambda: tune_inh(_fitted(), X, Y, lr=float("nan")), "lr"),
+    (lambda: tune_inh(_fitted(), X, Y, temperature=0), "temperature"),
+    (lambda: tune_inh(_fitted(), X, Y, temperature=-1.0), "temperature"),
+    (lambda: tune_inh(_fitted(), X, Y, batch_size=0), "batch_size"),
+    (lambda: tune_inh(_fitted(), X, Y.float()), "integer"),
+    (lambda: tune_inh(_fitted(), X.masked_fill(X > 0.9, float("inf")), Y), "NaN or inf"),
 ])
 def test_bad_inputs_raise_one_line_errors(call, message):
     with pytest.raises(InvalidInputError, match=message) as info:
@@ -287,10 +352,29 @@ def test_bad_inputs_raise_one_line_errors(call, message):
     assert "\n" not in str(info.value)
 
 
+def test_recipe_default_runs_fit_prune_and_gradient_stage(tmp_path, monkeypatch):
+    from pellucid.data import load_dataset
+    from pellucid.train import RECIPES
+    from pellucid.train import inh as recipe
+    from pellucid.train.checkpointing import read_metrics
+
+    small = {split: load_dataset("mnist", split).subset(slice(0, n))
+             for split, n in (("train", 600), ("test", 300))}
+    monkeypatch.setattr(recipe, "load_dataset", lambda name, split, data_dir=None: small[split])
+    cfg = recipe.InhMnistConfig(tune_epochs=3)
+    RECIPES.get("inh-mnist").run(cfg, tmp_path / "run", progress=False)
+    rows = read_metrics(tmp_path / "run")
+    assert [r["stage"] for r in rows][-3:] == ["tune"] * 3 and rows[0]["stage"] == "fit"
+    assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+    assert rows[-1]["slots"] <= rows[-1]["fitted_slots"] and rows[-1]["test_accuracy"] > 0.7
+
+
 def test_recipe_settings_are_checked():
     from pellucid.errors import ConfigError
     from pellucid.train.inh import InhMnistConfig
 
-    for bad in ({"similarity": "dot"}, {"batch_size": 0}, {"threshold_mode": "min"}, {"eps": 0.0}):
+    for bad in ({"similarity": "dot"}, {"batch_size": 0}, {"threshold_mode": "min"}, {"eps": 0.0},
+                {"tune_epochs": -1}, {"tune_lr": 0.0}, {"tune_temperature": -1.0},
+                {"tune_batch_size": 0}):
         with pytest.raises(ConfigError):
             InhMnistConfig(**bad)
