@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -88,25 +88,30 @@ def _validate(model: nn.Module, val: ImageDataset, cfg: TrainConfig, epoch: int)
 def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConfig, out: Path | str,
         *, model_name: str, model_kwargs: dict[str, Any] | None = None,
         extra_config: dict[str, Any] | None = None, resume: bool = False,
-        progress: bool = True) -> list[dict[str, Any]]:
+        progress: bool = True,
+        on_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Train ``model`` with Adam and cross-entropy; checkpoint and log after every epoch.
 
     Writes to ``out``: ``model.safetensors`` + ``config.json`` (a loadable model directory),
     ``train_state.safetensors`` (everything needed to resume) and ``metrics.jsonl`` (one line per
     epoch). ``resume=True`` continues from the last finished epoch, bit-for-bit as if
-    uninterrupted. Returns the metrics of all epochs.
+    uninterrupted. Returns the metrics of all epochs. ``on_epoch(model, row)``, when given, is
+    called after each epoch has been saved (e.g. a
+    :class:`~pellucid.explain.paths.PathStabilityTracker`); it must leave the model as it found it.
     """
     out = Path(out)
     check_run_dir(out, resume)  # before the lock creates the directory
     with RunLock(out):
         return _fit_locked(model, train, val, cfg, out, model_name=model_name,
                            model_kwargs=model_kwargs, extra_config=extra_config, resume=resume,
-                           progress=progress)
+                           progress=progress, on_epoch=on_epoch)
 
 
 def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConfig, out: Path,
                 *, model_name: str, model_kwargs: dict[str, Any] | None,
-                extra_config: dict[str, Any] | None, resume: bool, progress: bool) -> list[dict[str, Any]]:
+                extra_config: dict[str, Any] | None, resume: bool, progress: bool,
+                on_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None
+                ) -> list[dict[str, Any]]:
     if len(train) == 0:
         raise InvalidInputError("no training images (is --val-size as large as the train split?)")
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -157,4 +162,6 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
         if progress:
             msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
             tqdm.write(msg, file=sys.stderr)
+        if on_epoch is not None:
+            on_epoch(model, dict(row))
     return history
