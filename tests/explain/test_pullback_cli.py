@@ -52,10 +52,22 @@ def test_gradient_method_and_image_target(capsys, photo):
 def test_untraceable_model_uses_documented_fallback(capsys, tmp_path):
     path = tmp_path / "digit.png"
     Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(path)
-    code, out, err = _run(capsys, "--model", "whitebox-mnist35", "--image", path, "--steps", "1", "--json")
+    code, out, err = _run(capsys, "--model", "inh-mnist", "--image", path, "--steps", "1", "--json")
     assert code == 0, err
     assert "falling back" in err and "Traceback" not in err
     assert json.loads(out.strip().splitlines()[-1])["coverage"]["method"] == "module-replacement"
+
+
+def test_whitebox_model_is_traced_with_every_site(capsys, tmp_path):
+    path = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(path)
+    code, out, err = _run(capsys, "--model", "whitebox-mnist35", "--image", path, "--steps", "1", "--json")
+    assert code == 0, err
+    assert "falling back" not in err and "Traceback" not in err
+    coverage = json.loads(out.strip().splitlines()[-1])["coverage"]
+    assert coverage["method"] == "fx" and coverage["relu_sites"] == 2 and coverage["maxpool_sites"] == 3
+    assert [site["name"] for site in coverage["sites"]] == ["twostep", "conv", "conv", "affine", "affine",
+                                                             "logical"]
 
 
 def _write(tmp_path, name, data):

@@ -10,7 +10,7 @@ import os
 import sys
 from dataclasses import MISSING, Field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 
 def strict_json(obj: Any) -> Any:
@@ -127,25 +127,27 @@ def add_data_dir(parser: argparse.ArgumentParser) -> None:
 OUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # figure formats an --out file can take
 
 
-def check_out_path(out: str, images: list[str]) -> None:
-    """``--out`` can be written: a known suffix, not a directory, not an input image, and the
-    nearest existing folder on its path is a writable directory (missing folders are created)."""
+def check_out_path(out: str, images: list[str], suffixes: Sequence[str] = OUT_SUFFIXES,
+                   option: str = "--out") -> None:
+    """``option`` (a file to write) can be written: a suffix in ``suffixes``, not a directory, not
+    an input image, and the nearest existing folder on its path is a writable directory (missing
+    folders are created)."""
     from pellucid._io import check_writable_dir
     from pellucid.errors import InvalidInputError
 
     path = Path(out)
     if path.is_dir():
-        raise InvalidInputError(f"--out {out} is a directory; give a file name such as "
-                                f"{path / 'explanation.png'} (one grid, one row per image)")
-    if path.suffix.lower() not in OUT_SUFFIXES:
-        raise InvalidInputError(f"--out {out}: the file name must end in one of {', '.join(OUT_SUFFIXES)} "
+        raise InvalidInputError(f"{option} {out} is a directory; give a file name such as "
+                                f"{path / ('explanation' + suffixes[0])}")
+    if path.suffix.lower() not in suffixes:
+        raise InvalidInputError(f"{option} {out}: the file name must end in one of {', '.join(suffixes)} "
                                 "(the suffix picks the format)")
     if path.exists() and not path.is_file():
-        raise InvalidInputError(f"--out {out} exists and is not a regular file")
+        raise InvalidInputError(f"{option} {out} exists and is not a regular file")
     for source in images:
         if path.is_file() and Path(source).is_file() and os.path.samefile(path, source):
-            raise InvalidInputError(f"--out {out} is also an --image; writing the grid would overwrite "
+            raise InvalidInputError(f"{option} {out} is also an --image; writing it would overwrite "
                                     "that input: choose another file name")
     if path.exists() and not os.access(path, os.W_OK):
-        raise InvalidInputError(f"--out {out} is not writable (permissions); choose another file")
-    check_writable_dir(path.absolute().parent, f"--out {out}: directory")
+        raise InvalidInputError(f"{option} {out} is not writable (permissions); choose another file")
+    check_writable_dir(path.absolute().parent, f"{option} {out}: directory")

@@ -52,8 +52,11 @@ def add_parser(sub) -> None:
     p.add_argument("--target", nargs="+", default=None, metavar="T",
                    help="class/unit index, or an image to morph toward (cosine similarity of outputs); "
                         "one for all or one per image (default: top output)")
-    p.add_argument("--method", default="pullback", choices=["pullback", "gradient"],
-                   help="pullback = soft gates in backward; gradient = the vanilla baseline")
+    p.add_argument("--method", default="pullback", metavar="NAME",
+                   help="a registered explanation method: pullback (soft gates in the backward "
+                        "pass), gradient, input-x-gradient, integrated-gradients, smoothgrad, "
+                        "gradient-shap, deeplift, guided-backprop, grad-cam, guided-grad-cam "
+                        "(`pellucid explain-bench --list`)")
     p.add_argument("--temperature", type=float, default=0.3, help="tau of the soft gates")
     p.add_argument("--gate", default="sigmoid", choices=["sigmoid", "normal_cdf"], help="backward gate")
     p.add_argument("--steps", type=int, default=5, help="counterfactual ascent steps (0: none)")
@@ -81,6 +84,10 @@ def check_options(args: argparse.Namespace) -> None:
     """Every check that needs neither the model nor decoded images; raises a one-line error."""
     from pellucid.errors import InvalidInputError
 
+    from pellucid.explain.methods import EXPLAINERS
+
+    if args.method not in EXPLAINERS:
+        raise InvalidInputError(f"--method: unknown {args.method!r}; known: {', '.join(EXPLAINERS)}")
     if args.steps < 0:
         raise InvalidInputError(f"--steps must be >= 0, got {args.steps}")
     for option, value, allow_none in (("--temperature", args.temperature, False),

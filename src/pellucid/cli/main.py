@@ -13,7 +13,7 @@ import sys
 from pellucid.errors import PellucidError
 
 # Subcommand modules under pellucid.cli, in help order.
-SUBCOMMANDS = ("train", "evaluate", "demo", "explain", "inspect")
+SUBCOMMANDS = ("train", "evaluate", "demo", "explain", "explain-bench", "inspect")
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -34,7 +34,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pellucid {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
-        module = importlib.import_module(f"pellucid.cli.{name}")  # light: heavy imports are lazy
+        # light: heavy imports are lazy; "explain-bench" lives in pellucid.cli.explain_bench
+        module = importlib.import_module(f"pellucid.cli.{name.replace('-', '_')}")
         if name == chosen:
             module.add_parser(sub)
         else:

@@ -7,6 +7,9 @@ a ``torch.fx`` rewrite (see :class:`CoverageReport`); the user's model is never 
 """
 
 from pellucid.explain.base import Explainer
+from pellucid.explain.baselines import (DeepLift, GradCam, GradientShap, GuidedBackprop, GuidedGradCam,
+                                        HookCoverageWarning, InputXGradient, IntegratedGradients,
+                                        SmoothGrad)
 from pellucid.explain.counterfactual import CounterfactualResult, counterfactual
 from pellucid.explain.gates import (GATES, ExcitationMaxPool2d, ExcitationReLU, PoolGeometry,
                                     normal_cdf_gate, sigmoid_gate)
@@ -14,7 +17,9 @@ from pellucid.explain.methods import EXPLAINERS, ExcitationPullback, Gradient, c
 from pellucid.explain.rewrite import (CoverageReport, PullbackCoverageWarning, Surrogate,
                                       UntraceableModelError, pullback_mode, rewrite_for_pullback,
                                       swap_modules)
-from pellucid.explain.targets import cosine_similarity_target
+from pellucid.explain.targets import (CosineTarget, DirectionTarget, LayerOutput, LayerTarget,
+                                      UnitTarget, cosine_similarity_target, layer_features,
+                                      scored_module)
 from pellucid.explain.units import (LayerCheck, RepresentationCheck, UnitAddress, UnitGradients,
                                     gradient_alignment, gradient_representation_check,
                                     noise_gradient_alignment, unit_gradients_on_noise)
@@ -26,3 +31,7 @@ __all__ = ["EXPLAINERS", "GATES", "CounterfactualResult", "CoverageReport", "Exc
            "rewrite_for_pullback", "sigmoid_gate", "swap_modules"]
 __all__ += ["LayerCheck", "RepresentationCheck", "UnitAddress", "UnitGradients", "gradient_alignment",
             "gradient_representation_check", "noise_gradient_alignment", "unit_gradients_on_noise"]
+__all__ += ["DeepLift", "GradCam", "GradientShap", "GuidedBackprop", "GuidedGradCam", "HookCoverageWarning",
+            "InputXGradient", "IntegratedGradients", "SmoothGrad"]
+__all__ += ["CosineTarget", "DirectionTarget", "LayerOutput", "LayerTarget", "UnitTarget", "layer_features",
+            "scored_module"]

@@ -23,7 +23,8 @@ from pellucid.data.validation import check_model_input
 from pellucid.errors import InvalidInputError
 from pellucid.explain.base import Explainer, check_inputs, model_lock, preserved_state
 from pellucid.explain.methods import create_explainer
-from pellucid.explain.targets import Target, resolve_target, select_target
+from pellucid.explain.layers import layer_output
+from pellucid.explain.targets import Target, resolve_target, select_target, target_layer
 
 __all__ = ["CounterfactualResult", "counterfactual"]
 
@@ -51,7 +52,9 @@ def counterfactual(model: nn.Module | Explainer, x: torch.Tensor, target: Target
 
     ``model`` is a module (explained with ``method``: ``"pullback"``, or ``"gradient"`` for the
     vanilla baseline; ``explainer_kwargs`` such as ``temperature`` go to it) or an explainer.
-    A ``None`` target is fixed to each sample's top output at ``x``. ``x`` is not modified, nor is
+    A ``None`` target is fixed to each sample's top output at ``x``; hidden-layer targets
+    (:class:`~pellucid.explain.targets.LayerTarget`) ascend a unit, a direction or a similarity of a
+    layer's features. ``x`` is not modified, nor is
     the model (a train-mode model's state is restored after every forward). ``x`` must have the
     model's parameter dtype and device.
     """
@@ -82,7 +85,7 @@ def counterfactual(model: nn.Module | Explainer, x: torch.Tensor, target: Target
         if pixel_range is not None:
             xi = xi.clamp(*pixel_range)
     with torch.no_grad(), model_lock(explainer.model), preserved_state(explainer.model):
-        output = explainer.model(xi)
+        output = layer_output(explainer.model, target_layer(target), xi)  # or a layer's features
         target = resolve_target(output, target)
         scores.append(select_target(output, target))
     return CounterfactualResult(x0, xi, torch.stack(scores), target)

@@ -15,7 +15,11 @@ soft pool ``s = sum_k w_k x_k`` with ``w = softmax(x_window / tau)``:
     ds/dx_k = w_k * (1 + (x_k - s) / tau)      (gradient through the weights, the paper's default)
     ds/dx_k = w_k                              (weights detached, ``detach_weights=True``)
 
-Both are ``torch.autograd.Function``\\ s that save only their input and recompute the gate in
+The same soft pool serves every other max-type pool: an adaptive max pool (its windows, possibly
+overlapping and of unequal size), and a max over one axis (``y = max_k x_k`` along ``dim``, e.g. the
+max over poses of a semantic-feature layer, :class:`ExcitationGates`).
+
+All are ``torch.autograd.Function``\\ s that save only their input and recompute the gate in
 backward (the ReLU's in one fused pass), so a pullback keeps one extra activation per ReLU call
 site alive and nothing else.
 """
@@ -34,8 +38,9 @@ from torch.autograd.function import once_differentiable
 from pellucid._registry import Registry
 from pellucid.errors import InvalidInputError
 
-__all__ = ["GATES", "ExcitationBatchNormReLU", "ExcitationMaxPool2d", "ExcitationReLU", "Gate", "PoolGeometry", "check_temperature",
-           "normal_cdf_gate", "resolve_gate", "sigmoid_gate", "soft_max_pool2d_vjp"]
+__all__ = ["GATES", "ExcitationAdaptiveMaxPool2d", "ExcitationBatchNormReLU", "ExcitationGates",
+           "ExcitationMaxPool2d", "ExcitationReLU", "Gate", "PoolGeometry", "check_temperature",
+           "normal_cdf_gate", "resolve_gate", "sigmoid_gate", "soft_max_pool2d_vjp", "soft_max_vjp"]
 
 # Softplus' derivative is the sigmoid: d/dz softplus_beta(z) = sigmoid(beta z); aten's fused
 # softplus_backward(grad, z, beta, threshold) = grad * sigmoid(beta z) (exactly grad above the
@@ -270,4 +275,135 @@ class ExcitationMaxPool2d(nn.Module):
         g = self.geometry
         return (f"kernel_size={g.kernel_size}, stride={g.stride}, padding={g.padding}, "
                 f"dilation={g.dilation}, ceil_mode={g.ceil_mode}, temperature={self.temperature:g}, "
+                f"detach_weights={self.detach_weights}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Max along one axis, adaptive max pools, and the gates handed to self-rewriting layers
+# ----------------------------------------------------------------------------------------------
+
+def soft_max_vjp(x: torch.Tensor, grad: torch.Tensor, dim: int, tau: float,
+                 detach_weights: bool) -> torch.Tensor:
+    """``grad_x`` of the soft max ``s = sum_k w_k x_k``, ``w = softmax(x / tau)`` along ``dim``.
+
+    ``grad`` broadcasts against ``x`` (size 1 along ``dim``). ``ds/dx_k = w_k (1 + (x_k - s) / tau)``,
+    or ``w_k`` with the weights detached; ``g w_k (x_k - s)`` is the softmax backward of ``g x_k``.
+    """
+    weights = torch.softmax(x / tau, dim=dim)
+    if detach_weights:
+        return weights * grad
+    out = torch.ops.aten._softmax_backward_data(x * grad, weights, dim, weights.dtype)
+    return out.div_(tau).addcmul_(weights, grad)
+
+
+class _ExcitationMaxFunction(torch.autograd.Function):
+    """Forward ``x.amax(dim)`` (the exact max); backward :func:`soft_max_vjp`. Saves only ``x``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int, keepdim: bool, tau: float, detach_weights: bool):
+        ctx.dim, ctx.keepdim, ctx.tau, ctx.detach_weights = dim, keepdim, tau, detach_weights
+        ctx.save_for_backward(x)
+        return x.amax(dim, keepdim=keepdim)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        grad = grad_y if ctx.keepdim else grad_y.unsqueeze(ctx.dim)
+        return soft_max_vjp(x, grad, ctx.dim, ctx.tau, ctx.detach_weights), None, None, None, None
+
+
+@dataclass(frozen=True)
+class ExcitationGates:
+    """The surrogate gates a layer with its own excitation sites calls at each one.
+
+    ``relu(z)``: ``relu(z)`` with backward ``gate(z / tau)``. ``max(x, dim)``: the exact
+    ``max_k x_k`` along ``dim`` with backward through ``sum_k softmax_k(x / tau) x_k``, or the hard
+    max (``torch.max``: the gradient goes to the first maximiser) when ``soften_max`` is false.
+    See :mod:`pellucid.explain.rewrite` for the protocol.
+    """
+
+    gate: Gate
+    temperature: float
+    detach_pool_weights: bool = False
+    soften_max: bool = True
+
+    def relu(self, z: torch.Tensor) -> torch.Tensor:
+        return _ExcitationReLUFunction.apply(z, self.gate, self.temperature)
+
+    def max(self, x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+        if not self.soften_max:
+            return x.max(dim, keepdim=keepdim).values
+        return _ExcitationMaxFunction.apply(x, dim % x.dim(), keepdim, self.temperature,
+                                            self.detach_pool_weights)
+
+
+def _adaptive_windows(size: int, out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive pooling's windows ``[floor(i size / out), ceil((i + 1) size / out))`` as indices
+    ``(out, k)`` (clamped into range) and their validity mask (windows differ in length by <= 1)."""
+    i = torch.arange(out, device=device)
+    start = torch.div(i * size, out, rounding_mode="floor")
+    end = torch.div((i + 1) * size + out - 1, out, rounding_mode="floor")
+    idx = start[:, None] + torch.arange(int((end - start).max()), device=device)
+    return idx.clamp(max=size - 1), idx < end[:, None]
+
+
+def soft_adaptive_max_pool2d_vjp(x: torch.Tensor, grad_out: torch.Tensor, tau: float,
+                                 detach_weights: bool) -> torch.Tensor:
+    """``grad_x`` of the soft pool over the windows of ``F.adaptive_max_pool2d`` (``x`` ``(B, C, H, W)``).
+
+    Each output cell's window is gathered as ``K`` flat pixel indices (short windows padded with a
+    value whose weight underflows to 0), :func:`soft_max_vjp` runs over them, and the window
+    gradients are summed back with ``index_add_`` (windows may overlap).
+    """
+    batch, channels, height, width = x.shape
+    out_h, out_w = grad_out.shape[-2:]
+    rows, row_ok = _adaptive_windows(height, out_h, x.device)  # (oh, kh)
+    cols, col_ok = _adaptive_windows(width, out_w, x.device)  # (ow, kw)
+    index = (rows[:, None, :, None] * width + cols[None, :, None, :]).reshape(out_h * out_w, -1)  # (L, K)
+    valid = (row_ok[:, None, :, None] & col_ok[None, :, None, :]).reshape(out_h * out_w, -1)
+    flat = x.reshape(batch, channels, height * width)
+    windows = flat[:, :, index]  # (B, C, L, K)
+    if not bool(valid.all()):
+        windows = windows.masked_fill(~valid, float(x.min()) - 1e4 * tau)  # weight exp(-1e4) == 0
+    grad = grad_out.reshape(batch, channels, out_h * out_w, 1)
+    grad_windows = soft_max_vjp(windows, grad, -1, tau, detach_weights)  # (B, C, L, K)
+    grad_x = torch.zeros_like(flat).index_add_(2, index.reshape(-1), grad_windows.flatten(2))
+    return grad_x.view_as(x)
+
+
+class _ExcitationAdaptiveMaxPoolFunction(torch.autograd.Function):
+    """Forward: the exact ``F.adaptive_max_pool2d``; backward: the soft pool over its windows."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, output_size, tau: float, detach_weights: bool):
+        ctx.tau, ctx.detach_weights = tau, detach_weights
+        ctx.save_for_backward(x)
+        return F.adaptive_max_pool2d(x, output_size)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        batched = x.dim() == 4  # (C, H, W) inputs are one unbatched image
+        x4, g4 = (x, grad_y) if batched else (x.unsqueeze(0), grad_y.unsqueeze(0))
+        grad = soft_adaptive_max_pool2d_vjp(x4, g4, ctx.tau, ctx.detach_weights)
+        return (grad if batched else grad.squeeze(0)), None, None, None
+
+
+class ExcitationAdaptiveMaxPool2d(nn.Module):
+    """Exact adaptive max pool forward; backward through ``sum_k softmax_k(x / tau) x_k`` per window."""
+
+    def __init__(self, output_size, temperature: float = 0.3, detach_weights: bool = False) -> None:
+        super().__init__()
+        self.output_size = output_size
+        self.temperature = check_temperature(temperature)
+        self.detach_weights = bool(detach_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ExcitationAdaptiveMaxPoolFunction.apply(x, self.output_size, self.temperature,
+                                                        self.detach_weights)
+
+    def extra_repr(self) -> str:
+        return (f"output_size={self.output_size}, temperature={self.temperature:g}, "
                 f"detach_weights={self.detach_weights}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Iterator
+from typing import ContextManager, Iterator
 
 from torch import nn
 
@@ -18,6 +18,7 @@ from pellucid.explain.rewrite import (CoverageReport, PullbackCoverageWarning, U
 __all__ = ["EXPLAINERS", "ExcitationPullback", "Gradient", "create_explainer"]
 
 EXPLAINERS: Registry[type[Explainer]] = Registry("explainer")
+_MAX_TAPPED = 16  # rewritten copies with hidden-layer taps kept per explainer
 
 
 @EXPLAINERS.register("gradient")
@@ -37,8 +38,12 @@ class ExcitationPullback(Explainer):
     or a callable ``(z, tau) -> gate``; ``detach_pool_weights`` stops the gradient through the
     softmax pooling weights (the successor paper's choice; the default follows the paper).
 
-    The model is rewritten once, with ``torch.fx``, into a new module (``self.coverage`` says what
-    was replaced). If it cannot be traced, ``nn.ReLU``/``nn.MaxPool2d`` modules are swapped for the
+    The model is rewritten once, with ``torch.fx``, into a new module (``self.coverage`` lists every
+    site and what was done to it): ReLU calls and (adaptive) max pools, and layers that declare
+    their own sites (the white-box network's max over poses and ReLUs; see
+    :mod:`pellucid.explain.rewrite`). A hidden-layer target gets a copy rewritten with a tap on its
+    layer (made once per set of layers). If the model cannot be traced, ``nn.ReLU``/
+    ``nn.MaxPool2d``/``nn.AdaptiveMaxPool2d`` modules and self-rewriting layers are swapped for the
     duration of each call instead (restored in ``finally``) and a warning says so; a model with no
     site at all is warned about too (the pullback is then the plain gradient). If the model is
     edited after the explainer was built (a layer swapped, new parameter objects loaded, an
@@ -62,6 +67,7 @@ class ExcitationPullback(Explainer):
         """Rewrite the model (or count its modules for the fallback) and remember its fingerprint."""
         model = self.model
         self._fingerprint = model_fingerprint(model)
+        self._tapped: dict[tuple[str, ...], nn.Module] = {}
         try:
             self._rewritten, self.coverage = rewrite_for_pullback(
                 model, self.temperature, self.gate, self.detach_pool_weights, self.replace_maxpool)
@@ -70,8 +76,8 @@ class ExcitationPullback(Explainer):
             with swap_modules(model, self.temperature, self.gate, self.detach_pool_weights,
                               self.replace_maxpool) as report:
                 self.coverage: CoverageReport = report  # counted, then restored at once
-            warnings.warn(f"{e}; falling back to replacing {report.relu_sites} nn.ReLU and "
-                          f"{report.maxpool_sites} nn.MaxPool2d module call(s) per call: functional "
+            warnings.warn(f"{e}; falling back to replacing modules per call ({report.relu_sites} "
+                          f"ReLU and {report.maxpool_sites} max-pool site(s)): functional "
                           "relu/max_pool calls inside forward are not reached", PullbackCoverageWarning,
                           stacklevel=stacklevel)
         warn_if_nothing_rewritten(self.coverage, stacklevel=stacklevel)
@@ -88,16 +94,32 @@ class ExcitationPullback(Explainer):
             self._refresh(stacklevel=3)
             return self._rewritten
 
+    def backward_model(self) -> ContextManager[nn.Module]:
+        return self._backward_model(())
+
+    def layer_backward_model(self, layers: tuple[str, ...]) -> ContextManager[nn.Module]:
+        return self._backward_model(tuple(layers))
+
     @contextlib.contextmanager
-    def backward_model(self) -> Iterator[nn.Module]:
+    def _backward_model(self, layers: tuple[str, ...]) -> Iterator[nn.Module]:
         with model_lock(self.model):
-            self._refresh(stacklevel=6)
-            if self._rewritten is not None:
-                yield self._rewritten
+            self._refresh(stacklevel=7)
+            if self._rewritten is None:  # fallback: hooks find the layers by path in the model
+                with swap_modules(self.model, self.temperature, self.gate, self.detach_pool_weights,
+                                  self.replace_maxpool):
+                    yield self.model
                 return
-            with swap_modules(self.model, self.temperature, self.gate, self.detach_pool_weights,
-                              self.replace_maxpool):
-                yield self.model
+            yield self._with_taps(layers) if layers else self._rewritten
+
+    def _with_taps(self, layers: tuple[str, ...]) -> nn.Module:
+        """The model rewritten with taps on ``layers`` (cached; the caller holds the lock)."""
+        if layers not in self._tapped:
+            if len(self._tapped) >= _MAX_TAPPED:
+                self._tapped.pop(next(iter(self._tapped)))
+            self._tapped[layers], _ = rewrite_for_pullback(
+                self.model, self.temperature, self.gate, self.detach_pool_weights,
+                self.replace_maxpool, layers=layers)
+        return self._tapped[layers]
 
 
 def create_explainer(method: str | Explainer, model: nn.Module, **kwargs) -> Explainer:

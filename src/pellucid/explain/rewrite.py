@@ -8,12 +8,33 @@ reused modules. A ``torch.fx`` trace sees every call site, so :func:`rewrite_for
 - ReLU call (``nn.ReLU`` module, ``F.relu``, ``F.relu_``, ``torch.relu``, ``torch.relu_``,
   ``Tensor.relu``, ``Tensor.relu_``; inplace or not; reused or not) becomes :class:`ExcitationReLU`,
 - max-pool call (``nn.MaxPool2d``, ``F.max_pool2d``, ``torch.max_pool2d``; no ``return_indices``)
-  becomes :class:`ExcitationMaxPool2d`,
+  becomes :class:`ExcitationMaxPool2d`, and every adaptive max pool (``nn.AdaptiveMaxPool2d``,
+  ``F.adaptive_max_pool2d``) :class:`ExcitationAdaptiveMaxPool2d`,
+- call of a layer that declares its own excitation sites (the protocol below) runs its
+  ``excitation_forward`` with the surrogate gates,
 
-and a :class:`CoverageReport` counts the replaced sites by kind and lists every other nonlinearity
-left untouched (GELU, SiLU, softmax, ...). When a model cannot be traced, :func:`pullback_mode`
-falls back to swapping ``nn.ReLU``/``nn.MaxPool2d`` modules inside a context manager (restored in
+and a :class:`CoverageReport` lists every site (rewritten or left alone) with its kind, and counts
+them: replaced sites and every other nonlinearity left untouched (GELU, SiLU, softmax, ...). When a
+model cannot be traced, :func:`pullback_mode` falls back to swapping ``nn.ReLU``/``nn.MaxPool2d``/
+``nn.AdaptiveMaxPool2d`` modules and self-rewriting layers inside a context manager (restored in
 ``finally``) and warns that functional calls cannot be reached.
+
+Protocol: layers with their own excitation sites
+------------------------------------------------
+A layer whose gates and pools are not plain ``relu``/``max_pool2d`` calls (a max over poses, a
+fused kernel, an input-dependent cache) declares them; the tracer then treats it as a leaf:
+
+- ``excitation_sites() -> tuple[(kind, role), ...]``: every nonlinear site of its forward, with
+  ``role`` ``"relu"`` (a ReLU gate), ``"max"`` (a max-type pool) or ``"kept"`` (left as it is:
+  not a gate, or already smooth), e.g. ``(("max over poses", "max"), ("ReLU", "relu"))``;
+- ``excitation_forward(gates, *args)`` (optional): its forward with ``gates.relu(z)`` at each
+  "relu" site and ``gates.max(x, dim)`` at each "max" site (:class:`ExcitationGates`), returning
+  bit-identical values. Without it the layer runs unchanged and its sites are reported as left alone.
+
+Hidden layers: ``rewrite_for_pullback(model, layers=paths)`` also inserts an identity "tap" after the
+first call of each named module (before any site is rewritten, so it follows the rewritten value)
+and records them in ``gm.layer_taps``: a forward hook on the tap sees that layer's output even where
+the rewritten graph no longer calls the module itself (see :mod:`pellucid.explain.layers`).
 """
 
 from __future__ import annotations
@@ -23,21 +44,22 @@ import inspect
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from pellucid.errors import PellucidError
+from pellucid.errors import InvalidInputError, PellucidError
 from pellucid.explain.base import model_lock, preserved_state
-from pellucid.explain.gates import (ExcitationBatchNormReLU, ExcitationMaxPool2d, ExcitationReLU,
-                                    Gate, PoolGeometry, check_temperature)
+from pellucid.explain.gates import (ExcitationAdaptiveMaxPool2d, ExcitationBatchNormReLU,
+                                    ExcitationGates, ExcitationMaxPool2d, ExcitationReLU, Gate,
+                                    PoolGeometry, check_temperature)
 
-__all__ = ["CoverageReport", "PullbackCoverageWarning", "Surrogate", "UntraceableModelError",
-           "model_fingerprint", "pullback_mode", "rewrite_for_pullback", "swap_modules",
-           "warn_if_nothing_rewritten"]
+__all__ = ["CoverageReport", "PullbackCoverageWarning", "SelfRewrittenLayer", "Site", "Surrogate",
+           "UntraceableModelError", "declares_sites", "model_fingerprint", "pullback_mode",
+           "rewrite_for_pullback", "swap_modules", "warn_if_nothing_rewritten"]
 
 
 class UntraceableModelError(PellucidError):
@@ -58,6 +80,7 @@ _RELU_FUNCTIONS = ((F.relu, "F.relu", None), (torch.relu, "torch.relu", False),
                    (torch.relu_, "torch.relu_", True))  # F.relu_ is torch.relu_
 _RELU_METHODS = {"relu": False, "relu_": True}
 _MAXPOOL_FUNCTIONS = ((F.max_pool2d, "F.max_pool2d"), (torch.max_pool2d, "torch.max_pool2d"))
+_ADAPTIVE_FUNCTIONS = ((F.adaptive_max_pool2d, "F.adaptive_max_pool2d"),)
 
 
 def _max_pool2d_signature(input, kernel_size, stride=None, padding=0, dilation=1,  # noqa: A002
@@ -65,7 +88,19 @@ def _max_pool2d_signature(input, kernel_size, stride=None, padding=0, dilation=1
     """Argument names shared by ``F.max_pool2d`` and ``torch.max_pool2d``."""
 
 
+def _adaptive_max_pool2d_signature(input, output_size, return_indices=False):  # noqa: A002
+    """Argument names of ``F.adaptive_max_pool2d``."""
+
+
 _MAXPOOL_SIG = inspect.signature(_max_pool2d_signature)
+_ADAPTIVE_SIG = inspect.signature(_adaptive_max_pool2d_signature)
+
+
+@dataclass(frozen=True)
+class _Adaptive:
+    """The ``output_size`` of an adaptive max pool (a hashable key, like :class:`PoolGeometry`)."""
+
+    output_size: Any
 
 # Nonlinear modules / functions that are left alone (reported, not replaced).
 _OTHER_MODULES = (nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.ELU, nn.CELU, nn.SELU,
@@ -78,17 +113,47 @@ _OTHER_FUNCTIONS = {f: f"F.{f.__name__}" for f in (
     F.gelu, F.silu, F.sigmoid, F.tanh, F.softplus, F.elu, F.celu, F.selu, F.leaky_relu, F.prelu,
     F.rrelu, F.relu6, F.hardtanh, F.hardswish, F.hardsigmoid, F.mish, F.threshold, F.softmax,
     F.log_softmax, F.softmin, F.glu, F.max_pool1d, F.max_pool3d, F.adaptive_max_pool1d,
-    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.scaled_dot_product_attention)}
+    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.scaled_dot_product_attention,
+    F.max_pool2d_with_indices, F.adaptive_max_pool2d_with_indices)}
 _OTHER_FUNCTIONS.update({f: f"torch.{f.__name__}" for f in (
     torch.sigmoid, torch.tanh, torch.softmax, torch.log_softmax, torch.clamp, torch.clip,
-    torch.maximum, torch.minimum, torch.max, torch.min, torch.abs, torch.sign, torch.where)})
+    torch.maximum, torch.minimum, torch.max, torch.min, torch.amax, torch.amin, torch.abs, torch.sign,
+    torch.where)})
 _OTHER_METHODS = {"sigmoid", "tanh", "softmax", "log_softmax", "clamp", "clamp_", "clamp_min",
-                  "clamp_max", "clip", "abs", "sign", "max", "min", "sigmoid_", "tanh_"}
+                  "clamp_max", "clip", "abs", "sign", "max", "min", "amax", "amin", "sigmoid_", "tanh_"}
+
+# what happened at a site
+RELU_GATE, SOFT_MAX, LEFT_ALONE = "relu gate", "soft max", "left alone"
+
+
+def declares_sites(module: nn.Module) -> bool:
+    """Whether ``module`` follows the protocol (declares ``excitation_sites``; see the module doc)."""
+    return callable(getattr(type(module), "excitation_sites", None))
 
 
 # ----------------------------------------------------------------------------------------------
 # Coverage report
 # ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Site:
+    """One nonlinear call site: where (module path or graph node), its kind, and what happened to it
+    (``"relu gate"``, ``"soft max"`` or ``"left alone"``)."""
+
+    name: str
+    kind: str
+    action: str
+
+    @property
+    def rewritten(self) -> bool:
+        return self.action != LEFT_ALONE
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind}): {self.action}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "kind": self.kind, "action": self.action}
+
 
 @dataclass
 class CoverageReport:
@@ -103,7 +168,7 @@ class CoverageReport:
     relu: Counter = field(default_factory=Counter)  # kind -> replaced call sites
     maxpool: Counter = field(default_factory=Counter)
     untouched: Counter = field(default_factory=Counter)  # kind -> call sites left alone
-    sites: list[str] = field(default_factory=list)  # node / module names, in order
+    sites: list[Site] = field(default_factory=list)  # every site, rewritten or not, in call order
     fused_batchnorm: int = 0  # ReLU sites fed by an eval batch norm, fused to save memory
     note: str = ""
 
@@ -124,7 +189,14 @@ class CoverageReport:
         return {"model": self.model, "method": self.method, "relu_sites": self.relu_sites,
                 "maxpool_sites": self.maxpool_sites, "relu": dict(self.relu),
                 "maxpool": dict(self.maxpool), "untouched": dict(self.untouched),
-                "fused_batchnorm": self.fused_batchnorm, "note": self.note}
+                "fused_batchnorm": self.fused_batchnorm, "note": self.note,
+                "sites": [site.to_dict() for site in self.sites]}
+
+    def add(self, name: str, kind: str, action: str) -> None:
+        """Record one site and count it under ``relu``, ``maxpool`` or ``untouched``."""
+        counter = {RELU_GATE: self.relu, SOFT_MAX: self.maxpool}.get(action, self.untouched)
+        counter[kind] += 1
+        self.sites.append(Site(name, kind, action))
 
     def __str__(self) -> str:
         def fmt(c: Counter) -> str:
@@ -144,21 +216,45 @@ class CoverageReport:
 
 
 # ----------------------------------------------------------------------------------------------
-# fx rewriting
+# Tracing
 # ----------------------------------------------------------------------------------------------
 
-def _trace(model: nn.Module) -> fx.Graph:
-    """The model's graph; tracing runs Python code on the real modules, so their state is restored."""
+class _PullbackTracer(fx.Tracer):
+    """``torch.fx`` tracer that keeps self-rewriting layers as leaves and records, for every module
+    path, what its first call returned (a ``Proxy`` for one tensor), for the hidden-layer taps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer_outputs: dict[str, Any] = {}
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return declares_sites(m) or super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        out = super().call_module(m, forward, args, kwargs)
+        self.layer_outputs.setdefault(self.path_of_module(m), out)
+        return out
+
+
+def _trace(model: nn.Module) -> tuple[fx.Graph, dict[str, Any]]:
+    """The model's graph and its modules' first outputs; tracing runs Python code on the real
+    modules, so their state is restored."""
+    tracer = _PullbackTracer()
     try:
         with preserved_state(model):
-            return fx.Tracer().trace(model)
+            return tracer.trace(model), tracer.layer_outputs
     except Exception as e:  # fx raises TraceError, TypeError, RuntimeError, user errors, ...
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         raise UntraceableModelError(
             f"torch.fx cannot trace {type(model).__name__} ({reason}); pullback_mode falls back to "
             "module replacement, or make forward traceable (no data-dependent Python control flow "
-            "or input checks on tensor values)") from e
+            "or input checks on tensor values: wrap input checks with torch.fx.wrap, or let a layer "
+            "declare its own excitation sites)") from e
 
+
+# ----------------------------------------------------------------------------------------------
+# Sites
+# ----------------------------------------------------------------------------------------------
 
 def _relu_site(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[str, bool] | None:
     """``(kind, inplace)`` if ``node`` is a ReLU call site."""
@@ -175,24 +271,47 @@ def _relu_site(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[str, bool]
     return None
 
 
-def _maxpool_site(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[str, PoolGeometry] | None:
-    """``(kind, geometry)`` if ``node`` is a replaceable 2-d max-pool call site."""
+def _bound(signature: inspect.Signature, node: fx.Node) -> dict[str, Any] | None:
+    """The call's arguments by name, or None when any but the input is computed in the graph."""
+    bound = signature.bind(*node.args, **node.kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    if a["return_indices"] or any(isinstance(v, fx.Node) for k, v in a.items() if k != "input"):
+        return None
+    return a
+
+
+def _maxpool_site(node: fx.Node, modules: dict[str, nn.Module]
+                  ) -> tuple[str, PoolGeometry | _Adaptive] | None:
+    """``(kind, geometry)`` if ``node`` is a replaceable 2-d (adaptive) max-pool call site."""
     if node.op == "call_module":
         m = modules.get(node.target)
         if type(m) is nn.MaxPool2d and not m.return_indices:
             return "nn.MaxPool2d", PoolGeometry.of(m.kernel_size, m.stride, m.padding, m.dilation,
                                                    m.ceil_mode)
+        if type(m) is nn.AdaptiveMaxPool2d and not m.return_indices:
+            return "nn.AdaptiveMaxPool2d", _Adaptive(_hashable(m.output_size))
     if node.op == "call_function":
         for fn, kind in _MAXPOOL_FUNCTIONS:
             if node.target is fn:
-                bound = _MAXPOOL_SIG.bind(*node.args, **node.kwargs)
-                bound.apply_defaults()
-                a = bound.arguments
-                if a["return_indices"] or any(isinstance(v, fx.Node) for k, v in a.items() if k != "input"):
-                    return None
-                return kind, PoolGeometry.of(a["kernel_size"], a["stride"], a["padding"],
-                                             a["dilation"], a["ceil_mode"])
+                a = _bound(_MAXPOOL_SIG, node)
+                return None if a is None else (kind, PoolGeometry.of(
+                    a["kernel_size"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"]))
+        for fn, kind in _ADAPTIVE_FUNCTIONS:
+            if node.target is fn:
+                a = _bound(_ADAPTIVE_SIG, node)
+                return None if a is None else (kind, _Adaptive(_hashable(a["output_size"])))
     return None
+
+
+def _hashable(size: Any) -> Any:
+    return tuple(size) if isinstance(size, list) else size
+
+
+def _pool_module(geometry: PoolGeometry | _Adaptive, tau: float, detach: bool) -> nn.Module:
+    if isinstance(geometry, _Adaptive):
+        return ExcitationAdaptiveMaxPool2d(geometry.output_size, tau, detach)
+    return ExcitationMaxPool2d(geometry, tau, detach)
 
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -213,17 +332,61 @@ def _untouched_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
         if isinstance(m, _OTHER_MODULES):
             return f"nn.{type(m).__name__}" + ("(return_indices)" if getattr(m, "return_indices", False) else "")
     elif node.op == "call_function":
-        if node.target in (F.max_pool2d, torch.max_pool2d):
-            return "F.max_pool2d(return_indices/dynamic args)"
+        if node.target in (F.max_pool2d, torch.max_pool2d, F.adaptive_max_pool2d):
+            return f"F.{node.target.__name__}(return_indices/dynamic args)"
         return _OTHER_FUNCTIONS.get(node.target)
     elif node.op == "call_method" and node.target in _OTHER_METHODS:
         return f"Tensor.{node.target}"
     return None
 
 
+def _site_name(node: fx.Node) -> str:
+    return str(node.target) if node.op == "call_module" else node.name
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers with their own excitation sites
+# ----------------------------------------------------------------------------------------------
+
+class SelfRewrittenLayer(nn.Module):
+    """``layer.excitation_forward(gates, *args)``: a layer that declares its own excitation sites,
+    run with the surrogate gates (same forward values as ``layer(*args)``)."""
+
+    def __init__(self, layer: nn.Module, gates: ExcitationGates) -> None:
+        super().__init__()
+        self.layer, self.gates = layer, gates
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.layer.excitation_forward(self.gates, *args, **kwargs)
+
+
+def _layer_sites(layer: nn.Module, soften_max: bool) -> list[tuple[str, str]]:
+    """``(kind, action)`` per site the layer declares; its "relu"/"max" sites are rewritten only if
+    it has an ``excitation_forward`` (and "max" only with ``soften_max``)."""
+    rewrites = callable(getattr(layer, "excitation_forward", None))
+    sites = []
+    for kind, role in layer.excitation_sites():
+        action = {"relu": RELU_GATE, "max": SOFT_MAX if soften_max else LEFT_ALONE}.get(role, LEFT_ALONE)
+        sites.append((f"{type(layer).__name__}: {kind}", action if rewrites else LEFT_ALONE))
+    return sites
+
+
+def _record_layer(report: CoverageReport, name: str, layer: nn.Module, soften_max: bool) -> bool:
+    """Add the layer's sites to ``report``; whether any is rewritten (the layer must be swapped)."""
+    sites = _layer_sites(layer, soften_max)
+    for kind, action in sites:
+        report.add(name, kind, action)
+    return any(action != LEFT_ALONE for _, action in sites)
+
+
+# ----------------------------------------------------------------------------------------------
+# fx rewriting
+# ----------------------------------------------------------------------------------------------
+
 def rewrite_for_pullback(model: nn.Module, temperature: float = 0.3, gate: str | Gate = "sigmoid",
                          detach_pool_weights: bool = False, replace_maxpool: bool = True,
-                         fuse_batchnorm: bool = True) -> tuple[fx.GraphModule, CoverageReport]:
+                         fuse_batchnorm: bool = True, layers: Sequence[str] = ()
+                         ) -> tuple[fx.GraphModule, CoverageReport]:
     """A new ``GraphModule`` computing ``model``'s exact forward with surrogate gates in backward.
 
     The returned module shares ``model``'s parameters and submodules (no copy) but ``model`` itself
@@ -231,38 +394,49 @@ def rewrite_for_pullback(model: nn.Module, temperature: float = 0.3, gate: str |
     Inplace sites keep their semantics: later readers of the overwritten tensor read the new output.
     ``fuse_batchnorm``: a ReLU fed only by a batch norm becomes one :class:`ExcitationBatchNormReLU`
     (same values and gate; saves only the batch norm's input, as plain autograd does).
+    ``replace_maxpool``: also soften max pools and the "max" sites of self-rewriting layers.
+    ``layers``: module paths whose outputs get a tap (``gm.layer_taps``, see the module docstring).
     """
     tau = check_temperature(temperature)
-    graph = _trace(model)
+    graph, outputs = _trace(model)
     gm = fx.GraphModule(model, graph, class_name=f"Pullback{type(model).__name__}")
     gm.training = model.training  # attribute only: gm.train() would recurse into the user's modules
+    gm.layer_taps = _insert_taps(gm, graph, outputs, layers, type(model).__name__)
     modules = dict(model.named_modules(remove_duplicate=False))
     report = CoverageReport(type(model).__name__, "fx")
     relu_name = _free_name(gm, "excitation_relu")
-    gm.add_submodule(relu_name, ExcitationReLU(gate, tau))
-    pools: dict[PoolGeometry, str] = {}
+    relu_module = ExcitationReLU(gate, tau)
+    gm.add_submodule(relu_name, relu_module)
+    gates = ExcitationGates(relu_module.gate, tau, detach_pool_weights, replace_maxpool)
+    pools: dict[PoolGeometry | _Adaptive, str] = {}
     order = {node: i for i, node in enumerate(graph.nodes)}
     for node in list(graph.nodes):
+        layer = modules.get(node.target) if node.op == "call_module" else None
+        if layer is not None and declares_sites(layer):
+            if _record_layer(report, _site_name(node), layer, replace_maxpool):
+                name = _free_name(gm, f"excitation_{node.target.replace('.', '_')}")
+                gm.add_submodule(name, SelfRewrittenLayer(layer, gates))
+                _redirect(graph, node, name, node.args, node.kwargs)
+            continue
         relu = _relu_site(node, modules)
         pool = _maxpool_site(node, modules) if (replace_maxpool and relu is None) else None
         if relu is not None:
             kind, inplace = relu
-            report.relu[kind] += 1
+            report.add(_site_name(node), kind, RELU_GATE)
             target = relu_name
         elif pool is not None:
             kind, geometry = pool
             inplace = False
-            report.maxpool[kind] += 1
+            report.add(_site_name(node), kind, SOFT_MAX)
             if geometry not in pools:
                 pools[geometry] = _free_name(gm, f"excitation_maxpool{len(pools)}")
-                gm.add_submodule(pools[geometry], ExcitationMaxPool2d(geometry, tau, detach_pool_weights))
+                gm.add_submodule(pools[geometry], _pool_module(geometry, tau, detach_pool_weights))
             target = pools[geometry]
         else:
             kind = _untouched_kind(node, modules)
             if kind is not None:
-                report.untouched[kind] += 1
+                report.add(_site_name(node), kind, LEFT_ALONE)
             continue
-        report.sites.append(f"{node.name} ({kind})")
         source = node.args[0] if node.args else node.kwargs["input"]
         bn = _fusable_batchnorm(source, modules) if (relu is not None and fuse_batchnorm) else None
         if bn is not None:  # relu(bn(c)) -> one module that saves only c
@@ -271,20 +445,51 @@ def rewrite_for_pullback(model: nn.Module, temperature: float = 0.3, gate: str |
                                                              gm.get_submodule(relu_name)))
             report.fused_batchnorm += 1
             inplace, bn_node, source = False, source, source.args[0]
-        with graph.inserting_after(node):
-            new = graph.call_module(target, (source,))
-        node.replace_all_uses_with(new)
+        new = _redirect(graph, node, target, (source,), {})
         if inplace and isinstance(source, fx.Node):  # readers after an inplace op see its output
             for user in list(source.users):
                 if user is not new and order.get(user, -1) > order[node]:
                     user.replace_input_with(source, new)
         order[new] = order[node]
-        graph.erase_node(node)
         if bn is not None:
             graph.erase_node(bn_node)
     graph.lint()
     gm.recompile()
     return gm, report
+
+
+def _redirect(graph: fx.Graph, node: fx.Node, target: str, args: tuple, kwargs: dict) -> fx.Node:
+    """Replace ``node`` by a call of submodule ``target`` on ``args``; returns the new node."""
+    with graph.inserting_after(node):
+        new = graph.call_module(target, args, kwargs)
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+    return new
+
+
+class _LayerTap(nn.Identity):
+    """Called on one layer's output in a rewritten module, so that a forward hook can read it."""
+
+
+def _insert_taps(gm: fx.GraphModule, graph: fx.Graph, outputs: dict[str, Any], layers: Sequence[str],
+                 model_name: str) -> dict[str, nn.Module]:
+    """One :class:`_LayerTap` after the first output of each module in ``layers`` (``""``: none)."""
+    taps: dict[str, nn.Module] = {}
+    for path in dict.fromkeys(layers):
+        if path == "":
+            continue
+        out = outputs.get(path)
+        if not isinstance(out, fx.Proxy):
+            why = ("is not called as a module in the traced forward (it may run inside a module the "
+                   "trace does not enter)" if path not in outputs else "does not return one tensor")
+            raise InvalidInputError(f"target: {model_name}'s module {path!r} {why}; address a "
+                                    "module whose output is one tensor")
+        name = _free_name(gm, "layer_tap")
+        taps[path] = _LayerTap()
+        gm.add_submodule(name, taps[path])
+        with graph.inserting_after(out.node):
+            graph.call_module(name, (out.node,))
+    return taps
 
 
 def warn_if_nothing_rewritten(report: CoverageReport, stacklevel: int = 2) -> None:
@@ -313,47 +518,69 @@ def _free_name(gm: nn.Module, base: str) -> str:
 def swap_modules(model: nn.Module, temperature: float = 0.3, gate: str | Gate = "sigmoid",
                  detach_pool_weights: bool = False, replace_maxpool: bool = True
                  ) -> Iterator[CoverageReport]:
-    """Temporarily replace every ``nn.ReLU`` / ``nn.MaxPool2d`` child of ``model`` (restored in ``finally``).
+    """Temporarily replace every ``nn.ReLU`` / ``nn.MaxPool2d`` / ``nn.AdaptiveMaxPool2d`` child of
+    ``model``, and every self-rewriting layer, by its surrogate (restored in ``finally``).
 
-    Reused modules are fine (the replacement is a module too); functional calls are not reached.
-    Entering twice is safe: the inner context sees no ``nn.ReLU`` left and changes nothing.
-    The block holds ``model``'s lock (:func:`~pellucid.explain.base.model_lock`): explainers on
-    ``model`` in other threads wait until the modules are restored.
+    Each replaced child gets its own surrogate module (a forward hook on a path sees that child's
+    calls only); a reused module is replaced once and stays reused. Functional calls are not
+    reached. Entering twice is safe: the inner context finds nothing left to replace. The block
+    holds ``model``'s lock (:func:`~pellucid.explain.base.model_lock`): explainers on ``model`` in
+    other threads wait until the modules are restored.
     """
     tau = check_temperature(temperature)
     relu = ExcitationReLU(gate, tau)
+    gates = ExcitationGates(relu.gate, tau, detach_pool_weights, replace_maxpool)
     report = CoverageReport(type(model).__name__, "module-replacement",
                             note="model could not be traced: functional relu/max_pool calls inside "
                                  "forward (F.relu, torch.relu, x.relu()) are NOT reached")
     with model_lock(model):
-        yield from _swap_modules(model, relu, tau, detach_pool_weights, replace_maxpool, report)
+        yield from _swap_modules(model, gates, replace_maxpool, report)
 
 
-def _swap_modules(model: nn.Module, relu: ExcitationReLU, tau: float, detach_pool_weights: bool,
-                  replace_maxpool: bool, report: CoverageReport) -> Iterator[CoverageReport]:
-    swaps: list[tuple[nn.Module, str, nn.Module]] = []
+def _replacement(child: nn.Module, gates: ExcitationGates, replace_maxpool: bool,
+                 report: CoverageReport, name: str) -> nn.Module | None:
+    """The surrogate of one child module (recording its sites), or None to keep it."""
+    kind = f"nn.{type(child).__name__} (module)"
+    if type(child) is nn.ReLU:
+        report.add(name, kind, RELU_GATE)
+        return ExcitationReLU(gates.gate, gates.temperature)
+    if replace_maxpool and type(child) is nn.MaxPool2d and not child.return_indices:
+        report.add(name, kind, SOFT_MAX)
+        return ExcitationMaxPool2d(PoolGeometry.of(child.kernel_size, child.stride, child.padding,
+                                                   child.dilation, child.ceil_mode),
+                                   gates.temperature, gates.detach_pool_weights)
+    if replace_maxpool and type(child) is nn.AdaptiveMaxPool2d and not child.return_indices:
+        report.add(name, kind, SOFT_MAX)
+        return ExcitationAdaptiveMaxPool2d(child.output_size, gates.temperature,
+                                           gates.detach_pool_weights)
+    if declares_sites(child):
+        return SelfRewrittenLayer(child, gates) if _record_layer(report, name, child, replace_maxpool) \
+            else None
+    if isinstance(child, _OTHER_MODULES):
+        report.add(name, kind, LEFT_ALONE)
+    return None
+
+
+def _swap_modules(model: nn.Module, gates: ExcitationGates, replace_maxpool: bool,
+                  report: CoverageReport) -> Iterator[CoverageReport]:
+    swaps: list[tuple[nn.Module, str, nn.Module, nn.Module]] = []
+    new_of: dict[int, nn.Module] = {}  # a reused child gets one surrogate
     for parent_name, parent in model.named_modules(remove_duplicate=True):
+        if declares_sites(parent) or isinstance(parent, SelfRewrittenLayer):
+            continue  # its children run inside its own (rewritten) forward
         for name, child in parent._modules.items():
-            if type(child) is nn.ReLU:
-                swaps.append((parent, name, child))
-                report.relu["nn.ReLU (module)"] += 1
-            elif replace_maxpool and type(child) is nn.MaxPool2d and not child.return_indices:
-                swaps.append((parent, name, child))
-                report.maxpool["nn.MaxPool2d (module)"] += 1
-            elif isinstance(child, _OTHER_MODULES):
-                report.untouched[f"nn.{type(child).__name__} (module)"] += 1
-            else:
+            if child is None or isinstance(child, SelfRewrittenLayer):
                 continue
-            report.sites.append(f"{parent_name}.{name}".lstrip("."))
+            if id(child) not in new_of:
+                new = _replacement(child, gates, replace_maxpool, report,
+                                   f"{parent_name}.{name}".lstrip("."))
+                if new is None:
+                    continue
+                new_of[id(child)] = new
+            swaps.append((parent, name, child, new_of[id(child)]))
     done: list[tuple[nn.Module, str, nn.Module]] = []
     try:
-        for parent, name, child in swaps:
-            if type(child) is nn.ReLU:
-                new: nn.Module = relu
-            else:
-                new = ExcitationMaxPool2d(PoolGeometry.of(child.kernel_size, child.stride, child.padding,
-                                                          child.dilation, child.ceil_mode),
-                                          tau, detach_pool_weights)
+        for parent, name, child, new in swaps:
             parent._modules[name] = new
             done.append((parent, name, child))
         yield report

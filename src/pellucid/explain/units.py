@@ -23,7 +23,6 @@ are removed also on errors; the caller's tensors are never modified.
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -35,98 +34,16 @@ from torch import nn
 from pellucid.data.validation import check_model_input
 from pellucid.errors import InvalidInputError
 from pellucid.explain.base import _MODE_DEPENDENT, model_lock, preserved_state
+from pellucid.explain.layers import (UnitAddress, capture_output, find_module, parse_unit,
+                                     unit_index)
 
 __all__ = ["LayerCheck", "RepresentationCheck", "UnitAddress", "UnitGradients", "check_unit",
            "gradient_alignment", "gradient_representation_check", "model_dtype_device",
            "module_output_shapes",
            "noise_gradient_alignment", "noise_inputs", "parse_unit", "unit_gradients_on_noise"]
 
-_UNIT = re.compile(r"(?P<path>[^:@]*):(?P<channel>[0-9]+)(?:@(?P<pos>[0-9]+(?:,[0-9]+)*))?")
-
 
 # --------------------------------------------------------------------------- addresses
-
-
-@dataclass(frozen=True)
-class UnitAddress:
-    """One hidden unit: output ``channel`` (axis 1) of module ``path``, at ``position`` (the
-    indices of the spatial axes 2, 3, ...) or, for a spatial output without a position, at its
-    centre ``(H // 2, W // 2, ...)``.
-
-    The centre rather than the spatial maximum: the maximum's location changes from one noise
-    draw to the next, so its gradients would show one template at different places.
-    """
-
-    path: str
-    channel: int
-    position: tuple[int, ...] | None = None
-
-    def __str__(self) -> str:
-        pos = "" if self.position is None else "@" + ",".join(map(str, self.position))
-        return f"{self.path}:{self.channel}{pos}"
-
-    @property
-    def slug(self) -> str:
-        """A file-name stem: ``path-channel[-h-w]`` (``output`` for the model's own output)."""
-        parts = [self.path or "output", str(self.channel), *map(str, self.position or ())]
-        return "-".join(parts)
-
-
-def parse_unit(unit: "str | UnitAddress", name: str = "unit") -> UnitAddress:
-    """``"path:channel"`` or ``"path:channel@h,w"`` (or a :class:`UnitAddress`) as an address."""
-    if isinstance(unit, UnitAddress):
-        if not isinstance(unit.path, str) or isinstance(unit.channel, bool) or \
-                not isinstance(unit.channel, int):
-            raise InvalidInputError(f"{name} must have a str path and an int channel, got {unit!r}")
-        if unit.position is not None and not all(isinstance(i, int) and not isinstance(i, bool)
-                                                 for i in unit.position):
-            raise InvalidInputError(f"{name}: position must be a tuple of ints, got {unit.position!r}")
-        return UnitAddress(unit.path, unit.channel,
-                           None if unit.position is None else tuple(unit.position))
-    if not isinstance(unit, str):
-        raise InvalidInputError(f"{name} must be 'module.path:channel' or a UnitAddress, "
-                                f"got {type(unit).__name__}")
-    match = _UNIT.fullmatch(unit.strip())
-    if match is None:
-        shown = unit if len(unit) <= 60 else unit[:57] + "..."
-        raise InvalidInputError(f"{name} {shown!r} is not 'module.path:channel' or "
-                                "'module.path:channel@h,w' (e.g. features.0:3 or features.0:3@14,14)")
-    pos = match.group("pos")
-    return UnitAddress(match.group("path"), int(match.group("channel")),
-                       None if pos is None else tuple(int(v) for v in pos.split(",")))
-
-
-def _module(model: nn.Module, path: str, name: str) -> nn.Module:
-    modules = dict(model.named_modules())
-    if path not in modules:
-        valid = [p for p in modules if p]
-        shown = ", ".join(valid[:8]) + (f", ... ({len(valid)} in all)" if len(valid) > 8 else "")
-        raise InvalidInputError(f"{name}: {type(model).__name__} has no module {path!r}; valid "
-                                f"paths: {shown or '(none)'}, or '' for the model's output")
-    return modules[path]
-
-
-def _unit_index(unit: UnitAddress, shape: Sequence[int], name: str) -> tuple[int, ...]:
-    """Indices into one sample's output of shape ``shape`` (no batch axis); errors name the range."""
-    if len(shape) < 1:
-        raise InvalidInputError(f"{name}: the output of {unit.path or 'the model'!r} has no channel "
-                                f"axis (shape per sample {tuple(shape)})")
-    channels = shape[0]
-    if not 0 <= unit.channel < channels:
-        raise InvalidInputError(f"{name}: channel {unit.channel} is out of range; "
-                                f"{unit.path or 'the output'!r} has {channels} channels "
-                                f"(valid 0..{channels - 1})")
-    spatial = tuple(shape[1:])
-    if unit.position is None:
-        return (unit.channel, *(s // 2 for s in spatial))
-    if len(unit.position) != len(spatial) or \
-            any(not 0 <= p < s for p, s in zip(unit.position, spatial)):
-        valid = "none (no spatial axes)" if not spatial else \
-            " x ".join(f"0..{s - 1}" for s in spatial)
-        raise InvalidInputError(f"{name}: position {unit.position} is out of range for "
-                                f"{unit.path or 'the output'!r} (spatial shape {spatial}; valid "
-                                f"positions {valid})")
-    return (unit.channel, *unit.position)
 
 
 def check_unit(model: nn.Module, unit: "str | UnitAddress",
@@ -135,7 +52,7 @@ def check_unit(model: nn.Module, unit: "str | UnitAddress",
     (:func:`module_output_shapes`): the module exists, runs and returns one tensor, and the
     channel and position are in range; a spatial unit without a position gets the centre."""
     address = parse_unit(unit, name)
-    _module(model, address.path, name)
+    find_module(model, address.path, name)
     if address.path not in shapes:
         raise InvalidInputError(f"{name}: module {address.path!r} does not run in "
                                 f"{type(model).__name__}'s forward")
@@ -143,18 +60,11 @@ def check_unit(model: nn.Module, unit: "str | UnitAddress",
     if shape is None:
         raise InvalidInputError(f"{name}: {address.path or 'the model'!r} does not return one "
                                 "tensor; address a module whose output is one tensor")
-    index = _unit_index(address, shape, name)
+    index = unit_index(address, shape, name)
     return UnitAddress(address.path, address.channel, tuple(index[1:]) or None)
 
 
 # --------------------------------------------------------------------------- capture
-
-
-class _Captured(BaseException):
-    """Ends the forward once the addressed module has run: the rest is not needed.
-
-    A BaseException so that a model's own ``except Exception`` does not swallow it.
-    """
 
 
 def model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -171,32 +81,6 @@ def _warn_train_mode(model: nn.Module) -> None:
         warnings.warn(f"{type(model).__name__} has batch-norm/dropout layers in training mode (they "
                       "couple the samples and change the gradients; their statistics are restored "
                       "afterwards); call model.eval() first", stacklevel=3)
-
-
-def _capture_forward(model: nn.Module, module: nn.Module, x: torch.Tensor, path: str,
-                     name: str) -> torch.Tensor:
-    """The output of ``module`` on the forward of ``x`` (its first call); the forward stops there."""
-    captured: list[torch.Tensor] = []
-
-    def hook(_module, _inputs, output):
-        if not isinstance(output, torch.Tensor):
-            raise InvalidInputError(f"{name}: {path or 'the model'!r} returns "
-                                    f"{type(output).__name__}, not a tensor; address a module "
-                                    "whose output is one tensor")
-        captured.append(output)
-        raise _Captured
-
-    handle = module.register_forward_hook(hook)
-    try:
-        model(x)
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-    if not captured:
-        raise InvalidInputError(f"{name}: module {path!r} does not run in "
-                                f"{type(model).__name__}'s forward")
-    return captured[0]
 
 
 def module_output_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...] | None]:
@@ -324,14 +208,14 @@ def unit_gradients_on_noise(model: nn.Module, unit: "str | UnitAddress", n: int 
     if mean is None:
         mean = (bounds[0] + bounds[1]) / 2 if bounds else 0.0
     std, mean = _finite(std, "std", positive=True), _finite(mean, "mean")
-    module = _module(model, address.path, "unit")
+    module = find_module(model, address.path, "unit")
     _warn_train_mode(model)
     dtype, device = model_dtype_device(model)
     z = noise_inputs(n, shape, seed, mean, std, bounds, dtype, device)
     with model_lock(model), preserved_state(model), torch.enable_grad():
         leaf = z.clone().requires_grad_(True)
-        output = _capture_forward(model, module, leaf, address.path, "unit")
-        index = _unit_index(address, tuple(output.shape[1:]), "unit")
+        output = capture_output(model, module, leaf, address.path, "unit")
+        index = unit_index(address, tuple(output.shape[1:]), "unit")
         values = output[(slice(None), *index)]
         if not values.requires_grad:  # a unit that does not depend on the input
             grads = torch.zeros_like(leaf)
@@ -515,7 +399,7 @@ def _vjp_layer(model: nn.Module, module: nn.Module, x: torch.Tensor, path: str,
     b = x.shape[0]
     d = x[0].numel()
     with torch.no_grad():
-        probe = _capture_forward(model, module, x, path, "layers")
+        probe = capture_output(model, module, x, path, "layers")
     if not probe.is_floating_point():
         return None  # integer outputs (indices, counts) have no gradient to check
     units = probe[0].numel()
@@ -528,7 +412,7 @@ def _vjp_layer(model: nn.Module, module: nn.Module, x: torch.Tensor, path: str,
     for start in range(0, units, k):  # chunks of units, each one batched backward
         count = min(k, units - start)
         leaf = x.repeat(count, *([1] * (x.dim() - 1))).requires_grad_(True)  # (count * B, ...)
-        out = _capture_forward(model, module, leaf, path, "layers").reshape(count, b, units)
+        out = capture_output(model, module, leaf, path, "layers").reshape(count, b, units)
         picked = torch.arange(start, start + count, device=out.device)
         cotangent = torch.zeros_like(out)
         cotangent[torch.arange(count, device=out.device), :, picked] = 1
@@ -590,7 +474,7 @@ def gradient_representation_check(model: nn.Module, x: torch.Tensor,
         if not paths:
             raise InvalidInputError("layers is empty; give module paths or None for every leaf module")
         for p in paths:
-            _module(model, p, "layers")
+            find_module(model, p, "layers")
     else:
         paths = [p for p, m in modules.items() if p and not any(True for _ in m.children())]
         if not paths:

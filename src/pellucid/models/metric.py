@@ -13,6 +13,7 @@ Image models take images in [0, 1] and map them to [-1, 1] (the paper's input sc
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -22,6 +23,10 @@ from pellucid.nn.distance import ConvexDistance, CosineSimilarity, LpDistance, S
 from pellucid.nn.invex import InvexDistance
 from pellucid.nn.metric_conv import L2DistanceConv2d, MetricConv2d
 from pellucid.nn.similarity import EpsilonSoftmax
+
+# torch.fx records the input checks as one call each (they read shapes and values, which a trace
+# cannot), so traced copies (e.g. for excitation pullbacks) still check every input.
+torch.fx.wrap("check_features")
 
 METRICS = ("l0.5", "l1", "l2", "l20", "stereo", "cosine", "linear", "convex", "invex", "ordinary", "ordinary-mlp")
 
@@ -65,6 +70,17 @@ def _flat_signed(x: torch.Tensor, in_features: int) -> torch.Tensor:
         raise InvalidInputError(f"expected {in_features} values per image, got {flat.shape[1]} "
                                 f"(input shape {tuple(x.shape)})")
     return flat
+
+
+torch.fx.wrap("_flat_signed")
+
+
+def _check_rgb(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
+        raise InvalidInputError(f"expected images (B, 3, H, W), got {getattr(x, 'shape', None)}")
+
+
+torch.fx.wrap("_check_rgb")
 
 
 class MetricMLP(nn.Module):
@@ -234,8 +250,7 @@ class MetricResNet20(nn.Module):
         self.head = nn.Linear(cin, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
-            raise InvalidInputError(f"expected images (B, 3, H, W), got {getattr(x, 'shape', None)}")
+        _check_rgb(x)
         h = self.layers(self.stem((x - self.mean) / self.std))
         return self.head(h.mean((2, 3)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
+import torch.fx
 from torch import nn
 
 from pellucid.data.validation import check_images
@@ -12,12 +13,23 @@ from pellucid.errors import CheckpointError
 from pellucid.models.registry import register_model
 from pellucid.nn import AffineFeatures, LogicalFeatures, RotationConvFeatures, TwoStep
 
+# torch.fx records the input check as one call (it reads tensor values, which a trace cannot), so
+# a traced copy of the model (e.g. for excitation pullbacks) still checks every input.
+torch.fx.wrap("check_images")
+
 
 class WhiteBoxNet(nn.Module):
     """``x -> TwoStep -> rotation-posed conv features -> affine features -> logical features``.
 
     Input: images in [0, 1], ``(B, 1, H, W)``; output: one logit per class. Every intermediate
     value is a match score of a human-readable feature in its best pose (see :meth:`trace`).
+
+    Excitation pullbacks (``ExcitationPullback(model)``) trace it with ``torch.fx``: each layer
+    declares its sites (``excitation_sites``). Rewritten in the backward pass only: the conv
+    layer's max over its ``K * P`` rotated kernels and its ReLU, the affine layer's max over poses
+    and its ReLU, and the logical layer's max over roll poses (max -> ``softmax(s / tau)``-weighted
+    pool, ReLU -> ``gate(z / tau)``). Left as it is: the TwoStep squashing (continuous and
+    monotone, no gate). The forward is unchanged.
     """
 
     def __init__(self, n_classes: int = 2, image_size: int = 28, n_kernels: int = 2,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,8 +47,11 @@ class AffineFeatures(SemanticFeatures):
         scores = x.flatten(1) @ posed.reshape(n_feat * n_pose, -1).T  # (B, F*P)
         return scores.view(-1, n_feat, n_pose)  # (B, F, P)
 
-    def activation(self, scores: torch.Tensor) -> torch.Tensor:
-        return F.relu(scores)
+    relu_activation = True
+
+    def activation(self, scores: torch.Tensor, relu: Callable[[torch.Tensor], torch.Tensor] = F.relu
+                   ) -> torch.Tensor:
+        return relu(scores)
 
     @torch.no_grad()
     def project_(self) -> None:

@@ -56,6 +56,9 @@ def _check_image(x, channels: int, layer: str) -> None:
                                 f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
 
 
+torch.fx.wrap("_check_image")  # one call in traced graphs (see _grouped below)
+
+
 def _units(z: torch.Tensor, layer: str) -> int:
     """The width of ``z``'s last axis, or a one-line error unless ``z`` is a float tensor."""
     if not isinstance(z, torch.Tensor) or not z.is_floating_point() or z.dim() < 1:

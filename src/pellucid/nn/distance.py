@@ -23,6 +23,7 @@ import functools
 import math
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
@@ -42,6 +43,11 @@ def check_features(x: torch.Tensor, in_features: int, name: str = "input") -> No
                                 "flatten images with x.flatten(1)")
     if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
         raise InvalidInputError(f"{name} contains NaN or inf")
+
+
+# torch.fx records this input check as one call (it reads tensor values, which a trace cannot),
+# so traced copies (e.g. for excitation pullbacks) still check every input.
+torch.fx.wrap("check_features")
 
 
 def lp_distance(x: torch.Tensor, centres: torch.Tensor, p: float, compiled: bool = False) -> torch.Tensor:

@@ -127,6 +127,14 @@ def _max_correlation_backward_block(x: torch.Tensor, weight: torch.Tensor, idx: 
     return padded[:, :, ph:ph + h, pw:pw + w]
 
 
+def correlation_scores(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """All ``K`` "same"-padded cross-correlation maps ``(B, K, H, W)`` of ``x`` with ``weight``,
+    computed in the blocks of :func:`max_correlation` (so their max over ``K`` equals its values,
+    bit for bit); differentiable by autograd."""
+    pad = weight.shape[-1] // 2
+    return torch.cat([F.conv2d(xb, weight, padding=pad) for xb in x.split(_FORWARD_BLOCK)])
+
+
 def max_correlation(x: torch.Tensor, weight: torch.Tensor, return_index: bool = True
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Max over kernels of the "same"-padded cross-correlation of ``x`` with each kernel.

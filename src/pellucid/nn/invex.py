@@ -16,11 +16,14 @@ sign matters in the metric MLP: BatchNorm without affine and LayerNorm keep it u
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
 from pellucid.nn.distance import check_features
+
+torch.fx.wrap("check_features")  # recorded as one call in traced copies (see nn.distance)
 
 __all__ = ["ActNorm", "InvertibleResidual", "InvexDistance", "SoftSpectralNorm"]
 

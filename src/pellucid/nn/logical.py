@@ -16,6 +16,9 @@ class LogicalFeatures(SemanticFeatures):
     rolled by ``p`` within the block; the other blocks of :math:`f_c` are unchanged. For
     :math:`v_c \ge 0` this is :math:`v_c \max_k x_{c,k} + \sum_{c' \ne c} <f_{c,c'}, x_{c'}>`.
     No bias, no activation; unconstrained (only weight decay).
+
+    For excitation pullbacks its one site is the max over the roll poses (a max-type pool); the
+    top-entry selection in :meth:`posed_weights` acts on the weights, not on the input.
     """
 
     def __init__(self, n_classes: int = 2, block: int = 4, own: float = 0.4, other: float = -0.1) -> None:

@@ -15,6 +15,7 @@ each patch and negated, ``y = -(d - mean_j d) / std_j d`` (the paper's conv form
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
@@ -31,6 +32,11 @@ def _check_image(x: torch.Tensor, channels: int) -> None:
                                 f"{getattr(x, 'shape', type(x).__name__)}")
 
 
+# torch.fx records the input check as one call (a trace cannot decide it), so traced copies (e.g.
+# for excitation pullbacks) still check every input.
+torch.fx.wrap("_check_image")
+
+
 def l2_distance_conv2d(x: torch.Tensor, centres: torch.Tensor, stride=1, padding=0,
                        dilation=1) -> torch.Tensor:
     r"""``d[b, j, h, w] = ||patch_{h,w}(x_b) - c_j||_2`` via ``||x||^2 - 2 x \cdot c + ||c||^2``.
@@ -43,6 +49,9 @@ def l2_distance_conv2d(x: torch.Tensor, centres: torch.Tensor, stride=1, padding
     cross = F.conv2d(x, centres, stride=stride, padding=padding, dilation=dilation)  # (B,O,H',W')
     centre_sq = centres.flatten(1).pow(2).sum(1).view(1, -1, 1, 1)  # (1,O,1,1)
     return (patch_sq - 2 * cross + centre_sq).clamp_min(1e-12).sqrt()
+
+
+torch.fx.wrap("l2_distance_conv2d")  # one call in traced copies: it reads the centres' shape
 
 
 def l2_distance_unfold_cdist(x: torch.Tensor, centres: torch.Tensor, stride=1, padding=0,

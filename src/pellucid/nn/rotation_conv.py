@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pellucid.nn.functional import max_correlation
+from pellucid.nn.functional import correlation_scores, max_correlation
 from pellucid.nn.geometry import rotate
 from pellucid.nn.semantic import SemanticFeatures, normalize
 
@@ -52,8 +53,21 @@ class RotationConvFeatures(SemanticFeatures):
         out = self.activation(best)  # (B, 1, H, W)
         return (out, pose.unsqueeze(1)) if return_poses else out  # pose: (B, H, W) -> (B, 1, H, W)
 
-    def activation(self, scores: torch.Tensor) -> torch.Tensor:
-        return F.relu(scores / self.scale)
+    relu_activation = True
+
+    def activation(self, scores: torch.Tensor, relu: Callable[[torch.Tensor], torch.Tensor] = F.relu
+                   ) -> torch.Tensor:
+        return relu(scores / self.scale)
+
+    def excitation_forward(self, gates: Any, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with ``gates.max`` over the ``K*P`` posed kernels and ``gates.relu``.
+
+        All ``K*P`` score maps are materialised (``(B, K*P, H, W)``), in the same blocks as the
+        fused forward, so their max is bit-identical to it.
+        """
+        k = (posed := self._posed()).shape[-1]
+        scores = correlation_scores(x, posed.reshape(-1, 1, k, k))  # (B, K*P, H, W)
+        return self.activation(gates.max(scores, dim=1, keepdim=True), gates.relu)  # (B, 1, H, W)
 
     @torch.no_grad()
     def project_(self) -> None:

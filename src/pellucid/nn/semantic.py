@@ -8,11 +8,19 @@ A semantic feature layer ("Towards White Box Deep Learning", Sec. 3) is
 Subclasses say what a feature, a pose and a match are; this base class does the rest: max over
 poses (returning the argmax pose for inspection), caching the posed weights in eval mode, and
 the constraint projection called after every optimizer step (:func:`project_constraints_`).
+
+For excitation pullbacks (:mod:`pellucid.explain.rewrite`) a layer declares its sites: the max
+over poses is a max-type pool (differentiated through ``softmax(s / tau)`` over the poses) and a
+ReLU activation a gate (``sigmoid(z / tau)``); :meth:`SemanticFeatures.excitation_forward` is the
+forward with the surrogate gates in their place (same values).
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -26,7 +34,8 @@ class SemanticFeatures(nn.Module):
     """Base class: ``y[b, f, ...] = act(max_p match(x_b, g_{f,p}))``.
 
     Subclasses implement :meth:`posed_weights` ``-> (F, P, ...)``, :meth:`match`
-    ``-> (B, F, P, ...)`` and optionally :meth:`activation` and :meth:`project_`.
+    ``-> (B, F, P, ...)`` and optionally :meth:`activation` (setting ``relu_activation`` when it
+    applies a ReLU) and :meth:`project_`.
 
     In eval mode the posed weights are computed once and cached as constants (recomputed when a
     parameter changes, e.g. after ``load_state_dict``): input gradients flow, parameter gradients
@@ -44,7 +53,11 @@ class SemanticFeatures(nn.Module):
     def match(self, x: torch.Tensor, posed: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def activation(self, scores: torch.Tensor) -> torch.Tensor:
+    relu_activation = False  # whether activation() ends in a ReLU (a pullback gate)
+
+    def activation(self, scores: torch.Tensor, relu: Callable[[torch.Tensor], torch.Tensor] = F.relu
+                   ) -> torch.Tensor:
+        """The nonlinearity after the max over poses (identity here); ``relu`` is the ReLU to use."""
         return scores
 
     @torch.no_grad()
@@ -67,6 +80,17 @@ class SemanticFeatures(nn.Module):
         best, pose = scores.max(dim=2)  # max over poses
         out = self.activation(best)
         return (out, pose) if return_poses else out
+
+    # -- excitation pullback protocol ---------------------------------------------------------
+    def excitation_sites(self) -> tuple[tuple[str, str], ...]:
+        """``(kind, role)`` of the nonlinear sites: the max over poses, then the ReLU if any."""
+        relu = (("ReLU", "relu"),) if self.relu_activation else ()
+        return (("max over poses", "max"),) + relu
+
+    def excitation_forward(self, gates: Any, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with ``gates.max`` over the poses and ``gates.relu`` as the ReLU."""
+        scores = self.match(x, self._posed())  # (B, F, P, ...)
+        return self.activation(gates.max(scores, dim=2), gates.relu)
 
 
 @torch.no_grad()

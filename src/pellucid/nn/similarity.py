@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.fx
 from torch import nn
 
 from pellucid.errors import InvalidInputError
@@ -26,6 +27,11 @@ def _check_distances(d: torch.Tensor) -> None:
     if not isinstance(d, torch.Tensor) or not d.is_floating_point() or d.dim() != 2:
         raise InvalidInputError(f"distances must be a float tensor (B, H), got "
                                 f"{getattr(d, 'shape', type(d).__name__)}")
+
+
+# torch.fx records this input check as one call (it reads tensor values, which a trace cannot),
+# so traced copies (e.g. for excitation pullbacks) still check every input.
+torch.fx.wrap("_check_distances")
 
 
 def min_exp_similarity(d: torch.Tensor, k: float = 2.0, standardise: bool = True,

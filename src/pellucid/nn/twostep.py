@@ -104,6 +104,12 @@ class TwoStep(nn.Module):
         self.t1.clamp_(0.51, 0.99)
         self.scales.clamp_(0.001, 2.0)
 
+    def excitation_sites(self) -> tuple[tuple[str, str], ...]:
+        """For excitation pullbacks: one site, kept as it is. TwoStep is a continuous, monotone
+        per-pixel squashing (its pieces meet at the thresholds), not a 0/1 gate or a max, so there is
+        nothing to soften; it runs unchanged (a leaf of the pullback's trace)."""
+        return (("pixel squashing (continuous, monotone)", "kept"),)
+
     def extra_repr(self) -> str:
         return (f"t0={self.t0.item():.3f}, t1={self.t1.item():.3f}, a0={self.a0.item():.3f}, "
                 f"a1={self.a1.item():.3f}")

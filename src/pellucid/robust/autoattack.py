@@ -8,20 +8,22 @@ output lies inside the eps-ball; the stage after sees only the images still robu
 stage breaks keeps the in-budget output of lowest margin ``z_y - max_{j != y} z_j`` any stage
 found, so the reliability curve scores every image at the hardest point the ensemble reached.
 
-Two budgets (:data:`BUDGETS`):
+Budgets (:data:`BUDGETS`):
 
 - ``"standard"``: one restart for each APGD and Square (5000 queries), like the reference
   implementation's "standard" version (Croce & Hein 2020);
 - ``"standard-native"``: ``"standard"`` with :func:`pellucid.robust.square.square_native`
   (per-image proposals, about 3.6x faster) in place of ART's Square;
-- ``"art-default"``: ART's defaults, 5 restarts for each APGD and 5 x 5000 queries of Square.
+- ``"art-default"``: ART's defaults, 5 restarts for each APGD and 5 x 5000 queries of Square;
+- ``"adaptive"``: a base budget (``"standard-native"`` by default), then attacks designed for the
+  white-box network's layers, see :mod:`pellucid.robust.adaptive`.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -30,72 +32,57 @@ from pellucid.models.inference import predict_margins
 from pellucid.robust.attacks import (ATTACKS, AttackOptions, AttackRun, attack_option, check_options,
                                      register_attack, step_size_option, within_budget)
 from pellucid.robust import art_backend, square  # noqa: F401  (register the attacks used below)
+from pellucid.robust.budgets import BUDGETS, AdaptiveBudget, Stage
 
-
-@dataclass(frozen=True)
-class Stage:
-    attack: str  # a name in ATTACKS
-    kwargs: dict[str, Any]
-    white_box: bool = True
-
-
-BUDGETS: dict[str, tuple[Stage, ...]] = {
-    "standard": (Stage("apgd-ce", {"steps": 100, "restarts": 1}),
-                 Stage("apgd-dlr", {"steps": 100, "restarts": 1}),
-                 Stage("deepfool", {"steps": 100}),
-                 Stage("square", {"queries": 5000, "restarts": 1}, white_box=False)),
-    # the standard budget with pellucid's Square (per-image proposals, robust images only)
-    "standard-native": (Stage("apgd-ce", {"steps": 100, "restarts": 1}),
-                        Stage("apgd-dlr", {"steps": 100, "restarts": 1}),
-                        Stage("deepfool", {"steps": 100}),
-                        Stage("square-native", {"queries": 5000, "restarts": 1}, white_box=False)),
-    "art-default": (Stage("apgd-ce", {"steps": 100, "restarts": 5}),
-                    Stage("apgd-dlr", {"steps": 100, "restarts": 5}),
-                    Stage("deepfool", {"steps": 100}),
-                    Stage("square", {"queries": 5000, "restarts": 5}, white_box=False)),
-}
+__all__ = ["AutoAttackOptions", "BUDGETS", "Stage", "StagesResult", "autoattack", "run_stages"]
 
 
 @dataclass(frozen=True)
 class AutoAttackOptions(AttackOptions):
-    budget: str | tuple[Stage, ...] = attack_option(
+    budget: str | tuple[Stage, ...] | AdaptiveBudget = attack_option(
         "standard", "AutoAttack budget: standard = 1 restart per attack; standard-native = standard "
-        "with square-native; art-default = ART's 5 restarts (5 x 5000 Square queries)",
-        choices=tuple(sorted(BUDGETS)))
+        "with square-native; art-default = ART's 5 restarts (5 x 5000 Square queries); adaptive = "
+        "standard-native, then attacks built for the white-box layers (surrogate gradients, "
+        "transfer, ray search, Square); its options: --losses, --temperatures, --steps, --restarts, "
+        "--transfer-steps, --transfer-from, --decision-queries, --queries, --square-restarts, "
+        "--base-budget (see docs/adaptive-attacks.md)",
+        choices=tuple(sorted([*BUDGETS, "adaptive"])))
     step_size: float | None = step_size_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.budget, str):  # custom stages: every attack and option must exist
+        if not isinstance(self.budget, (str, AdaptiveBudget)):  # custom stages: each must exist
             for stage in self.budget:
                 ATTACKS.get(stage.attack).check_options(stage.kwargs)
 
 
-@register_attack("autoattack", AutoAttackOptions,
-                 "AutoAttack ensemble (APGD-CE, APGD-DLR, DeepFool, Square via ART)")
-def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
-               budget: str | Sequence[Stage] = AutoAttackOptions.budget,
-               step_size: float | None = AutoAttackOptions.step_size,
+@dataclass
+class StagesResult:
+    """What :func:`run_stages` found: per image the in-budget output of lowest margin
+    (``adversarial``, ``margin``), whether it still stands (``robust``) and the index of the stage
+    that broke it (``broken_at``, -1: none), and one log row per stage."""
+
+    adversarial: torch.Tensor
+    margin: torch.Tensor
+    robust: torch.Tensor
+    broken_at: torch.Tensor
+    stages: list[dict]
+
+
+def run_stages(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stage_list: Sequence[Stage], *,
+               eps: float, norm: str = "linf", step_size: float | None = None,
                value_range=(0.0, 1.0), generator: torch.Generator | None = None,
-               progress: bool = False, batch_size: int | None = None, log=None) -> AttackRun:
-    """Run the ``budget``'s stages in order; returns the adversarial inputs and a per-stage log.
-
-    ``budget``: a name in :data:`BUDGETS` or a custom sequence of :class:`Stage`. ``step_size``
-    and ``batch_size`` (each stage's own when ``None``) go to the stages that take them.
-
-    ``log(message)`` (e.g. ``print``) is called after each stage with its time and yield.
-    """
-    check_options("autoattack", AutoAttackOptions, {"budget": budget, "step_size": step_size})
-    if isinstance(budget, str):
-        stage_list, budget_name = BUDGETS[budget], budget
-    else:
-        stage_list, budget_name = tuple(budget), "custom"
+               progress: bool = False, batch_size: int | None = None,
+               log: Callable[[str], None] | None = None, name: str = "custom") -> StagesResult:
+    """Run ``stage_list`` in order, each stage on the images still robust (see the module
+    docstring); ``name`` labels the log lines."""
     x_adv = x.detach().clone()
     # margin of x_adv: the lowest any in-budget output reached
     best = predict_margins(model, x, y, batch_size=2048)
     robust = best > 0  # only correctly classified images are attacked
+    broken_at = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
     stages = []
-    for stage in stage_list:
+    for number, stage in enumerate(stage_list):
         idx = torch.nonzero(robust).squeeze(1)
         start = time.perf_counter()
         if len(idx):
@@ -113,6 +100,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
             x_adv[idx[closer]], best[idx[closer]] = out[closer], m[closer]
             broken = closer & (m <= 0)
             robust[idx[broken]] = False
+            broken_at[idx[broken]] = number
         else:
             broken = torch.zeros(0, dtype=torch.bool)
         row = {"attack": stage.attack, **stage.kwargs, "white_box": stage.white_box,
@@ -121,8 +109,39 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
                "seconds": round(time.perf_counter() - start, 2)}
         stages.append(row)
         if log is not None:
-            log(f"autoattack[{budget_name}] {stage.attack}: attacked {row['attacked']}, broke "
+            log(f"autoattack[{name}] {stage.attack}: attacked {row['attacked']}, broke "
                 f"{row['broken']}, robust {row['robust_accuracy_after'] * 100:.2f} % "
                 f"({row['seconds']:.1f} s)")
-    return AttackRun(x_adv, stages, {"budget": budget_name})
+    return StagesResult(x_adv, best, robust, broken_at, stages)
 
+
+@register_attack("autoattack", AutoAttackOptions,
+                 "AutoAttack ensemble (APGD-CE, APGD-DLR, DeepFool, Square via ART)")
+def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
+               budget: str | Sequence[Stage] | AdaptiveBudget = AutoAttackOptions.budget,
+               step_size: float | None = AutoAttackOptions.step_size,
+               value_range=(0.0, 1.0), generator: torch.Generator | None = None,
+               progress: bool = False, batch_size: int | None = None, log=None) -> AttackRun:
+    """Run the ``budget``'s stages in order; returns the adversarial inputs and a per-stage log.
+
+    ``budget``: a name in :data:`BUDGETS` or a custom sequence of :class:`Stage`; ``"adaptive"``
+    or an :class:`~pellucid.robust.budgets.AdaptiveBudget` runs
+    :func:`pellucid.robust.adaptive.adaptive_cascade`. ``step_size`` and ``batch_size`` (each
+    stage's own when ``None``) go to the stages that take them.
+
+    ``log(message)`` (e.g. ``print``) is called after each stage with its time and yield.
+    """
+    check_options("autoattack", AutoAttackOptions, {"budget": budget, "step_size": step_size})
+    common = dict(eps=eps, norm=norm, step_size=step_size, value_range=value_range,
+                  generator=generator, progress=progress, batch_size=batch_size, log=log)
+    if isinstance(budget, AdaptiveBudget) or budget == "adaptive":
+        from pellucid.robust.adaptive import adaptive_cascade
+
+        return adaptive_cascade(model, x, y, budget=budget if isinstance(budget, AdaptiveBudget)
+                                else AdaptiveBudget(), **common)
+    if isinstance(budget, str):
+        stage_list, budget_name = BUDGETS[budget], budget
+    else:
+        stage_list, budget_name = tuple(budget), "custom"
+    done = run_stages(model, x, y, stage_list, name=budget_name, **common)
+    return AttackRun(done.adversarial, done.stages, {"budget": budget_name})

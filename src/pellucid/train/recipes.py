@@ -45,8 +45,11 @@ def config_fields(config_type: type) -> list:
 def train_registered_classifier(model_name: str, cfg: TrainConfig, out: Path | str, *,
                                 resume: bool = False, progress: bool = True,
                                 data_dir: str | None = None,
-                                model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train registered model ``model_name`` on its registered dataset/classes."""
+                                model_kwargs: dict[str, Any] | None = None,
+                                on_epoch: Callable[[torch.nn.Module, dict[str, Any]], None] | None = None
+                                ) -> dict[str, Any]:
+    """Train registered model ``model_name`` on its registered dataset/classes (``on_epoch``: see
+    :func:`~pellucid.train.trainer.fit`)."""
     spec = MODELS.get(model_name)
     ds = load_dataset(spec.dataset, "train", classes=spec.classes, data_dir=data_dir)
     if cfg.val_size >= len(ds):
@@ -58,7 +61,7 @@ def train_registered_classifier(model_name: str, cfg: TrainConfig, out: Path | s
     data = {"dataset": spec.dataset, "classes": list(spec.classes) if spec.classes else None,
             "class_names": list(ds.classes), "n_train": len(train), "n_val": len(val)}
     history = fit(model, train, val, cfg, out, model_name=model_name, model_kwargs=model_kwargs,
-                  extra_config={"data": data}, resume=resume, progress=progress)
+                  extra_config={"data": data}, resume=resume, progress=progress, on_epoch=on_epoch)
     return {"model": model_name, "out": str(out), "epochs": history, "config": asdict(cfg)}
 
 
@@ -104,3 +107,10 @@ _classifier_recipe("disjunction-mnist35", noise_p=0.0)
 _classifier_recipe("directional-mnist35", noise_p=0.0)
 _classifier_recipe("disjunction-cifar-planes-cars", noise_p=0.0, val_eps=8 / 255, val_step=2 / 255)
 _classifier_recipe("directional-cifar-planes-cars", noise_p=0.0, val_eps=8 / 255, val_step=2 / 255)
+# Their positively constrained variants (non-negative conv weights, non-affine BatchNorm).
+_classifier_recipe("disjunction-positive-mnist35", noise_p=0.0)
+_classifier_recipe("directional-positive-mnist35", noise_p=0.0)
+_classifier_recipe("disjunction-positive-cifar-planes-cars", noise_p=0.0, val_eps=8 / 255,
+                   val_step=2 / 255)
+_classifier_recipe("directional-positive-cifar-planes-cars", noise_p=0.0, val_eps=8 / 255,
+                   val_step=2 / 255)

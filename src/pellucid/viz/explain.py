@@ -82,3 +82,37 @@ def explanation_grid(path: Path | str, inputs: torch.Tensor, pullback: torch.Ten
     if title:
         fig.suptitle(title, fontsize=9, **LITERAL)
     return save(fig, path)
+
+
+def bench_figure(rows: Sequence[dict], path: Path | str, title: str | None = None) -> Path:
+    """The explain-bench table as a figure: methods x metrics, each cell the mean score, coloured
+    by its rank within the metric's column (dark: best, taking each metric's direction into
+    account; grey: no valid score)."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    cell = {(r["method"], r["metric"]): r for r in rows}
+    values = torch.full((len(methods), len(metrics)), float("nan"), dtype=torch.float64)
+    for (i, m), (j, k) in ((im, jk) for im in enumerate(methods) for jk in enumerate(metrics)):
+        r = cell.get((m, k))
+        if r is not None and r["mean"] is not None:
+            values[i, j] = r["mean"] if r["higher_is_better"] else -r["mean"]
+    # rank within each column: 1 = best; NaN cells stay NaN
+    ranks = torch.full_like(values, float("nan"))
+    for j in range(len(metrics)):  # one column per metric: a handful of columns
+        col = values[:, j]
+        ok = ~torch.isnan(col)
+        order = (-col[ok]).argsort().argsort().double()
+        ranks[ok, j] = 1 - order / max(int(ok.sum()) - 1, 1)
+    fig, ax = plt.subplots(figsize=(1.1 * len(metrics) + 2.5, 0.42 * len(methods) + 1.6))
+    ax.imshow(ranks.numpy(), cmap="Greens", vmin=-0.2, vmax=1.1, aspect="auto")
+    for i, m in enumerate(methods):
+        for j, k in enumerate(metrics):
+            r = cell.get((m, k))
+            text = "-" if r is None or r["mean"] is None else f"{r['mean']:.3g}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(metrics)), [k.replace("_", " ") for k in metrics], rotation=35,
+                  ha="right", fontsize=7)
+    ax.set_yticks(range(len(methods)), methods, fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return save(fig, path)

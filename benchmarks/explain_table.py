@@ -1,0 +1,179 @@
+"""The explanation benchmark table: every method x every metric on four models.
+
+Models (``--models``, default all four):
+
+* ``whitebox``: the white-box MNIST 3-vs-5 network (``whitebox-mnist35`` recipe);
+* ``lenet``: the LeNet ReLU baseline on the same task (``lenet-mnist35`` recipe);
+* ``metric``: a metric-neuron MLP (``metric-mlp`` recipe, Fashion-MNIST);
+* ``inception``: the ImageNet-trained FID Inception-v3 body (2,048 features, no class head) on
+  real photos shipped with scikit-image and matplotlib, explaining each photo's most active
+  feature unit (and, as a second table, the cosine similarity of its features to the next
+  photo's).
+
+The three trained models are trained with their recipes (defaults, ``--epochs`` if given) into
+``--runs`` the first time and reused after. MNIST-sized models are scored on the first ``--n``
+test images (16), each for its label; their localisation metrics on 2 x 2 mosaics. The photos:
+``--photos`` photos plus their mirror images (two views per photo, so the mosaics for
+``pointing_game`` / ``focus`` have two images per "class", the photo's top unit). Metric settings
+are scaled to the input size (``metric_options``), the same for every method. Prints ONE JSON
+line: per model, one row per (method, metric) with mean, standard error, n and seconds.
+
+``.venv/bin/python benchmarks/explain_table.py [--models lenet whitebox] [--out-dir docs/figures]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from pellucid.explain.bench import explain_bench
+from pellucid.explain.methods import EXPLAINERS
+from pellucid.explain.metrics import METRICS
+
+TRAINED = {"whitebox": "whitebox-mnist35", "lenet": "lenet-mnist35", "metric": "metric-mlp"}
+PHOTOS = ("skimage:chelsea", "skimage:coffee", "skimage:astronaut", "skimage:rocket",
+          "matplotlib:grace_hopper")
+
+
+def metric_options(features: int, images: int, expensive: bool) -> dict:
+    """Per-metric settings for inputs of ``features`` values: about 16 steps / groups per curve,
+    subsets of 1/14 of the features; fewer draws when each forward pass is ``expensive``."""
+    step = max(1, features // 16)
+    draws = 8 if expensive else 32
+    return {
+        "infidelity": {"n_perturbations": draws, "noise_std": 0.1},
+        "faithfulness_correlation": {"subset_size": max(1, features // 14), "n_draws": draws},
+        "faithfulness_estimate": {"features_in_step": step},
+        "monotonicity_correlation": {"features_in_step": step * 2, "n_samples": 3 if expensive else 8},
+        "max_sensitivity": {"n_draws": 3 if expensive else 8, "radius": 0.05},
+        "random_logit": {},
+        "model_parameter_randomisation": ({"max_layers": 4} if expensive else {}),
+        "deletion": {"features_in_step": step},
+        "insertion": {"features_in_step": step},
+    }
+
+
+def trained_run(key: str, runs: Path, epochs: int | None) -> Path:
+    from pellucid.models import is_model_dir
+    from pellucid.train import RECIPES
+
+    out = runs / key
+    if is_model_dir(out):
+        return out
+    recipe = RECIPES.get(TRAINED[key])
+    cfg = recipe.config_type()
+    if epochs is not None:
+        cfg = replace(cfg, epochs=epochs)
+    print(f"training {TRAINED[key]} into {out}", file=sys.stderr, flush=True)
+    recipe.run(cfg, out, progress=False)
+    return out
+
+
+def mnist_sized(key: str, runs: Path, epochs: int | None, n: int, methods, metrics) -> dict:
+    from pellucid.models import load_model, read_config
+    from pellucid.report.evaluation import load_test_set
+
+    run = trained_run(key, runs, epochs)
+    model, config = load_model(run)
+    model.eval()
+    test = load_test_set(read_config(run), None, n)
+    x = test.images
+    t0 = time.perf_counter()
+    rows = explain_bench(model, x, test.labels, methods=methods, metrics=metrics,
+                         metric_options=_known(metric_options(x[0].numel(), len(x), False), metrics),
+                         labels=test.labels, n_mosaics=n, seed=0, on_row=_progress(key))
+    return {"model": key, "registered": config["model"], "n": len(x), "target": "label",
+            "rows": [r.to_dict() for r in rows], "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _photo(source: str) -> torch.Tensor:
+    from pellucid.cli.explain import load_image
+
+    if source.startswith("matplotlib:"):
+        import matplotlib.cbook
+        path = matplotlib.cbook.get_sample_data(f"{source.split(':', 1)[1]}.jpg", asfileobj=False)
+        return load_image(str(path), (3, 299, 299))
+    return load_image(source, (3, 299, 299))
+
+
+def inception(n_photos: int, methods, metrics) -> list[dict]:
+    from pellucid.explain.targets import cosine_similarity_target
+    from pellucid.models import create_model
+
+    model = create_model("fid-inception").eval()
+    photos = torch.cat([_photo(s) for s in PHOTOS[:n_photos]])
+    x = torch.cat([photos, photos.flip(-1)])  # two views of each photo
+    with torch.no_grad():
+        features = model(photos)
+    units = features.argmax(1).repeat(2)  # each photo's most active feature unit, for both views
+    options = _known(metric_options(x[0].numel(), len(x), True), metrics)
+    out = []
+    t0 = time.perf_counter()
+    rows = explain_bench(model, x, units, methods=methods, metrics=metrics, metric_options=options,
+                         labels=units, n_mosaics=len(x), seed=0, on_row=_progress("inception-unit"))
+    out.append({"model": "inception", "target": "top feature unit", "photos": list(PHOTOS[:n_photos]),
+                "n": len(x), "rows": [r.to_dict() for r in rows],
+                "seconds": round(time.perf_counter() - t0, 1)})
+    t0 = time.perf_counter()
+    cosine = cosine_similarity_target(features.roll(1, 0).repeat(2, 1))
+    local = [m for m in metrics if m not in ("pointing_game", "focus")]
+    rows = explain_bench(model, x, cosine, methods=methods, metrics=local,
+                         metric_options=_known(options, local), seed=0,
+                         on_row=_progress("inception-cosine"))
+    out.append({"model": "inception", "target": "cosine similarity to the next photo's features",
+                "photos": list(PHOTOS[:n_photos]), "n": len(x), "rows": [r.to_dict() for r in rows],
+                "seconds": round(time.perf_counter() - t0, 1)})
+    return out
+
+
+def _known(options: dict, metrics) -> dict:
+    return {k: v for k, v in options.items() if k in metrics}
+
+
+def _progress(model: str):
+    def say(row) -> None:
+        print(f"{model:>16} {row.method:>22} {row.metric:<30} {row.mean:.4g} "
+              f"(+- {row.sem:.2g}, n={row.n}) {row.metric_seconds:.1f}s", file=sys.stderr, flush=True)
+    return say
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["whitebox", "lenet", "metric", "inception"],
+                    choices=["whitebox", "lenet", "metric", "inception"])
+    ap.add_argument("--methods", nargs="+", default=list(EXPLAINERS))
+    ap.add_argument("--metrics", nargs="+", default=list(METRICS))
+    ap.add_argument("--runs", type=Path, default=Path("runs/explain-bench"))
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--photos", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out-dir", type=Path, default=None, help="write one figure per table here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    tables = []
+    for key in args.models:
+        if key == "inception":
+            tables += inception(args.photos, args.methods, args.metrics)
+        else:
+            tables.append(mnist_sized(key, args.runs, args.epochs, args.n, args.methods, args.metrics))
+    if args.out_dir is not None:
+        from pellucid.viz.explain import bench_figure
+        for t in tables:
+            name = t["model"] + ("-cosine" if "cosine" in t["target"] else "")
+            t["figure"] = str(bench_figure(t["rows"], args.out_dir / f"explain-table-{name}.png",
+                                           title=f"{t['model']} ({t['target']}, n={t['n']})"))
+    print(json.dumps({"benchmark": "explain_table", "tables": tables,
+                      "env": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                              "machine": platform.machine(), "python": platform.python_version()}}))
+
+
+if __name__ == "__main__":
+    main()
