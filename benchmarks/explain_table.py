@@ -13,9 +13,10 @@ Models (``--models``, default all four):
 The three trained models are trained with their recipes (defaults, ``--epochs`` if given) into
 ``--runs`` the first time and reused after. MNIST-sized models are scored on the first ``--n``
 test images (16), each for its label; their localisation metrics on 2 x 2 mosaics. The photos:
-``--photos`` photos plus their mirror images (two views per photo, so the mosaics for
+``--photos`` photos (2) plus their mirror images (two views per photo, so the mosaics for
 ``pointing_game`` / ``focus`` have two images per "class", the photo's top unit). Metric settings
-are scaled to the input size (``metric_options``), the same for every method. Prints ONE JSON
+are scaled to the input size and cost (``metric_options``), the same for every method; the
+cosine table runs ``--cosine-methods`` only. Prints ONE JSON
 line: per model, one row per (method, metric) with mean, standard error, n and seconds.
 
 ``.venv/bin/python benchmarks/explain_table.py [--models lenet whitebox] [--out-dir docs/figures]``
@@ -38,23 +39,27 @@ from pellucid.explain.methods import EXPLAINERS
 from pellucid.explain.metrics import METRICS
 
 TRAINED = {"whitebox": "whitebox-mnist35", "lenet": "lenet-mnist35", "metric": "metric-mlp"}
+# method options per model: the white-box network's spatial feature map is its rotation-conv layer
+METHOD_OPTIONS = {"whitebox": {"grad-cam": {"layer": "conv"}, "guided-grad-cam": {"layer": "conv"}}}
 PHOTOS = ("skimage:chelsea", "skimage:coffee", "skimage:astronaut", "skimage:rocket",
           "matplotlib:grace_hopper")
 
 
-def metric_options(features: int, images: int, expensive: bool) -> dict:
-    """Per-metric settings for inputs of ``features`` values: about 16 steps / groups per curve,
-    subsets of 1/14 of the features; fewer draws when each forward pass is ``expensive``."""
-    step = max(1, features // 16)
+def metric_options(features: int, expensive: bool) -> dict:
+    """Per-metric settings for inputs of ``features`` values: curves and groups of 1/16 of the
+    features (1/8 when each forward pass is ``expensive``), subsets of 1/14; fewer draws when
+    ``expensive`` (Inception-v3 at 299 x 299 on a CPU)."""
+    steps = 8 if expensive else 16
+    step = max(1, features // steps)
     draws = 8 if expensive else 32
     return {
         "infidelity": {"n_perturbations": draws, "noise_std": 0.1},
         "faithfulness_correlation": {"subset_size": max(1, features // 14), "n_draws": draws},
         "faithfulness_estimate": {"features_in_step": step},
-        "monotonicity_correlation": {"features_in_step": step * 2, "n_samples": 3 if expensive else 8},
-        "max_sensitivity": {"n_draws": 3 if expensive else 8, "radius": 0.05},
+        "monotonicity_correlation": {"features_in_step": step, "n_samples": 2 if expensive else 8},
+        "max_sensitivity": {"n_draws": 2 if expensive else 8, "radius": 0.05},
         "random_logit": {},
-        "model_parameter_randomisation": ({"max_layers": 4} if expensive else {}),
+        "model_parameter_randomisation": ({"max_layers": 2} if expensive else {}),
         "deletion": {"features_in_step": step},
         "insertion": {"features_in_step": step},
     }
@@ -86,9 +91,11 @@ def mnist_sized(key: str, runs: Path, epochs: int | None, n: int, methods, metri
     test = load_test_set(read_config(run), None, n)
     x = test.images
     t0 = time.perf_counter()
-    rows = explain_bench(model, x, test.labels, methods=methods, metrics=metrics,
-                         metric_options=_known(metric_options(x[0].numel(), len(x), False), metrics),
-                         labels=test.labels, n_mosaics=n, seed=0, on_row=_progress(key))
+    specs = [(m, METHOD_OPTIONS.get(key, {}).get(m, {})) for m in methods]
+    rows = explain_bench(model, x, test.labels, methods=specs, metrics=metrics,
+                         metric_options=_known(metric_options(x[0].numel(), False), metrics),
+                         labels=test.labels, n_mosaics=n, seed=0, value_range=(0.0, 1.0),
+                         on_row=_progress(key))
     return {"model": key, "registered": config["model"], "n": len(x), "target": "label",
             "rows": [r.to_dict() for r in rows], "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -103,7 +110,7 @@ def _photo(source: str) -> torch.Tensor:
     return load_image(source, (3, 299, 299))
 
 
-def inception(n_photos: int, methods, metrics) -> list[dict]:
+def inception(n_photos: int, methods, metrics, cosine_methods) -> list[dict]:
     from pellucid.explain.targets import cosine_similarity_target
     from pellucid.models import create_model
 
@@ -113,19 +120,20 @@ def inception(n_photos: int, methods, metrics) -> list[dict]:
     with torch.no_grad():
         features = model(photos)
     units = features.argmax(1).repeat(2)  # each photo's most active feature unit, for both views
-    options = _known(metric_options(x[0].numel(), len(x), True), metrics)
+    options = _known(metric_options(x[0].numel(), True), metrics)
     out = []
     t0 = time.perf_counter()
     rows = explain_bench(model, x, units, methods=methods, metrics=metrics, metric_options=options,
-                         labels=units, n_mosaics=len(x), seed=0, on_row=_progress("inception-unit"))
+                         labels=units, n_mosaics=len(x), seed=0, value_range=(0.0, 1.0),
+                         on_row=_progress("inception-unit"))
     out.append({"model": "inception", "target": "top feature unit", "photos": list(PHOTOS[:n_photos]),
                 "n": len(x), "rows": [r.to_dict() for r in rows],
                 "seconds": round(time.perf_counter() - t0, 1)})
     t0 = time.perf_counter()
     cosine = cosine_similarity_target(features.roll(1, 0).repeat(2, 1))
     local = [m for m in metrics if m not in ("pointing_game", "focus")]
-    rows = explain_bench(model, x, cosine, methods=methods, metrics=local,
-                         metric_options=_known(options, local), seed=0,
+    rows = explain_bench(model, x, cosine, methods=cosine_methods, metrics=local,
+                         metric_options=_known(options, local), seed=0, value_range=(0.0, 1.0),
                          on_row=_progress("inception-cosine"))
     out.append({"model": "inception", "target": "cosine similarity to the next photo's features",
                 "photos": list(PHOTOS[:n_photos]), "n": len(x), "rows": [r.to_dict() for r in rows],
@@ -153,23 +161,31 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("runs/explain-bench"))
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--n", type=int, default=16)
-    ap.add_argument("--photos", type=int, default=3)
+    ap.add_argument("--photos", type=int, default=2)
+    ap.add_argument("--cosine-methods", nargs="+", default=["pullback", "gradient",
+                                                            "integrated-gradients", "smoothgrad"],
+                    help="methods of the second Inception table (cosine-similarity target)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out-dir", type=Path, default=None, help="write one figure per table here")
+    ap.add_argument("--jsonl", type=Path, default=None,
+                    help="also append each table to this file as soon as it is done (one line each)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tables = []
     for key in args.models:
-        if key == "inception":
-            tables += inception(args.photos, args.methods, args.metrics)
-        else:
-            tables.append(mnist_sized(key, args.runs, args.epochs, args.n, args.methods, args.metrics))
-    if args.out_dir is not None:
-        from pellucid.viz.explain import bench_figure
-        for t in tables:
-            name = t["model"] + ("-cosine" if "cosine" in t["target"] else "")
-            t["figure"] = str(bench_figure(t["rows"], args.out_dir / f"explain-table-{name}.png",
-                                           title=f"{t['model']} ({t['target']}, n={t['n']})"))
+        done = inception(args.photos, args.methods, args.metrics, args.cosine_methods) \
+            if key == "inception" else \
+            [mnist_sized(key, args.runs, args.epochs, args.n, args.methods, args.metrics)]
+        for t in done:
+            if args.out_dir is not None:
+                from pellucid.viz.explain import bench_figure
+                name = t["model"] + ("-cosine" if "cosine" in t["target"] else "")
+                t["figure"] = str(bench_figure(t["rows"], args.out_dir / f"explain-table-{name}.png",
+                                               title=f"{t['model']} ({t['target']}, n={t['n']})"))
+            if args.jsonl is not None:
+                with open(args.jsonl, "a") as f:
+                    f.write(json.dumps(t) + "\n")
+        tables += done
     print(json.dumps({"benchmark": "explain_table", "tables": tables,
                       "env": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                               "machine": platform.machine(), "python": platform.python_version()}}))

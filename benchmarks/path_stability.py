@@ -20,7 +20,7 @@ pullback's faithfulness (positive: faithfulness grows with stability), and write
 (``--figure``). Prints ONE JSON line.
 
 ``.venv/bin/python benchmarks/path_stability.py [--models lenet-mnist35 whitebox-mnist35]
-[--epochs 8] [--figure docs/figures/path_stability.png]``
+[--epochs 8] [--figure docs/img/path_stability.png]``
 """
 
 from __future__ import annotations

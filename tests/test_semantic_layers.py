@@ -300,3 +300,20 @@ def test_affine_grid_matches_torch_values_and_gradient():
     assert torch.autograd.gradcheck(lambda t: affine_grid(t, 5, 4), (theta64,))
     with pytest.raises(ValueError, match="theta must be"):
         affine_grid(torch.zeros(3, 3, 3), 5, 5)
+
+
+def test_reset_parameters_redraws_the_construction_time_initialisation():
+    """reset_parameters (used by the parameter-randomisation sanity check) draws exactly what the
+    constructor draws: same seed, same tensors; another seed, other tensors."""
+    from pellucid.nn.affine_features import AffineFeatures
+    from pellucid.nn.rotation_conv import RotationConvFeatures
+
+    for cls, names in ((RotationConvFeatures, ("kernels",)), (AffineFeatures, ("features", "poses"))):
+        torch.manual_seed(5)
+        layer = cls()
+        built = {n: getattr(layer, n).detach().clone() for n in names}
+        torch.manual_seed(5)
+        layer.reset_parameters()
+        assert all(torch.equal(getattr(layer, n), built[n]) for n in names)
+        layer.reset_parameters()
+        assert not any(torch.equal(getattr(layer, n), built[n]) for n in names)

@@ -495,3 +495,31 @@ def test_float32_model_and_repr():
         attr = _small(name, model).attribute(x)
         assert attr.dtype == torch.float32 and attr.shape == x.shape and bool(torch.isfinite(attr).all())
     assert repr(GradCam(model)) == "GradCam(TinyCNN)"
+
+
+def test_value_range_keeps_noisy_copies_in_the_models_domain():
+    """A model that refuses inputs outside [0, 1]: SmoothGrad's noisy copies are clipped to the
+    domain, the gradient passes through the clip (a linear model's SmoothGrad is its weight)."""
+    from pellucid.explain import create_explainer
+
+    class Strict(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(16, 2)
+
+        def forward(self, x):
+            if float(x.min()) < 0 or float(x.max()) > 1:
+                raise InvalidInputError("inputs outside [0, 1]")
+            return self.linear(x.flatten(1))
+
+    torch.manual_seed(0)
+    model = Strict().double().eval()
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64)
+    with pytest.raises(InvalidInputError, match="outside"):
+        create_explainer("smoothgrad", model, stdevs=0.5).attribute(x, target=1)
+    attr = create_explainer("smoothgrad", model, stdevs=0.5, value_range=(0, 1)).attribute(x, target=1)
+    want = model.linear.weight[1].view(1, 1, 4, 4).expand_as(x)
+    assert torch.allclose(attr, want, atol=1e-12)
+    for bad in ((1, 0), (0, float("inf")), "ab"):
+        with pytest.raises(InvalidInputError, match="value_range"):
+            create_explainer("smoothgrad", model, value_range=bad)

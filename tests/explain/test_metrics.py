@@ -486,6 +486,17 @@ def test_pointing_game_and_focus_reference(setup64):
     assert_reference(M.focus(None, x, a, mask=mask.float()), shares)
 
 
+def test_ranks_and_correlations_with_ties_reference():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 4, (5, 30), generator=g).double()  # many ties
+    b = torch.randn(5, 30, generator=g, dtype=torch.float64)
+    assert_reference(M.average_ranks(a), [scipy.stats.rankdata(row) for row in npy(a)])
+    assert_reference(M.spearman(a, b), [scipy.stats.spearmanr(r, s)[0] for r, s in zip(npy(a), npy(b))])
+    assert_reference(M.pearson(a, b), [np.corrcoef(r, s)[0, 1] for r, s in zip(npy(a), npy(b))])
+    assert_reference(M.cosine(a, b), [r @ s / np.linalg.norm(r) / np.linalg.norm(s)
+                                      for r, s in zip(npy(a), npy(b))])
+
+
 def test_mosaics():
     g = torch.Generator().manual_seed(0)
     images, labels = torch.rand(30, 2, 3, 5, generator=g), torch.arange(30) % 5
@@ -600,3 +611,46 @@ def test_bad_inputs_raise_one_line_errors(setup, case):
     with pytest.raises(InvalidInputError) as info:
         bad_calls(model, x, y, a)[case]()
     assert "\n" not in str(info.value) and str(info.value)
+
+
+# -- options for models with a fixed input domain and for deep models ------------------------------
+
+def test_value_range_clips_perturbations_and_uses_the_applied_perturbation():
+    from pellucid.explain.metrics import infidelity, max_sensitivity
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).double().eval()
+    x = torch.rand(4, 1, 4, 4, dtype=torch.float64)
+    a = torch.randn_like(x)
+    noise = 0.3 * torch.randn(6, *x.shape, dtype=torch.float64)
+    got = infidelity(model, x, a, 1, perturbations=noise, value_range=(0.0, 1.0))
+    applied = x - (x - noise).clamp(0, 1)  # slow reference: the plain metric on the applied noise
+    want = infidelity(model, x, a, 1, perturbations=applied)
+    assert torch.allclose(got, want, rtol=1e-12) and not torch.allclose(got, infidelity(model, x, a, 1, perturbations=noise))
+    seen = []
+
+    def explain(m, rows, target):
+        seen.append(rows.clone())
+        return torch.ones_like(rows)
+
+    max_sensitivity(model, x, a, 1, explainer=explain, perturbations=noise, value_range=(0.0, 1.0))
+    assert float(torch.cat(seen).min()) >= 0 and float(torch.cat(seen).max()) <= 1
+    for bad in ((1.0, 0.0), (0, float("nan")), "ab"):
+        with pytest.raises(InvalidInputError, match="value_range"):
+            infidelity(model, x, a, 1, perturbations=noise, value_range=bad)
+
+
+def test_parameter_randomisation_can_stop_after_the_top_layers():
+    from pellucid.explain.metrics import model_parameter_randomisation
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+    x = torch.rand(3, 1, 4, 4)
+    a = torch.randn_like(x)
+    full = model_parameter_randomisation(model, x, a, 1)
+    top = model_parameter_randomisation(model, x, a, 1, max_layers=2)
+    assert len(full.layers) == 3 and top.layers == full.layers[:2]
+    assert torch.equal(top.curve, full.curve[:, :2]) and torch.equal(top.score, full.curve[:, 1])
+    with pytest.raises(InvalidInputError, match="max_layers"):
+        model_parameter_randomisation(model, x, a, 1, max_layers=0)

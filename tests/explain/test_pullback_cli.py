@@ -112,3 +112,15 @@ def test_bad_input_is_one_line_error(capsys, tmp_path, photo, monkeypatch, case,
     lines = [line for line in err.strip().splitlines() if line]
     assert len(lines) == 1 and "Traceback" not in err
     assert match in lines[0]
+
+
+def test_every_registered_method_is_a_cli_method_and_unknown_ones_exit_2(capsys, tmp_path, authors_dir):
+    path = tmp_path / "digit.png"
+    Image.fromarray((np.arange(28 * 28) % 256).reshape(28, 28).astype(np.uint8)).save(path)
+    code, out, err = _run(capsys, "--model", authors_dir, "--image", path, "--method",
+                          "integrated-gradients", "--steps", "1", "--json")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["method"] == "integrated-gradients"
+    code, out, err = _run(capsys, "--model", authors_dir, "--image", path, "--method", "nope")
+    assert code == 2 and "unknown 'nope'" in err and "integrated-gradients" in err
+    assert len(err.strip().splitlines()) == 1

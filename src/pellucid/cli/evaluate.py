@@ -77,7 +77,29 @@ def _attack_help() -> str:
 
     return ("attack; in brackets its options with their defaults: " + "; ".join(
         f"{e.name}: {e.summary} [{', '.join(map(option, dataclasses.fields(e.obj.options))) or 'no options'}]"
-        for e in ATTACKS.entries()) + " (default: pgd)")
+        for e in ATTACKS.entries()) + " (default: pgd, or autoattack when --budget is given)")
+
+
+def adaptive_fields() -> dict:
+    """The adaptive budget's options that have no flag of their own among the attacks' options:
+    ``{name: field}`` (``--steps``, ``--restarts`` and ``--queries`` are shared with the attacks)."""
+    import dataclasses
+
+    from pellucid.robust.budgets import AdaptiveBudget
+
+    shared = option_fields()
+    return {f.name: f for f in dataclasses.fields(AdaptiveBudget) if f.name not in shared}
+
+
+def _add_adaptive_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per option of the adaptive budget (:func:`adaptive_fields`), default ``None``."""
+    from pellucid.robust.attacks import default_text
+
+    group = p.add_argument_group("adaptive budget (--budget adaptive; see docs/adaptive-attacks.md)")
+    for name, f in adaptive_fields().items():
+        kind = int if isinstance(f.default, int) else str
+        add_field_option(group, f, kind, None, f"{f.metadata.get('help', name)} (default "
+                         f"{default_text(f)}); applies to --budget adaptive")
 
 
 def add_parser(sub) -> None:
@@ -89,10 +111,11 @@ def add_parser(sub) -> None:
                                    "clean and robust accuracy, reliability and gradient-masking "
                                    "checks, and record the result in DIR/evaluations/.")
     p.add_argument("model_dir", metavar="DIR", help="a model directory written by `pellucid train`")
-    p.add_argument("--attack", default="pgd", choices=list(ATTACKS), help=_attack_help())
+    p.add_argument("--attack", default=None, choices=list(ATTACKS), help=_attack_help())
     p.add_argument("--eps", type=checked(float, min=0), default=0.3, help="perturbation budget")
     p.add_argument("--norm", default="linf", choices=["linf", "l2"], help="threat model")
     _add_option_flags(p)
+    _add_adaptive_flags(p)
     p.add_argument("--limit", type=checked(int, min=1), default=None, metavar="N",
                    help="first N test images only")
     p.add_argument("--seed", type=checked(int, min=0, max=2**63 - 1), default=0,
@@ -122,13 +145,48 @@ def attack_options(args: argparse.Namespace) -> dict:
     from pellucid.robust import ATTACKS
     from pellucid.robust.attacks import option_values
 
+    args.attack = resolved_attack(args)
     attack = ATTACKS.get(args.attack)
     given = {name: getattr(args, name) for name in option_fields() if getattr(args, name) is not None}
+    given = _route_adaptive(args, given)
     for name in given:
         if name not in attack.option_names:
             takes = ", ".join(map(_flag, attack.option_names)) or "no options"
             raise InvalidInputError(f"{_flag(name)} does not apply to {args.attack} (it takes {takes})")
     return option_values(attack.check_options(given))
+
+
+def resolved_attack(args: argparse.Namespace) -> str:
+    """``--attack``, or when it is not given: ``autoattack`` with ``--budget``, else ``pgd``."""
+    if getattr(args, "attack", None) is not None:
+        return args.attack
+    return "autoattack" if getattr(args, "budget", None) is not None else "pgd"
+
+
+def _route_adaptive(args: argparse.Namespace, given: dict) -> dict:
+    """With ``--budget adaptive``, the given flags that are options of the adaptive budget
+    (its own and ``--steps``, ``--restarts``, ``--queries``) become one checked
+    :class:`~pellucid.robust.budgets.AdaptiveBudget`; otherwise its own flags are refused."""
+    import dataclasses
+
+    from pellucid.errors import ConfigError, InvalidInputError
+    from pellucid.robust.budgets import AdaptiveBudget
+
+    own = {name: getattr(args, name) for name in adaptive_fields()
+           if getattr(args, name, None) is not None}
+    if given.get("budget") != "adaptive" or args.attack != "autoattack":
+        if own:
+            raise InvalidInputError(f"{_flag(next(iter(own)))} applies to --budget adaptive only")
+        return given
+    if getattr(args, "norm", "linf") != "linf":
+        raise InvalidInputError(f"--budget adaptive is an L-inf budget; got --norm {args.norm}")
+    names = {f.name for f in dataclasses.fields(AdaptiveBudget)}
+    routed = {k: v for k, v in given.items() if k in names}
+    try:
+        budget = AdaptiveBudget(**routed, **own)
+    except ConfigError as e:
+        raise ConfigError(f"--budget adaptive: {e}") from None
+    return {**{k: v for k, v in given.items() if k not in routed}, "budget": budget}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,6 +199,9 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("--min-noise-rejection applies to --rejection; add --rejection")
     options = attack_options(args)
     read_config(args.model_dir)  # a missing or broken model directory fails before any work
+    transfer_from = getattr(options.get("budget"), "transfer_from", None)
+    if transfer_from is not None:
+        read_config(transfer_from)  # so does the adaptive budget's transfer source
     check_writable_dir(args.model_dir, "model directory")  # the record is written there at the end
     if args.report:
         from pellucid.report.html import check_report_writable

@@ -83,7 +83,7 @@ def check_options(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 
 def _load(args: argparse.Namespace):
-    """``(model, images, target, labels, description)``."""
+    """``(model, images, target, labels, description, value_range)``."""
     import torch
 
     from pellucid.cli.explain import load_explained_model, load_image
@@ -100,12 +100,12 @@ def _load(args: argparse.Namespace):
     if args.image:
         x = torch.cat([load_image(s, spec.input_shape) for s in args.image])
         lo, hi = spec.value_range
-        return model, x * (hi - lo) + lo, None, None, description
+        return model, x * (hi - lo) + lo, None, None, description, spec.value_range
     if not is_model_dir(Path(args.model)):
         raise InvalidInputError(f"--model {args.model!r} is a registered name: give --image files to "
                                 "explain (test images come from a model directory's dataset)")
     test = load_test_set(read_config(Path(args.model)), args.data_dir, args.n)
-    return model, test.images, test.labels, test.labels, description
+    return model, test.images, test.labels, test.labels, description, spec.value_range
 
 
 def write_table(rows: list[dict], path: Path) -> None:
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     methods, metrics = check_options(args)
-    model, x, target, labels, description = _load(args)
+    model, x, target, labels, description, value_range = _load(args)
     if labels is None and any(m in ("pointing_game", "focus") for m in metrics):
         from pellucid.errors import InvalidInputError
         raise InvalidInputError("pointing_game and focus need labelled images (a model directory's "
@@ -157,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
 
     rows = [r.to_dict() for r in explain_bench(model, x, target, methods=methods, metrics=metrics,
                                                labels=labels, n_mosaics=args.mosaics,
-                                               seed=args.seed, on_row=progress)]
+                                               seed=args.seed, value_range=value_range,
+                                               on_row=progress)]
     if args.out:
         write_table(rows, Path(args.out))
     if args.figure:

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 import torch
 
 from pellucid.errors import InputTypeError, InvalidInputError
+
+
+def check_value_range(value_range: object, name: str = "value_range") -> tuple[float, float] | None:
+    """``(lo, hi)`` as finite floats with ``lo < hi`` (``None`` passes through); raises a one-line
+    :class:`InvalidInputError` otherwise."""
+    if value_range is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name} must be (low, high), got {value_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise InvalidInputError(f"{name} must be finite with low < high, got {value_range!r}")
+    return lo, hi
 
 
 def check_images(x: torch.Tensor, shape: Sequence[int] | None = None,

@@ -37,7 +37,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from pellucid.data.validation import check_model_input
+from pellucid.data.validation import check_model_input, check_value_range
 from pellucid.errors import InvalidInputError
 from pellucid.explain.base import Explainer, check_inputs, model_lock, preserved_state
 from pellucid.explain.methods import EXPLAINERS
@@ -87,13 +87,18 @@ class _TargetScore(nn.Module):
     target scores that layer's features (:func:`~pellucid.explain.targets.scored_module`).
     """
 
-    def __init__(self, model: nn.Module, target: torch.Tensor | TargetFn, batch: int) -> None:
+    def __init__(self, model: nn.Module, target: torch.Tensor | TargetFn, batch: int,
+                 value_range: tuple[float, float] | None = None) -> None:
         super().__init__()
         self.model = scored_module(model, target)
         object.__setattr__(self, "target", target)  # never registered as a submodule
         self.batch = batch
+        self.value_range = value_range
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if self.value_range is not None:  # straight-through clip: the model sees its domain,
+            lo, hi = self.value_range     # the gradient passes as if unclipped
+            x = x + (x.clamp(lo, hi) - x).detach()
         output = self.model(x)
         if not callable(self.target):
             return select_target(output, self.target[ids])
@@ -123,12 +128,19 @@ class CaptumExplainer(Explainer):
     Keyword options of other explainers (``temperature``, ``gate``, ...) are ignored, so that
     :func:`~pellucid.explain.methods.create_explainer` can pass the same options to every method;
     any other unknown option raises :class:`InvalidInputError`.
+
+    ``value_range=(lo, hi)``: every input the model sees (the noisy copies of SmoothGrad and
+    GradientSHAP, the interpolation paths) is clipped to it, with the gradient passed straight
+    through the clip; for models that refuse inputs outside their domain (images in [0, 1]).
     """
 
     name = "captum"
+    accepts_value_range = True
 
-    def __init__(self, model: nn.Module, **options) -> None:
+    def __init__(self, model: nn.Module, value_range: tuple[float, float] | None = None,
+                 **options) -> None:
         super().__init__(model)
+        self.value_range = check_value_range(value_range)
         unknown = sorted(set(options) - _OTHER_OPTIONS)
         if unknown:
             raise InvalidInputError(f"{self.name} has no option {', '.join(map(repr, unknown))}; see "
@@ -152,7 +164,7 @@ class CaptumExplainer(Explainer):
                 output = scored_module(self.model, target)(x)
                 resolved = resolve_target(output, target)  # fixed for every copy Captum makes
                 score = select_target(output, resolved)
-            forward = _TargetScore(self.model, resolved, len(x))
+            forward = _TargetScore(self.model, resolved, len(x), self.value_range)
             ids = torch.arange(len(x), device=x.device)
             leaf = x.detach().clone().requires_grad_(True)  # never touch the caller's tensor
             with torch.enable_grad():

@@ -50,6 +50,7 @@ class BenchRow:
     attribution_seconds: float
     metric_seconds: float
     options: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None  # why the cell is empty (the method does not apply to the model)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v)
@@ -105,11 +106,17 @@ def explain_bench(model: nn.Module, inputs: torch.Tensor, target: Target = None,
                   metrics: Sequence[str] = ("infidelity", "faithfulness_correlation"),
                   metric_options: dict[str, dict[str, Any]] | None = None,
                   labels: torch.Tensor | None = None, n_mosaics: int = 16, seed: int = 0,
+                  value_range: tuple[float, float] | None = None, skip_inapplicable: bool = True,
                   on_row: Callable[[BenchRow], None] | None = None) -> list[BenchRow]:
     """Score every method in ``methods`` (registered names, or ``(name, options)``) with every
     metric in ``metrics`` (registered names; ``metric_options[name]`` their options) on
     ``inputs`` for ``target`` (resolved once on the clean outputs). ``labels`` (one per input)
-    are needed for the localisation metrics (mosaics). Returns one :class:`BenchRow` per cell,
+    are needed for the localisation metrics (mosaics). ``value_range``: the model's input domain,
+    given to every metric that perturbs with noise and every method that does (their perturbed
+    inputs are clipped to it).
+    A method or metric that does not apply to the model (it raises :class:`InvalidInputError`,
+    e.g. Grad-CAM without a conv layer) gets empty cells whose ``note`` says why
+    (``skip_inapplicable=False``: the error is raised). Returns one :class:`BenchRow` per cell,
     method-major; ``on_row`` sees each as it is done."""
     x = check_inputs(inputs)
     specs = [_method_spec(m) for m in methods]
@@ -129,25 +136,48 @@ def explain_bench(model: nn.Module, inputs: torch.Tensor, target: Target = None,
     mosaics = mosaic_batch(x, labels, n_mosaics, seed) if local else None
     rows = []
     for name, options in specs:
-        explainer = create_explainer(name, model, **options)
+        if value_range is not None and getattr(EXPLAINERS.get(name), "accepts_value_range", False):
+            options = {"value_range": value_range, **options}  # noisy copies stay in the domain
         t0 = time.perf_counter()
-        attributions = explainer.attribute(x, target=resolved)
+        try:
+            explainer = create_explainer(name, model, **options)
+            attributions = explainer.attribute(x, target=resolved)
+            mosaic_attr = explainer.attribute(mosaics[0], target=mosaics[2]) if mosaics else None
+        except InvalidInputError as e:  # e.g. Grad-CAM on a model without a conv layer
+            if not skip_inapplicable:
+                raise
+            for metric in metrics:
+                row = BenchRow(name, metric, math.nan, math.nan, 0, 0,
+                               bool(metric_fns[metric].higher_is_better), 0.0, 0.0, options,
+                               note=" ".join(str(e).split()))
+                rows.append(row)
+                if on_row is not None:
+                    on_row(row)
+            continue
         attribution_seconds = time.perf_counter() - t0
-        mosaic_attr = explainer.attribute(mosaics[0], target=mosaics[2]) if mosaics else None
         for metric in metrics:
             fn = metric_fns[metric]
             kwargs = {}
-            if _EXPLAINER_METRICS_KEY in inspect.signature(fn.func).parameters:
+            parameters = inspect.signature(fn.func).parameters
+            if _EXPLAINER_METRICS_KEY in parameters:
                 kwargs = {"explainer": name, "explainer_options": options}
+            if value_range is not None and "value_range" in parameters and "value_range" not in fn.keywords:
+                kwargs["value_range"] = value_range
             t1 = time.perf_counter()
-            if metric in LOCALISATION_METRICS:
-                scores = fn(model, mosaics[0], mosaic_attr, mosaics[2], mask=mosaics[1], **kwargs)
-            else:
-                scores = fn(model, x, attributions, resolved, **kwargs)
-            mean, sem, n, n_nan = summarise_scores(scores)
+            note = None
+            try:
+                if metric in LOCALISATION_METRICS:
+                    scores = fn(model, mosaics[0], mosaic_attr, mosaics[2], mask=mosaics[1], **kwargs)
+                else:
+                    scores = fn(model, x, attributions, resolved, **kwargs)
+                mean, sem, n, n_nan = summarise_scores(scores)
+            except InvalidInputError as e:  # e.g. nothing to randomise in this model
+                if not skip_inapplicable:
+                    raise
+                mean, sem, n, n_nan, note = math.nan, math.nan, 0, 0, " ".join(str(e).split())
             row = BenchRow(name, metric, mean, sem, n, n_nan, bool(fn.higher_is_better),
                            round(attribution_seconds, 4), round(time.perf_counter() - t1, 4),
-                           options)
+                           options, note)
             rows.append(row)
             if on_row is not None:
                 on_row(row)

@@ -31,7 +31,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
 
-from pellucid.data.validation import check_model_input
+from pellucid.data.validation import check_model_input, check_value_range
 from pellucid.errors import InvalidInputError
 from pellucid.explain.base import _MODE_DEPENDENT, model_lock, preserved_state
 from pellucid.explain.layers import (UnitAddress, capture_output, find_module, parse_unit,
@@ -148,19 +148,6 @@ def _check_shape(model: nn.Module, input_shape) -> tuple[int, ...]:
     return shape
 
 
-def _check_range(value_range) -> tuple[float, float] | None:
-    if value_range is None:
-        return None
-    try:
-        lo, hi = value_range
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"value_range must be (low, high), got {value_range!r}") from None
-    lo, hi = _finite(lo, "value_range low"), _finite(hi, "value_range high")
-    if not lo < hi:
-        raise InvalidInputError(f"value_range must have low < high, got ({lo:g}, {hi:g})")
-    return lo, hi
-
-
 def noise_inputs(n: int, input_shape: Sequence[int], seed: int = 0, mean: float = 0.0,
                  std: float = 1.0, value_range: tuple[float, float] | None = None,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -202,7 +189,7 @@ def unit_gradients_on_noise(model: nn.Module, unit: "str | UnitAddress", n: int 
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise InvalidInputError(f"seed must be an int in 0..2**64-1, got {seed!r}")
     shape = _check_shape(model, input_shape)
-    bounds = _check_range(value_range)
+    bounds = check_value_range(value_range)
     if std is None:
         std = (bounds[1] - bounds[0]) / 4 if bounds else 1.0
     if mean is None:

@@ -43,7 +43,13 @@ class ConvBN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(c_out))
         self.register_buffer("mean", torch.zeros(c_out))
         self.register_buffer("var", torch.ones(c_out))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Kaiming-normal conv weights, zero shift (the statistics buffers are kept)."""
         nn.init.kaiming_normal_(self.weight, nonlinearity="relu")
+        self.beta.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.conv2d(x, self.weight, None, self.stride, self.padding)

@@ -4,7 +4,9 @@
                               Linear(H, K): the Fashion-MNIST benchmark (Table 1).
 * :class:`DictionaryMLP`      ``Y = eps-softmax(-s [d, epsilon]) [V; 0]``: keys = centres, values ``V``,
                               the epsilon neuron's value row held at 0; rejects unknown inputs.
-* :class:`LocalResidual`      ``y = x + [V; 0]^T a``;  :class:`EpsilonHighway` ``y = V^T a_{1..H} + b + a_eps x``.
+* :class:`LocalResidual`      ``y = x + [V; 0]^T a``;  :class:`EpsilonHighway` ``y = V^T a_{1..H} + b + a_eps x``;
+                              :class:`LocalMLP` stacks them between an input projection and a linear head.
+* :class:`PlainMLP`           ReLU MLP, the local MLPs' baseline.
 * :class:`MetricResNet20`     CIFAR-10 ResNet-20 with every convolution a metric convolution.
 
 Image models take images in [0, 1] and map them to [-1, 1] (the paper's input scaling) inside.
@@ -24,11 +26,33 @@ from pellucid.nn.invex import InvexDistance
 from pellucid.nn.metric_conv import L2DistanceConv2d, MetricConv2d
 from pellucid.nn.similarity import EpsilonSoftmax
 
+__all__ = ["DictionaryMLP", "EpsilonHighway", "LocalMLP", "LocalResidual", "METRICS", "MetricMLP",
+           "MetricResNet20", "PlainMLP", "check_hidden", "lp_order", "metric_conv", "metric_layer"]
+
 # torch.fx records the input checks as one call each (they read shapes and values, which a trace
 # cannot), so traced copies (e.g. for excitation pullbacks) still check every input.
 torch.fx.wrap("check_features")
 
 METRICS = ("l0.5", "l1", "l2", "l20", "stereo", "cosine", "linear", "convex", "invex", "ordinary", "ordinary-mlp")
+
+
+def lp_order(name: str) -> float:
+    """``"l<p>"`` -> ``p`` (any ``p > 0``: ``l0.5``, ``l1``, ``l2``, ``l20``); else
+    :class:`InvalidInputError`."""
+    try:
+        p = float(name[1:]) if isinstance(name, str) and name.startswith("l") else float("nan")
+    except ValueError:
+        p = float("nan")
+    if not p > 0:
+        raise InvalidInputError(f"unknown metric {name!r}: write l<p> with p > 0, e.g. l2; "
+                                f"known: {', '.join(METRICS)}")
+    return p
+
+
+def check_hidden(hidden: int, name: str = "hidden") -> None:
+    """Raise :class:`InvalidInputError` unless ``hidden`` (a number of neurons) is an int >= 1."""
+    if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
+        raise InvalidInputError(f"{name} must be an int >= 1 (the number of centres), got {hidden!r}")
 
 
 def metric_layer(metric: str, in_features: int, out_features: int, variant: str = "standardised",
@@ -37,15 +61,9 @@ def metric_layer(metric: str, in_features: int, out_features: int, variant: str 
     ``stereo``, ``cosine``, ``linear`` (``nn.Linear``), ``convex``, ``invex``, ``ordinary`` (the invex
     network without its spectral-norm cap) and ``ordinary-mlp`` (the convex network without its
     constraints)."""
-    if metric.startswith("l") and metric != "linear":
-        try:
-            p = float(metric[1:])
-        except ValueError:
-            p = float("nan")
-        if not p > 0:
-            raise InvalidInputError(f"unknown metric {metric!r}: write l<p> with p > 0, e.g. l2; "
-                                    f"known: {', '.join(METRICS)}")
-        return LpDistance(in_features, out_features, p=p, variant=variant)
+    check_hidden(out_features, "out_features")
+    if isinstance(metric, str) and metric.startswith("l") and metric != "linear":
+        return LpDistance(in_features, out_features, p=lp_order(metric), variant=variant)
     builders = {
         "stereo": lambda: StereoAngle(in_features, out_features),
         "cosine": lambda: CosineSimilarity(in_features, out_features),
@@ -110,6 +128,7 @@ class DictionaryMLP(nn.Module):
     def __init__(self, hidden: int = 100, in_features: int = 784, classes: int = 10,
                  epsilon_mode: str = "running", epsilon: float | None = None) -> None:
         super().__init__()
+        check_hidden(hidden)
         self.in_features, self.hidden, self.classes = in_features, hidden, classes
         self.keys = nn.Parameter(torch.randn(hidden, in_features) / 3)  # (H, D)
         self.values = nn.Parameter(torch.randn(hidden, classes) / hidden ** 0.5)  # (H, K)
@@ -155,52 +174,106 @@ class DictionaryMLP(nn.Module):
             self.similarity.set_epsilon(float(pair.sum() / max(n * (n - 1), 1)))
 
 
-class LocalResidual(nn.Module):
-    r"""``y = x + [V; 0]^T a``, ``a = eps-softmax(-s [||x - c_j||, \epsilon])``: inputs far from every
-    centre pass through unchanged."""
+class _LocalBlock(nn.Module):
+    r"""Shared by the two local blocks: ``H`` centres in ``R^D``, ``d_j = ||x - c_j||_p`` and the
+    epsilon-softmax ``a = softmax(-s [d_1..d_H, \epsilon])`` (``(B, H + 1)``, column ``H`` = epsilon).
 
-    def __init__(self, features: int, hidden: int, epsilon_mode: str = "running",
+    ``values`` ``V`` is ``(H, D)``: the epsilon neuron's value row is not a parameter but a constant
+    zero, so no optimizer can move it (:meth:`value_matrix` is ``[V; 0]``, ``(H + 1, D)``).
+    """
+
+    def __init__(self, features: int, hidden: int, distance: str = "l2", epsilon_mode: str = "running",
                  epsilon: float | None = None) -> None:
         super().__init__()
-        self.features = features
-        self.centres = nn.Parameter(torch.randn(hidden, features) / 3)
-        self.shifts = nn.Parameter(torch.zeros(hidden, features))  # V, (H, D)
+        check_hidden(features, "features")
+        check_hidden(hidden)
+        self.features, self.hidden, self.distance = features, hidden, distance
+        self.p = lp_order(distance)
+        self.centres = nn.Parameter(torch.randn(hidden, features) / 3)  # (H, D)
+        self.values = nn.Parameter(torch.zeros(hidden, features))  # V, (H, D)
         self.similarity = EpsilonSoftmax(epsilon, mode=epsilon_mode)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        """``a`` ``(B, H + 1)``; column ``H`` is the epsilon neuron."""
         check_features(x, self.features)
-        a = self.similarity(lp_distance(x, self.centres, 2.0))  # (B, H+1)
-        return x + a[:, :-1] @ self.shifts
+        return self.similarity(lp_distance(x, self.centres, self.p))
+
+    def value_matrix(self) -> torch.Tensor:
+        """``[V; 0]`` ``(H + 1, D)``: the values with the epsilon neuron's (zero) row."""
+        return torch.cat([self.values, self.values.new_zeros(1, self.features)])
+
+    def extra_repr(self) -> str:
+        return f"{self.features}, hidden={self.hidden}, distance={self.distance}"
 
 
-class EpsilonHighway(nn.Module):
-    r"""``y = V^T a_{1..H} + b + a_\epsilon x``: the epsilon activation gates the identity path."""
+class LocalResidual(_LocalBlock):
+    r"""Local residual block: ``y = x + [V; 0]^T a``, ``a = eps-softmax(-s [||x - c_j||_p, \epsilon])``.
 
-    def __init__(self, features: int, hidden: int, epsilon_mode: str = "running",
+    Each centre adds its value ``v_j`` to the inputs near it; the epsilon neuron adds nothing, so an
+    input far from every centre (``a_\epsilon -> 1``) passes through unchanged: ``y -> x``.
+    ``V`` starts at 0 (the block starts as the identity).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.activations(x)  # (B, H+1)
+        return x + a[:, :-1] @ self.values  # == x + a [V; 0]
+
+
+class EpsilonHighway(_LocalBlock):
+    r"""Epsilon-highway block: ``y = V^T a_{1..H} + b + a_\epsilon x``.
+
+    The epsilon activation gates the identity path: near a centre the block outputs that centre's
+    value, far from every centre (``a_\epsilon -> 1``) it outputs ``x + b``. ``V`` and ``b`` start
+    at 0.
+    """
+
+    def __init__(self, features: int, hidden: int, distance: str = "l2", epsilon_mode: str = "running",
                  epsilon: float | None = None) -> None:
-        super().__init__()
-        self.features = features
-        self.centres = nn.Parameter(torch.randn(hidden, features) / 3)
-        self.values = nn.Parameter(torch.zeros(hidden, features))
-        self.bias = nn.Parameter(torch.zeros(features))
-        self.similarity = EpsilonSoftmax(epsilon, mode=epsilon_mode)
+        super().__init__(features, hidden, distance, epsilon_mode, epsilon)
+        self.bias = nn.Parameter(torch.zeros(features))  # b, (D,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_features(x, self.features)
-        a = self.similarity(lp_distance(x, self.centres, 2.0))  # (B, H+1)
+        a = self.activations(x)  # (B, H+1)
         return a[:, :-1] @ self.values + self.bias + a[:, -1:] * x
 
 
-class _LocalMLP(nn.Module):
-    """``Linear(D, width) -> block(width) -> ELU -> Linear(width, K)`` for the two local layers."""
+class LocalMLP(nn.Module):
+    """The paper's local MLPs: ``Linear(D, width) -> block_1 -> ... -> block_depth -> Linear(width, K)``.
 
-    def __init__(self, block: nn.Module, in_features: int, width: int, classes: int) -> None:
+    The input projection embeds images (in [-1, 1]) in ``R^width``; every block (a
+    :class:`LocalResidual` or an :class:`EpsilonHighway` of ``hidden`` centres) is the only
+    non-linearity, so an input that no block recognises is mapped by the affine path alone.
+    """
+
+    def __init__(self, block: type[_LocalBlock], in_features: int = 784, width: int = 64,
+                 hidden: int = 100, depth: int = 2, classes: int = 10, distance: str = "l2",
+                 epsilon_mode: str = "running", epsilon: float | None = None) -> None:
         super().__init__()
+        check_hidden(depth, "depth")
         self.in_features = in_features
-        self.embed, self.block, self.head = nn.Linear(in_features, width), block, nn.Linear(width, classes)
+        self.embed = nn.Linear(in_features, width)
+        self.blocks = nn.Sequential(*(block(width, hidden, distance, epsilon_mode, epsilon)
+                                      for _ in range(depth)))
+        self.head = nn.Linear(width, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(F.elu(self.block(self.embed(_flat_signed(x, self.in_features)))))
+        return self.head(self.blocks(self.embed(_flat_signed(x, self.in_features))))
+
+
+class PlainMLP(nn.Module):
+    """``Linear(D, width) -> ReLU -> [Linear(width, width) -> ReLU] x (depth - 1) -> Linear(width, K)``."""
+
+    def __init__(self, in_features: int = 784, width: int = 87, depth: int = 2, classes: int = 10) -> None:
+        super().__init__()
+        check_hidden(width, "width")
+        check_hidden(depth, "depth")
+        self.in_features = in_features
+        sizes = [in_features] + [width] * depth
+        self.layers = nn.Sequential(*(m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.ReLU())))
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(_flat_signed(x, self.in_features)))
 
 
 # -- metric ResNet-20 (CIFAR-10) -------------------------------------------------------------------
@@ -272,15 +345,23 @@ def dictionary_mlp(hidden: int = 100, epsilon_mode: str = "running",
 
 
 @register_model("local-residual-mlp", input_shape=(1, 28, 28), dataset="fashion-mnist",
-                summary="MLP with an epsilon-softmax local residual layer, Fashion-MNIST")
-def local_residual_mlp(width: int = 64, hidden: int = 100) -> nn.Module:
-    return _LocalMLP(LocalResidual(width, hidden), 784, width, 10)
+                summary="MLP of epsilon-softmax local residual blocks (y = x + V a), Fashion-MNIST")
+def local_residual_mlp(width: int = 64, hidden: int = 100, depth: int = 2, distance: str = "l2",
+                       epsilon_mode: str = "running", epsilon: float | None = None) -> LocalMLP:
+    return LocalMLP(LocalResidual, 784, width, hidden, depth, 10, distance, epsilon_mode, epsilon)
 
 
 @register_model("epsilon-highway-mlp", input_shape=(1, 28, 28), dataset="fashion-mnist",
-                summary="MLP with an epsilon-highway layer, Fashion-MNIST")
-def epsilon_highway_mlp(width: int = 64, hidden: int = 100) -> nn.Module:
-    return _LocalMLP(EpsilonHighway(width, hidden), 784, width, 10)
+                summary="MLP of epsilon-highway blocks (y = V a + b + a_eps x), Fashion-MNIST")
+def epsilon_highway_mlp(width: int = 64, hidden: int = 100, depth: int = 2, distance: str = "l2",
+                        epsilon_mode: str = "running", epsilon: float | None = None) -> LocalMLP:
+    return LocalMLP(EpsilonHighway, 784, width, hidden, depth, 10, distance, epsilon_mode, epsilon)
+
+
+@register_model("plain-mlp", input_shape=(1, 28, 28), dataset="fashion-mnist",
+                summary="plain ReLU MLP, the local MLPs' baseline, Fashion-MNIST")
+def plain_mlp(width: int = 87, depth: int = 2) -> PlainMLP:
+    return PlainMLP(784, width, depth, 10)
 
 
 @register_model("metric-resnet20", input_shape=(3, 32, 32), dataset="cifar10",

@@ -26,13 +26,23 @@ class AffineFeatures(SemanticFeatures):
         super().__init__()
         if (image_size - patch_size) % 2:
             raise ValueError("image_size - patch_size must be even (symmetric padding)")
-        w = torch.empty(n_features, patch_size * patch_size)
-        nn.init.kaiming_uniform_(w, a=init_a)
-        self.features = nn.Parameter(normalize(w))  # (F, S*S)
-        m = torch.eye(2, 3).repeat(n_features, n_poses, 1, 1) + 0.01 * torch.randn(n_features, n_poses, 2, 3)
-        m[..., 2] += init_translation * torch.randn(n_features, n_poses, 2)
-        self.poses = nn.Parameter(m)  # (F, P, 2, 3), pixel coordinates
+        self.init_a, self.init_translation = init_a, init_translation
+        self.features = nn.Parameter(torch.empty(n_features, patch_size * patch_size))  # (F, S*S)
+        self.poses = nn.Parameter(torch.empty(n_features, n_poses, 2, 3))  # pixel coordinates
         self.patch_size, self.image_size = patch_size, image_size
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Redraw features (Kaiming-uniform, unit L2) and poses (``I + N(0, 0.01^2)``, plus an
+        ``N(0, init_translation^2)``-pixel translation)."""
+        n_features, n_poses = self.poses.shape[:2]
+        w = torch.empty_like(self.features)
+        nn.init.kaiming_uniform_(w, a=self.init_a)
+        self.features.copy_(normalize(w))
+        m = torch.eye(2, 3).repeat(n_features, n_poses, 1, 1) + 0.01 * torch.randn(n_features, n_poses, 2, 3)
+        m[..., 2] += self.init_translation * torch.randn(n_features, n_poses, 2)
+        self.poses.copy_(m)
 
     def padded_features(self) -> torch.Tensor:
         """Base features as ``(F, H, W)`` images (patch zero-padded to the input size)."""

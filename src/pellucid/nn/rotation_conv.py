@@ -28,13 +28,21 @@ class RotationConvFeatures(SemanticFeatures):
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError("kernel_size must be odd (rotation about the centre pixel)")
-        w = torch.zeros(n_kernels, kernel_size, kernel_size)
-        w[:, kernel_size // 2, kernel_size // 2] = 1.0
-        w += init_noise * torch.randn_like(w)
-        self.kernels = nn.Parameter(normalize(w))  # (K, k, k)
+        self.init_noise = init_noise
+        self.kernels = nn.Parameter(torch.empty(n_kernels, kernel_size, kernel_size))  # (K, k, k)
+        self.reset_parameters()
         self.register_buffer("angles", torch.arange(n_rotations) * (360.0 / n_rotations),
                              persistent=False)
         self.scale = math.sqrt(kernel_size * kernel_size)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Redraw the base kernels: centred identity plus ``N(0, init_noise^2)``, unit L2."""
+        k = self.kernels.shape[-1]
+        w = torch.zeros_like(self.kernels)
+        w[:, k // 2, k // 2] = 1.0
+        w += self.init_noise * torch.randn_like(w)
+        self.kernels.copy_(normalize(w))
 
     def posed_weights(self) -> torch.Tensor:
         k = self.kernels.shape[-1]

@@ -4,7 +4,8 @@
   ``standardise=False`` gives the un-normalised UMAP-like ``exp(-(d - min_j d) sigma)``).
 * :func:`umap_similarity`     ``d' = d - min_j d``; per row ``sigma`` with
   ``sum_j exp(-d'_j / sigma) = log2(k)``; ``a = exp(-d' / sigma)``.
-* :class:`DistanceSoftmax`    ``a = softmax(-s d)``, ``s = e^{sigma}`` learnable.
+* :func:`distance_softmax`    ``a = softmax(-s d)`` for a given ``s``; :class:`DistanceSoftmax` learns
+  ``s = e^{sigma}``.
 * :class:`EpsilonSoftmax`     ``a = softmax(-s [d_1, ..., d_H, epsilon])``: a constant "epsilon neuron"
   at distance ``epsilon`` wins whenever every centre is farther than ``epsilon``, i.e. the input is
   unknown and can be rejected. ``epsilon`` fixed, learned or a running mean of the distances.
@@ -20,7 +21,7 @@ from torch import nn
 
 from pellucid.errors import InvalidInputError
 
-__all__ = ["DistanceSoftmax", "EpsilonSoftmax", "min_exp_similarity", "umap_similarity"]
+__all__ = ["DistanceSoftmax", "EpsilonSoftmax", "distance_softmax", "min_exp_similarity", "umap_similarity"]
 
 
 def _check_distances(d: torch.Tensor) -> None:
@@ -42,6 +43,12 @@ def min_exp_similarity(d: torch.Tensor, k: float = 2.0, standardise: bool = True
     if standardise:
         shifted = shifted / (d.std(1, keepdim=True) + eps)
     return torch.exp(-k * shifted)
+
+
+def distance_softmax(d: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """``softmax_j(-scale d_j)`` per row: the epsilon-softmax without its epsilon neuron."""
+    _check_distances(d)
+    return torch.softmax(-scale * d, dim=1)
 
 
 def umap_similarity(d: torch.Tensor, k: int = 15, iterations: int = 64) -> torch.Tensor:
@@ -70,8 +77,7 @@ class DistanceSoftmax(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(float(log_scale)))
 
     def forward(self, d: torch.Tensor) -> torch.Tensor:
-        _check_distances(d)
-        return torch.softmax(-self.log_scale.exp() * d, dim=1)
+        return distance_softmax(d, self.log_scale.exp())
 
 
 class EpsilonSoftmax(nn.Module):

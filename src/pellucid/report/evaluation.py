@@ -23,7 +23,9 @@ from pellucid.models.checkpoint import load_model
 from pellucid.models.inference import predict_logits
 from pellucid.report.records import save_record
 from pellucid.robust.attacks import ATTACKS, option_values
+from pellucid.robust.budgets import AdaptiveBudget
 from pellucid.robust.checks import evaluation_checks
+from pellucid.robust.diagnostics import adaptive_diagnostics
 from pellucid.robust.evaluate import RobustnessResult, evaluate_robustness, minimal_perturbations
 
 # attacks that return minimal (unbounded) perturbations: their examples are plotted and recorded
@@ -77,7 +79,9 @@ def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, 
     the attack with its value, the defaults filled in, so records stay comparable. With ``seed``,
     ``limit`` (the first N test images), the threat model and the weights they identify the
     record (see :mod:`pellucid.report.records`). ``checks``: the gradient-masking checks on
-    the first ``check_limit`` images (``None``: all), always run for AutoAttack. ``report``:
+    the first ``check_limit`` images (``None``: all), always run for AutoAttack; the adaptive
+    budget adds its diagnostics (:mod:`pellucid.robust.diagnostics`) on the same images and
+    records which stage broke each image. ``report``:
     (re)write ``run_dir/report.html`` with every evaluation recorded there.
     """
     run_dir = Path(run_dir)
@@ -91,6 +95,9 @@ def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, 
     say(f"{attack} ({norm} eps {eps:g}) on {len(test)} test images")
     result = evaluate_robustness(model, test.images, test.labels, attack=attack, eps=eps, norm=norm,
                                  seed=seed, progress=True, log=log, **options)
+    # the adaptive budget's stage per image goes to the record, not to the summary (one line)
+    per_image = {"broken_by": result.info.pop("broken_by_image")} \
+        if "broken_by_image" in result.info else None
     summary = {"model": config["model"], "model_dir": str(run_dir), **result.summary(),
                "dataset": (config.get("data") or {}).get("dataset"), "seed": seed,
                "options": dataclasses.asdict(checked_options),  # JSON-ready: stages as dicts
@@ -112,13 +119,24 @@ def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, 
         result.checks = found
         summary["checks"] = {c.name: c.summary() for c in found}
         points = {"points": curve, "n": min(len(test), check_limit or len(test))}
-        for c in found:
-            if c.passed is False:
-                print(f"WARNING: gradient-masking check '{c.name}' failed: {c.detail}", file=sys.stderr)
+    if per_image is not None:
+        n_check = min(len(test), check_limit or len(test))
+        say(f"adaptive-budget diagnostics: gradient norms, gates, accuracy vs eps (first {n_check} "
+            "images)")
+        extra, summary["adaptive_diagnostics"] = adaptive_diagnostics(
+            model, test.images[:n_check], test.labels[:n_check], result.adversarial[:n_check],
+            budget=_adaptive_budget(checked_options), seed=seed)
+        found = [*found, *extra]
+        result.checks = found
+        summary["checks"] = {c.name: c.summary() for c in found}
+    for c in found:
+        if c.passed is False:
+            print(f"WARNING: gradient-masking check '{c.name}' failed: {c.detail}", file=sys.stderr)
     with RunLock(run_dir):
         if minimal is not None:
             _save_examples(run_dir, model, test, result, minimal)
-        record = save_record(run_dir, summary, result, eps_points=points, minimal=minimal)
+        record = save_record(run_dir, summary, result, eps_points=points, minimal=minimal,
+                             per_image=per_image)
         if report:
             from pellucid.report.run import run_report
 
@@ -126,6 +144,12 @@ def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, 
             summary["report"] = str(run_report(run_dir, model, test, result))
     summary["record"] = str(record)  # after saving: where the record lies is not part of it
     return RunEvaluation(summary, model, config, test, result, record, found)
+
+
+def _adaptive_budget(options) -> AdaptiveBudget:
+    """The :class:`AdaptiveBudget` of checked autoattack options whose budget is adaptive."""
+    budget = getattr(options, "budget", None)
+    return budget if isinstance(budget, AdaptiveBudget) else AdaptiveBudget()
 
 
 def _save_examples(run_dir: Path, model: nn.Module, test: ImageDataset, result: RobustnessResult,

@@ -7,7 +7,9 @@ A record is identified by everything that changes what it holds: the attack and 
 the threat model, the seed, the test images (how many), the weights evaluated and the images its
 gradient-masking checks ran on (:func:`record_identity`). Two evaluations that differ in any of these are kept side by side (a
 20-image check never replaces the full test set's figure); only the same evaluation run again
-replaces its own record.
+replaces its own record. The budget is part of the identity and of the file name
+(``autoattack-standard-...``, ``autoattack-adaptive-...``), so an adaptive-budget record never
+replaces a standard one.
 """
 
 from __future__ import annotations
@@ -39,14 +41,18 @@ def record_name(summary: dict) -> str:
 
 
 def save_record(run_dir: Path | str, summary: dict, result: RobustnessResult, *,
-                eps_points: dict | None = None, minimal: dict | None = None) -> Path:
+                eps_points: dict | None = None, minimal: dict | None = None,
+                per_image: dict | None = None) -> Path:
     """Write ``summary`` with the reliability curve (and, if given, the accuracy-vs-eps points
-    ``{"points", "n"}`` and the minimal-perturbation norms) atomically; returns the path."""
+    ``{"points", "n"}``, the minimal-perturbation norms and per-image lists such as the adaptive
+    budget's ``{"broken_by": [stage or None, ...]}``) atomically; returns the path."""
     record = {"summary": summary, "reliability": result.reliability.to_dict()}
     if eps_points is not None:
         record["accuracy_vs_eps"] = eps_points
     if minimal is not None:
         record["minimal"] = minimal
+    if per_image is not None:
+        record["per_image"] = per_image
     path = Path(run_dir) / RECORDS_DIR / f"{record_name(summary)}.json"
     save_json_atomic(path, record)
     return path

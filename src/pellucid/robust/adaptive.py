@@ -222,7 +222,7 @@ class _Cascade:
         for name in self.broken_by:
             if name is not None:
                 counts[name] = counts.get(name, 0) + 1
-        return {"budget": "adaptive", "base_budget": budget.base, "broken_by": counts,
+        return {"budget": "adaptive", "base_budget": budget.base_budget, "broken_by": counts,
                 "broken_by_image": list(self.broken_by)}
 
 
@@ -335,10 +335,10 @@ def adaptive_cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps:
     if budget.transfer_from is not None and budget.transfer_steps:
         load_transfer_source(budget.transfer_from, model, x)  # a bad directory fails before any work
     with eval_mode(model):
-        base = run_stages(model, x, y, BUDGETS[budget.base], eps=eps, norm=norm, step_size=step_size,
+        base = run_stages(model, x, y, BUDGETS[budget.base_budget], eps=eps, norm=norm, step_size=step_size,
                           value_range=value_range, generator=generator, progress=progress,
-                          batch_size=batch_size, log=log, name=f"adaptive/{budget.base}")
-        names = [s.attack for s in BUDGETS[budget.base]]
+                          batch_size=batch_size, log=log, name=f"adaptive/{budget.base_budget}")
+        names = [s.attack for s in BUDGETS[budget.base_budget]]
         broken_by = [None if at < 0 else names[at] for at in base.broken_at.tolist()]
         for i in torch.nonzero(base.margin <= 0).squeeze(1).tolist():
             broken_by[i] = broken_by[i] or "clean"

@@ -73,7 +73,7 @@ def _positive_floats(value: Any, name: str) -> tuple[float, ...]:
 class AdaptiveBudget(AttackOptions):
     """Options of the adaptive budget (``pellucid evaluate DIR --budget adaptive``).
 
-    The cascade runs the ``base`` budget's stages, then on the images still standing: APGD with
+    The cascade runs the ``base_budget``'s stages, then on the images still standing: APGD with
     surrogate gradients for each of ``losses`` (``restarts`` x ``steps``, restart ``r`` at
     temperature ``temperatures[r mod len]``, the first warm-started from the best point found
     so far), transfer attacks (``transfer_steps`` APGD steps on a smooth copy of the model and on
@@ -82,8 +82,8 @@ class AdaptiveBudget(AttackOptions):
     comma-separated string or a sequence.
     """
 
-    base: str = attack_option("standard-native", "the AutoAttack budget the cascade runs first",
-                              choices=tuple(sorted(BUDGETS)))
+    base_budget: str = attack_option("standard-native", "the AutoAttack budget the adaptive cascade "
+                                     "runs first", choices=tuple(sorted(BUDGETS)))
     losses: tuple[str, ...] | str = attack_option(
         ("margin", "evidence", "feature"), "losses of the surrogate-gradient APGD stages, one stage "
         "each (ce, margin, evidence, feature)", default_text="margin,evidence,feature")
@@ -97,7 +97,7 @@ class AdaptiveBudget(AttackOptions):
         None, "a model directory (e.g. a LeNet run) to transfer attacks from", default_text="none")
     decision_queries: int = attack_option(1000, "queries of the decision-based ray search (0: none)",
                                           min=0)
-    queries: int = attack_option(5000, "Square queries (per restart)", min=1)
+    queries: int = attack_option(20000, "Square queries (per restart)", min=1)
     square_restarts: int = attack_option(1, "restarts of the final Square stage", min=1)
 
     def __post_init__(self) -> None:

@@ -49,7 +49,7 @@ __all__ = ["LayerSurrogates", "SurrogateTemperatures", "has_surrogates", "is_whi
            "soft_max_value", "surrogate_gradients", "twostep_widened", "whitebox_parts"]
 
 _MISSING = object()
-_BLOCK = 64  # images per conv2d call of the conv surrogate
+_BLOCK = 8  # images per block of the conv surrogate (its scores stay in cache)
 
 
 @dataclass(frozen=True)
@@ -141,24 +141,31 @@ def _conv_input_grad(grad_scores: torch.Tensor, weight: torch.Tensor) -> torch.T
 
 
 class _SoftConvPoseMax(torch.autograd.Function):
-    """Forward: :math:`\max_k (x \star w_k)` per pixel; backward: the soft pool over the kernels
-    (:func:`pellucid.explain.gates.soft_max_vjp`). The scores are kept channels last
-    ``(B, H, W, K)``, where the softmax over ``K`` is contiguous."""
+    r"""Forward: :math:`\max_k (x \star w_k)` per pixel (``smooth``: the soft pool
+    :math:`\sum_k w_k s_k` itself); backward: the soft pool over the kernels
+    (:func:`pellucid.explain.gates.soft_max_vjp`). Saves only ``x``: the scores are recomputed
+    in backward, a few images at a time so that each block's ``(b, H, W, K)`` scores stay in
+    cache (the softmax and its backward are bound by memory traffic)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, tau: float) -> torch.Tensor:
-        pad = weight.shape[-1] // 2
-        scores = torch.cat([F.conv2d(xb, weight, padding=pad).permute(0, 2, 3, 1).contiguous()
-                            for xb in x.split(_BLOCK)])  # (B, H, W, K)
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, tau: float, smooth: bool) -> torch.Tensor:
         ctx.tau, ctx.weight = tau, weight
-        ctx.save_for_backward(scores)
-        return scores.amax(-1).unsqueeze(1)  # (B, 1, H, W)
+        ctx.save_for_backward(x)
+        pad = weight.shape[-1] // 2
+        pool = (lambda s: soft_max_value(s, 1, tau).unsqueeze(1)) if smooth else \
+            (lambda s: s.amax(1, keepdim=True))
+        return torch.cat([pool(F.conv2d(xb, weight, padding=pad)) for xb in x.split(_BLOCK)])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (scores,) = ctx.saved_tensors
-        g = soft_max_vjp(scores, grad.squeeze(1).unsqueeze(-1), -1, ctx.tau, False)  # (B, H, W, K)
-        return _conv_input_grad(g, ctx.weight), None, None
+        (x,) = ctx.saved_tensors
+        weight, pad = ctx.weight, ctx.weight.shape[-1] // 2
+        out = []
+        for xb, gb in zip(x.split(_BLOCK), grad.split(_BLOCK)):
+            scores = F.conv2d(xb, weight, padding=pad).permute(0, 2, 3, 1)  # (b, H, W, K)
+            g = soft_max_vjp(scores.contiguous(), gb.squeeze(1).unsqueeze(-1), -1, ctx.tau, False)
+            out.append(_conv_input_grad(g, weight))
+        return torch.cat(out), None, None, None
 
 
 class _ExactForward(torch.autograd.Function):
@@ -232,10 +239,10 @@ class LayerSurrogates:
         return self.activation(module, self._soft_pose_max(module, x))
 
     def _soft_pose_max(self, module: SemanticFeatures, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(module, RotationConvFeatures) and not self.smooth_forward:
+        if isinstance(module, RotationConvFeatures):
             k = self.posed(module).shape[-1]
             return _SoftConvPoseMax.apply(x, self.posed(module).reshape(-1, 1, k, k),
-                                          self.temperatures.poses)
+                                          self.temperatures.poses, self.smooth_forward)
         scores = module.match(x, self.posed(module))  # (B, F, P, ...)
         logical = isinstance(module, LogicalFeatures)
         if self.smooth_forward:

@@ -40,21 +40,39 @@ class Adam:
     :math:`\theta \leftarrow \theta - \frac{\text{lr}}{1 - \beta_1^t}\,
     \frac{m}{\sqrt{v} / \sqrt{1 - \beta_2^t} + \epsilon}`.
     Parameters whose ``grad`` is ``None`` are skipped and keep no state, as in torch.
+
+    ``params`` is an iterable of tensors (one group) or, as in torch, of parameter groups
+    ``{"params": [...], "lr": ...}`` whose missing settings take the keyword arguments' values.
+    Parameters are numbered across the groups in order, as in torch's ``state_dict``.
     """
 
-    def __init__(self, params: Iterable[torch.Tensor], lr: float = 1e-3,
+    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0) -> None:
         params = list(params)
         if not params:
             raise ValueError("Adam got an empty parameter list")
-        if any(not isinstance(p, torch.Tensor) or p.is_complex() for p in params):
-            raise ValueError("Adam takes real tensors only")
-        self.param_groups: list[dict[str, Any]] = [{"params": params}]
-        self._set_hyperparameters(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        given = params if all(isinstance(g, dict) for g in params) else [{"params": params}]
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        self.param_groups: list[dict[str, Any]] = []
+        for g in given:
+            group = {"params": list(g.get("params", ()))}
+            if not group["params"] or any(not isinstance(p, torch.Tensor) or p.is_complex()
+                                          for p in group["params"]):
+                raise ValueError("Adam takes real tensors only, at least one per parameter group")
+            self._set_hyperparameters(group, **{k: g.get(k, v) for k, v in defaults.items()})
+            self.param_groups.append(group)
+        ids = [id(p) for p in self._params()]
+        if len(set(ids)) != len(ids):
+            raise ValueError("some parameters appear in more than one parameter group")
         self.state: dict[int, dict[str, torch.Tensor]] = {}
 
-    def _set_hyperparameters(self, *, lr: float, betas: Iterable[float], eps: float,
+    def _params(self) -> list[torch.Tensor]:
+        """All parameters in torch's numbering (group by group)."""
+        return [p for group in self.param_groups for p in group["params"]]
+
+    @staticmethod
+    def _set_hyperparameters(group: dict[str, Any], *, lr: float, betas: Iterable[float], eps: float,
                              weight_decay: float) -> None:
         beta1, beta2 = (float(b) for b in betas)
         if not lr >= 0:
@@ -65,11 +83,10 @@ class Adam:
             raise ValueError(f"betas must lie in [0, 1), got {(beta1, beta2)}")
         if not weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        self.param_groups[0].update(lr=float(lr), betas=(beta1, beta2), eps=float(eps),
-                                    weight_decay=float(weight_decay))
+        group.update(lr=float(lr), betas=(beta1, beta2), eps=float(eps), weight_decay=float(weight_decay))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.param_groups[0]["params"]:
+        for p in self._params():
             if p.grad is None:
                 continue
             if set_to_none:
@@ -80,51 +97,61 @@ class Adam:
 
     @torch.no_grad()
     def step(self) -> None:
-        group = self.param_groups[0]
+        i = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(i, p, group)
+                i += 1
+
+    def _update(self, i: int, p: torch.Tensor, group: dict[str, Any]) -> None:
         lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        for i, p in enumerate(group["params"]):
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError("Adam does not support sparse gradients")
-            state = self.state.get(i)
-            if state is None:  # torch: float32 step on the CPU, moments in the parameter's layout
-                state = self.state[i] = {
-                    "step": torch.zeros((), dtype=_step_dtype()),
-                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
-            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-            state["step"] += 1
-            grad = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
-            exp_avg.lerp_(grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            t = state["step"].item()
-            bias_correction1 = 1 - beta1 ** t
-            bias_correction2 = 1 - beta2 ** t
-            denom = (exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(eps)
-            p.addcdiv_(exp_avg, denom, value=-(lr / bias_correction1))
+        if p.grad.is_sparse:
+            raise RuntimeError("Adam does not support sparse gradients")
+        state = self.state.get(i)
+        if state is None:  # torch: float32 step on the CPU, moments in the parameter's layout
+            state = self.state[i] = {
+                "step": torch.zeros((), dtype=_step_dtype()),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        state["step"] += 1
+        grad = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        t = state["step"].item()
+        bias_correction1 = 1 - beta1 ** t
+        bias_correction2 = 1 - beta2 ** t
+        denom = (exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(eps)
+        p.addcdiv_(exp_avg, denom, value=-(lr / bias_correction1))
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's layout: ``{"state": {index: {...}}, "param_groups": [{..., "params": [0, ...]}]}``."""
-        group = self.param_groups[0]
-        saved = {k: v for k, v in group.items() if k != "params"}
-        saved.update({flag: False for flag in _UNSUPPORTED_FLAGS}, foreach=None, fused=None,
-                     params=list(range(len(group["params"]))))
-        return {"state": {i: dict(s) for i, s in self.state.items()}, "param_groups": [saved]}
+        """torch's layout: ``{"state": {index: {...}}, "param_groups": [{..., "params": [0, ...]}, ...]}``."""
+        groups, first = [], 0
+        for group in self.param_groups:
+            saved = {k: v for k, v in group.items() if k != "params"}
+            saved.update({flag: False for flag in _UNSUPPORTED_FLAGS}, foreach=None, fused=None,
+                         params=list(range(first, first + len(group["params"]))))
+            first += len(group["params"])
+            groups.append(saved)
+        return {"state": {i: dict(s) for i, s in self.state.items()}, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a state dict from :meth:`state_dict` or from an equivalent ``torch.optim.Adam``."""
+        """Restore a state dict from :meth:`state_dict` or from an equivalent ``torch.optim.Adam``
+        (keys this class does not use, such as a scheduler's ``initial_lr``, are ignored)."""
         groups = state_dict["param_groups"]
-        params = self.param_groups[0]["params"]
-        if len(groups) != 1 or len(groups[0]["params"]) != len(params):
-            raise ValueError(f"the state dict has {[len(g['params']) for g in groups]} parameters "
-                             f"in its groups; this optimizer has one group of {len(params)}")
-        group = groups[0]
-        on = [flag for flag in _UNSUPPORTED_FLAGS if group.get(flag)]
+        theirs = [len(g["params"]) for g in groups]
+        ours = [len(g["params"]) for g in self.param_groups]
+        if theirs != ours:
+            raise ValueError(f"the state dict has {theirs} parameters in its groups; this optimizer "
+                             f"has {ours}")
+        on = [flag for g in groups for flag in _UNSUPPORTED_FLAGS if g.get(flag)]
         if on:
             raise ValueError(f"the state dict uses Adam options this class lacks: {', '.join(on)}")
-        self._set_hyperparameters(lr=group["lr"], betas=group["betas"], eps=group["eps"],
-                                  weight_decay=group["weight_decay"])
+        for group, saved in zip(self.param_groups, groups):
+            self._set_hyperparameters(group, lr=saved["lr"], betas=saved["betas"], eps=saved["eps"],
+                                      weight_decay=saved["weight_decay"])
+        params = self._params()
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, saved in state_dict["state"].items():
             i = int(key)

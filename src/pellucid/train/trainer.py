@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,29 @@ class TrainConfig(CheckedConfig):
     val_step: float = _opt(0.1, "step size of the validation PGD", above=0)
     seed: int = _opt(314, "seed of initialisation, data order, augmentation and the split", min=0,
                      max=2**63 - 1)
+    schedule: str = _opt("constant", "learning rate: constant, or cosine (per step, "
+                                     "lr (1 + cos(pi s / S)) / 2 at step s of S, to 0 at the end)",
+                         choices=("constant", "cosine"))
+    augment: str = _opt("noise", "batch augmentation: noise (see noise_p) or none (no augmentation "
+                                 "and no random draw for it)", choices=("noise", "none"))
+
+    # Settings that choose how the same math is computed, not what is computed: a resumed run may
+    # change them (a subclass names its own, e.g. a compiled kernel).
+    EXECUTION_OPTIONS: ClassVar[tuple[str, ...]] = ()
+
+
+def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate's multiplier at optimizer step ``step`` (0-based) of ``total_steps``:
+    1 (``constant``) or ``(1 + cos(pi step / total_steps)) / 2`` (``cosine``, annealed per step)."""
+    if cfg.schedule == "constant":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * step / total_steps))
+
+
+def resumable_changes(cfg: TrainConfig) -> tuple[str, ...]:
+    """Settings a resumed run may change: the execution options, and ``epochs`` unless a cosine
+    schedule spans them."""
+    return cfg.EXECUTION_OPTIONS + (("epochs",) if cfg.schedule == "constant" else ())
 
 
 def adversarial_eps(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -85,11 +109,22 @@ def _validate(model: nn.Module, val: ImageDataset, cfg: TrainConfig, epoch: int)
     return out
 
 
+def best_so_far(history: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """``{"best_<key>": max over the rows, "best_epoch": the first epoch that reached it}``."""
+    rows = [r for r in history if isinstance(r.get(key), (int, float))]
+    if not rows:
+        return {}
+    best = max(rows, key=lambda r: r[key])  # the first of equal maxima
+    return {f"best_{key}": best[key], "best_epoch": best["epoch"]}
+
+
 def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConfig, out: Path | str,
         *, model_name: str, model_kwargs: dict[str, Any] | None = None,
         extra_config: dict[str, Any] | None = None, resume: bool = False,
         progress: bool = True,
-        on_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        on_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None,
+        param_groups: Sequence[dict[str, Any]] | None = None,
+        evaluate: Callable[[nn.Module], dict[str, float]] | None = None) -> list[dict[str, Any]]:
     """Train ``model`` with Adam and cross-entropy; checkpoint and log after every epoch.
 
     Writes to ``out``: ``model.safetensors`` + ``config.json`` (a loadable model directory),
@@ -98,26 +133,54 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConf
     uninterrupted. Returns the metrics of all epochs. ``on_epoch(model, row)``, when given, is
     called after each epoch has been saved (e.g. a
     :class:`~pellucid.explain.paths.PathStabilityTracker`); it must leave the model as it found it.
+
+    Optional, for recipes with other protocols (each is off by default):
+
+    * ``param_groups``: Adam's parameter groups, torch style (``[{"params": [...], "lr": ...}]``);
+      a setting missing from a group is ``cfg``'s. ``cfg.schedule`` scales every group's own
+      learning rate (:func:`lr_factor`).
+    * ``evaluate(model) -> {name: value}``: measured after each epoch's validation (e.g. the test
+      accuracy) and added to its row; the first name is the selection metric, higher is better:
+      the row also gets ``best_<name>`` and ``best_epoch`` over the epochs so far.
     """
     out = Path(out)
     check_run_dir(out, resume)  # before the lock creates the directory
     with RunLock(out):
         return _fit_locked(model, train, val, cfg, out, model_name=model_name,
                            model_kwargs=model_kwargs, extra_config=extra_config, resume=resume,
-                           progress=progress, on_epoch=on_epoch)
+                           progress=progress, on_epoch=on_epoch, param_groups=param_groups,
+                           evaluate=evaluate)
+
+
+def _epoch_row(epoch: int, history: list[dict[str, Any]], model: nn.Module, val: ImageDataset,
+               cfg: TrainConfig, evaluate: Callable[[nn.Module], dict[str, float]] | None,
+               row: dict[str, Any]) -> dict[str, Any]:
+    """The epoch's metrics: training figures, validation, then ``evaluate``'s and its best so far."""
+    row.update(_validate(model, val, cfg, epoch))
+    if evaluate is not None:
+        measured = evaluate(model)
+        row.update(measured)
+        if measured:
+            row.update(best_so_far([*history, row], next(iter(measured))))
+    return row
 
 
 def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConfig, out: Path,
                 *, model_name: str, model_kwargs: dict[str, Any] | None,
                 extra_config: dict[str, Any] | None, resume: bool, progress: bool,
-                on_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None
+                on_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None,
+                param_groups: Sequence[dict[str, Any]] | None = None,
+                evaluate: Callable[[nn.Module], dict[str, float]] | None = None
                 ) -> list[dict[str, Any]]:
     if len(train) == 0:
         raise InvalidInputError("no training images (is --val-size as large as the train split?)")
     gen = torch.Generator().manual_seed(cfg.seed)
     # torch.optim.Adam's arithmetic without its torch._dynamo import (0.8-1.0 s, see train/optim.py)
-    optimizer = Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, history = start_or_resume(out, resume, cfg, model, optimizer, gen)
+    optimizer = Adam(model.parameters() if param_groups is None else param_groups, lr=cfg.lr,
+                     weight_decay=cfg.weight_decay)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a resume loads the last lr
+    start, history = start_or_resume(out, resume, cfg, model, optimizer, gen,
+                                     may_change=resumable_changes(cfg))
     config = {**(extra_config or {}), "train": asdict(cfg)}
     if start:  # a kill after the state's commit may have left the model files one epoch behind
         save_model(model, out, model_name, model_kwargs, config)
@@ -133,7 +196,7 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
         for b in bar:
             rows = perm[b * bs:(b + 1) * bs]
             x, y = train.images[rows], train.labels[rows]
-            if torch.rand((), generator=gen) < cfg.noise_p:
+            if cfg.augment == "noise" and torch.rand((), generator=gen) < cfg.noise_p:
                 noise = torch.randn(x.shape, generator=gen) * cfg.noise_std + cfg.noise_mean
                 x = (x + noise).clamp(0.0, 1.0)
             if cfg.adv_eps > 0:
@@ -146,15 +209,19 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
             check_loss(loss, epoch, b + 1, out)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.schedule != "constant":
+                factor = lr_factor(cfg, (epoch - 1) * n_batches + b, cfg.epochs * n_batches)
+                for group, base in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base * factor
             optimizer.step()
             project_constraints_(model)
             total_loss += loss.item() * len(y)
             total_correct += int((logits.argmax(1) == y).sum())
             bar.set_postfix(loss=f"{loss.item():.4f}")
         train_seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, "train_loss": total_loss / n, "train_accuracy": total_correct / n,
-               "train_seconds": round(train_seconds, 3)}
-        row.update(_validate(model, val, cfg, epoch))
+        row = _epoch_row(epoch, history, model, val, cfg, evaluate,
+                         {"epoch": epoch, "train_loss": total_loss / n,
+                          "train_accuracy": total_correct / n, "train_seconds": round(train_seconds, 3)})
         row["epoch_seconds"] = round(time.perf_counter() - t0, 3)
         history.append(row)
         save_epoch(out, model, optimizer, gen, cfg, history)  # the commit point of the epoch

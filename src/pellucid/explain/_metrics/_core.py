@@ -1,10 +1,9 @@
 """Shared machinery of the metrics: the registry, input checks, seeded draws, perturbation
 baselines, chunked forwards of perturbed copies and explanations of many inputs.
 
-A metric perturbs ``n`` copies of a batch ``x (B, ...)``; copy ``j`` of every sample is built at
-once (``(m, B, ...)`` for a chunk of ``m`` copies) and the model sees ``m * B`` rows per call, at
-most ``batch_size`` rows (or one chunk of ``B`` when ``B > batch_size``). Row ``j * B + b`` is
-copy ``j`` of sample ``b``.
+A metric perturbs ``n`` copies of a batch ``x (B, ...)``: copies are built for every sample at
+once, ``m = max(1, batch_size // B)`` at a time (``(m, B, ...)``, row ``j * B + b`` is copy ``j`` of
+sample ``b``), and the model sees at most ``batch_size`` rows per call.
 """
 
 from __future__ import annotations
@@ -18,14 +17,14 @@ import torch
 from torch import nn
 
 from pellucid._registry import Registry
-from pellucid.data.validation import check_model_input
+from pellucid.data.validation import check_model_input, check_value_range
 from pellucid.errors import InputTypeError, InvalidInputError, UnknownNameError
 from pellucid.explain.base import _MODE_DEPENDENT, Explainer, check_inputs, model_lock, preserved_state
 from pellucid.explain.methods import EXPLAINERS, create_explainer
 from pellucid.explain.targets import Target, TargetFn, resolve_target, select_target
 
 __all__ = ["BASELINE_NAMES", "METRICS", "Baseline", "ExplainFn", "Scorer", "Seed", "UnknownOptionError",
-           "baseline_draws", "check_batch", "check_count", "check_draws", "check_positive", "chunks",
+           "baseline_draws", "check_batch", "check_count", "clip_to_range", "check_draws", "check_positive", "chunks",
            "explain_fn", "explain_rows", "lookup", "make_generator", "rand", "randn", "random_subsets",
            "register", "result_dtype", "seeded", "stat_dtype", "take_draws", "warn_if_training"]
 
@@ -67,6 +66,12 @@ def lookup(registry: Registry, name: Any, what: str, allow_function: bool = True
 
 
 # --------------------------------------------------------------------------- checks
+
+def clip_to_range(x: torch.Tensor, value_range: tuple[float, float] | None) -> torch.Tensor:
+    """``x`` clipped to ``value_range = (lo, hi)`` (``None``: unchanged); a bad range is refused."""
+    checked = check_value_range(value_range)
+    return x if checked is None else x.clamp(*checked)
+
 
 def check_batch(inputs: torch.Tensor, attributions: torch.Tensor) -> None:
     """Finite float ``inputs (B, ...)`` and ``attributions`` of the same shape and device."""

@@ -16,8 +16,8 @@ from torch import nn
 from pellucid.errors import InvalidInputError
 from pellucid.explain._metrics._core import (Baseline, Scorer, Seed, baseline_draws, check_batch,
                                              check_count, check_draws, check_positive, make_generator,
-                                             randn, random_subsets, register, result_dtype, stat_dtype,
-                                             take_draws)
+                                             clip_to_range, randn, random_subsets, register,
+                                             result_dtype, stat_dtype, take_draws)
 from pellucid.explain._metrics.stats import pearson, spearman
 from pellucid.explain.targets import Target
 
@@ -57,7 +57,8 @@ def _n_groups(features: int, size: int, metric: str) -> int:
 def infidelity(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor,
                target: Target = None, *, n_perturbations: int = 50, noise_std: float = 0.1,
                perturbations: torch.Tensor | None = None, optimal_scaling: bool = True, seed: Seed = 0,
-               batch_size: int = 256, softmax: bool = False) -> torch.Tensor:
+               batch_size: int = 256, softmax: bool = False,
+               value_range: tuple[float, float] | None = None) -> torch.Tensor:
     """Infidelity (Yeh et al. 2019, "On the (In)fidelity and Sensitivity of Explanations"), ``(B,)``.
 
     For perturbations ``I_k ~ N(0, noise_std^2 Id)``, ``k = 1..n`` (or the given ``perturbations``,
@@ -72,6 +73,10 @@ def infidelity(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tenso
     ``Infidelity`` (black patches removed one after another, no scaling) is this metric with
     ``perturbations = x - x_k`` and ``optimal_scaling=False``. The noise is drawn up front
     (``n`` times the inputs' memory). Lower is better.
+
+    ``value_range=(lo, hi)``: the perturbed inputs are clipped to it, ``x - I_k -> clip(x - I_k)``,
+    and ``I_k`` becomes the perturbation actually applied, ``x - clip(x - I_k)`` (for models that
+    refuse inputs outside their domain, e.g. images in [0, 1]).
     """
     check_batch(inputs, attributions)
     scorer = Scorer(model, inputs, target, batch_size, softmax)
@@ -81,6 +86,8 @@ def infidelity(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tenso
         noise = std * randn((n, *inputs.shape), make_generator(seed, inputs.device), inputs)
     else:
         noise = check_draws(perturbations, tuple(inputs.shape), "perturbations", inputs)
+    if value_range is not None:
+        noise = inputs - clip_to_range(inputs - noise, value_range)  # the perturbation applied
     drops = scorer.clean - scorer.copies(lambda lo, hi: inputs - noise[lo:hi], len(noise))  # (n, B)
     dots = torch.einsum("nbd,bd->nb", noise.flatten(2), attributions.flatten(1))  # (n, B)
     return _infidelity(dots, drops, optimal_scaling).to(result_dtype(inputs))

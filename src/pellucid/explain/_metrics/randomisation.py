@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pellucid.errors import InvalidInputError
-from pellucid.explain._metrics._core import (ExplainFn, Scorer, Seed, check_batch, explain_fn,
+from pellucid.explain._metrics._core import (ExplainFn, Scorer, Seed, check_batch, check_count, explain_fn,
                                              explain_rows, lookup, make_generator, register,
                                              result_dtype, seeded)
 from pellucid.explain._metrics.stats import SIMILARITIES, Similarity
@@ -90,7 +90,8 @@ def model_parameter_randomisation(model: nn.Module, inputs: torch.Tensor, attrib
                                   explainer: str | Explainer | ExplainFn = "gradient",
                                   explainer_options: dict | None = None,
                                   similarity: str | Similarity = "spearman", cascading: bool = True,
-                                  seed: int = 0, batch_size: int = 256) -> RandomisationCurve:
+                                  seed: int = 0, batch_size: int = 256,
+                                  max_layers: int | None = None) -> RandomisationCurve:
     """Model-parameter randomisation test (Adebayo et al. 2018, "Sanity Checks for Saliency Maps").
 
     Layers with ``reset_parameters()`` are re-initialised from the output towards the input, on a
@@ -102,7 +103,9 @@ def model_parameter_randomisation(model: nn.Module, inputs: torch.Tensor, attrib
     ``torch.manual_seed(seed)`` (the global RNG state is restored afterwards), as Quantus' ``MPRT``
     does with ``seed + 1``. ``explainer``: a registered name or ``f(model, inputs, target)``,
     called on the randomised copy for the target resolved on the original model. ``similarity``:
-    default Spearman rank correlation. Lower is better.
+    default Spearman rank correlation. ``max_layers``: randomise only the top ``max_layers``
+    layers (the score then compares with those re-initialised; for deep networks, where every
+    layer costs one explanation of the batch). Lower is better.
     """
     check_batch(inputs, attributions)
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -116,6 +119,8 @@ def model_parameter_randomisation(model: nn.Module, inputs: torch.Tensor, attrib
     if not layers:
         raise InvalidInputError(f"{type(model).__name__} has no layer with reset_parameters() to "
                                 "randomise")
+    if max_layers is not None:
+        layers = layers[:check_count(max_layers, "max_layers")]
     original = {k: v.clone() for k, v in randomised.state_dict().items()} if not cascading else None
     curve = []
     for _, layer in layers:  # one step per layer, each a batched explanation

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pellucid.explain._metrics._core import (ExplainFn, Scorer, Seed, check_batch, check_count,
+from pellucid.explain._metrics._core import (ExplainFn, Scorer, Seed, check_batch, check_count, clip_to_range,
                                              check_draws, check_positive, chunks, explain_fn,
                                              explain_rows, make_generator, rand, register,
                                              result_dtype, stat_dtype)
@@ -22,7 +22,8 @@ def max_sensitivity(model: nn.Module, inputs: torch.Tensor, attributions: torch.
                     target: Target = None, *, explainer: str | Explainer | ExplainFn = "gradient",
                     explainer_options: dict | None = None, radius: float = 0.2, n_draws: int = 10,
                     perturbations: torch.Tensor | None = None, seed: Seed = 0,
-                    batch_size: int = 256) -> torch.Tensor:
+                    batch_size: int = 256,
+                    value_range: tuple[float, float] | None = None) -> torch.Tensor:
     """Max-sensitivity (Yeh et al. 2019, "On the (In)fidelity and Sensitivity of Explanations"),
     ``(B,)``::
 
@@ -32,7 +33,9 @@ def max_sensitivity(model: nn.Module, inputs: torch.Tensor, attributions: torch.
     built with ``explainer_options``, an :class:`Explainer` or ``f(model, inputs, target)``) on
     ``n_draws`` noisy copies (or the given ``perturbations``, shape ``(n, *inputs.shape)``), for
     the target resolved on ``x``. Quantus' ``MaxSensitivity`` with its defaults (Frobenius norms,
-    ``lower_bound=r``). Lower is better; inf where ``Phi(x) = 0``.
+    ``lower_bound=r``). ``value_range=(lo, hi)``: the noisy copies are clipped to it (for models
+    that refuse inputs outside their domain, e.g. images in [0, 1]). Lower is better; inf where
+    ``Phi(x) = 0``.
     """
     check_batch(inputs, attributions)
     scorer = Scorer(model, inputs, target, batch_size)
@@ -46,7 +49,7 @@ def max_sensitivity(model: nn.Module, inputs: torch.Tensor, attributions: torch.
     worst = torch.full_like(a[:, 0], -torch.inf)
     per = max(1, batch_size // len(inputs))
     for lo, hi in chunks(len(noise), per):
-        rows = (inputs + noise[lo:hi]).flatten(0, 1)  # (m * B, ...)
+        rows = clip_to_range(inputs + noise[lo:hi], value_range).flatten(0, 1)  # (m * B, ...)
         moved = explain_rows(explain, model, rows, scorer.rows_target(hi - lo), batch_size)
         moved = moved.view(hi - lo, *a.shape).to(a.dtype)  # (m, B, D)
         worst = torch.maximum(worst, (moved - a).norm(dim=2).amax(0))

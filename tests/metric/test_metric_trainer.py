@@ -1,0 +1,326 @@
+"""The metric recipes on the shared trainer: schedule, parameter groups, per-epoch test accuracy,
+bit-for-bit parity with a separately written reference loop, old run directories, kill + resume."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import math
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from pellucid.data import DATASETS, ImageDataset
+from pellucid.errors import CheckpointError, InvalidInputError
+from pellucid.models import create_model, save_model
+from pellucid.train import RECIPES, TrainConfig
+from pellucid.train.checkpointing import save_epoch
+from pellucid.train.optim import Adam
+from pellucid.train.trainer import best_so_far, lr_factor, resumable_changes
+
+from test_metric_models import synthetic_images
+
+KILL_DRIVER = Path(__file__).parents[1] / "faults" / "kill_driver.py"
+TIMING = {"epoch_seconds", "train_seconds"}
+
+
+@pytest.fixture
+def blobs(monkeypatch):
+    """A tiny 3-class dataset registered as 'synthetic-blobs'; returns (train, test)."""
+    x, y = synthetic_images(n_per_class=30, seed=0)
+    xt, yt = synthetic_images(n_per_class=10, seed=1)
+    train = ImageDataset(x, y, ("a", "b", "c"), "synthetic", torch.arange(len(y)))
+    test = ImageDataset(xt, yt, ("a", "b", "c"), "synthetic", torch.arange(len(yt)))
+    monkeypatch.setitem(DATASETS._entries, "synthetic-blobs",
+                        type(DATASETS._entries["fashion-mnist"])(
+                            "synthetic-blobs", lambda split, data_dir=None: train if split == "train" else test, "t"))
+    return train, test
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    x, y = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def assert_same_as_saved(model: torch.nn.Module, run: Path) -> None:
+    saved = load_file(str(run / "model.safetensors"))
+    assert saved.keys() == model.state_dict().keys()
+    for name, p in model.state_dict().items():
+        assert torch.equal(p, saved[name]), name
+
+
+def rows(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# -- the extension's pieces -------------------------------------------------------------------------
+
+def test_trainer_defaults_leave_existing_recipes_as_they_were():
+    cfg = TrainConfig()
+    assert (cfg.schedule, cfg.augment, cfg.EXECUTION_OPTIONS) == ("constant", "noise", ())
+    assert resumable_changes(cfg) == ("epochs",)
+    assert all(lr_factor(cfg, s, 10) == 1.0 for s in range(10))
+
+
+def test_cosine_factor_is_the_per_step_half_cosine():
+    cfg = TrainConfig(schedule="cosine")
+    assert lr_factor(cfg, 0, 8) == 1.0
+    assert lr_factor(cfg, 4, 8) == pytest.approx(0.5)
+    assert lr_factor(cfg, 8, 8) == pytest.approx(0.0, abs=1e-15)
+    for s in range(8):
+        assert lr_factor(cfg, s, 8) == 0.5 * (1 + math.cos(math.pi * s / 8))
+    assert resumable_changes(cfg) == ()  # the schedule spans the epochs: they may not change
+
+
+def test_best_so_far_takes_the_first_epoch_of_the_maximum():
+    history = [{"epoch": 1, "acc": 0.5}, {"epoch": 2, "acc": 0.7}, {"epoch": 3, "acc": 0.7},
+               {"epoch": 4, "acc": 0.6}]
+    assert best_so_far(history, "acc") == {"best_acc": 0.7, "best_epoch": 2}
+    assert best_so_far([], "acc") == {}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_adam_parameter_groups_match_torch_bit_for_bit(seed):
+    torch.manual_seed(seed)
+    ours = create_model("dictionary-mlp", hidden=7).train()
+    theirs = copy.deepcopy(ours)
+
+    def groups(m):
+        return [{"params": [m.keys], "lr": 1e-4}, {"params": [p for p in m.parameters() if p is not m.keys],
+                                                    "lr": 1e-2, "weight_decay": 1e-3}]
+
+    opt_ours, opt_theirs = Adam(groups(ours), lr=5.0), torch.optim.Adam(groups(theirs), lr=5.0)
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(5):
+        x, y = torch.rand(8, 1, 28, 28, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+        for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            for g, lr in zip(opt.param_groups, (1e-4 * (5 - step), 1e-2 / (step + 1))):
+                g["lr"] = lr  # a schedule sets each group's rate
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        assert torch.equal(p, q), name
+    # the state moves both ways, group by group
+    back = Adam(groups(copy.deepcopy(ours)))
+    back.load_state_dict(opt_theirs.state_dict())
+    assert [g["lr"] for g in back.param_groups] == [g["lr"] for g in opt_theirs.param_groups]
+    assert back.param_groups[1]["weight_decay"] == 1e-3
+    torch.optim.Adam(groups(copy.deepcopy(theirs))).load_state_dict(opt_ours.state_dict())
+    with pytest.raises(ValueError, match="parameters"):
+        Adam(list(ours.parameters())).load_state_dict(opt_ours.state_dict())
+    with pytest.raises(ValueError, match="more than one"):
+        Adam([{"params": [ours.keys]}, {"params": list(ours.parameters())}])
+
+
+# -- parity with a separately written reference loop -------------------------------------------------
+
+@dataclass
+class OldMetricMLPConfig:
+    """The settings a metric-mlp run saved before the recipes moved onto the shared trainer."""
+
+    metric: str = "l0.5"
+    hidden: int = 6
+    variant: str = "standardised"
+    dataset: str = "synthetic-blobs"
+    epochs: int = 4
+    batch_size: int = 15
+    lr: float = 0.01
+    seed: int = 3
+    test_limit: int = 0
+    compiled_kernels: bool = False
+
+
+def reference_loop(model, train, test, *, epochs, batch_size, groups, cosine, seed, stop_after=None):
+    """torch.optim.Adam + LambdaLR stepped after every optimizer step, test accuracy per epoch."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(groups)
+    n = len(train)
+    steps = math.ceil(n / batch_size)
+    total = epochs * steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)) if cosine else 1.0)
+    history = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        for b in range(steps):
+            rows_ = perm[b * batch_size:(b + 1) * batch_size]
+            loss = F.cross_entropy(model(train.images[rows_]), train.labels[rows_])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        model.eval()
+        with torch.no_grad():
+            acc = float((model(test.images).argmax(1) == test.labels).float().mean())
+        history.append({"epoch": epoch, "test_accuracy": acc,
+                        "best_test_accuracy": max([acc] + [r["test_accuracy"] for r in history])})
+        if epoch == stop_after:
+            break
+    return opt, gen, history
+
+
+def test_metric_mlp_recipe_equals_the_reference_loop(blobs, tmp_path):
+    train, test = blobs
+    old = OldMetricMLPConfig()
+    torch.manual_seed(old.seed)
+    reference = create_model("metric-mlp", metric=old.metric, hidden=old.hidden)
+    _, _, history = reference_loop(reference, train, test, epochs=4, batch_size=15,
+                                   groups=[{"params": reference.parameters(), "lr": 0.01}], cosine=True, seed=3)
+    entry = RECIPES.get("metric-mlp")
+    result = entry.run(entry.config_type(**asdict(old)), tmp_path / "run", progress=False)
+    assert_same_as_saved(reference, tmp_path / "run")
+    got = [{k: r[k] for k in ("epoch", "test_accuracy", "best_test_accuracy")} for r in result["epochs"]]
+    assert got == history
+    assert all("best_epoch" in r and "train_accuracy" in r for r in result["epochs"])
+
+
+def test_dictionary_recipe_equals_the_reference_loop(blobs, tmp_path):
+    from pellucid.train.metric_recipes import build_dictionary_mlp
+
+    train, test = blobs
+    entry = RECIPES.get("dictionary-mlp")
+    cfg = entry.config_type(dataset="synthetic-blobs", hidden=6, epochs=3, batch_size=15, data_init=True,
+                            centre_lr_scale=0.01, seed=2)
+    reference, _, groups = build_dictionary_mlp(cfg, train)
+    assert [g["lr"] for g in groups] == [1e-4, 0.01]
+    reference_loop(reference, train, test, epochs=3, batch_size=15, groups=groups, cosine=False, seed=2)
+    entry.run(cfg, tmp_path / "run", progress=False)
+    assert_same_as_saved(reference, tmp_path / "run")
+
+
+def test_a_run_directory_of_the_old_loop_evaluates_and_resumes(blobs, tmp_path, capsys):
+    """Written as the old metric loop wrote it (torch.optim.Adam + LambdaLR state, the old
+    settings, rows without the trainer's columns): it still loads, and resumes bit for bit."""
+    from pellucid.cli.main import main
+
+    train, test = blobs
+    old = OldMetricMLPConfig()
+    torch.manual_seed(old.seed)
+    model = create_model("metric-mlp", metric=old.metric, hidden=old.hidden)
+    opt, gen, history = reference_loop(model, train, test, epochs=4, batch_size=15, cosine=True, seed=3,
+                                       groups=[{"params": model.parameters(), "lr": 0.01}], stop_after=2)
+    out = tmp_path / "old"
+    history = [{**r, "train_loss": 1.0, "epoch_seconds": 0.1} for r in history]
+    save_epoch(out, model, opt, gen, old, history)
+    data = {"dataset": "synthetic-blobs", "classes": None, "class_names": ["a", "b", "c"]}
+    save_model(model, out, "metric-mlp", {"metric": "l0.5", "hidden": 6, "variant": "standardised"},
+               {"data": data, "train": asdict(old), "history_last": history[-1]})
+    assert main(["evaluate", str(out), "--json", "--attack", "fgsm", "--eps", "0.1"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == len(test)
+
+    entry = RECIPES.get("metric-mlp")
+    cfg = entry.config_type(**asdict(old))
+    entry.run(cfg, tmp_path / "whole", progress=False)
+    result = entry.run(cfg, out, resume=True, progress=False)
+    assert [r["epoch"] for r in result["epochs"]] == [1, 2, 3, 4]
+    assert same_weights(out, tmp_path / "whole")
+    assert result["epochs"][-1]["best_test_accuracy"] == rows(tmp_path / "whole")[-1]["best_test_accuracy"]
+
+
+def test_resume_refuses_a_state_saved_with_other_settings(blobs, tmp_path):
+    entry = RECIPES.get("dictionary-mlp")
+    cfg = entry.config_type(dataset="synthetic-blobs", hidden=5, epochs=1, batch_size=30)
+    entry.run(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(CheckpointError, match=r"centre_lr_scale=1\.0") as caught:
+        entry.run(entry.config_type(**{**asdict(cfg), "centre_lr_scale": 0.5}), tmp_path / "run",
+                  resume=True, progress=False)
+    assert "\n" not in str(caught.value)
+    # a constant-rate run may grow
+    result = entry.run(entry.config_type(**{**asdict(cfg), "epochs": 2}), tmp_path / "run", resume=True,
+                       progress=False)
+    assert [r["epoch"] for r in result["epochs"]] == [1, 2]
+
+
+@pytest.mark.parametrize("recipe", ["local-residual-mlp", "epsilon-highway-mlp", "plain-mlp"])
+def test_local_recipes_train_and_resume_bit_for_bit(recipe, blobs, tmp_path, monkeypatch):
+    from pellucid.train import metric_recipes
+
+    entry = RECIPES.get(recipe)
+    extra = {} if recipe == "plain-mlp" else {"hidden": 5, "centre_lr_scale": 0.1}
+    cfg = entry.config_type(dataset="synthetic-blobs", width=16, depth=2, epochs=3, batch_size=15, lr=0.02,
+                            **extra)
+    whole = entry.run(cfg, tmp_path / "whole", progress=False)
+    assert whole["epochs"][-1]["best_test_accuracy"] > 0.5
+    real, calls = metric_recipes.predict_logits, []
+
+    def dies_in_epoch_2(model, images):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(model, images)
+
+    monkeypatch.setattr(metric_recipes, "predict_logits", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        entry.run(cfg, tmp_path / "killed", progress=False)
+    monkeypatch.setattr(metric_recipes, "predict_logits", real)
+    entry.run(cfg, tmp_path / "killed", resume=True, progress=False)
+    assert same_weights(tmp_path / "whole", tmp_path / "killed")
+    assert rows(tmp_path / "whole") == rows(tmp_path / "killed")
+
+
+# -- the command line, killed with SIGKILL -------------------------------------------------------------
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def tiny_idx_dir(root: Path) -> Path:
+    """The synthetic blobs as a Fashion-MNIST IDX directory (for ``--data-dir``)."""
+    root.mkdir()
+    for stem, seed, n in (("train", 0, 30), ("t10k", 1, 10)):
+        x, y = synthetic_images(n_per_class=n, seed=seed)
+        _write_idx(root / f"{stem}-images-idx3-ubyte.gz", np.rint(x.squeeze(1).numpy() * 255))
+        _write_idx(root / f"{stem}-labels-idx1-ubyte.gz", y.numpy())
+    return root
+
+
+def test_cli_metric_mlp_killed_then_resumed_gives_the_uninterrupted_weights(tmp_path):
+    data = tiny_idx_dir(tmp_path / "data")
+    argv = ["train", "metric-mlp", "--data-dir", str(data), "--out", "{dir}", "--metric", "l0.5",
+            "--hidden", "6", "--epochs", "3", "--batch-size", "15", "--lr", "0.01", "--seed", "3",
+            "--no-progress"]
+    # 4 writes per epoch (state, metrics, model, config): kill around epoch 2's commit, and mid-run
+    kills = [{"write": 5, "phase": "before"}, {"write": 5, "phase": "after"},
+             {"write": 7, "phase": "after"}, {"after_fraction": 0.5}]
+    scenarios = [{"kind": "train", "dir": str(tmp_path / "ref"), "argv": argv}]
+    scenarios += [{"kind": "train", "dir": str(tmp_path / f"kill{i}"), "argv": argv, "kill": k}
+                  for i, k in enumerate(kills)]
+    (tmp_path / "plan.json").write_text(json.dumps({"scenarios": scenarios}))
+    done = subprocess.run([sys.executable, str(KILL_DRIVER), str(tmp_path / "plan.json"),
+                           str(tmp_path / "result.json")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcomes = json.loads((tmp_path / "result.json").read_text())
+    assert outcomes[0]["code"] == 0
+    ref = tmp_path / "ref"
+    for o in outcomes[1:]:
+        run = Path(o["dir"])
+        assert "write" not in o["kill"] or o["killed"], o
+        assert o["integrity"] == [], o
+        assert o["finish"] == [] or o["finish"][-1]["code"] == 0, o
+        assert same_weights(run, ref), o["dir"]
+        assert rows(run) == rows(ref), o["dir"]
+
+
+def test_the_trainer_options_work_for_a_metric_recipe_too(blobs, tmp_path):
+    """A validation split and noise augmentation are the shared trainer's, for every recipe."""
+    entry = RECIPES.get("dictionary-mlp")
+    cfg = entry.config_type(dataset="synthetic-blobs", hidden=5, epochs=1, batch_size=15, val_size=20,
+                            augment="noise", noise_p=0.5)
+    row = entry.run(cfg, tmp_path / "run", progress=False)["epochs"][-1]
+    assert {"val_accuracy", "test_accuracy", "best_test_accuracy"} <= set(row)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["n_train"] == 70
+    with pytest.raises(InvalidInputError, match="val_size"):
+        entry.run(entry.config_type(**{**asdict(cfg), "val_size": 90}), tmp_path / "bad", progress=False)
