@@ -40,7 +40,13 @@ from pellucid.explain.metrics import METRICS
 
 TRAINED = {"whitebox": "whitebox-mnist35", "lenet": "lenet-mnist35", "metric": "metric-mlp"}
 # method options per model: the white-box network's spatial feature map is its rotation-conv layer
-METHOD_OPTIONS = {"whitebox": {"grad-cam": {"layer": "conv"}, "guided-grad-cam": {"layer": "conv"}}}
+# on Inception-v3 (299 x 299, CPU) the sampling methods take fewer samples: 8 each
+METHOD_OPTIONS = {"whitebox": {"grad-cam": {"layer": "conv"}, "guided-grad-cam": {"layer": "conv"}},
+                  "inception": {"integrated-gradients": {"n_steps": 8}, "smoothgrad": {"nt_samples": 8},
+                                "gradient-shap": {"n_samples": 8},
+                                # the last Inception block's 2,048 x 8 x 8 map (its convs are ConvBN)
+                                "grad-cam": {"layer": "net.layers.mixed_10"},
+                                "guided-grad-cam": {"layer": "net.layers.mixed_10"}}}
 PHOTOS = ("skimage:chelsea", "skimage:coffee", "skimage:astronaut", "skimage:rocket",
           "matplotlib:grace_hopper")
 
@@ -123,7 +129,8 @@ def inception(n_photos: int, methods, metrics, cosine_methods) -> list[dict]:
     options = _known(metric_options(x[0].numel(), True), metrics)
     out = []
     t0 = time.perf_counter()
-    rows = explain_bench(model, x, units, methods=methods, metrics=metrics, metric_options=options,
+    specs = [(m, METHOD_OPTIONS["inception"].get(m, {})) for m in methods]
+    rows = explain_bench(model, x, units, methods=specs, metrics=metrics, metric_options=options,
                          labels=units, n_mosaics=len(x), seed=0, value_range=(0.0, 1.0),
                          on_row=_progress("inception-unit"))
     out.append({"model": "inception", "target": "top feature unit", "photos": list(PHOTOS[:n_photos]),
@@ -132,7 +139,8 @@ def inception(n_photos: int, methods, metrics, cosine_methods) -> list[dict]:
     t0 = time.perf_counter()
     cosine = cosine_similarity_target(features.roll(1, 0).repeat(2, 1))
     local = [m for m in metrics if m not in ("pointing_game", "focus")]
-    rows = explain_bench(model, x, cosine, methods=cosine_methods, metrics=local,
+    specs = [(m, METHOD_OPTIONS["inception"].get(m, {})) for m in cosine_methods]
+    rows = explain_bench(model, x, cosine, methods=specs, metrics=local,
                          metric_options=_known(options, local), seed=0, value_range=(0.0, 1.0),
                          on_row=_progress("inception-cosine"))
     out.append({"model": "inception", "target": "cosine similarity to the next photo's features",

@@ -96,6 +96,8 @@ def test_cascade_never_attacks_a_broken_image_and_keeps_every_output_in_the_ball
         broken |= {i for i in idx.tolist() if by[i] == name}
     rows = run.stages[len(TINY_BASE):]
     assert [r["attacked"] for r in rows] == [len(idx) for _, idx, _ in seen]
+    for a, b in zip(run.stages, run.stages[1:]):  # base stages too: each sees what is left
+        assert b["attacked"] == a["attacked"] - a["broken"]
     assert sum(r["broken"] for r in run.stages) + by.count("clean") == sum(b is not None for b in by)
     assert sum(run.info["broken_by"].values()) == sum(b is not None for b in by)
     assert any(r["broken"] for r in rows)  # the adaptive stages broke something at this eps

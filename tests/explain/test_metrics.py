@@ -654,3 +654,28 @@ def test_parameter_randomisation_can_stop_after_the_top_layers():
     assert torch.equal(top.curve, full.curve[:, :2]) and torch.equal(top.score, full.curve[:, 1])
     with pytest.raises(InvalidInputError, match="max_layers"):
         model_parameter_randomisation(model, x, a, 1, max_layers=0)
+
+
+def test_per_sample_cosine_targets_follow_their_sample_through_perturbed_copies():
+    """A cosine target with one reference per sample scores each perturbed copy against its own
+    sample's reference (copies are tiled, chunks sliced): equal to one sample at a time."""
+    from pellucid.explain.metrics import faithfulness_correlation, max_sensitivity
+    from pellucid.explain.targets import cosine_similarity_target
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 5), torch.nn.Tanh()).double().eval()
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64)
+    refs = torch.randn(3, 5, dtype=torch.float64)
+    a = torch.randn_like(x)
+    together = faithfulness_correlation(model, x, a, cosine_similarity_target(refs), subset_size=4,
+                                        n_draws=6, seed=3, batch_size=5)
+    noise = 0.05 * torch.rand(4, *x.shape, dtype=torch.float64)
+    sens = max_sensitivity(model, x, a, cosine_similarity_target(refs), explainer="gradient",
+                           perturbations=noise, batch_size=4)
+    for b in range(3):
+        alone_fc = faithfulness_correlation(model, x, a, cosine_similarity_target(refs), subset_size=4,
+                                            n_draws=6, seed=3, batch_size=1000)[b]
+        assert torch.allclose(together[b], alone_fc, rtol=1e-9)
+        alone = max_sensitivity(model, x[b:b + 1], a[b:b + 1], cosine_similarity_target(refs[b:b + 1]),
+                                explainer="gradient", perturbations=noise[:, b:b + 1])
+        assert torch.allclose(sens[b], alone[0], rtol=1e-9)

@@ -35,7 +35,7 @@ from pellucid.explain.layers import UnitAddress, find_module, layer_output, pars
 
 __all__ = ["CosineTarget", "DirectionTarget", "LayerOutput", "LayerTarget", "Target", "UnitTarget",
            "cosine_similarity_target", "layer_features", "resolve_target", "scored_module",
-           "select_target", "target_layer"]
+           "select_target", "slice_target", "target_layer", "tile_target"]
 
 TargetFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -122,6 +122,29 @@ class CosineTarget(LayerTarget):
 
     def __repr__(self) -> str:
         return f"CosineTarget({self.path!r}, shape {tuple(self.reference.shape)})"
+
+
+def _per_sample_reference(target: object) -> bool:
+    return isinstance(target, CosineTarget) and target.reference.dim() >= 2 and \
+        target.reference.shape[0] > 1
+
+
+def tile_target(target: object, copies: int) -> object:
+    """The target of ``copies`` copies of a batch laid out copy-major (rows ``c B .. (c + 1) B``
+    are copy ``c``): a per-sample reference is repeated ``copies`` times; other targets are
+    returned as they are (they work row by row)."""
+    if _per_sample_reference(target) and copies > 1:
+        ref = target.reference
+        return CosineTarget(ref.repeat(copies, *([1] * (ref.dim() - 1))), target.path)
+    return target
+
+
+def slice_target(target: object, lo: int, hi: int) -> object:
+    """The target of rows ``lo:hi`` of the rows ``target`` was made for (a per-sample reference is
+    sliced; other targets are returned as they are)."""
+    if _per_sample_reference(target):
+        return CosineTarget(target.reference[lo:hi], target.path)
+    return target
 
 
 def cosine_similarity_target(reference: torch.Tensor, path: str = "") -> CosineTarget:

@@ -16,7 +16,9 @@ component instead, evaluated at the exact forward's activations:
 - **max over poses** :math:`y = \max_p s_p` (conv, affine and logical layers): backward through the
   soft pool :math:`\sum_p w_p s_p`, :math:`w = \mathrm{softmax}(s / \tau)`, i.e.
   :math:`\partial y / \partial s_p = w_p (1 + (s_p - y) / \tau)`; :math:`\tau \to 0` gives the
-  one-hot gradient of the hard max (unique maximiser).
+  one-hot gradient of the hard max (unique maximiser). For the conv layer's 64 kernels, scores
+  more than :math:`50\tau` below the max count as :math:`50\tau` below (weights under
+  :math:`e^{-50}`, kept out of float32's slow denormal range).
 - **ReLU** :math:`y = \max(z, 0)`: backward gate :math:`\sigma(z / \tau)` instead of
   :math:`1[z > 0]` (the derivative of :math:`\tau\,\mathrm{softplus}(z / \tau)`).
 
@@ -50,6 +52,7 @@ __all__ = ["LayerSurrogates", "SurrogateTemperatures", "has_surrogates", "is_whi
 
 _MISSING = object()
 _BLOCK = 8  # images per block of the conv surrogate (its scores stay in cache)
+_FLOOR = 50.0  # softmax exponents below -50 are raised to -50 (see _floor_scores)
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,13 @@ def _conv_input_grad(grad_scores: torch.Tensor, weight: torch.Tensor) -> torch.T
     return out[..., pad:pad + h, pad:pad + w]
 
 
+def _floor_scores(scores: torch.Tensor, dim: int, tau: float) -> torch.Tensor:
+    """Scores raised to at least ``max - 50 tau`` along ``dim``: their softmax weights stay above
+    ``exp(-50) / K`` instead of sinking into float32's denormal range, whose arithmetic runs
+    about 100x slower on x86 (a change of the weights below 1e-21)."""
+    return torch.maximum(scores, scores.amax(dim, keepdim=True) - _FLOOR * tau)
+
+
 class _SoftConvPoseMax(torch.autograd.Function):
     r"""Forward: :math:`\max_k (x \star w_k)` per pixel (``smooth``: the soft pool
     :math:`\sum_k w_k s_k` itself); backward: the soft pool over the kernels
@@ -152,8 +162,8 @@ class _SoftConvPoseMax(torch.autograd.Function):
         ctx.tau, ctx.weight = tau, weight
         ctx.save_for_backward(x)
         pad = weight.shape[-1] // 2
-        pool = (lambda s: soft_max_value(s, 1, tau).unsqueeze(1)) if smooth else \
-            (lambda s: s.amax(1, keepdim=True))
+        pool = (lambda s: soft_max_value(_floor_scores(s, 1, tau), 1, tau).unsqueeze(1)) if smooth \
+            else (lambda s: s.amax(1, keepdim=True))
         return torch.cat([pool(F.conv2d(xb, weight, padding=pad)) for xb in x.split(_BLOCK)])
 
     @staticmethod
@@ -162,8 +172,9 @@ class _SoftConvPoseMax(torch.autograd.Function):
         weight, pad = ctx.weight, ctx.weight.shape[-1] // 2
         out = []
         for xb, gb in zip(x.split(_BLOCK), grad.split(_BLOCK)):
-            scores = F.conv2d(xb, weight, padding=pad).permute(0, 2, 3, 1)  # (b, H, W, K)
-            g = soft_max_vjp(scores.contiguous(), gb.squeeze(1).unsqueeze(-1), -1, ctx.tau, False)
+            scores = F.conv2d(xb, weight, padding=pad).permute(0, 2, 3, 1).contiguous()  # (b, H, W, K)
+            g = soft_max_vjp(_floor_scores(scores, -1, ctx.tau), gb.squeeze(1).unsqueeze(-1), -1,
+                             ctx.tau, False)
             out.append(_conv_input_grad(g, weight))
         return torch.cat(out), None, None, None
 

@@ -21,7 +21,8 @@ from pellucid.data.validation import check_model_input, check_value_range
 from pellucid.errors import InputTypeError, InvalidInputError, UnknownNameError
 from pellucid.explain.base import _MODE_DEPENDENT, Explainer, check_inputs, model_lock, preserved_state
 from pellucid.explain.methods import EXPLAINERS, create_explainer
-from pellucid.explain.targets import Target, TargetFn, resolve_target, select_target
+from pellucid.explain.targets import (Target, TargetFn, resolve_target, select_target, slice_target,
+                                      tile_target)
 
 __all__ = ["BASELINE_NAMES", "METRICS", "Baseline", "ExplainFn", "Scorer", "Seed", "UnknownOptionError",
            "baseline_draws", "check_batch", "check_count", "clip_to_range", "check_draws", "check_positive", "chunks",
@@ -264,7 +265,7 @@ class Scorer:
 
     def rows_target(self, copies: int) -> torch.Tensor | TargetFn:
         """The target of ``copies * B`` rows laid out copy-major."""
-        return self.target if callable(self.target) else self.target.repeat(copies)
+        return tile_target(self.target, copies) if callable(self.target) else self.target.repeat(copies)
 
     def copies(self, build: Callable[[int, int], torch.Tensor], n: int) -> torch.Tensor:
         """Scores ``(n, B)`` of the copies ``build(lo, hi) -> (hi - lo, B, ...)``."""
@@ -314,7 +315,7 @@ def explain_rows(fn: ExplainFn, model: nn.Module, rows: torch.Tensor, target: to
     out = []
     for lo, hi in chunks(len(rows), batch_size):
         x = rows[lo:hi]
-        a = fn(model, x, target if callable(target) else target[lo:hi])
+        a = fn(model, x, slice_target(target, lo, hi) if callable(target) else target[lo:hi])
         if not isinstance(a, torch.Tensor) or a.shape != x.shape:
             got = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
             raise InvalidInputError(f"the explainer returned {got} for inputs {tuple(x.shape)}; it "
