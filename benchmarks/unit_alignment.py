@@ -60,6 +60,7 @@ import torch
 from torch import nn
 
 from pellucid.data import load_dataset
+from pellucid.explain.layers import layer_output as explain_layer_output
 from pellucid.explain.units import noise_gradient_alignment, noise_inputs
 from pellucid.models import MODELS, load_model
 from pellucid.models.inference import predict_logits
@@ -76,30 +77,10 @@ LAYERS = {
 REPRESENTATION = {"disjunction-mnist35": "conjunctions", "disjunction-positive-mnist35": "conjunctions"}
 
 
-class _Stop(BaseException):
-    """Ends a forward once the addressed module has run (a BaseException: not caught by models)."""
-
-
 def layer_output(model: nn.Module, path: str, x: torch.Tensor) -> torch.Tensor:
     """The output of module ``path`` (``""``: the model) on ``x``, flattened to ``(B, units)``; the
-    forward stops there."""
-    if path == "":
-        return model(x).flatten(1)
-    module = dict(model.named_modules())[path]
-    kept: list[torch.Tensor] = []
-
-    def hook(_m, _i, out):
-        kept.append(out)
-        raise _Stop
-
-    handle = module.register_forward_hook(hook)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return kept[0].flatten(1)
+    forward stops there (:func:`pellucid.explain.layers.layer_output`)."""
+    return explain_layer_output(model, path, x).flatten(1)
 
 
 def per_unit_gradients(model: nn.Module, path: str, inputs: torch.Tensor,

@@ -225,29 +225,18 @@ def synthetic_blobs(monkeypatch):
 
 
 @pytest.mark.parametrize("recipe", ["metric-mlp", "dictionary-mlp"])
-def test_metric_recipe_killed_mid_run_resumes_bit_for_bit(recipe, synthetic_blobs, tmp_path, monkeypatch):
+def test_metric_recipe_killed_mid_run_resumes_bit_for_bit(recipe, synthetic_blobs, tmp_path, run_interrupted):
     from safetensors.torch import load_file
 
     from pellucid.errors import CheckpointError
-    from pellucid.train import RECIPES, metric_recipes
+    from pellucid.train import RECIPES
 
     entry = RECIPES.get(recipe)
     extra = {"metric": "l0.5"} if recipe == "metric-mlp" else {"data_init": True, "centre_lr_scale": 0.01}
     cfg = entry.config_type(dataset=synthetic_blobs, hidden=6, epochs=4, batch_size=15, lr=0.01, seed=3, **extra)
     entry.run(cfg, tmp_path / "whole", progress=False)
 
-    real_predict, calls = metric_recipes.predict_logits, []
-
-    def dies_in_epoch_3(model, images):
-        calls.append(1)
-        if len(calls) == 3:  # after epochs 1 and 2 were checkpointed
-            raise KeyboardInterrupt
-        return real_predict(model, images)
-
-    monkeypatch.setattr(metric_recipes, "predict_logits", dies_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        entry.run(cfg, tmp_path / "killed", progress=False)
-    monkeypatch.setattr(metric_recipes, "predict_logits", real_predict)
+    run_interrupted(entry, cfg, tmp_path / "killed", at_call=3)  # epochs 1, 2 saved
     with pytest.raises(CheckpointError, match="already holds a training run"):
         entry.run(cfg, tmp_path / "killed", progress=False)
     if recipe == "metric-mlp":  # the cosine schedule spans the run: its length may not change

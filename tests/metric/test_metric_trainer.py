@@ -243,27 +243,14 @@ def test_resume_refuses_a_state_saved_with_other_settings(blobs, tmp_path):
 
 
 @pytest.mark.parametrize("recipe", ["local-residual-mlp", "epsilon-highway-mlp", "plain-mlp"])
-def test_local_recipes_train_and_resume_bit_for_bit(recipe, blobs, tmp_path, monkeypatch):
-    from pellucid.train import metric_recipes
-
+def test_local_recipes_train_and_resume_bit_for_bit(recipe, blobs, tmp_path, run_interrupted):
     entry = RECIPES.get(recipe)
     extra = {} if recipe == "plain-mlp" else {"hidden": 5, "centre_lr_scale": 0.1}
     cfg = entry.config_type(dataset="synthetic-blobs", width=16, depth=2, epochs=3, batch_size=15, lr=0.02,
                             **extra)
     whole = entry.run(cfg, tmp_path / "whole", progress=False)
     assert whole["epochs"][-1]["best_test_accuracy"] > 0.5
-    real, calls = metric_recipes.predict_logits, []
-
-    def dies_in_epoch_2(model, images):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(model, images)
-
-    monkeypatch.setattr(metric_recipes, "predict_logits", dies_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        entry.run(cfg, tmp_path / "killed", progress=False)
-    monkeypatch.setattr(metric_recipes, "predict_logits", real)
+    run_interrupted(entry, cfg, tmp_path / "killed", at_call=2)
     entry.run(cfg, tmp_path / "killed", resume=True, progress=False)
     assert same_weights(tmp_path / "whole", tmp_path / "killed")
     assert rows(tmp_path / "whole") == rows(tmp_path / "killed")

@@ -95,13 +95,19 @@ class DictionaryMLPConfig(_ProtocolDefaults):
 
 
 @dataclass
-class LocalMLPConfig(_ProtocolDefaults):
-    """Input projection -> ``depth`` local blocks (residual or epsilon-highway) -> linear head."""
+class _LocalProtocol(_ProtocolDefaults):
+    """The protocol shared by the local MLPs and their plain baseline."""
 
     epochs: int = _same("epochs", 10, min=1)
     batch_size: int = _same("batch_size", 50, min=1)
     lr: float = _same("lr", 1e-3, above=0)
     schedule: str = _same("schedule", "cosine", choices=("constant", "cosine"))
+
+
+@dataclass
+class LocalMLPConfig(_LocalProtocol):
+    """Input projection -> ``depth`` local blocks (residual or epsilon-highway) -> linear head."""
+
     width: int = _opt(64, "features of the input projection and of every block", min=1)
     hidden: int = _opt(100, "H, centres per block", min=1)
     depth: int = _opt(2, "local blocks", min=1)
@@ -113,13 +119,9 @@ class LocalMLPConfig(_ProtocolDefaults):
 
 
 @dataclass
-class PlainMLPConfig(_ProtocolDefaults):
+class PlainMLPConfig(_LocalProtocol):
     """The baseline of the local MLPs: the same protocol, ReLU layers instead of local blocks."""
 
-    epochs: int = _same("epochs", 10, min=1)
-    batch_size: int = _same("batch_size", 50, min=1)
-    lr: float = _same("lr", 1e-3, above=0)
-    schedule: str = _same("schedule", "cosine", choices=("constant", "cosine"))
     width: int = _opt(87, "features of every hidden layer (87: as many parameters as the local MLPs' "
                           "defaults)", min=1)
     depth: int = _opt(2, "hidden Linear + ReLU layers", min=1)
