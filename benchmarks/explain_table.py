@@ -107,7 +107,7 @@ def mnist_sized(key: str, runs: Path, epochs: int | None, n: int, methods, metri
 
 
 def _photo(source: str) -> torch.Tensor:
-    from pellucid.cli.explain import load_image
+    from pellucid.data.images import load_image
 
     if source.startswith("matplotlib:"):
         import matplotlib.cbook

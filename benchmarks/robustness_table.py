@@ -2,7 +2,8 @@
 
 For each ``DIR`` (written by ``pellucid train``): parameters, training time (the sum of the
 run's ``epoch_seconds``, validation included, from ``metrics.jsonl``), clean accuracy, PGD-40
-and AutoAttack accuracy at L-inf eps 0.3 on the full test set (true labels; robust = clean
+(step eps / 3) and AutoAttack accuracy at L-inf eps (default 0.3) on the full test set (or the
+first ``--autoattack-limit`` images for AutoAttack) (true labels; robust = clean
 correct and adversarial correct), precision at 80 % recall under each attack, and the
 gradient-masking checks. Every figure is computed in this process. Prints ONE JSON line; each
 evaluation is also recorded in ``DIR/evaluations/`` for ``pellucid evaluate DIR --report``.
@@ -35,7 +36,8 @@ def training_seconds(run_dir: Path) -> float | None:
                      if line.strip()), 1)
 
 
-def row(run_dir: Path, budget: str, eps: float, seed: int, limit: int | None) -> dict:
+def row(run_dir: Path, budget: str, eps: float, seed: int, limit: int | None,
+        autoattack_limit: int | None = None) -> dict:
     model, config = load_model(run_dir)
     data = config["data"]
     test = load_dataset(data["dataset"], "test", classes=data.get("classes"))
@@ -46,8 +48,12 @@ def row(run_dir: Path, budget: str, eps: float, seed: int, limit: int | None) ->
            "train": {k: config.get("train", {}).get(k) for k in ("epochs", "adv_eps", "noise_p")},
            "training_seconds": training_seconds(run_dir), "n": len(test)}
     log = lambda m: print(f"{run_dir}: {m}", file=sys.stderr, flush=True)  # noqa: E731
-    for attack, kw in (("pgd", {"steps": 40, "step_size": 0.1}),
+    full_test = test
+    for attack, kw in (("pgd", {"steps": 40, "step_size": round(eps / 3, 12)}),  # 0.1 at eps 0.3
                        ("autoattack", {"budget": budget, "log": log})):
+        if attack == "autoattack" and autoattack_limit and autoattack_limit < len(full_test):
+            test, limit = full_test.subset(slice(0, autoattack_limit)), autoattack_limit
+            out["autoattack_n"] = len(test)
         res = evaluate_robustness(model, test.images, test.labels, attack=attack, eps=eps,
                                   seed=seed, **kw)
         checks, points = evaluation_checks(model, res, test.images, test.labels, limit=500,
@@ -77,9 +83,12 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="first N test images (not recorded)")
+    ap.add_argument("--autoattack-limit", type=int, default=None,
+                    help="AutoAttack on the first N test images only (PGD-40 on all; not recorded)")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    rows = [row(d, args.budget, args.eps, args.seed, args.limit) for d in args.model_dirs]
+    rows = [row(d, args.budget, args.eps, args.seed, args.limit, args.autoattack_limit)
+            for d in args.model_dirs]
     print(json.dumps(strict_json({"benchmark": "robustness_table", "budget": args.budget,
                                   "eps": args.eps, "rows": rows,
                                   "seconds": round(time.perf_counter() - t0, 1),

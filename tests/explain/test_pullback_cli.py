@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pellucid.cli import explain as cli_explain
+from pellucid.data import images as data_images
 from pellucid.cli.main import main
 
 
@@ -98,7 +98,7 @@ def test_bad_input_is_one_line_error(capsys, tmp_path, photo, monkeypatch, case,
         full = _write(tmp_path, "full.png", Image.open(photo).convert("RGB"))
         image = _write(tmp_path, "cut.png", full.read_bytes()[:200])
     elif case == "huge":
-        monkeypatch.setattr(cli_explain, "MAX_PIXELS", 1000)
+        monkeypatch.setattr(data_images, "MAX_PIXELS", 1000)
     elif case == "target":
         extra = ["--target", "1000"]
     elif case == "model":

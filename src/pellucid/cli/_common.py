@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from dataclasses import MISSING, Field, fields
 from pathlib import Path
@@ -116,6 +117,24 @@ def add_dataclass_options(parser: argparse.ArgumentParser, config_type: type) ->
 
 def dataclass_from_args(config_type: type, args: argparse.Namespace):
     return config_type(**{f.name: getattr(args, f.name) for f in fields(config_type)})
+
+
+def _device_spec(text: str) -> str:
+    """``--device``'s argparse ``type``: the spelling only (a known name or ``cuda:N``); whether
+    the device is present is checked by :func:`pellucid._device.resolve_device` when the command
+    runs, so that ``--help`` needs no CUDA."""
+    value = text.strip().lower()
+    if value in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise argparse.ArgumentTypeError(f"unknown device {text!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """``--device {auto,cpu,cuda,cuda:N,mps}`` (default ``auto``: CUDA, else MPS, else CPU); the
+    command resolves it with :func:`pellucid._device.resolve_device`."""
+    parser.add_argument("--device", type=_device_spec, default="auto", metavar="DEVICE",
+                        help="where to compute: auto (CUDA if available, else MPS, else CPU), cpu, "
+                             "cuda, cuda:N or mps")
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:

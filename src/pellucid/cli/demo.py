@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from pellucid.cli._common import DefaultsHelpFormatter, add_data_dir, checked, print_json
+from pellucid.cli._common import DefaultsHelpFormatter, add_data_dir, add_device_option, checked, print_json
 
 
 # One line for `pellucid --help` (which imports no subcommand's dependencies).
@@ -14,6 +14,8 @@ SUMMARY = "train + PGD-40 evaluation + HTML report of the white-box model"
 
 
 def add_parser(sub) -> None:
+    from pellucid.robust.evaluate import CHUNK_SIZE
+
     p = sub.add_parser("demo", help=SUMMARY,
                        formatter_class=DefaultsHelpFormatter,
                        description="Train the white-box network (or continue / reuse the demo run "
@@ -24,17 +26,22 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=checked(int, min=0, max=2**63 - 1), default=314, help="training seed")
     p.add_argument("--limit", type=checked(int, min=1), default=None, metavar="N",
                    help="evaluate on N test images")
+    p.add_argument("--chunk-size", type=checked(int, min=1), default=CHUNK_SIZE, metavar="N",
+                   help="images attacked together (see pellucid evaluate --help)")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
+    add_device_option(p)
     add_data_dir(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pellucid._io import check_writable_dir
+    from pellucid.distributed import start_job
     from pellucid.report.evaluation import evaluate_run
     from pellucid.report.html import check_report_writable
     from pellucid.train import TrainConfig, train_registered_classifier
     from pellucid.train.checkpointing import STATE_FILE, check_run_dir
+    from pellucid.train.trainer import training_job
 
     out = Path(args.out)
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
@@ -43,13 +50,25 @@ def run(args: argparse.Namespace) -> int:
     check_run_dir(out, resume)
     check_report_writable(out / "report.html")
     t0 = time.perf_counter()
-    print(f"[1/4] training whitebox-mnist35 -> {out}" + (" (resuming)" if resume else ""), flush=True)
-    train_registered_classifier("whitebox-mnist35", cfg, out, resume=resume, data_dir=args.data_dir)
-    train_seconds = time.perf_counter() - t0
-    stage = iter(("[2/4]", "[3/4]", "[4/4]"))  # evaluate_run logs: attack, checks, report
-    done = evaluate_run(out, attack="pgd", eps=0.3, seed=0, options={"step_size": 0.1, "steps": 40},
-                        limit=args.limit, checks=True, check_limit=500, data_dir=args.data_dir,
-                        report=True, log=lambda msg: print(next(stage, ""), msg, flush=True))
+    with start_job(args.device) as job, training_job(job):
+        if job.world_size > 1:  # enough images for every process, checked before training
+            from pellucid.data import load_dataset
+            from pellucid.robust.evaluate import check_processes
+
+            n = len(load_dataset("mnist", "test", classes=(3, 5), data_dir=args.data_dir))
+            check_processes(job.world_size, min(n, args.limit or n), args.chunk_size)
+        say = print if job.is_main else (lambda *a, **k: None)  # under torchrun process 0 reports
+        say(f"[1/4] training whitebox-mnist35 -> {out}" + (" (resuming)" if resume else ""), flush=True)
+        train_registered_classifier("whitebox-mnist35", cfg, out, resume=resume,
+                                    progress=job.is_main, data_dir=args.data_dir)
+        train_seconds = time.perf_counter() - t0
+        stage = iter(("[2/4]", "[3/4]", "[4/4]"))  # evaluate_run logs: attack, checks, report
+        done = evaluate_run(out, attack="pgd", eps=0.3, seed=0, options={"step_size": 0.1, "steps": 40},
+                            limit=args.limit, checks=True, check_limit=500, data_dir=args.data_dir,
+                            report=True, log=lambda msg: say(next(stage, ""), msg, flush=True),
+                            device=job.device, chunk_size=args.chunk_size, job=job)
+    if done is None:  # another process of the job reports
+        return 0
     summary = {**done.summary, "train_seconds": round(train_seconds, 1)}
     if args.json:
         print_json(summary)

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pellucid.cli._common import DefaultsHelpFormatter, add_data_dir, add_field_option, checked, print_json
+from pellucid.cli._common import (DefaultsHelpFormatter, add_data_dir, add_device_option, add_field_option,
+                                  checked, print_json)
 
 
 # One line for `pellucid --help` (which imports no subcommand's dependencies).
@@ -104,6 +105,7 @@ def _add_adaptive_flags(p: argparse.ArgumentParser) -> None:
 
 def add_parser(sub) -> None:
     from pellucid.robust import ATTACKS
+    from pellucid.robust.evaluate import CHUNK_SIZE
 
     p = sub.add_parser("evaluate", help=SUMMARY,
                        formatter_class=DefaultsHelpFormatter,
@@ -120,6 +122,11 @@ def add_parser(sub) -> None:
                    help="first N test images only")
     p.add_argument("--seed", type=checked(int, min=0, max=2**63 - 1), default=0,
                    help="seed of the attack's randomness")
+    p.add_argument("--chunk-size", type=checked(int, min=1), default=CHUNK_SIZE, metavar="N",
+                   help="images attacked together, each chunk with its own randomness (the seed "
+                        "and the chunk's position), so results do not depend on how the chunks are "
+                        "shared out between torchrun's processes; a size other than "
+                        f"{CHUNK_SIZE} is part of the record's identity")
     p.add_argument("--checks", action=argparse.BooleanOptionalAction, default=True,
                    help="gradient-masking checks (always on for autoattack)")
     p.add_argument("--check-limit", type=checked(int, min=0), default=500, metavar="N",
@@ -134,6 +141,7 @@ def add_parser(sub) -> None:
                    help="with --rejection: the epsilon search only considers epsilons that reject "
                         "at least this fraction of uniform-noise inputs (default: the paper's "
                         "protocol, measure only)")
+    add_device_option(p)
     add_data_dir(p)
     p.set_defaults(func=run)
 
@@ -191,6 +199,7 @@ def _route_adaptive(args: argparse.Namespace, given: dict) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from pellucid._io import check_writable_dir
+    from pellucid.distributed import start_job
     from pellucid.errors import InvalidInputError
     from pellucid.models import read_config
     from pellucid.report.evaluation import evaluate_run
@@ -208,24 +217,31 @@ def run(args: argparse.Namespace) -> int:
 
         check_report_writable(Path(args.model_dir) / "report.html")
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    done = evaluate_run(args.model_dir, attack=args.attack, eps=args.eps, norm=args.norm,
-                        seed=args.seed, options=options, limit=args.limit, checks=args.checks,
-                        check_limit=args.check_limit or None, data_dir=args.data_dir,
-                        report=args.report and not args.rejection, log=log)
+    # under torchrun every process runs this; process 0 alone writes and prints
+    with start_job(args.device) as job:
+        done = evaluate_run(args.model_dir, attack=args.attack, eps=args.eps, norm=args.norm,
+                            seed=args.seed, options=options, limit=args.limit, checks=args.checks,
+                            check_limit=args.check_limit or None, data_dir=args.data_dir,
+                            report=args.report and not args.rejection, log=log, device=job.device,
+                            chunk_size=args.chunk_size, job=job)
+    if done is None:  # another process of the job holds the results
+        return 0
     summary = done.summary
     if args.rejection:
         from pellucid._io import RunLock
         from pellucid.robust.rejection import rejection_report
 
-        summary["rejection"] = rejection_report(done.model, done.test.images, done.test.labels,
+        summary["rejection"] = rejection_report(done.model, done.test.images.to(job.device),
+                                                done.test.labels.to(job.device),
                                                 attack=args.attack, seed=args.seed,
                                                 attack_kwargs={"eps": args.eps, "progress": True, **options},
                                                 min_noise_rejection=args.min_noise_rejection)
         if args.report:
-            from pellucid.report.run import run_report
+            from pellucid.report.evaluation import write_run_report
 
             with RunLock(args.model_dir):
-                summary["report"] = str(run_report(args.model_dir, done.model, done.test, done.result))
+                summary["report"] = str(write_run_report(args.model_dir, done.model, done.test,
+                                                         done.result))
     if args.json:
         print_json(summary)
     else:

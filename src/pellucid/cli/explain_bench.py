@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from pellucid.cli._common import DefaultsHelpFormatter, checked
+from pellucid.cli._common import DefaultsHelpFormatter, add_device_option, checked
 
 SUMMARY = "score explanation methods with faithfulness metrics (a table and a figure)"
 TABLE_SUFFIXES = (".csv", ".json")
@@ -49,13 +49,14 @@ def add_parser(sub) -> None:
     p.add_argument("--figure", default=None, metavar="FILE", help="draw the table (.png, .pdf, .svg)")
     p.add_argument("--list", action="store_true", help="list the methods and metrics and exit")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    add_device_option(p)
     p.set_defaults(func=run)
 
 
 def check_options(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """Names, files and paths checked before any model is built; returns (methods, metrics)."""
     from pellucid.cli._common import check_out_path
-    from pellucid.cli.explain import check_image_source
+    from pellucid.data.images import check_image_source
     from pellucid.errors import InvalidInputError
     from pellucid.explain.methods import EXPLAINERS
     from pellucid.explain.metrics import METRICS
@@ -82,11 +83,13 @@ def check_options(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return methods, metrics
 
 
-def _load(args: argparse.Namespace):
-    """``(model, images, target, labels, description, value_range)``."""
+def _load(args: argparse.Namespace, device):
+    """``(model, images, target, labels, description, value_range)``, the model and tensors on
+    ``device``."""
     import torch
 
-    from pellucid.cli.explain import load_explained_model, load_image
+    from pellucid.data.images import load_image
+    from pellucid.models.loading import load_explained_model
     from pellucid.errors import InvalidInputError
     from pellucid.models import is_model_dir, read_config
     from pellucid.report.evaluation import load_test_set
@@ -96,16 +99,17 @@ def _load(args: argparse.Namespace):
         raise InvalidInputError(f"{spec.name} has no trained weights: scoring explanations of a "
                                 "random network says nothing; pass a model directory written by "
                                 "`pellucid train`")
-    model.eval()
+    model = model.to(device).eval()
     if args.image:
-        x = torch.cat([load_image(s, spec.input_shape) for s in args.image])
+        x = torch.cat([load_image(s, spec.input_shape) for s in args.image]).to(device)
         lo, hi = spec.value_range
         return model, x * (hi - lo) + lo, None, None, description, spec.value_range
     if not is_model_dir(Path(args.model)):
         raise InvalidInputError(f"--model {args.model!r} is a registered name: give --image files to "
                                 "explain (test images come from a model directory's dataset)")
     test = load_test_set(read_config(Path(args.model)), args.data_dir, args.n)
-    return model, test.images, test.labels, test.labels, description, spec.value_range
+    x, y = test.images.to(device), test.labels.to(device)
+    return model, x, y, y, description, spec.value_range
 
 
 def write_table(rows: list[dict], path: Path) -> None:
@@ -143,9 +147,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from pellucid.explain.bench import explain_bench
 
+    from pellucid._device import device_name, resolve_device
+
     t0 = time.time()
     methods, metrics = check_options(args)
-    model, x, target, labels, description, value_range = _load(args)
+    device = resolve_device(args.device)
+    model, x, target, labels, description, value_range = _load(args, device)
     if labels is None and any(m in ("pointing_game", "focus") for m in metrics):
         from pellucid.errors import InvalidInputError
         raise InvalidInputError("pointing_game and focus need labelled images (a model directory's "
@@ -166,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         bench_figure(rows, args.figure, title=description)
     summary = {"model": description, "n": len(x), "methods": methods, "metrics": metrics,
                "seed": args.seed, "rows": rows, "out": args.out, "figure": args.figure,
+               "device": device_name(device),
                "seconds": round(time.time() - t0, 2)}
     if args.json:
         print_json(summary)

@@ -23,7 +23,7 @@ import argparse
 import time
 from pathlib import Path
 
-from pellucid.cli._common import DefaultsHelpFormatter, checked, print_json
+from pellucid.cli._common import DefaultsHelpFormatter, add_device_option, checked, print_json
 
 MAX_N = 64  # draws shown on one grid
 
@@ -51,6 +51,7 @@ def add_parser(sub) -> None:
                    help="write the grid here instead of RUN/units/PATH-CHANNEL.png; the suffix picks "
                         "the format (.png, .jpg, .jpeg, .pdf, .svg)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    add_device_option(p)
     p.set_defaults(func=run)
 
 
@@ -101,9 +102,12 @@ def run(args: argparse.Namespace) -> int:
     from pellucid.explain.units import check_unit, gradient_alignment, unit_gradients_on_noise
     from pellucid.models import MODELS, load_model
 
+    from pellucid._device import device_name, resolve_device
+
     t0 = time.time()
     config, unit, out = _check_options(args)
-    model, config = load_model(args.run)
+    device = resolve_device(args.device)
+    model, config = load_model(args.run, map_location=device)
     spec = MODELS.get(config["model"])
     shapes = _probe(model, spec)
     if args.list:
@@ -118,8 +122,9 @@ def run(args: argparse.Namespace) -> int:
 
     title = (f"{config['model']} unit {result.unit}: input gradients on Gaussian noise "
              f"(mean {result.mean:g}, std {result.std:g}, seed {seed})")
-    draw = lambda: unit_gradient_grid(out, result.gradients, result.inputs, title=title,  # noqa: E731
-                                      values=result.values, value_range=spec.value_range)
+    draw = lambda: unit_gradient_grid(out, result.gradients.cpu(), result.inputs.cpu(),  # noqa: E731
+                                      title=title, values=result.values.cpu(),
+                                      value_range=spec.value_range)
     if args.out is None:
         with RunLock(args.run, "pellucid inspect"):
             draw()
@@ -130,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         "model": config["model"], "run": str(args.run), "unit": str(result.unit),
         "path": result.unit.path, "channel": result.unit.channel,
         "position": None if result.unit.position is None else list(result.unit.position),
-        "n": n, "seed": seed, "mean": result.mean, "std": result.std,
+        "n": n, "seed": seed, "mean": result.mean, "std": result.std, "device": device_name(device),
         "value_range": list(spec.value_range), "file": str(out),
         "gradient_norms": norms.tolist(), "values": result.values.tolist(),
         "alignment": gradient_alignment(result.gradients) if n >= 2 else None,

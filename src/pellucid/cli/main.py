@@ -13,7 +13,7 @@ import sys
 from pellucid.errors import PellucidError
 
 # Subcommand modules under pellucid.cli, in help order.
-SUBCOMMANDS = ("train", "evaluate", "demo", "explain", "explain-bench", "inspect")
+SUBCOMMANDS = ("train", "evaluate", "demo", "explain", "explain-bench", "inspect", "app")
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

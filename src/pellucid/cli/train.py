@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pellucid.cli._common import (DefaultsHelpFormatter, add_data_dir, add_dataclass_options, dataclass_from_args,
-                                  print_json)
+from pellucid.cli._common import (DefaultsHelpFormatter, add_data_dir, add_dataclass_options,
+                                  add_device_option, dataclass_from_args, print_json)
 
 
 # One line for `pellucid --help` (which imports no subcommand's dependencies).
@@ -18,7 +18,9 @@ def add_parser(sub) -> None:
     from pellucid.train import RECIPES
 
     p = sub.add_parser("train", help=SUMMARY + " (recipes: " + ", ".join(RECIPES) + ")",
-                       description="Train a registered recipe; checkpoints after every epoch.")
+                       description="Train a registered recipe; checkpoints after every epoch. "
+                                   "Under torchrun, data-parallel over the processes (process 0 "
+                                   "writes the run directory).")
     recipes = p.add_subparsers(dest="recipe", metavar="RECIPE", required=True)
     for entry in RECIPES.entries():
         r = recipes.add_parser(entry.name, help=entry.summary, description=entry.summary,
@@ -28,6 +30,7 @@ def add_parser(sub) -> None:
                        help="continue an interrupted run in DIR from its last finished epoch")
         r.add_argument("--no-progress", action="store_true", help="no progress bar")
         r.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+        add_device_option(r)
         add_data_dir(r)
         add_dataclass_options(r, entry.obj.config_type)
         r.set_defaults(func=run, config_type=entry.obj.config_type)
@@ -35,14 +38,20 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pellucid._io import check_writable_dir
+    from pellucid.distributed import start_job
     from pellucid.train import RECIPES
     from pellucid.train.checkpointing import check_run_dir
+    from pellucid.train.trainer import training_job
 
     cfg = dataclass_from_args(args.config_type, args)  # checks every setting
     check_writable_dir(args.out, "--out")  # before any data is loaded or epoch trained
     check_run_dir(Path(args.out), args.resume)
-    result = RECIPES.get(args.recipe).run(cfg, args.out, resume=args.resume,
-                                          progress=not args.no_progress, data_dir=args.data_dir)
+    with start_job(args.device) as job, training_job(job):
+        result = RECIPES.get(args.recipe).run(cfg, args.out, resume=args.resume,
+                                              progress=not args.no_progress and job.is_main,
+                                              data_dir=args.data_dir)
+    if not job.is_main:  # process 0 reports
+        return 0
     last = result["epochs"][-1] if result["epochs"] else {}
     if args.json:
         print_json({"recipe": args.recipe, "out": args.out, **last})

@@ -39,3 +39,15 @@ class LeNet(nn.Module):
 def lenet_mnist35(**kwargs) -> LeNet:
     """LeNet-style ReLU CNN baseline for MNIST 3 vs 5 (61,026 parameters)."""
     return LeNet(**kwargs)
+
+
+@register_model("lenet-mnist10", input_shape=(1, 28, 28), dataset="mnist")
+def lenet_mnist10(**kwargs) -> LeNet:
+    """LeNet-style ReLU CNN baseline for the 10 MNIST digits (61,706 parameters)."""
+    return LeNet(**{"n_classes": 10, **kwargs})
+
+
+@register_model("lenet-fashion10", input_shape=(1, 28, 28), dataset="fashion-mnist")
+def lenet_fashion10(**kwargs) -> LeNet:
+    """LeNet-style ReLU CNN baseline for the 10 Fashion-MNIST classes (61,706 parameters)."""
+    return LeNet(**{"n_classes": 10, **kwargs})

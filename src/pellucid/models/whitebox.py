@@ -67,6 +67,25 @@ def whitebox_mnist35(**kwargs) -> WhiteBoxNet:
     return WhiteBoxNet(**kwargs)
 
 
+# Ten classes. The layers are the 3-vs-5 network's; only the widths grow. The logical layer keeps
+# its meaning with K = 10: class c's block of k affine features are k prototypes of that class
+# (each in its own 16 learned affine poses), its logit is an OR (max) over them, and every other
+# class's features enter with their own learned weights (initially -0.1: AND-NOT).
+_TEN_CLASS = dict(n_classes=10, n_affine=80, n_affine_poses=16)
+
+
+@register_model("whitebox-mnist10", input_shape=(1, 28, 28), dataset="mnist")
+def whitebox_mnist10(**kwargs) -> WhiteBoxNet:
+    """White-box semantic-feature network for the 10 MNIST digits (8 prototypes per class, 40,538 parameters)."""
+    return WhiteBoxNet(**{**_TEN_CLASS, **kwargs})
+
+
+@register_model("whitebox-fashion10", input_shape=(1, 28, 28), dataset="fashion-mnist")
+def whitebox_fashion10(**kwargs) -> WhiteBoxNet:
+    """White-box semantic-feature network for the 10 Fashion-MNIST classes (8 prototypes per class, 40,538 parameters)."""
+    return WhiteBoxNet(**{**_TEN_CLASS, **kwargs})
+
+
 def convert_authors_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map the published checkpoint's keys (github.com/314-Foundation/white-box-nn) to ours.
 

@@ -7,15 +7,17 @@ the records, figures and report are written under the directory's :class:`pelluc
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
 
+from pellucid._device import device_name
 from pellucid._io import RunLock, tensors_sha256
 from pellucid.data.datasets import ImageDataset, load_dataset
 from pellucid.errors import InvalidInputError
@@ -26,7 +28,10 @@ from pellucid.robust.attacks import ATTACKS, option_values
 from pellucid.robust.budgets import AdaptiveBudget
 from pellucid.robust.checks import evaluation_checks
 from pellucid.robust.diagnostics import adaptive_diagnostics
-from pellucid.robust.evaluate import RobustnessResult, evaluate_robustness, minimal_perturbations
+from pellucid.robust.evaluate import CHUNK_SIZE, RobustnessResult, evaluate_robustness, minimal_perturbations
+
+if TYPE_CHECKING:
+    from pellucid.distributed import Job
 
 # attacks that return minimal (unbounded) perturbations: their examples are plotted and recorded
 MINIMISING_ATTACKS = ("boundary", "deepfool")
@@ -71,7 +76,9 @@ def check_outputs(model: nn.Module, images: torch.Tensor) -> None:
 def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, norm: str = "linf",
                  seed: int = 0, options: dict[str, Any] | None = None, limit: int | None = None,
                  checks: bool = True, check_limit: int | None = 500, data_dir: str | None = None,
-                 report: bool = False, log: Callable[[str], None] | None = None) -> RunEvaluation:
+                 report: bool = False, log: Callable[[str], None] | None = None,
+                 device: torch.device | str = "cpu", chunk_size: int = CHUNK_SIZE,
+                 job: Job | None = None) -> RunEvaluation | None:
     """Attack the test set of the model in ``run_dir`` and record the evaluation there.
 
     ``options`` are the attack's own options (steps, step_size, restarts, queries, budget; see
@@ -83,48 +90,69 @@ def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, 
     budget adds its diagnostics (:mod:`pellucid.robust.diagnostics`) on the same images and
     records which stage broke each image. ``report``:
     (re)write ``run_dir/report.html`` with every evaluation recorded there.
+
+    ``device``: where the model and the images are put (figures are drawn on the CPU).
+    ``chunk_size``: images attacked together (see
+    :func:`~pellucid.robust.evaluate.evaluate_robustness`); a size other than the default is part
+    of the record's identity, and so is a device other than the CPU. ``job``: the processes of a
+    ``torchrun`` launch (:mod:`pellucid.distributed`), which share the chunks out; process 0
+    alone runs the checks and writes the record and the report, the others return ``None``
+    once the results are gathered.
     """
     run_dir = Path(run_dir)
     checked_options = ATTACKS.get(attack).check_options(options)
     options = option_values(checked_options)
-    say = log or (lambda msg: None)
-    model, config = load_model(run_dir)
+    main = job is None or job.is_main
+    say = (log or (lambda msg: None)) if main else (lambda msg: None)
+    device = torch.device(device)
+    model, config = load_model(run_dir, map_location=device)
     weights_sha256 = tensors_sha256(model.state_dict())
     test = load_test_set(config, data_dir, limit)
-    check_outputs(model, test.images)
-    say(f"{attack} ({norm} eps {eps:g}) on {len(test)} test images")
-    result = evaluate_robustness(model, test.images, test.labels, attack=attack, eps=eps, norm=norm,
-                                 seed=seed, progress=True, log=log, **options)
-    # the adaptive budget's stage per image goes to the record, not to the summary (one line)
-    per_image = {"broken_by": result.info.pop("broken_by_image")} \
-        if "broken_by_image" in result.info else None
+    x, y = test.images.to(device), test.labels.to(device)
+    check_outputs(model, x)
+    say(f"{attack} ({norm} eps {eps:g}) on {len(test)} test images"
+        + (f", {job.world_size} processes" if job is not None and job.world_size > 1 else ""))
+    result = evaluate_robustness(model, x, y, attack=attack, eps=eps, norm=norm, seed=seed,
+                                 chunk_size=chunk_size, job=job, progress=main,
+                                 log=log if main else None, **options)
+    if not main:
+        return None
+    # per-image results go to the record, not to the summary (one line); so does the adaptive
+    # budget's stage per image
+    per_image = result.per_image()
+    if "broken_by_image" in result.info:
+        per_image["broken_by"] = result.info.pop("broken_by_image")
     summary = {"model": config["model"], "model_dir": str(run_dir), **result.summary(),
                "dataset": (config.get("data") or {}).get("dataset"), "seed": seed,
                "options": dataclasses.asdict(checked_options),  # JSON-ready: stages as dicts
                "weights_sha256": weights_sha256,
                # which gradient-masking checks the record holds: None, or on how many images
                "checked_images": min(len(test), check_limit or len(test))
-               if checks or attack == "autoattack" else None}
+               if checks or attack == "autoattack" else None,
+               # where it ran; neither the device nor the processes are part of the identity
+               # unless they change the results (records.record_identity)
+               "device": device_name(device), "processes": 1 if job is None else job.world_size}
+    if chunk_size != CHUNK_SIZE:
+        summary["chunk_size"] = chunk_size
     if "steps" in options:
         summary["steps"] = options["steps"]
     minimal = points = None
     if attack in MINIMISING_ATTACKS:
-        minimal = minimal_perturbations(model, test.images, result.adversarial, test.labels)
+        minimal = minimal_perturbations(model, x, result.adversarial, y)
         summary["minimal_perturbation"] = {k: v for k, v in minimal.items() if k not in ("l2", "linf")}
     found: list = []
     if checks or attack == "autoattack":
         say(f"gradient-masking checks and accuracy vs eps (first {check_limit or len(test)} images)")
-        found, curve = evaluation_checks(model, result, test.images, test.labels, limit=check_limit,
-                                         seed=seed, warn=False)
+        found, curve = evaluation_checks(model, result, x, y, limit=check_limit, seed=seed, warn=False)
         result.checks = found
         summary["checks"] = {c.name: c.summary() for c in found}
         points = {"points": curve, "n": min(len(test), check_limit or len(test))}
-    if per_image is not None:
+    if "broken_by" in per_image:  # the adaptive budget
         n_check = min(len(test), check_limit or len(test))
         say(f"adaptive-budget diagnostics: gradient norms, gates, accuracy vs eps (first {n_check} "
             "images)")
         extra, summary["adaptive_diagnostics"] = adaptive_diagnostics(
-            model, test.images[:n_check], test.labels[:n_check], result.adversarial[:n_check],
+            model, x[:n_check], y[:n_check], result.adversarial[:n_check],
             budget=_adaptive_budget(checked_options), seed=seed)
         found = [*found, *extra]
         result.checks = found
@@ -134,16 +162,34 @@ def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, 
             print(f"WARNING: gradient-masking check '{c.name}' failed: {c.detail}", file=sys.stderr)
     with RunLock(run_dir):
         if minimal is not None:
-            _save_examples(run_dir, model, test, result, minimal)
+            _save_examples(run_dir, *_on_cpu(model, result), test, minimal)
         record = save_record(run_dir, summary, result, eps_points=points, minimal=minimal,
                              per_image=per_image)
         if report:
-            from pellucid.report.run import run_report
-
             say("figures and report")
-            summary["report"] = str(run_report(run_dir, model, test, result))
+            summary["report"] = str(write_run_report(run_dir, model, test, result))
     summary["record"] = str(record)  # after saving: where the record lies is not part of it
     return RunEvaluation(summary, model, config, test, result, record, found)
+
+
+def _on_cpu(model: nn.Module, result: RobustnessResult) -> tuple[nn.Module, RobustnessResult]:
+    """``model`` and ``result`` on the CPU, where the figures are drawn (copies if elsewhere)."""
+    if all(p.device.type == "cpu" for p in model.parameters()) and result.adversarial.device.type == "cpu":
+        return model, result
+    return copy.deepcopy(model).cpu(), result.to("cpu")
+
+
+def write_run_report(run_dir: Path, model: nn.Module, test: ImageDataset,
+                     result: RobustnessResult | None) -> Path:
+    """(Re)write ``run_dir/report.html`` (see :func:`pellucid.report.run.run_report`), drawing
+    on the CPU whatever device ``model`` and ``result`` are on; the caller holds the lock."""
+    from pellucid.report.run import run_report
+
+    if result is None:
+        on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+        return run_report(run_dir, model if on_cpu else copy.deepcopy(model).cpu(), test, None)
+    model, result = _on_cpu(model, result)
+    return run_report(run_dir, model, test, result)
 
 
 def _adaptive_budget(options) -> AdaptiveBudget:
@@ -152,7 +198,7 @@ def _adaptive_budget(options) -> AdaptiveBudget:
     return budget if isinstance(budget, AdaptiveBudget) else AdaptiveBudget()
 
 
-def _save_examples(run_dir: Path, model: nn.Module, test: ImageDataset, result: RobustnessResult,
+def _save_examples(run_dir: Path, model: nn.Module, result: RobustnessResult, test: ImageDataset,
                    minimal: dict) -> None:
     from pellucid.viz.robust import plot_minimal_perturbations
 

@@ -24,11 +24,19 @@ from pellucid.robust.evaluate import RobustnessResult
 RECORDS_DIR = "evaluations"
 # summary keys that identify an evaluation (see the module docstring)
 IDENTITY_KEYS = ("attack", "budget", "norm", "eps", "options", "seed", "n", "dataset", "weights_sha256",
-                 "checked_images")
+                 "checked_images", "chunk_size")
 
 
 def record_identity(summary: dict) -> dict:
-    return {k: summary[k] for k in IDENTITY_KEYS if k in summary}
+    """The summary's identifying keys. ``chunk_size`` is in a summary only when it is not the
+    default; the device counts by its kind (``cuda``, ``mps``) only when it is not the CPU, whose
+    arithmetic the records written before devices were recorded used. The number of processes
+    does not count: it does not change the results."""
+    identity = {k: summary[k] for k in IDENTITY_KEYS if k in summary}
+    kind = str(summary.get("device", "cpu")).split(":")[0]
+    if kind != "cpu":
+        identity["device"] = kind
+    return identity
 
 
 def record_name(summary: dict) -> str:

@@ -272,7 +272,8 @@ def _ray_stage(cascade: _Cascade, queries: int) -> _Stage:
         points, radius = ray_search(cascade.model, cascade.x[idx], cascade.y[idx], toward,
                                     eps=cascade.eps, queries=queries, value_range=cascade.value_range)
         finite = radius[torch.isfinite(radius)]
-        return points, {"median_radius": float(finite.median()) if len(finite) else None}
+        return points, {"median_radius": float(finite.median()) if len(finite) else None,
+                        "_median_of": {"median_radius": finite.tolist()}}  # see merge_stage_rows
 
     return _Stage("ray-search", False, run, {"queries": queries})
 

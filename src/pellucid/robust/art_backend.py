@@ -10,7 +10,8 @@ native PGD. What ART needs is handled once, in :func:`art_classifier`:
   protocol); the extra logit changes neither the argmax nor, to float precision, the CE loss;
 - the model is put in eval mode and its parameters stop requiring gradients for the duration
   (ART calls ``loss.backward()``, which would otherwise also compute every weight gradient);
-- inputs go to the model's device and come back on the caller's; ART's NumPy RNG is seeded from
+- inputs go to the model's device and dtype and come back on the caller's, whatever device ART
+  picks (the CPU, or the current CUDA device, made the model's); ART's NumPy RNG is seeded from
   ``generator`` and restored afterwards, so runs are reproducible without global side effects.
 """
 
@@ -45,14 +46,21 @@ class PadBinaryLogits(nn.Module):
 
 
 class _CastInput(nn.Module):
-    """ART hands some models float64 arrays (Boundary); cast to the model's dtype."""
+    """Inputs to the model's device and dtype, outputs back to the input's device.
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+    ART hands some models float64 arrays (Boundary). It keeps its tensors on the CPU or on the
+    current CUDA device, so a model elsewhere (MPS, another GPU) computes there while ART's
+    loss and labels stay where ART put them; both moves are differentiable.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
         super().__init__()
-        self.model, self.dtype = model, dtype
+        # not a submodule: ART moves its model to its own device, which would move the caller's
+        self.__dict__["target"] = model
+        self.dtype, self.device = dtype, device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.to(self.dtype))
+        return self.target(x.to(self.device, self.dtype)).to(x.device)
 
 
 def _import_art():
@@ -102,8 +110,10 @@ def art_classifier(model: nn.Module, x: torch.Tensor, value_range: tuple[float, 
         n_classes = model(x[:1].to(device, dtype)).shape[1]
     if n_classes < 2:
         raise InvalidInputError(f"a classifier needs >= 2 logits, the model returns {n_classes}")
-    net = _CastInput(PadBinaryLogits(model) if n_classes == 2 else model, dtype)
-    with frozen(model):
+    net = _CastInput(PadBinaryLogits(model) if n_classes == 2 else model, dtype, device)
+    # ART's "gpu" is the current CUDA device: make it the model's for the duration
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with frozen(model), on_device:
         yield PyTorchClassifier(
             model=net, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
             nb_classes=max(n_classes, 3), clip_values=tuple(float(v) for v in value_range),

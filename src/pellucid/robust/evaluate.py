@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -14,8 +15,12 @@ from pellucid.models.inference import predict_logits
 from pellucid.robust.attacks import ATTACKS, check_eps, perturbation_norm, within_budget
 from pellucid.robust.reliability import ReliabilityCurve, precision_at_recall_interval, reliability_curve
 
-__all__ = ["RobustnessResult", "accuracy_vs_eps", "evaluate_robustness", "minimal_perturbations",
-           "predict_logits"]  # predict_logits: pellucid.models.inference
+if TYPE_CHECKING:
+    from pellucid.distributed import Job
+
+__all__ = ["CHUNK_SIZE", "RobustnessResult", "accuracy_vs_eps", "advance_generator", "chunk_bounds",
+           "check_processes", "chunk_generator", "evaluate_robustness", "merge_info", "merge_stage_rows",
+           "minimal_perturbations", "predict_logits"]  # predict_logits: pellucid.models.inference
 
 
 @dataclass
@@ -57,41 +62,257 @@ class RobustnessResult:
             out["checks"] = {c.name: c.summary() for c in self.checks}
         return out
 
+    def per_image(self) -> dict[str, list]:
+        """Per image, in input order: the clean and adversarial predictions, the adversarial
+        input's confidence (max softmax probability, the reliability curve's score) and whether
+        the image is robust."""
+        confidence = self.adversarial_logits.detach().double().softmax(-1).amax(-1)
+        return {"clean_prediction": self.clean_logits.argmax(1).tolist(),
+                "adversarial_prediction": self.adversarial_logits.argmax(1).tolist(),
+                "adversarial_confidence": confidence.tolist(), "robust": self.robust.tolist()}
+
+    def to(self, device: torch.device | str) -> "RobustnessResult":
+        """A copy whose tensors are on ``device`` (figures are drawn from CPU tensors)."""
+        move = lambda t: t.to(device)  # noqa: E731
+        curve = self.reliability
+        return replace(self, adversarial=move(self.adversarial),
+                       adversarial_logits=move(self.adversarial_logits),
+                       clean_logits=move(self.clean_logits), robust=move(self.robust),
+                       within_budget=move(self.within_budget),
+                       reliability=ReliabilityCurve(move(curve.precision), move(curve.recall),
+                                                    move(curve.thresholds), curve.accuracy))
+
+
+# Images per evaluation chunk (see evaluate_robustness): a multiple of PGD's and APGD's batch (1024),
+# so the default PGD evaluation is the one before chunks existed; and above the 1,902 images of the
+# 3-vs-5 test set, so every attack on it is one chunk and gives the results it gave before.
+CHUNK_SIZE = 2048
+# stage-log keys whose chunk values add up, and the one that is a fraction of the chunk's images
+_SUMMED = ("attacked", "broken", "queries_spent")
+_FRACTION = "robust_accuracy_after"
+# info keys holding one value per image, in image order: chunks are concatenated
+_PER_IMAGE_INFO = ("broken_by_image",)
+
+
+def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` of the chunks of ``n`` images, ``chunk_size`` each (the last one
+    may be smaller)."""
+    return [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
+
+
+def chunk_generator(seed: int, start: int, like: torch.Tensor) -> torch.Generator:
+    """The random stream of the chunk whose first image is ``start``: ``seed``'s stream, advanced
+    by ``start`` times the values per image of ``like`` (draws of ``like``'s dtype).
+
+    A chunk's randomness thus depends only on the seed and where the chunk starts, never on what
+    ran before it in the process, so chunks can be attacked in any order and by any process. The
+    advance is the one a single pass over all images makes when it draws one number per input
+    value, as PGD's L-inf random start does: such an attack draws exactly what it drew before
+    evaluations were split into chunks.
+    """
+    return advance_generator(torch.Generator().manual_seed(seed), start * like[0].numel(), like.dtype)
+
+
+def advance_generator(generator: torch.Generator, draws: int, dtype: torch.dtype) -> torch.Generator:
+    """``generator`` (returned) moved past ``draws`` uniform draws of ``dtype``, as if
+    ``torch.rand(draws, dtype=dtype, generator=generator)`` had run (its draws come one after
+    another, so a long draw equals consecutive short ones)."""
+    while draws > 0:  # in blocks: a large image set would not fit one draw
+        step = min(draws, 1 << 22)
+        torch.rand(step, generator=generator, dtype=dtype)
+        draws -= step
+    return generator
+
+
+@dataclass
+class _Chunk:
+    """What the attack produced on one chunk of images (its tensors on the images' device)."""
+
+    index: int
+    adversarial: torch.Tensor
+    clean_logits: torch.Tensor
+    adversarial_logits: torch.Tensor
+    inside: torch.Tensor
+    stages: list[dict]
+    info: dict
+
+
+def _attack_chunk(index: int, model: nn.Module, x: torch.Tensor, y: torch.Tensor, runner, *,
+                  eps: float, norm: str, value_range: tuple[float, float], generator: torch.Generator,
+                  attack_kwargs: dict) -> _Chunk:
+    clean = predict_logits(model, x)
+    run = runner(model, x, y, eps=eps, norm=norm, value_range=value_range, generator=generator,
+                 **attack_kwargs)
+    inside = within_budget(run.adversarial - x, eps, norm)
+    x_eval = torch.where(inside.view(-1, *[1] * (x.dim() - 1)), run.adversarial, x)
+    return _Chunk(index, run.adversarial, clean, predict_logits(model, x_eval), inside, run.stages,
+                  run.info)
+
+
+def _median(values: list) -> float | None:
+    # torch's median (the lower middle value), as the attacks compute theirs
+    return float(torch.tensor(values, dtype=torch.float64).median()) if values else None
+
+
+def _merge_value(key: str, values: list, sizes: list[int]) -> Any:
+    """One stage-log or info value from the chunks' ``values`` (``sizes``: the chunks' images)."""
+    if key in _SUMMED:
+        return sum(values)
+    if key == "seconds":  # compute time over the chunks (over processes: more than the wall time)
+        return round(sum(values), 2)
+    if key == _FRACTION:  # as the attacks compute it: a float32 mean over the images
+        robust = sum(round(v * n) for v, n in zip(values, sizes))
+        return float(torch.tensor(float(robust)) / sum(sizes))
+    if key in _PER_IMAGE_INFO:
+        return [v for chunk in values for v in chunk]
+    if all(isinstance(v, dict) for v in values) and \
+            all(isinstance(c, (int, float)) for v in values for c in v.values()):
+        out: dict = {}
+        for v in values:  # counts per name (images broken per stage, per temperature)
+            for name, count in v.items():
+                out[name] = out.get(name, 0) + count
+        return out
+    if all(v == values[0] for v in values):
+        return values[0]
+    return values  # a figure that does not add up over chunks: one value per chunk
+
+
+def merge_stage_rows(chunk_rows: list[list[dict]], sizes: list[int]) -> list[dict]:
+    """One log row per stage from each chunk's rows (the same stages in the same order):
+    counts and seconds summed, ``robust_accuracy_after`` over all images, medians over all
+    images from the per-image values a row keeps under ``"_median_of"`` (dropped here)."""
+    if len(chunk_rows) == 1:
+        return [_strip(row) for row in chunk_rows[0]]
+    if len({len(rows) for rows in chunk_rows}) != 1:
+        raise AssertionError(f"chunks logged different numbers of stages: {[len(r) for r in chunk_rows]}")
+    merged = []
+    for rows in zip(*chunk_rows):
+        keys = list(dict.fromkeys(k for row in rows for k in row if k != "_median_of"))
+        row = {k: _merge_value(k, [r.get(k) for r in rows], sizes) for k in keys}
+        pooled: dict[str, list] = {}
+        for r in rows:
+            for k, values in r.get("_median_of", {}).items():
+                pooled.setdefault(k, []).extend(values)
+        row.update({k: _median(v) for k, v in pooled.items()})
+        merged.append(row)
+    return merged
+
+
+def _strip(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "_median_of"}
+
+
+def merge_info(chunk_info: list[dict], sizes: list[int]) -> dict:
+    """The attack's ``info`` over all chunks (see :func:`_merge_value`)."""
+    if len(chunk_info) == 1:
+        return dict(chunk_info[0])
+    keys = list(dict.fromkeys(k for info in chunk_info for k in info))
+    return {k: _merge_value(k, [info.get(k) for info in chunk_info], sizes) for k in keys}
+
 
 def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: str = "pgd",
                         eps: float = 0.3, norm: str = "linf",
                         value_range: tuple[float, float] = (0.0, 1.0),
-                        seed: int = 0, **attack_kwargs) -> RobustnessResult:
+                        seed: int = 0, chunk_size: int = CHUNK_SIZE, job: "Job | None" = None,
+                        **attack_kwargs) -> RobustnessResult:
     """Attack ``x`` with the true labels ``y`` and score clean, robust accuracy and reliability.
 
     ``x``: images in ``value_range`` with the dtype and device of the model's parameters; ``y``:
     integer labels ``(B,)`` in ``0..K-1`` for a model with ``K`` outputs. ``attack_kwargs``: the
     attack's options (e.g. ``steps`` for PGD) and common arguments such as ``progress`` (see
     :mod:`pellucid.robust.attacks`); an option the attack does not have raises.
+
+    The images are attacked in chunks of ``chunk_size``, each on its own: its randomness comes
+    from :func:`chunk_generator` (``seed`` and where the chunk starts), ensembles run their
+    stages on the chunk's images still standing. An image's result therefore depends only on its
+    chunk, and ``job`` (a :class:`pellucid.distributed.Job` of several processes) can share the
+    chunks out (rank ``r`` takes chunks ``r, r + W, ...``) and gather them with results identical,
+    image by image, to one process's. Every process returns the whole result. Per-stage log rows
+    add up over chunks (``seconds``: the compute time summed over chunks).
     """
     check_images(x, value_range=value_range)
     check_model_input(model, x)
     y = check_labels(y, n=x.shape[0], device=x.device)
     check_eps(eps)  # fail before any work is done
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise InvalidInputError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
     runner = ATTACKS.get(attack)
     runner.split(attack_kwargs)  # unknown options and bad values, too
+    bounds = chunk_bounds(len(x), chunk_size)
+    check_processes(1 if job is None else job.world_size, len(x), chunk_size)
     start = time.perf_counter()
-    gen = torch.Generator().manual_seed(seed)
-    clean = predict_logits(model, x)
-    y = check_labels(y, n_classes=clean.shape[1] if clean.dim() == 2 else None)
-    run = runner(model, x, y, eps=eps, norm=norm, value_range=value_range, generator=gen,
-                 **attack_kwargs)
-    inside = within_budget(run.adversarial - x, eps, norm)
-    x_eval = torch.where(inside.view(-1, *[1] * (x.dim() - 1)), run.adversarial, x)
-    adv = predict_logits(model, x_eval)
+    y = check_labels(y, n_classes=_n_classes(model, x))
+    mine = job.share(len(bounds)) if job is not None else range(len(bounds))
+    log = attack_kwargs.get("log")
+    chunks = []
+    for k in mine:
+        a, b = bounds[k]
+        kwargs = dict(attack_kwargs)
+        if log is not None and len(bounds) > 1:
+            kwargs["log"] = lambda msg, k=k: log(f"chunk {k + 1}/{len(bounds)}: {msg}")
+        chunks.append(_attack_chunk(k, model, x[a:b], y[a:b], runner, eps=eps, norm=norm,
+                                    value_range=value_range, attack_kwargs=kwargs,
+                                    generator=chunk_generator(seed, a, x)))
+    if job is not None and job.world_size > 1:
+        chunks = _gather_chunks(job, chunks, bounds)
+    sizes = [b - a for a, b in bounds]
+    adversarial, clean, adv, inside = (torch.cat([getattr(c, name) for c in chunks]) for name in
+                                       ("adversarial", "clean_logits", "adversarial_logits", "inside"))
+    stages = merge_stage_rows([c.stages for c in chunks], sizes)
+    info = merge_info([c.info for c in chunks], sizes)
     clean_ok, adv_ok = clean.argmax(1) == y, adv.argmax(1) == y
     robust = clean_ok & adv_ok
     # test-set noise of the reliability figure; its own generator so the attack's draws don't move it
     ci = precision_at_recall_interval(adv, y, 0.8, generator=torch.Generator().manual_seed(seed))
     return RobustnessResult(attack, eps, norm, len(y), float(clean_ok.float().mean()),
                             float(robust.float().mean()), reliability_curve(adv, y),
-                            time.perf_counter() - start, run.adversarial, adv, clean, robust,
-                            inside, run.stages, run.info, precision_at_recall_ci=ci)
+                            time.perf_counter() - start, adversarial, adv, clean, robust,
+                            inside, stages, info, precision_at_recall_ci=ci)
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def check_processes(world: int, n: int, chunk_size: int = CHUNK_SIZE) -> None:
+    """Raise :class:`InvalidInputError` (one line) when ``world`` processes are more than the
+    chunks of ``n`` images: some would have nothing to attack."""
+    chunks = len(chunk_bounds(n, chunk_size))
+    if world <= chunks:
+        return
+    fix = (f"start at most {_count(n, 'process', 'processes')}" if n < world else
+           f"start at most {_count(chunks, 'process', 'processes')} or use a chunk size "
+           f"(--chunk-size) of at most {n // world}")
+    raise InvalidInputError(f"{_count(world, 'process', 'processes')} for {_count(n, 'image', 'images')} "
+                            f"in {_count(chunks, 'chunk', 'chunks')} of {chunk_size}: some would have "
+                            f"nothing to attack; {fix}")
+
+
+def _n_classes(model: nn.Module, x: torch.Tensor) -> int | None:
+    with torch.no_grad():
+        out = predict_logits(model, x[:1])
+    return out.shape[1] if out.dim() == 2 else None
+
+
+def _gather_chunks(job: "Job", chunks: list[_Chunk], bounds: list[tuple[int, int]]) -> list[_Chunk]:
+    """Every process's chunks, in chunk order, on every process."""
+    owned = [list(range(r, len(bounds), job.world_size)) for r in range(job.world_size)]
+    counts = [sum(bounds[k][1] - bounds[k][0] for k in ks) for ks in owned]
+    local = {name: torch.cat([getattr(c, name) for c in chunks]) for name in
+             ("adversarial", "clean_logits", "adversarial_logits", "inside")}
+    gathered = {name: job.all_gather_rows(t, counts) for name, t in local.items()}
+    logs = job.all_gather_objects([(c.index, c.stages, c.info) for c in chunks])
+    out: dict[int, _Chunk] = {}
+    for rank, ks in enumerate(owned):
+        offset = 0
+        for (k, stages, info) in logs[rank]:
+            n = bounds[k][1] - bounds[k][0]
+            rows = {name: g[rank][offset:offset + n] for name, g in gathered.items()}
+            out[k] = _Chunk(k, rows["adversarial"], rows["clean_logits"], rows["adversarial_logits"],
+                            rows["inside"], stages, info)
+            offset += n
+        assert [k for k, _, _ in logs[rank]] == ks
+    return [out[k] for k in range(len(bounds))]
 
 
 def accuracy_vs_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_values, *,

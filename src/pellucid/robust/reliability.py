@@ -80,6 +80,8 @@ def precision_at_recall_interval(logits: torch.Tensor, labels: torch.Tensor, tar
     if not 0 < level < 1 or n_boot < 1:
         raise ValueError(f"need 0 < level < 1 and n_boot >= 1, got {level}, {n_boot}")
     _, correct, last = _sorted_correctness(logits, labels)
+    # the resampling runs on the CPU, whose generator draws the same replicates for every device
+    correct, last = correct.cpu(), last.cpu()
     n = len(correct)
     draws = torch.randint(n, (n_boot, n), generator=generator)
     weight = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(

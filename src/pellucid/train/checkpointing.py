@@ -133,15 +133,16 @@ def read_metrics(out: Path) -> list[dict[str, Any]]:
 
 
 def start_or_resume(out: Path, resume: bool, cfg: Any, model: nn.Module, optimizer: Optimizer,
-                    generator: torch.Generator, may_change: tuple[str, ...] = ("epochs",)
-                    ) -> tuple[int, list[dict[str, Any]]]:
+                    generator: torch.Generator, may_change: tuple[str, ...] = ("epochs",),
+                    write: bool = True) -> tuple[int, list[dict[str, Any]]]:
     """Begin a run in ``out``, or (``resume=True``) restore the one there: ``(epochs done, their metrics)``.
 
     ``cfg`` is the run's settings dataclass. A resumed run must have the same settings except
     those in ``may_change``, and at least as many epochs as it has finished; a setting added to
     the dataclass after the run started reads as its default. Without ``resume`` an existing run
     or model in ``out`` is refused rather than overwritten (:func:`check_run_dir`). The caller
-    holds ``out``'s :class:`pellucid._io.RunLock`.
+    holds ``out``'s :class:`pellucid._io.RunLock`. ``write=False`` (the processes of a job other
+    than process 0) only reads: ``metrics.jsonl`` is left to the process that writes.
     """
     check_run_dir(out, resume)
     if not resume:
@@ -166,7 +167,8 @@ def start_or_resume(out: Path, resume: bool, cfg: Any, model: nn.Module, optimiz
     history = info.get("history")
     if not isinstance(history, list):  # runs saved before the state held the metrics
         history = [r for r in read_metrics(out) if r["epoch"] <= done]
-    _write_metrics(out, history)  # repairs a garbled or stale metrics.jsonl
+    if write:
+        _write_metrics(out, history)  # repairs a garbled or stale metrics.jsonl
     return done, history
 
 

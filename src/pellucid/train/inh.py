@@ -47,6 +47,7 @@ from pellucid.nn.inh import (SIMILARITIES, THRESHOLD_MODES, IncrementalNeuralHas
                              prune_inh, tune_inh)
 from pellucid.train.checkpointing import METRICS_FILE, check_run_dir
 from pellucid.train.recipes import register_recipe
+from pellucid.train.trainer import current_job
 
 MODEL = "inh-mnist"
 
@@ -116,6 +117,12 @@ def train_inh_mnist(cfg: InhMnistConfig, out: Path | str, *, resume: bool = Fals
     if resume:
         raise InvalidInputError(f"{MODEL} keeps no training state to resume (its fit takes under a "
                                 "minute); drop --resume and train into a new --out")
+    job = current_job()
+    if job.world_size > 1:
+        raise InvalidInputError(f"{MODEL} fits in one process (its greedy set cover is not "
+                                "data-parallel); run it without torchrun")
+    if job.device.type != "cpu":  # --device auto on a GPU host must not fail: say so and go on
+        print(f"pellucid: {MODEL} fits on the CPU; device {job.device} is not used", file=sys.stderr)
     out = Path(out)
     check_run_dir(out, resume=False)  # before the lock creates the directory
     with RunLock(out):

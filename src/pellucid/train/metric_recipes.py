@@ -143,7 +143,8 @@ def _data(dataset: str, data_dir: str | None, test_limit: int):
 def _test_accuracy(test: ImageDataset):
     """``fit``'s ``evaluate``: the accuracy on ``test`` after every epoch."""
     def evaluate(model: nn.Module) -> dict[str, float]:
-        correct = predict_logits(model, test.images).argmax(1) == test.labels
+        device = next(model.parameters()).device  # fit trains on the job's device
+        correct = predict_logits(model, test.images.to(device)).argmax(1).cpu() == test.labels
         return {"test_accuracy": float(correct.float().mean())}
 
     return evaluate

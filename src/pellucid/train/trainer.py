@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -18,11 +20,13 @@ from tqdm.auto import tqdm
 from pellucid._config import CheckedConfig, config_option
 from pellucid._io import RunLock
 from pellucid.data.datasets import ImageDataset
+from pellucid.distributed import Job
 from pellucid.errors import InvalidInputError
 from pellucid.models.checkpoint import save_model
 from pellucid.models.inference import predict_logits
 from pellucid.nn.semantic import project_constraints_
 from pellucid.robust.attacks import pgd
+from pellucid.robust.evaluate import advance_generator
 from pellucid.train.checkpointing import check_loss, check_run_dir, save_epoch, start_or_resume
 from pellucid.train.optim import Adam
 
@@ -63,6 +67,28 @@ class TrainConfig(CheckedConfig):
     EXECUTION_OPTIONS: ClassVar[tuple[str, ...]] = ()
 
 
+# The job every fit() in the context trains in (see training_job); unset: one process on the CPU.
+_JOB: contextvars.ContextVar[Job | None] = contextvars.ContextVar("pellucid_training_job", default=None)
+
+
+@contextlib.contextmanager
+def training_job(job: Job) -> Iterator[Job]:
+    """Every :func:`fit` inside the context trains on ``job.device`` and, for a job of several
+    processes (``torchrun``), data-parallel over them. A context rather than an argument, so that
+    every recipe trains where ``pellucid train --device`` says without passing the job through
+    its own code; the previous job is restored on exit."""
+    token = _JOB.set(job)
+    try:
+        yield job
+    finally:
+        _JOB.reset(token)
+
+
+def current_job() -> Job:
+    """The job :func:`fit` trains in: :func:`training_job`'s, else one process on the CPU."""
+    return _JOB.get() or Job()
+
+
 def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
     """The learning rate's multiplier at optimizer step ``step`` (0-based) of ``total_steps``:
     1 (``constant``) or ``(1 + cos(pi step / total_steps)) / 2`` (``cosine``, annealed per step)."""
@@ -95,16 +121,18 @@ def split_train_val(ds: ImageDataset, val_size: int, seed: int) -> tuple[ImageDa
     return ds.subset(perm[val_size:].sort().values), ds.subset(perm[:val_size].sort().values)
 
 
-def _validate(model: nn.Module, val: ImageDataset, cfg: TrainConfig, epoch: int) -> dict[str, float]:
+def _validate(model: nn.Module, val: ImageDataset, cfg: TrainConfig, epoch: int,
+              device: torch.device) -> dict[str, float]:
     if len(val) == 0:
         return {}
-    clean = predict_logits(model, val.images).argmax(1) == val.labels
+    x, y = val.images.to(device), val.labels.to(device)
+    clean = predict_logits(model, x).argmax(1) == y
     out = {"val_accuracy": float(clean.float().mean())}
     if cfg.val_pgd_steps > 0:
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        x_adv = pgd(model, val.images, val.labels, eps=cfg.val_eps, step_size=cfg.val_step,
+        x_adv = pgd(model, x, y, eps=cfg.val_eps, step_size=cfg.val_step,
                     steps=cfg.val_pgd_steps, generator=gen)
-        adv = predict_logits(model, x_adv).argmax(1) == val.labels
+        adv = predict_logits(model, x_adv).argmax(1) == y
         out["val_pgd_accuracy"] = float((clean & adv).float().mean())
     return out
 
@@ -142,21 +170,32 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConf
     * ``evaluate(model) -> {name: value}``: measured after each epoch's validation (e.g. the test
       accuracy) and added to its row; the first name is the selection metric, higher is better:
       the row also gets ``best_<name>`` and ``best_epoch`` over the epochs so far.
+
+    Where it trains is the :func:`training_job`'s: ``model`` is moved to its device (batches go
+    there one at a time; random draws stay on the CPU's generator, so every device sees the same
+    order, noise and random starts). In a job of ``W`` processes each optimizer step takes the
+    same batch of ``batch_size`` images on every process, each process computes the gradient of
+    its contiguous ``1/W`` of it, and the gradients are summed, so a step is one of a single
+    process's up to the order of float additions (BatchNorm statistics are the share's own).
+    Process 0 validates, calls ``on_epoch`` and ``evaluate``, writes the run directory and
+    returns the metrics; the other processes write nothing and return ``[]``.
     """
     out = Path(out)
+    job = current_job()
     check_run_dir(out, resume)  # before the lock creates the directory
-    with RunLock(out):
+    job.barrier()  # every process has checked before process 0 writes
+    with RunLock(out) if job.is_main else contextlib.nullcontext():
         return _fit_locked(model, train, val, cfg, out, model_name=model_name,
                            model_kwargs=model_kwargs, extra_config=extra_config, resume=resume,
                            progress=progress, on_epoch=on_epoch, param_groups=param_groups,
-                           evaluate=evaluate)
+                           evaluate=evaluate, job=job)
 
 
 def _epoch_row(epoch: int, history: list[dict[str, Any]], model: nn.Module, val: ImageDataset,
                cfg: TrainConfig, evaluate: Callable[[nn.Module], dict[str, float]] | None,
-               row: dict[str, Any]) -> dict[str, Any]:
+               row: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """The epoch's metrics: training figures, validation, then ``evaluate``'s and its best so far."""
-    row.update(_validate(model, val, cfg, epoch))
+    row.update(_validate(model, val, cfg, epoch, device))
     if evaluate is not None:
         measured = evaluate(model)
         row.update(measured)
@@ -170,58 +209,63 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
                 extra_config: dict[str, Any] | None, resume: bool, progress: bool,
                 on_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None,
                 param_groups: Sequence[dict[str, Any]] | None = None,
-                evaluate: Callable[[nn.Module], dict[str, float]] | None = None
-                ) -> list[dict[str, Any]]:
+                evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+                job: Job | None = None) -> list[dict[str, Any]]:
     if len(train) == 0:
         raise InvalidInputError("no training images (is --val-size as large as the train split?)")
+    job = job or Job()
+    model.to(job.device)  # in place: the parameters, and so param_groups, stay the same objects
     gen = torch.Generator().manual_seed(cfg.seed)
     # torch.optim.Adam's arithmetic without its torch._dynamo import (0.8-1.0 s, see train/optim.py)
     optimizer = Adam(model.parameters() if param_groups is None else param_groups, lr=cfg.lr,
                      weight_decay=cfg.weight_decay)
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a resume loads the last lr
     start, history = start_or_resume(out, resume, cfg, model, optimizer, gen,
-                                     may_change=resumable_changes(cfg))
+                                     may_change=resumable_changes(cfg), write=job.is_main)
+    job.broadcast_(list(model.state_dict().values()))  # the same start everywhere, by construction
     config = {**(extra_config or {}), "train": asdict(cfg)}
-    if start:  # a kill after the state's commit may have left the model files one epoch behind
+    # a kill after the state's commit may have left the model files one epoch behind
+    if start and job.is_main:
         save_model(model, out, model_name, model_kwargs, config)
     n, bs = len(train), cfg.batch_size
     n_batches = math.ceil(n / bs)
+    show = progress and job.is_main
     for epoch in range(start + 1, cfg.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen)
         total_loss, total_correct = 0.0, 0
         bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-                   disable=None if progress else True, file=sys.stderr, unit="batch")  # None: no TTY, no bar
+                   disable=None if show else True, file=sys.stderr, unit="batch")  # None: no TTY, no bar
         for b in bar:
             rows = perm[b * bs:(b + 1) * bs]
             x, y = train.images[rows], train.labels[rows]
             if cfg.augment == "noise" and torch.rand((), generator=gen) < cfg.noise_p:
                 noise = torch.randn(x.shape, generator=gen) * cfg.noise_std + cfg.noise_mean
                 x = (x + noise).clamp(0.0, 1.0)
-            if cfg.adv_eps > 0:
-                eps = adversarial_eps(cfg, (epoch - 1) * n_batches + b + 1, n_batches)
-                x = pgd(model, x, y, eps=eps, steps=cfg.adv_steps,
-                        step_size=2.5 * eps / cfg.adv_steps, generator=gen)
-                model.train()
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            check_loss(loss, epoch, b + 1, out)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            step = (epoch - 1) * n_batches + b + 1
+            if job.world_size == 1:
+                loss, correct = _single_step(model, optimizer, x.to(job.device), y.to(job.device),
+                                             cfg, gen, step, n_batches, epoch, b, out)
+            else:
+                loss, correct = _shared_step(model, optimizer, x, y, cfg, gen, step, n_batches,
+                                             epoch, b, out, job)
             if cfg.schedule != "constant":
-                factor = lr_factor(cfg, (epoch - 1) * n_batches + b, cfg.epochs * n_batches)
+                factor = lr_factor(cfg, step - 1, cfg.epochs * n_batches)
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * factor
             optimizer.step()
             project_constraints_(model)
-            total_loss += loss.item() * len(y)
-            total_correct += int((logits.argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            total_loss += loss * len(y)
+            total_correct += correct
+            bar.set_postfix(loss=f"{loss:.4f}")
         train_seconds = time.perf_counter() - t0
+        if not job.is_main:  # process 0 validates and writes; the others go on to the next epoch
+            continue
         row = _epoch_row(epoch, history, model, val, cfg, evaluate,
                          {"epoch": epoch, "train_loss": total_loss / n,
-                          "train_accuracy": total_correct / n, "train_seconds": round(train_seconds, 3)})
+                          "train_accuracy": total_correct / n, "train_seconds": round(train_seconds, 3)},
+                         job.device)
         row["epoch_seconds"] = round(time.perf_counter() - t0, 3)
         history.append(row)
         save_epoch(out, model, optimizer, gen, cfg, history)  # the commit point of the epoch
@@ -231,4 +275,68 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
             tqdm.write(msg, file=sys.stderr)
         if on_epoch is not None:
             on_epoch(model, dict(row))
-    return history
+    job.barrier()  # the others return once process 0 has written the last epoch (they may read it)
+    return history if job.is_main else []
+
+
+def _adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                 generator: torch.Generator, step: int, n_batches: int) -> torch.Tensor:
+    eps = adversarial_eps(cfg, step, n_batches)
+    x = pgd(model, x, y, eps=eps, steps=cfg.adv_steps, step_size=2.5 * eps / cfg.adv_steps,
+            generator=generator)
+    model.train()
+    return x
+
+
+def _single_step(model: nn.Module, optimizer: Adam, x: torch.Tensor, y: torch.Tensor,
+                 cfg: TrainConfig, gen: torch.Generator, step: int, n_batches: int, epoch: int,
+                 b: int, out: Path) -> tuple[float, int]:
+    """One process: the batch's gradient in ``.grad``; returns (mean loss, correct)."""
+    if cfg.adv_eps > 0:
+        x = _adversarial(model, x, y, cfg, gen, step, n_batches)
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    check_loss(loss, epoch, b + 1, out)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss.item(), int((logits.argmax(1) == y).sum())
+
+
+def _shared_step(model: nn.Module, optimizer: Adam, x: torch.Tensor, y: torch.Tensor,
+                 cfg: TrainConfig, gen: torch.Generator, step: int, n_batches: int, epoch: int,
+                 b: int, out: Path, job: Job) -> tuple[float, int]:
+    """Process ``job.rank`` of several: the gradient of its contiguous share of the batch, summed
+    over the processes into the whole batch's mean-loss gradient; returns the batch's (mean loss,
+    correct), the same on every process."""
+    per = math.ceil(len(y) / job.world_size)
+    lo, hi = min(job.rank * per, len(y)), min((job.rank + 1) * per, len(y))
+    xs, ys = x[lo:hi].to(job.device), y[lo:hi].to(job.device)
+    if cfg.adv_eps > 0:
+        # the share's random starts: the slice of the batch's draws these rows get in one
+        # process; every process then moves the shared generator past the whole batch's draws
+        mine = torch.Generator()
+        mine.set_state(gen.get_state())
+        advance_generator(mine, lo * x[0].numel(), x.dtype)
+        if hi > lo:
+            xs = _adversarial(model, xs, ys, cfg, mine, step, n_batches)
+        advance_generator(gen, x.numel(), x.dtype)
+    optimizer.zero_grad(set_to_none=True)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    loss_sum = torch.zeros((), device=job.device)
+    correct = torch.zeros((), device=job.device)
+    if hi > lo:
+        logits = model(xs)
+        loss_sum = F.cross_entropy(logits, ys, reduction="sum")
+        (loss_sum / len(y)).backward()  # summed over the shares: the batch's mean loss
+        correct = (logits.argmax(1) == ys).sum()
+    # one exchange: the gradients, which exist (a parameter no share used keeps None), loss, correct
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    has = torch.tensor([float(p.grad is not None) for p in params], dtype=grads[0].dtype,
+                       device=job.device)
+    totals = torch.stack([loss_sum.detach(), correct.to(loss_sum.dtype)]).to(grads[0].dtype)
+    job.all_reduce_sum_([*grads, has, totals])
+    for p, g, used in zip(params, grads, has.tolist()):
+        p.grad = g if used > 0 else None
+    loss = totals[0] / len(y)
+    check_loss(loss, epoch, b + 1, out)  # the same value, and so the same error, everywhere
+    return float(loss), int(round(float(totals[1])))

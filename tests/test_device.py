@@ -1,0 +1,228 @@
+"""``--device`` and device- and dtype-agnostic computation.
+
+Every test that computes runs on each device present (the CPU always; CUDA and MPS when the host
+has them, skipped otherwise with the reason), and the cheap mechanisms also in float64, where an
+attack or explainer that builds a tensor without the input's dtype would fail or fall back to
+float32.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pellucid._device import device_name, resolve_device
+from pellucid.cli.main import main
+from pellucid.errors import InvalidInputError
+
+
+def _present() -> list:
+    out = [pytest.param("cpu", id="cpu")]
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    out.append(pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not cuda, reason="no CUDA device")))
+    out.append(pytest.param("mps", id="mps", marks=pytest.mark.skipif(not mps, reason="no MPS device")))
+    return out
+
+
+DEVICES = _present()
+
+
+# --- resolve_device ---------------------------------------------------------------------------
+
+def _no_accelerator(monkeypatch, cuda: bool = False, mps: bool = False, count: int = 1) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count if cuda else 0)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+
+def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    _no_accelerator(monkeypatch)
+    assert resolve_device("auto") == torch.device("cpu")
+    _no_accelerator(monkeypatch, mps=True)
+    assert resolve_device("auto") == torch.device("mps")
+    _no_accelerator(monkeypatch, cuda=True, mps=True)
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_device() == torch.device("cuda", 0)  # auto is the default
+
+
+def test_named_devices_resolve_and_missing_ones_are_one_line_errors(monkeypatch):
+    _no_accelerator(monkeypatch, cuda=True, count=2)
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("CUDA") == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(InvalidInputError, match=r"cuda:2: there are 2 CUDA devices \(cuda:0 to cuda:1\)"):
+        resolve_device("cuda:2")
+    with pytest.raises(InvalidInputError, match="MPS backend is not available"):
+        resolve_device("mps")
+    _no_accelerator(monkeypatch)
+    for spec in ("cuda", "cuda:0"):
+        with pytest.raises(InvalidInputError, match="CUDA is not available"):
+            resolve_device(spec)
+    for spec in ("tpu", "cuda:x", "gpu", ""):
+        with pytest.raises(InvalidInputError, match="unknown device") as e:
+            resolve_device(spec)
+        assert "\n" not in str(e.value)
+
+
+def test_device_name_is_what_records_show():
+    assert device_name(torch.device("cpu")) == "cpu"
+    assert device_name(torch.device("cuda", 1)) == "cuda:1"
+    assert device_name("mps") == "mps"
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+def _commands(authors_dir, tmp_path) -> dict[str, list[str]]:
+    """A valid invocation of every command that computes (cheap settings)."""
+    return {
+        "train": ["train", "whitebox-mnist35", "--out", str(tmp_path / "train"), "--epochs", "1"],
+        "evaluate": ["evaluate", str(authors_dir), "--limit", "4", "--steps", "1", "--no-checks"],
+        "demo": ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--limit", "4"],
+        "explain": ["explain", "--model", str(authors_dir), "--image", "skimage:camera", "--steps", "0"],
+        "explain-bench": ["explain-bench", "--model", str(authors_dir), "--n", "2",
+                          "--methods", "gradient", "--metrics", "deletion"],
+        "inspect": ["inspect", str(authors_dir), "--list"],
+    }
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "demo", "explain", "explain-bench", "inspect"])
+def test_every_computing_command_refuses_an_unknown_device_in_one_line(command, authors_dir, tmp_path,
+                                                                       capsys):
+    argv = _commands(authors_dir, tmp_path)[command] + ["--device", "tpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown device 'tpu'" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "demo", "explain", "explain-bench", "inspect"])
+def test_every_computing_command_refuses_cuda_without_cuda_before_any_work(command, authors_dir,
+                                                                           tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    records = authors_dir / "evaluations"
+    before = sorted(records.glob("*.json")) if records.exists() else []
+    assert main(_commands(authors_dir, tmp_path)[command] + ["--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("CUDA is not available (no GPU, or a torch build without CUDA); use --device "
+                        "cpu (or auto)") and len(err.splitlines()) == 1
+    assert not (tmp_path / "train").exists() and not (tmp_path / "demo").exists()  # nothing trained
+    assert (sorted(records.glob("*.json")) if records.exists() else []) == before  # nor recorded
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_evaluate_records_the_device_without_changing_the_cpu_identity(device, authors_dir, capsys):
+    import json
+
+    from pellucid.report.records import record_identity, record_name
+
+    assert main(["evaluate", str(authors_dir), "--limit", "6", "--steps", "2", "--no-checks",
+                 "--device", device, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["device"].split(":")[0] == device and summary["processes"] == 1
+    record = json.loads(open(summary["record"]).read())
+    assert len(record["per_image"]["robust"]) == 6
+    identity = record_identity(summary)
+    # a CPU record is named as before devices were recorded; another device is a record of its own
+    assert ("device" in identity) == (device != "cpu")
+    cpu_summary = {k: v for k, v in summary.items() if k not in ("device", "processes")}
+    assert (record_name(summary) == record_name(cpu_summary)) == (device == "cpu")
+
+
+# --- attacks, evaluation and explainers on every device and in float64 ---------------------------
+
+@pytest.fixture(scope="module")
+def few(mnist35_test):
+    return mnist35_test.images[:12], mnist35_test.labels[:12]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("attack, options", [("pgd", {"steps": 3}), ("fgsm", {}),
+                                             ("square-native", {"queries": 20}),
+                                             ("apgd-ce", {"steps": 3}), ("deepfool", {"steps": 3})])
+def test_attacks_run_on_the_device_and_agree_with_the_cpu(device, attack, options, authors_model, few):
+    from pellucid.robust import evaluate_robustness
+
+    x, y = few
+    reference = evaluate_robustness(authors_model, x, y, attack=attack, eps=0.4, seed=1, **options)
+    model = authors_model.to(device)
+    try:
+        res = evaluate_robustness(model, x.to(device), y.to(device), attack=attack, eps=0.4, seed=1,
+                                  **options)
+    finally:
+        authors_model.cpu()
+    assert res.adversarial.device.type == device and res.robust.device.type == device
+    assert bool(res.within_budget.all()) or attack == "deepfool"
+    # the random draws come from the CPU's generator on every device: the same starts and
+    # proposals, so the results differ by float rounding at most (an image or two)
+    assert abs(res.robust_accuracy - reference.robust_accuracy) <= 2 / len(y) + 1e-9
+    assert res.clean_accuracy == reference.clean_accuracy
+
+
+# PGD's random start draws in the images' dtype (other numbers in float64): compared from x
+@pytest.mark.parametrize("attack, options", [("pgd", {"steps": 3, "random_start": False}),
+                                             ("square-native", {"queries": 20}), ("fgsm", {}),
+                                             ("apgd-ce", {"steps": 3})])
+def test_attacks_keep_float64(attack, options, authors_model, few):
+    """An attack on a float64 model returns float64 inputs inside the budget, and breaks the same
+    images as in float32 give or take the rounding of a few margins."""
+    import copy
+
+    from pellucid.robust import evaluate_robustness
+
+    x, y = few
+    model64 = copy.deepcopy(authors_model).double()
+    r64 = evaluate_robustness(model64, x.double(), y, attack=attack, eps=0.4, seed=2, **options)
+    r32 = evaluate_robustness(authors_model, x, y, attack=attack, eps=0.4, seed=2, **options)
+    assert r64.adversarial.dtype == torch.float64 and r64.adversarial_logits.dtype == torch.float64
+    assert bool(r64.within_budget.all())
+    assert (r64.robust != r32.robust).sum() <= 2
+
+
+def test_native_apgd_keeps_float64_and_the_device(authors_model, few):
+    import copy
+
+    from pellucid.robust.adaptive import surrogate_objective
+    from pellucid.robust.apgd import apgd_objective
+
+    x, y = few
+    model64 = copy.deepcopy(authors_model).double()
+    points, margins = apgd_objective(surrogate_objective(model64, "margin", 0.1), x.double(), y,
+                                     eps=0.3, steps=4, restarts=2, generator=torch.Generator().manual_seed(0))
+    assert points.dtype == torch.float64 and margins.dtype == torch.float64
+    assert float((points - x.double()).abs().max()) <= 0.3 + 1e-12
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("method", ["pullback", "gradient", "integrated-gradients", "input-x-gradient"])
+def test_explainers_follow_the_input_device_and_dtype(device, dtype, method, authors_model, few):
+    import copy
+
+    from pellucid.explain import create_explainer
+
+    if device == "mps" and dtype == torch.float64:
+        pytest.skip("MPS has no float64")
+    x, y = few
+    model = copy.deepcopy(authors_model).to(device, dtype)
+    explainer = create_explainer(method, model)
+    a = explainer.attribute(x[:4].to(device, dtype), target=y[:4].to(device))
+    assert a.device.type == device and a.dtype == dtype and a.shape == x[:4].shape
+    assert bool(torch.isfinite(a).all()) and float(a.abs().sum()) > 0
+    reference = create_explainer(method, authors_model).attribute(x[:4], target=y[:4])
+    # the same explanation as on the CPU in float32, to that precision
+    assert torch.allclose(a.double().cpu(), reference.double(), rtol=1e-3,
+                          atol=1e-5 * float(reference.abs().max()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_whitebox_layers_give_float64_outputs_that_match_float32(device, authors_model, few):
+    import copy
+
+    x, _ = few
+    model64 = copy.deepcopy(authors_model).to(device, torch.float64)
+    with torch.no_grad():
+        out64 = model64(x.to(device, torch.float64))
+        out32 = authors_model(x)
+    assert out64.dtype == torch.float64 and out64.device.type == device
+    assert torch.allclose(out64.cpu().float(), out32, rtol=1e-4, atol=1e-4)
