@@ -176,6 +176,21 @@ def test_monotone_and_black_box_checks_on_known_inputs():
     assert check_gradients(Constant(), *_data(8)).passed is False  # constant: zero gradient
 
 
+def test_black_box_check_counts_only_the_stages_after_the_last_white_box_one():
+    # the adaptive cascade: a black-box Square inside the base budget, then white-box stages,
+    # then black-box stages that break nothing: the message must not credit them with the 3
+    stages = [{"attack": "apgd-ce", "white_box": True, "broken": 5, "robust_accuracy_after": 0.92},
+              {"attack": "square-native", "white_box": False, "broken": 3, "robust_accuracy_after": 0.918},
+              {"attack": "surrogate-apgd-margin", "white_box": True, "broken": 1, "robust_accuracy_after": 0.9175},
+              {"attack": "ray-search", "white_box": False, "broken": 0, "robust_accuracy_after": 0.9175},
+              {"attack": "square-final", "white_box": False, "broken": 0, "robust_accuracy_after": 0.9175}]
+    check = check_black_box(stages)
+    assert check.passed and check.value == 0
+    assert check.detail.startswith("ray-search + square-final broke 0 images")
+    stages[-1].update(broken=2, robust_accuracy_after=0.9165)
+    assert "broke 2 images" in check_black_box(stages).detail
+
+
 SMALL = {"pgd": {"steps": 2}, "fgsm": {}, "apgd-ce": {"steps": 2}, "apgd-dlr": {"steps": 2},
          "square": {"queries": 5}, "square-native": {"queries": 5}, "deepfool": {"steps": 2}, "boundary": {"steps": 2},
          "autoattack": {"budget": TINY_STAGES}}

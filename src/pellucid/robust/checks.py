@@ -106,8 +106,12 @@ def check_black_box(stages: Sequence[dict], *, tolerance: float = 0.002) -> Chec
         return Check("black_box", None, None, f"gain <= {tolerance:.1%}",
                      "not run: needs white-box and black-box stages (use --attack autoattack)")
     gain = white[-1]["robust_accuracy_after"] - black[-1]["robust_accuracy_after"]
+    # the black-box stages that ran after the last white-box one: their breaks are the gain
+    last_white = max(i for i, s in enumerate(stages) if s.get("white_box", True))
+    after = [s for s in stages[last_white + 1:] if not s.get("white_box", True)]
+    names = " + ".join(s["attack"] for s in after) or black[-1]["attack"]
     return Check("black_box", gain <= tolerance, gain, f"gain <= {tolerance:.1%}",
-                 f"{black[-1]['attack']} broke {sum(s['broken'] for s in black)} images the "
+                 f"{names} broke {sum(s['broken'] for s in after)} images the "
                  f"white-box attacks missed ({gain:.2%} of the set)")
 
 
