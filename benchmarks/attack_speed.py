@@ -3,7 +3,10 @@
 Each attack runs once on the first ``--n`` test images (L-inf eps 0.3, true labels; Square
 with ``--queries`` queries, so its figure scales as about 1 / queries). The forward figure is
 compared, in the same process, with the same forward computing the rotation-conv max with
-argmax indices (what the layer did before the inference path skipped them). Prints ONE JSON line.
+argmax indices (what the layer did before the inference path skipped them). ``square-native`` is
+also run, same seed, on the model hidden behind a plain wrapper, so that every query is a full
+forward pass instead of the white-box network's window queries: the ratio of the two times, and
+whether both found the same points. Prints ONE JSON line.
 
     python benchmarks/attack_speed.py runs/seeds/seed314 --n 200
 """
@@ -17,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from pellucid.data import load_dataset
 from pellucid.models import load_model
@@ -42,6 +46,17 @@ def argmax_forward():
         yield
     finally:
         rc.max_correlation = original
+
+
+class FullForwards(nn.Module):
+    """The model without its ``window_queries``: Square's baseline of one full forward per query."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
 
 
 def images_per_s(f, n: int, repeats: int = 3) -> float:
@@ -81,6 +96,12 @@ def main() -> None:
         s = time.perf_counter() - t
         rows[name] = {**kw, "seconds": round(s, 2), "images_per_s": round(len(x) / s, 2),
                       "robust_accuracy": res.robust_accuracy}
+        if name == "square-native" and hasattr(model, "window_queries"):
+            t = time.perf_counter()
+            plain = evaluate_robustness(FullForwards(model), x, y, attack=name, eps=0.3, **kw)
+            s_plain = time.perf_counter() - t
+            rows[name].update(full_forward_seconds=round(s_plain, 2), window_query_speedup=round(s_plain / s, 2),
+                              same_points=bool(torch.equal(plain.adversarial, res.adversarial)))
     print(json.dumps({"benchmark": "attack_speed", "model": config["model"], "n": len(x),
                       "threads": torch.get_num_threads(),
                       "forward_images_per_s": round(fast), "forward_baseline_images_per_s": round(base),

@@ -81,3 +81,87 @@ def test_bad_arguments_raise_clear_errors():
             square_native(ImageLinear(), x, y, **{"eps": 0.1, **kw})
     with pytest.raises(InvalidInputError, match="images"):
         square_native(ImageLinear(), x.flatten(1), y, eps=0.1)
+
+
+def _slow_candidates(images, rows, top, left, window):
+    """Reference for the window queries: each candidate built image by image with a mask."""
+    out = []
+    for i, r in enumerate(rows.tolist()):
+        cand = images[r].clone()
+        s = window.shape[-1]
+        mask = torch.zeros_like(cand, dtype=torch.bool)
+        mask[:, top[i]:top[i] + s, left[i]:left[i] + s] = True
+        cand[mask] = window[i].reshape(-1)
+        out.append(cand)
+    return torch.stack(out)
+
+
+def test_window_queries_score_the_pasted_candidates():
+    from pellucid.models.inference import WindowQueries
+
+    g = torch.Generator().manual_seed(0)
+    model = ImageLinear(seed=2).eval()
+    x, _ = _data(n=12)
+    points = WindowQueries(model, x.clone(), batch_size=64)
+    reference = x.clone()
+    for side in (1, 3, x.shape[-1]):
+        rows = torch.randperm(12, generator=g)[:8]
+        top = torch.randint(0, x.shape[-2] - side + 1, (8,), generator=g)
+        left = torch.randint(0, x.shape[-1] - side + 1, (8,), generator=g)
+        window = torch.rand(8, x.shape[1], side, side, generator=g)
+        cand = _slow_candidates(reference, rows, top, left, window)
+        with torch.no_grad():
+            assert torch.equal(points.query(rows, top, left, window), model(cand))
+        keep = torch.rand(8, generator=g) < 0.5
+        points.accept(keep)
+        reference[rows[keep]] = cand[keep]
+        assert torch.equal(points.images, reference)
+
+
+def test_white_box_window_queries_equal_a_full_forward_pass(authors_model, mnist35_test):
+    """The white-box network's local recomputation (TwoStep on the window, conv on a patch) gives
+    the bits of a full forward pass, for every window side, at the borders too, after accepts."""
+    from pellucid.models.inference import WindowQueries
+
+    g = torch.Generator().manual_seed(1)
+    x = mnist35_test.images[:40].clone()
+    fast, plain = authors_model.window_queries(x.clone(), 64), WindowQueries(authors_model, x.clone(), 64)
+    sides = list(range(1, 29)) + [1, 2, 28]
+    with torch.no_grad():
+        for side in sides:
+            rows = torch.randperm(40, generator=g)[:30]
+            edge = torch.tensor([0, 28 - side])  # the first two windows touch opposite corners
+            top = torch.cat([edge, torch.randint(0, 28 - side + 1, (28,), generator=g)])
+            left = torch.cat([edge, torch.randint(0, 28 - side + 1, (28,), generator=g)])
+            window = torch.rand(30, 1, side, side, generator=g)
+            expected = authors_model(_slow_candidates(fast.images, rows, top, left, window))
+            assert torch.equal(fast.query(rows, top, left, window), expected), side
+            assert torch.equal(plain.query(rows, top, left, window), expected), side
+            keep = torch.rand(30, generator=g) < 0.5
+            fast.accept(keep)
+            plain.accept(keep)
+            assert torch.equal(fast.images, plain.images)
+        # the kept maps are those of the current images
+        pixels = authors_model.twostep(fast.images)
+        assert torch.equal(fast.pixels[:, :, 4:-4, 4:-4], pixels)
+        assert torch.equal(fast.maps[:, :, 2:-2, 2:-2], authors_model.conv(pixels))
+
+
+class Opaque(nn.Module):
+    """The same network without its window queries: Square falls back to full forward passes."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def test_square_on_the_white_box_network_is_the_same_attack_with_local_queries(authors_model, mnist35_test):
+    x, y = mnist35_test.images[:24], mnist35_test.labels[:24]
+    runs = [square_native(m, x, y, eps=0.3, queries=150, generator=torch.Generator().manual_seed(3))
+            for m in (authors_model, Opaque(authors_model))]
+    assert torch.equal(runs[0].adversarial, runs[1].adversarial)
+    assert runs[0].stages[0]["queries_spent"] == runs[1].stages[0]["queries_spent"]
+    assert within_budget(runs[0].adversarial - x, 0.3, "linf").all()

@@ -131,6 +131,19 @@ def _image(page, selector: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
 
 
+def _wait_new_source(page, selector: str, old: str | None, timeout_ms: int = 15_000) -> None:
+    """Wait (a bounded time) until the image in ``selector`` has a source other than ``old``; a
+    picture that never changes is left for the caller's comparison to report."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function("([sel, old]) => { const e = document.querySelector(sel + ' img');"
+                               " return e !== null && e.getAttribute('src') !== old; }",
+                               arg=[selector, old], timeout=timeout_ms)
+    except PlaywrightTimeout:
+        pass
+
+
 def _upload(page, selector: str, path) -> None:
     """Put ``path`` in the file box ``selector`` (clearing the file it shows first)."""
     clear = page.locator(f"{selector} button[aria-label=Clear]")
@@ -199,14 +212,18 @@ def test_pullback_pictures_change_with_the_target(page, digits):
     page.get_by_role("option", name="whitebox-mnist35: runs/demo").click()
     _upload(page, "#pullback-upload", str(digits["5"][0]))
     page.locator("#pullback-kind").get_by_text("class index").click()
-    shown = {}
+    shown, sources = {}, {}
     for target in (0, 1):
         _set_number(page, "#pullback-class", target)
         page.click("#pullback-run")
         status = _wait_text(page, "#pullback-status", f"output {target}|Error")
         assert f"target: output {target}" in status and "after the counterfactual ascent" in status
-        shown[target] = {key: _image(page, f"#pullback-{key}") for key in ("attribution", "counterfactual",
-                                                                          "difference")}
+        if target:  # the pictures may reach the page after the status line: wait for new sources
+            for key, src in sources.items():
+                _wait_new_source(page, f"#pullback-{key}", src)
+        sources = {key: page.get_attribute(f"#pullback-{key} img", "src")
+                   for key in ("attribution", "counterfactual", "difference")}
+        shown[target] = {key: _image(page, f"#pullback-{key}") for key in sources}
         if target == 0:
             _screenshot(page, "app-pullback.png")
     for key in ("attribution", "counterfactual", "difference"):

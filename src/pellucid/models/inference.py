@@ -62,3 +62,51 @@ def predict_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     logits = predict_logits(model, x, batch_size)
     m = margin(logits, y)
     return torch.where(logits.argmax(1) == y, m.clamp_min(torch.finfo(m.dtype).tiny), m.clamp_max(0))
+
+
+def window_index(top: torch.Tensor, left: torch.Tensor, side: int, n: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices ``(k, side, 1)`` and ``(k, 1, side)`` of one ``side x side`` window
+    per image, its top-left corner at ``(top[i], left[i])``; ``n`` (default ``side``) widens it."""
+    offsets = torch.arange(side if n is None else n, device=top.device)
+    return (top.reshape(-1, 1) + offsets)[:, :, None], (left.reshape(-1, 1) + offsets)[:, None, :]
+
+
+class WindowQueries:
+    """Score queries whose candidates differ from the current images only inside one square window
+    per image (the Square attack's proposals), for any model: each candidate is built in full and
+    sent through the model.
+
+    ``images`` ``(n, C, H, W)`` are the current points (updated in place by :meth:`accept`).
+    :meth:`query` scores ``images[rows]`` with window ``i`` (``(k, C, s, s)``, top-left corner
+    ``(top[i], left[i])``) pasted in; :meth:`accept` keeps the last query's windows where ``keep``.
+    Models with a cheaper way to score a local change implement ``window_queries(images,
+    batch_size)`` returning a subclass (e.g. :class:`~pellucid.models.whitebox.WhiteBoxNet`).
+    The caller holds the model in eval mode and gradients off.
+    """
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, batch_size: int) -> None:
+        self.model, self.images, self.batch_size = model, images, batch_size
+        self._last: tuple[torch.Tensor, ...] | None = None
+
+    def set(self, rows: torch.Tensor, images: torch.Tensor) -> None:
+        """Replace ``images[rows]`` as a whole (e.g. a restart's new starting points)."""
+        self.images[rows] = images
+
+    def _paste(self, base: torch.Tensor, top, left, window) -> torch.Tensor:
+        k, c, s = window.shape[:3]
+        r, col = window_index(top, left, s)
+        base[torch.arange(k, device=base.device)[:, None, None, None],
+             torch.arange(c, device=base.device)[None, :, None, None], r[:, None], col[:, None]] = window
+        return base
+
+    def query(self, rows: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+              window: torch.Tensor) -> torch.Tensor:
+        """Logits of the ``len(rows)`` candidates."""
+        self._last = (rows, top, left, window)
+        return batched_logits(self.model, self._paste(self.images[rows], top, left, window), self.batch_size)
+
+    def accept(self, keep: torch.Tensor) -> None:
+        """Make the last query's candidates where ``keep`` (bool, one per queried row) current."""
+        rows, top, left, window = (t[keep] for t in self._last)
+        self.images[rows] = self._paste(self.images[rows], top, left, window)
