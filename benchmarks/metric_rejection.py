@@ -1,14 +1,23 @@
-"""Adversarial rejection with the epsilon-softmax dictionary MLP on Fashion-MNIST.
+"""Adversarial rejection with the epsilon-softmax dictionary MLP on Fashion-MNIST ("Metric as
+Transform", rejection protocol), against a softmax baseline at the same clean rejection rate.
 
-For each H: train a dictionary MLP (Adam lr 0.01, data-initialised keys, key learning rate x
-``--centre-lr-scale``, running-mean epsilon), then for each attack keep only its direction,
-step a fixed L2 length alpha in [-1, 1] pixel space, clip to [-b, b] (b = 1), and search epsilon for the
-minimum measure = (failed + x_rejected) / count among the epsilons that reject at least
-``--min-noise-rejection`` (default 99 %) of 1,000 uniform-noise images (the measure alone ignores
-noise). Also: uniform-noise rejection rate at the trained and at the best epsilon, and the
-selective-accuracy-vs-coverage area.
+For each setting (keys random or data-initialised, key learning rate x1 or x0.01) and each H: train
+a dictionary MLP (Adam lr 0.01, running-mean epsilon). For each attack of the protocol (FGSM, FGM,
+L-inf and L2 PGD, L-inf and L2 Adam-PGD, L2 basic iterative) keep only its direction, step a fixed
+L2 length alpha in [-1, 1] pixel space, clip to [-b, b], and search epsilon for the minimum
+measure = (failed + x_rejected) / count, in every (alpha, b) cell of the grid (default alpha in
+{0.5, 1, 3, 9, 20}, b in {1, 10}; one attack run per epsilon serves all cells), among the epsilons
+that reject at least ``--min-noise-rejection`` (default 99 %) of 1,000 uniform-noise images (the
+measure alone ignores noise; negative: the paper's measure-only search). Also: uniform-noise
+rejection at the trained and at the best epsilon, and the selective-accuracy-vs-coverage area.
 
-Prints ONE JSON line. ``nice -n 15 .venv/bin/python benchmarks/metric_rejection.py``
+Baseline (``--baseline``, default on): ``plain-mlp`` trained for the same epochs, rejecting where
+its largest softmax probability is below tau; for every cell tau is set so that it rejects as many
+clean test images as the dictionary model at its best epsilon, and the same counts are reported.
+
+Prints ONE JSON line (progress on stderr). ``--cost-only``: train one epoch per H (first setting),
+time one search per attack and the baseline, and print the estimated cost of the full run instead.
+``nice -n 15 .venv/bin/python benchmarks/metric_rejection.py``
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,59 +33,168 @@ from pathlib import Path
 import torch
 
 from pellucid.data import load_dataset
-from pellucid.robust.rejection import rejection_report
 from pellucid.models import load_model
+from pellucid.robust.attacks import run_attack
+from pellucid.robust.rejection import (PROTOCOL_ALPHAS, PROTOCOL_BOUNDS, MaxProbabilityRejector,
+                                       rejection_at_clean_rates, rejection_report)
 from pellucid.train.checkpointing import STATE_FILE
-from pellucid.train.metric_recipes import DictionaryMLPConfig, train_dictionary_mlp
+from pellucid.train.metric_recipes import DictionaryMLPConfig, PlainMLPConfig, train_dictionary_mlp, train_plain_mlp
 
+# label -> (registered attack, its arguments), in image [0, 1] units: L-inf eps 0.3, L2 eps 3.0;
+# PGD 20 steps of eps / 10; L2 Adam-PGD steps per coordinate (foolbox's eps / 40); L2 BIM: its
+# defaults (foolbox's 10 steps of eps / 5, no random start)
 ATTACKS = {"fgsm": ("fgsm", {"eps": 0.3}),
+           "fgm": ("fgm", {"eps": 3.0}),
            "linf-pgd": ("pgd", {"eps": 0.3, "steps": 20, "step_size": 0.03, "norm": "linf"}),
-           "l2-pgd": ("pgd", {"eps": 3.0, "steps": 20, "step_size": 0.3, "norm": "l2"})}
+           "l2-pgd": ("pgd", {"eps": 3.0, "steps": 20, "step_size": 0.3, "norm": "l2"}),
+           "linf-adam-pgd": ("adam-pgd", {"eps": 0.3, "steps": 20, "step_size": 0.03, "norm": "linf"}),
+           "l2-adam-pgd": ("adam-pgd", {"eps": 3.0, "steps": 20, "step_size": 0.075, "norm": "l2"}),
+           "l2-bim": ("l2-bim", {"eps": 3.0})}
+SETTINGS = ("data:0.01", "data:1", "random:0.01", "random:1")
+
+
+def setting(text: str) -> tuple[str, bool, float]:
+    """``INIT:SCALE`` (``data:0.01``) -> (text, data_init, centre_lr_scale)."""
+    init, _, scale = text.partition(":")
+    try:
+        value = float(scale)
+    except ValueError:
+        value = -1.0
+    if init not in ("data", "random") or not value >= 0:
+        raise argparse.ArgumentTypeError(f"a setting is INIT:SCALE with INIT data or random and SCALE >= 0 "
+                                         f"(the keys' learning-rate factor), got {text!r}")
+    return text, init == "data", value
+
+
+def positive(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def log(*parts) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def trained(train, cfg, out: Path):
+    """Train (or resume) ``cfg`` into ``out``; the loaded model and the last epoch's record."""
+    hist = train(cfg, out, resume=(out / STATE_FILE).is_file(), progress=False)["epochs"]
+    return load_model(out)[0].eval(), hist[-1]
+
+
+def run_dir(root: Path, hidden: int, epochs: int, data_init: bool, scale: float) -> Path:
+    # data-initialised keys keep the directory name of the earlier runs (resumable with --runs-dir)
+    return root / f"dictionary_{hidden}_e{epochs}{'' if data_init else '_random'}_lr{scale:g}"
+
+
+def evaluate(model, x, y, attacks, args, baseline=None) -> dict:
+    """The model-level figures and, per attack, the search over the grid (and the baseline's counts)."""
+    row: dict = {"attacks": {}}
+    for label in attacks:
+        attack, kwargs = ATTACKS[label]
+        rep = rejection_report(model, x, y, attack=attack, attack_kwargs=kwargs, alphas=args.alphas,
+                               bounds=args.bounds, min_noise_rejection=args.min_noise_rejection)
+        search = rep.pop("search")
+        row.update(rep)  # the same for every attack
+        entry = {"attack": attack, "seconds": search["seconds"], "attack_runs": search["attack_runs"],
+                 "bounds": search["bounds"]}
+        if baseline is not None:
+            base = rejection_at_clean_rates(baseline["model"], x, y, search, attacked=baseline["attacked"](label))
+            entry["baseline"] = {"seconds": base["seconds"], "bounds": base["bounds"]}
+        row["attacks"][label] = entry
+        log(f"  {label}: search {search['seconds']:.1f} s, {search['attack_runs']} attack runs")
+    return row
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hidden", type=int, nargs="+", default=[100, 500])
+    ap.add_argument("--settings", type=setting, nargs="+", default=[setting(s) for s in SETTINGS],
+                    metavar="INIT:SCALE", help=f"keys data-initialised or random, key lr factor (default: "
+                                               f"{' '.join(SETTINGS)})")
+    ap.add_argument("--attacks", nargs="+", choices=list(ATTACKS), default=list(ATTACKS), metavar="ATTACK",
+                    help=f"default: all ({', '.join(ATTACKS)})")
+    ap.add_argument("--alphas", type=positive, nargs="+", default=list(PROTOCOL_ALPHAS))
+    ap.add_argument("--bounds", type=positive, nargs="+", default=list(PROTOCOL_BOUNDS))
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--centre-lr-scale", type=float, default=0.01)
     ap.add_argument("--n", type=int, default=1000, help="test images attacked")
+    ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                    help="plain-mlp max-softmax-probability rejection at the same clean rejection rates")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs-dir", type=Path, default=None, metavar="DIR",
                     help="keep each trained model in DIR (checkpointed every epoch; re-running resumes)")
     ap.add_argument("--min-noise-rejection", type=float, default=0.99, metavar="P",
                     help="epsilon search: only epsilons rejecting >= P of uniform noise (negative: "
                          "none, the paper's measure-only protocol)")
+    ap.add_argument("--cost-only", action="store_true",
+                    help="train 1 epoch per H (first setting), time the searches, print the estimated cost")
     args = ap.parse_args()
     if args.min_noise_rejection < 0:
         args.min_noise_rejection = None
     torch.set_num_threads(args.threads)
     test = load_dataset("fashion-mnist", "test")
     x, y = test.images[:args.n], test.labels[:args.n]
+    epochs = 1 if args.cost_only else args.epochs
+    settings = args.settings[:1] if args.cost_only else args.settings
     t0 = time.perf_counter()
-    models = {}
-    for hidden in args.hidden:
-        cfg = DictionaryMLPConfig(hidden=hidden, epochs=args.epochs, data_init=True,
-                                  centre_lr_scale=args.centre_lr_scale)
-        t = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:  # without --runs-dir: a throw-away run directory
-            out = (args.runs_dir or Path(tmp)) / f"dictionary_{hidden}_e{args.epochs}_lr{args.centre_lr_scale:g}"
-            hist = train_dictionary_mlp(cfg, out, resume=(out / STATE_FILE).is_file(), progress=False)["epochs"]
-            model = load_model(out)[0]
-        model.eval()
-        row = {"test_accuracy": hist[-1]["test_accuracy"], "train_seconds": round(time.perf_counter() - t, 1),
-               "attacks": {}}
-        for label, (attack, kwargs) in ATTACKS.items():
-            rep = rejection_report(model, x, y, attack=attack, attack_kwargs=kwargs, alphas=(1.0, 3.0, 9.0),
-                                   min_noise_rejection=args.min_noise_rejection)
-            row["attacks"][label] = {k: v for k, v in rep.items() if k != "search"} | {
-                "alphas": rep["search"]["alphas"], "seconds": rep["search"]["seconds"]}
-        models[f"H={hidden}"] = row
-        print(json.dumps({f"H={hidden}": row}), file=__import__("sys").stderr, flush=True)
-    print(json.dumps({"benchmark": "metric_rejection", "epochs": args.epochs, "n": args.n,
-                      "centre_lr_scale": args.centre_lr_scale, "bound": 1.0,
-                      "min_noise_rejection": args.min_noise_rejection, "models": models,
-                      "seconds": round(time.perf_counter() - t0, 1), "threads": args.threads,
-                      "torch": torch.__version__, "python": platform.python_version(), "device": "cpu"}))
+    with tempfile.TemporaryDirectory() as tmp:  # without --runs-dir: throw-away run directories
+        # --cost-only times training: never a resumed (already trained) run
+        root = Path(tmp) if args.cost_only or args.runs_dir is None else args.runs_dir
+        baseline = out_baseline = None
+        if args.baseline:
+            t = time.perf_counter()
+            plain, last = trained(train_plain_mlp, PlainMLPConfig(epochs=epochs), root / f"plain_e{epochs}")
+            rejector, directions, attack_seconds = MaxProbabilityRejector(plain), {}, {}
+
+            def attacked(label: str) -> torch.Tensor:  # the plain model's attack(x): once per attack
+                if label not in directions:
+                    s = time.perf_counter()
+                    attack, kwargs = ATTACKS[label]
+                    directions[label] = run_attack(attack, rejector, x, y, generator=torch.Generator().manual_seed(0),
+                                                   **kwargs).adversarial
+                    attack_seconds[label] = round(time.perf_counter() - s, 3)
+                return directions[label]
+
+            baseline = {"model": rejector, "attacked": attacked}
+            out_baseline = {"model": "plain-mlp", "test_accuracy": last["test_accuracy"],
+                            "train_seconds": round(time.perf_counter() - t, 1), "attack_seconds": attack_seconds}
+            log(f"plain-mlp: test accuracy {last['test_accuracy']:.4f}, {out_baseline['train_seconds']} s")
+        models = {}
+        for text, data_init, scale in settings:
+            for hidden in args.hidden:
+                cfg = DictionaryMLPConfig(hidden=hidden, epochs=epochs, data_init=data_init, centre_lr_scale=scale)
+                t = time.perf_counter()
+                model, last = trained(train_dictionary_mlp, cfg, run_dir(root, hidden, epochs, data_init, scale))
+                key = f"{text}/H={hidden}"
+                row = {"setting": text, "hidden": hidden, "data_init": data_init, "centre_lr_scale": scale,
+                       "test_accuracy": last["test_accuracy"], "train_seconds": round(time.perf_counter() - t, 1)}
+                log(f"{key}: test accuracy {last['test_accuracy']:.4f}, {row['train_seconds']} s")
+                models[key] = row | evaluate(model, x, y, args.attacks, args, baseline)
+    common = {"benchmark": "metric_rejection", "epochs": args.epochs, "n": args.n, "hidden": args.hidden,
+              "settings": [s[0] for s in args.settings], "attacks": {k: ATTACKS[k] for k in args.attacks},
+              "alphas": args.alphas, "bounds": args.bounds, "min_noise_rejection": args.min_noise_rejection}
+    env = {"seconds": round(time.perf_counter() - t0, 1), "threads": args.threads, "torch": torch.__version__,
+           "python": platform.python_version(), "device": "cpu"}
+    if args.cost_only:
+        print(json.dumps({**common, "cost_only": True, **estimate(models, out_baseline, args), **env}))
+    else:
+        print(json.dumps({**common, "models": models, "baseline": out_baseline, **env}))
+
+
+def estimate(models: dict, baseline: dict | None, args) -> dict:
+    """The full run's cost from one epoch and one search per (H, attack): every setting trains
+    ``epochs`` epochs and runs the same searches (their cost does not depend on the setting)."""
+    per_hidden = {}
+    for row in models.values():
+        searches = {label: a["seconds"] + a.get("baseline", {}).get("seconds", 0) for label, a in row["attacks"].items()}
+        per_hidden[f"H={row['hidden']}"] = {"epoch_seconds": row["train_seconds"], "search_seconds": searches}
+    total = len(args.settings) * sum(h["epoch_seconds"] * args.epochs + sum(h["search_seconds"].values())
+                                     for h in per_hidden.values())
+    if baseline is not None:
+        total += baseline["train_seconds"] * args.epochs + sum(baseline["attack_seconds"].values())
+    return {"per_hidden": per_hidden, "baseline": baseline, "estimated_seconds": round(total, 1),
+            "estimated_hours": round(total / 3600, 2)}
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from test_robust_art import ImageLinear
 TINY_STAGES = (Stage("apgd-ce", {"steps": 2}), Stage("deepfool", {"steps": 2}),
                Stage("square", {"queries": 5}, white_box=False))
 # small budgets: every registered attack on 4 images in well under a second
-SMALL = {"pgd": {"steps": 2}, "fgsm": {}, "apgd-ce": {"steps": 2}, "apgd-dlr": {"steps": 2},
+SMALL = {"pgd": {"steps": 2}, "adam-pgd": {"steps": 2}, "l2-bim": {"steps": 2}, "fgsm": {}, "fgm": {},
+         "apgd-ce": {"steps": 2}, "apgd-dlr": {"steps": 2},
          "square": {"queries": 20}, "square-native": {"queries": 20}, "deepfool": {"steps": 2},
          "boundary": {"steps": 2}, "autoattack": {"budget": TINY_STAGES, "step_size": 0.05}}
 
@@ -86,7 +87,9 @@ def test_every_attack_declares_options_and_returns_an_attack_run(name):
 
 @pytest.mark.parametrize("name,option,value,needle", [
     ("pgd", "steps", 0, ">= 1"), ("pgd", "step_size", -0.1, "> 0"), ("pgd", "steps", "a", "an int"),
-    ("pgd", "random_start", 1, "a bool"), ("apgd-ce", "restarts", 0, ">= 1"),
+    ("pgd", "random_start", 1, "a bool"), ("adam-pgd", "steps", 0, ">= 1"),
+    ("adam-pgd", "step_size", 0.0, "> 0"), ("l2-bim", "steps", 0, ">= 1"), ("l2-bim", "step_size", -1.0, "> 0"),
+    ("apgd-ce", "restarts", 0, ">= 1"),
     ("apgd-dlr", "step_size", 0.0, "> 0"), ("square", "queries", 0, ">= 1"),
     ("square-native", "restarts", 0, ">= 1"), ("square-native", "p_init", 1.5, "<= 1"),
     ("deepfool", "overshoot", -1.0, ">= 0"), ("boundary", "steps", 0, ">= 1"),
@@ -158,7 +161,9 @@ def test_cli_help_shows_each_attacks_options_with_defaults(monkeypatch, capsys):
     assert "--steps 40" in text and "--queries 5000" in text and "--budget standard" in text
     # each flag's help names the attacks that take it, with their defaults
     steps = next(line for line in text.splitlines() if line.strip().startswith("--steps"))
-    assert "pgd 40, apgd-ce 100, apgd-dlr 100, deepfool 100, boundary 1000" in steps
+    assert "pgd 40, adam-pgd 40, l2-bim 10, apgd-ce 100, apgd-dlr 100, deepfool 100, boundary 1000" in steps
+    step_size = next(line for line in text.splitlines() if line.strip().startswith("--step-size"))
+    assert "pgd eps / 3, adam-pgd eps / 3; l2: eps / 40, l2-bim eps / 5" in step_size
     p_init = next(line for line in text.splitlines() if line.strip().startswith("--p-init"))
     assert "(default 0.8); applies to square, square-native" in p_init
 
@@ -176,7 +181,8 @@ def test_cli_defaults_per_attack_are_the_attacks_own(name):
     args = type("Args", (), {"attack": name, **{k: None for k in option_fields()}})()
     expected = {f.name: f.default for f in dataclasses.fields(ATTACKS.get(name).options)}
     assert attack_options(args) == expected
-    legacy = {"pgd": 40, "apgd-ce": 100, "apgd-dlr": 100, "deepfool": 100, "boundary": 1000}
+    legacy = {"pgd": 40, "apgd-ce": 100, "apgd-dlr": 100, "deepfool": 100, "boundary": 1000,
+              "adam-pgd": 40, "l2-bim": 10}  # the last two: foolbox's L-inf Adam-PGD and L2 BIM
     assert expected.get("steps") == legacy.get(name)  # the defaults `pellucid evaluate` always had
     if name in ("square", "square-native"):
         assert expected["queries"] == 5000 and expected["restarts"] == 1

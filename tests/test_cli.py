@@ -139,4 +139,6 @@ def test_help_states_real_defaults_only(capsys):
         assert "(default: None)" not in text and "(default: False)" not in text, argv
         if argv == ["evaluate"]:
             assert "perturbation budget (default: 0.3)" in text  # a real default is still stated
-            assert "PGD/APGD step (default eps / 3)" in text and "(default eps / 3) (default" not in text
+            # attacks whose defaults differ each state their own (Adam-PGD's L2 step, L2-BIM's)
+            assert ("PGD/APGD step (default: pgd eps / 3, adam-pgd eps / 3; l2: eps / 40, l2-bim eps / 5"
+                    in text and "(default eps / 3) (default" not in text)

@@ -111,13 +111,13 @@ def test_rejection_protocol_counts_and_search():
     result = rejection_search(model, x, y, attack="fgsm", alphas=(1.0, 9.0),
                               attack_kwargs={"eps": 0.1}, refinements=1)
     assert model.epsilon == pytest.approx(trained)  # restored
-    for r in result["alphas"].values():
+    for r in result["bounds"]["1.0"].values():
         assert 0 <= r["measure"] <= 1 and r["epsilons_tried"] > 10
     # the search minimises: its best is no worse than the trained epsilon itself
     g = torch.Generator().manual_seed(0)
     from pellucid.robust.attacks import fgsm
     at_trained = rejection_counts(model, x, y, shifted_along_attack(x, fgsm(model, x, y, eps=0.1, generator=g), 9.0, 1.0))
-    assert result["alphas"]["9.0"]["measure"] <= at_trained.measure + 1e-12
+    assert result["bounds"]["1.0"]["9.0"]["measure"] <= at_trained.measure + 1e-12
 
 
 def test_rejection_search_noise_constraint_excludes_epsilons_that_let_noise_through():
@@ -127,8 +127,8 @@ def test_rejection_search_noise_constraint_excludes_epsilons_that_let_noise_thro
     x = 0.5 * x + 0.5 * torch.rand(x.shape, generator=torch.Generator().manual_seed(5))
     kw = dict(attack="fgsm", alphas=(3.0,), attack_kwargs={"eps": 0.1}, refinements=0,
               relative_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), noise_samples=200)
-    free = rejection_search(model, x, y, **kw)["alphas"]["3.0"]
-    strict = rejection_search(model, x, y, min_noise_rejection=0.99, **kw)["alphas"]["3.0"]
+    free = rejection_search(model, x, y, **kw)["bounds"]["1.0"]["3.0"]
+    strict = rejection_search(model, x, y, min_noise_rejection=0.99, **kw)["bounds"]["1.0"]["3.0"]
     assert free["noise_rejection_rate"] < 0.99  # the protocol's minimum lets noise through here
     assert strict["noise_constraint_met"] and strict["noise_rejection_rate"] >= 0.99
     assert strict["epsilon"] < free["epsilon"]
@@ -136,7 +136,7 @@ def test_rejection_search_noise_constraint_excludes_epsilons_that_let_noise_thro
     # an impossible constraint is reported, not hidden
     model.set_epsilon(model.epsilon * 16)
     none = rejection_search(model, x, y, min_noise_rejection=1.0, **{**kw, "relative_grid": (1.0, 2.0)})
-    assert none["alphas"]["3.0"]["noise_constraint_met"] is False
+    assert none["bounds"]["1.0"]["3.0"]["noise_constraint_met"] is False
     with pytest.raises(InvalidInputError):
         rejection_search(model, x, y, min_noise_rejection=1.5, **kw)
 
@@ -193,13 +193,14 @@ def test_train_and_evaluate_smoke(tmp_path, monkeypatch, capsys):
     assert main(["evaluate", str(out), "--json", "--attack", "fgsm", "--eps", "0.1", "--rejection"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["n"] == 30 and 0 <= result["clean_accuracy"] <= 1 and "seconds" in result
-    assert set(result["rejection"]["search"]["alphas"]) == {"1.0", "3.0", "9.0"}
+    assert set(result["rejection"]["search"]["bounds"]["1.0"]) == {"1.0", "3.0", "9.0"}
     capsys.readouterr()
     assert main(["evaluate", str(out), "--json", "--attack", "fgsm", "--eps", "0.1", "--rejection",
                  "--min-noise-rejection", "0.99"]) == 0
     search = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rejection"]["search"]
     assert search["min_noise_rejection"] == 0.99
-    assert all(r["noise_rejection_rate"] >= 0.99 or not r["noise_constraint_met"] for r in search["alphas"].values())
+    assert all(r["noise_rejection_rate"] >= 0.99 or not r["noise_constraint_met"]
+               for r in search["bounds"]["1.0"].values())
     assert main(["evaluate", str(out), "--min-noise-rejection", "0.5"]) == 2  # needs --rejection
     out2 = tmp_path / "mlp"
     assert main(["train", "metric-mlp", "--dataset", "synthetic-blobs", "--hidden", "5", "--epochs", "4", "--lr", "0.01", "--batch-size", "15",

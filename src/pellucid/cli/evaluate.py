@@ -275,10 +275,10 @@ def _print_summary(summary: dict, args: argparse.Namespace) -> None:
         print(f"  rejection at trained epsilon {rej['trained_epsilon']:.4g}: clean "
               f"{rej['clean_rejection_rate'] * 100:.2f} %, uniform noise "
               f"{rej['noise_rejection_rate'] * 100:.2f} %")
-        for alpha, r in rej["search"]["alphas"].items():
-            print(f"  alpha={alpha}: best epsilon {r['epsilon']:.4g}, measure {r['measure']:.4f}, "
-                  f"adversarial rejected {r['adversarial_rejection_rate'] * 100:.2f} %, clean "
-                  f"rejected {r['clean_rejection_rate'] * 100:.2f} %, noise rejected "
+        for r in (r for cells in rej["search"]["bounds"].values() for r in cells.values()):
+            print(f"  b={r['bound']:g} alpha={r['alpha']:g}: best epsilon {r['epsilon']:.4g}, measure "
+                  f"{r['measure']:.4f}, adversarial rejected {r['adversarial_rejection_rate'] * 100:.2f} %, "
+                  f"clean rejected {r['clean_rejection_rate'] * 100:.2f} %, noise rejected "
                   f"{r['noise_rejection_rate'] * 100:.2f} %"
                   + ("" if r["noise_constraint_met"] else " (below --min-noise-rejection)"))
     if "report" in summary:

@@ -1,4 +1,5 @@
-"""Tensor-native, batched gradient attacks (PGD in L-inf and L2, FGSM) and the attack registry.
+"""Tensor-native, batched gradient attacks (PGD and Adam-PGD in L-inf and L2, L2 basic iterative,
+FGSM, FGM) and the attack registry.
 
 The registry :data:`ATTACKS` maps a name to an :class:`Attack`: a function and the dataclass of
 its own options (:class:`AttackOptions`, e.g. :class:`PGDOptions`: ``steps``, ``step_size``,
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -200,6 +202,27 @@ class FGSMOptions(AttackOptions):
     """FGSM has no options: one step of size eps."""
 
 
+@dataclass(frozen=True)
+class FGMOptions(AttackOptions):
+    """FGM has no options: one L2 step of length eps."""
+
+
+@dataclass(frozen=True)
+class AdamPGDOptions(AttackOptions):
+    steps: int = steps_option(40)
+    # the help and limits of every step_size (one CLI flag); only the default differs: Adam's L2
+    # step is per coordinate (about alpha sign(g), L2 length alpha sqrt(d)), so foolbox's eps / 40
+    step_size: float | None = attack_option(None, "PGD/APGD step", default_text="eps / 3; l2: eps / 40",
+                                            above=0)
+    random_start: bool = attack_option(True, "PGD starts uniformly in the eps-ball (else at x)")
+
+
+@dataclass(frozen=True)
+class L2BIMOptions(AttackOptions):
+    steps: int = steps_option(10)
+    step_size: float | None = attack_option(None, "PGD/APGD step", default_text="eps / 5", above=0)
+
+
 def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     """Per-image ``||delta||`` for ``norm`` in {"linf", "l2"}: shape ``(B,)``."""
     flat = delta.flatten(1)
@@ -255,6 +278,104 @@ def check_attack_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     return check_labels(y, n=x.shape[0], n_classes=n_classes)
 
 
+def _random_delta(x0: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
+    """A uniform sample of the ``norm`` ball of radius ``eps`` per image (PGD's random start)."""
+    if norm == "linf":
+        noise = torch.rand(x0.shape, generator=generator, dtype=x0.dtype) * 2 - 1
+        return eps * noise.to(x0.device)
+    # uniform in the L2 ball: random direction, radius eps * U^(1/d)
+    d = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype).to(x0.device)
+    r = eps * u.pow(1.0 / x0[0].numel()).view(-1, *([1] * (x0.dim() - 1)))
+    return d / _flat_norm(d) * r
+
+
+def _project(xa: torch.Tensor, x0: torch.Tensor, eps: float, norm: str, lo: float, hi: float) -> torch.Tensor:
+    """``xa`` projected onto the ``norm`` ball of radius ``eps`` around ``x0``, then onto ``[lo, hi]``."""
+    if norm == "linf":
+        xa = torch.min(torch.max(xa, x0 - eps), x0 + eps)
+    else:
+        delta = xa - x0
+        xa = x0 + delta * (eps / _flat_norm(delta)).clamp(max=1.0)
+    return xa.clamp(lo, hi).detach()
+
+
+# An ascent rule: called once per batch with its clean inputs, returns the step function
+# ``input gradient -> step added to x`` (a fresh one per batch: it may keep state, e.g. Adam's moments).
+AscentRule = Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _gradient_ascent(alpha: float, norm: str) -> AscentRule:
+    """PGD's step: ``alpha sign(g)`` (L-inf) or ``alpha g / ||g||_2`` (L2)."""
+    if norm == "linf":
+        return lambda x0: lambda g: alpha * g.sign()
+    return lambda x0: lambda g: alpha * g / _flat_norm(g)
+
+
+def _adam_ascent(alpha: float, norm: str, beta1: float = 0.9, beta2: float = 0.999,
+                 tiny: float = 1e-8) -> AscentRule:
+    r"""Adam's update of the normalised gradient ``n`` (``sign(g)`` or ``g / ||g||_2``), per coordinate:
+    ``m = b1 m + (1 - b1) n``, ``v = b2 v + (1 - b2) n^2``, step ``alpha m^ / (sqrt(v^) + tiny)`` with
+    the bias corrections ``m^ = m / (1 - b1^t)``, ``v^ = v / (1 - b2^t)`` (foolbox 3's Adam attacks)."""
+    def start(x0: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        m, v, t = torch.zeros_like(x0), torch.zeros_like(x0), 0
+
+        def step(g: torch.Tensor) -> torch.Tensor:
+            nonlocal m, v, t
+            n = g.sign() if norm == "linf" else g / _flat_norm(g)
+            t += 1
+            m = beta1 * m + (1 - beta1) * n
+            v = beta2 * v + (1 - beta2) * n * n
+            return alpha * (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)).sqrt() + tiny)
+
+        return step
+
+    return start
+
+
+def _iterative_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
+                      steps: int, random_start: bool, ascent: AscentRule, value_range: tuple[float, float],
+                      generator: torch.Generator | None, batch_size: int, progress: bool, desc: str) -> torch.Tensor:
+    r"""The loop of the projected attacks: per batch, start at ``x`` (or uniformly in the ball), then
+    ``steps`` times :math:`x \leftarrow \Pi(x + \mathrm{step}(\nabla_x \mathcal L))` (``step`` from
+    ``ascent``, :math:`\Pi`: :func:`_project`). Inputs checked by the caller."""
+    lo, hi = value_range
+    out = []
+    bar = tqdm(total=len(x) * steps, desc=desc, unit="img-step", leave=False,
+               disable=None if progress else True, file=sys.stderr)  # None: off when not a TTY
+    with eval_mode(model), bar:
+        for x0, yb in zip(x.split(batch_size), y.split(batch_size)):
+            x0 = x0.detach()
+            if random_start and eps > 0:
+                xa = (x0 + _random_delta(x0, eps, norm, generator)).clamp(lo, hi)
+            else:
+                xa = x0.clone()
+            step = ascent(x0)
+            for _ in range(steps):
+                xa = _project(xa + step(_input_grad(model, xa, yb)), x0, eps, norm, lo, hi)
+                bar.update(len(x0))
+            out.append(xa)
+    return torch.cat(out)
+
+
+def _check_norm(attack: str, norm: str, allowed: tuple[str, ...] = ("linf", "l2")) -> None:
+    if norm not in allowed:
+        if len(allowed) == 1:
+            raise InvalidInputError(f"{attack} is an {allowed[0].upper()} attack; got norm {norm!r} "
+                                    f"(use norm={allowed[0]!r}, --norm {allowed[0]})")
+        raise InvalidInputError(f"norm must be 'linf' or 'l2', got {norm!r}")
+
+
+def _default_step(attack: str, eps: float, step_size: float | None, divisor: float) -> float:
+    """``step_size``, or ``eps / divisor`` when it is None (an infinite eps needs an explicit step)."""
+    if step_size is not None:
+        return step_size
+    if math.isinf(eps):
+        raise InvalidInputError(f"{attack}: eps = inf needs an explicit step_size (the default is a "
+                                f"fraction of eps)")
+    return eps / divisor
+
+
 @register_attack("pgd", PGDOptions, "projected gradient descent (Madry et al.), L-inf or L2, random start")
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         step_size: float | None = PGDOptions.step_size, steps: int = PGDOptions.steps,
@@ -271,42 +392,66 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     """
     check_eps(eps)
     check_options("pgd", PGDOptions, {"steps": steps, "step_size": step_size, "random_start": random_start})
-    if norm not in ("linf", "l2"):
-        raise InvalidInputError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    _check_norm("pgd", norm)
     y = check_attack_inputs(model, x, y)
     alpha = eps / 3 if step_size is None else step_size
-    lo, hi = value_range
-    out = []
-    bar = tqdm(total=len(x) * steps, desc=f"PGD-{steps}", unit="img-step", leave=False,
-               disable=None if progress else True, file=sys.stderr)  # None: off when not a TTY
-    with eval_mode(model), bar:
-        for x0, yb in zip(x.split(batch_size), y.split(batch_size)):
-            x0 = x0.detach()
-            if random_start and eps > 0:
-                if norm == "linf":
-                    noise = torch.rand(x0.shape, generator=generator, dtype=x0.dtype) * 2 - 1
-                    delta = eps * noise.to(x0.device)
-                else:  # uniform in the L2 ball: random direction, radius eps * U^(1/d)
-                    d = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-                    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype).to(x0.device)
-                    r = eps * u.pow(1.0 / x0[0].numel()).view(-1, *([1] * (x0.dim() - 1)))
-                    delta = d / _flat_norm(d) * r
-                xa = (x0 + delta).clamp(lo, hi)
-            else:
-                xa = x0.clone()
-            for _ in range(steps):
-                g = _input_grad(model, xa, yb)
-                if norm == "linf":
-                    xa = xa + alpha * g.sign()
-                    xa = torch.min(torch.max(xa, x0 - eps), x0 + eps)
-                else:
-                    xa = xa + alpha * g / _flat_norm(g)
-                    delta = xa - x0
-                    xa = x0 + delta * (eps / _flat_norm(delta)).clamp(max=1.0)
-                xa = xa.clamp(lo, hi).detach()
-                bar.update(len(x0))
-            out.append(xa)
-    return torch.cat(out)
+    return _iterative_attack(model, x, y, eps=eps, norm=norm, steps=steps, random_start=random_start,
+                             ascent=_gradient_ascent(alpha, norm), value_range=value_range,
+                             generator=generator, batch_size=batch_size, progress=progress,
+                             desc=f"PGD-{steps}")
+
+
+@register_attack("adam-pgd", AdamPGDOptions, "PGD whose step is Adam's update of the input gradient, L-inf or L2")
+def adam_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+             step_size: float | None = AdamPGDOptions.step_size, steps: int = AdamPGDOptions.steps,
+             norm: str = "linf", random_start: bool = AdamPGDOptions.random_start,
+             value_range: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
+             batch_size: int = 1024, progress: bool = False) -> torch.Tensor:
+    r"""Adam-PGD (foolbox 3's ``LinfAdamPGD`` / ``L2AdamPGD``): PGD whose ascent direction is Adam's
+    update of the normalised input gradient.
+
+    With :math:`n_t = \mathrm{sign}(\nabla_x \mathcal L)` (L-inf) or
+    :math:`\nabla_x \mathcal L / \|\nabla_x \mathcal L\|_2` (L2):
+    :math:`m_t = \beta_1 m_{t-1} + (1 - \beta_1) n_t`, :math:`v_t = \beta_2 v_{t-1} + (1 - \beta_2) n_t^2`,
+    :math:`x \leftarrow \Pi\big(x + \alpha\,\hat m_t / (\sqrt{\hat v_t} + 10^{-8})\big)` with
+    :math:`\hat m_t = m_t / (1 - \beta_1^t)`, :math:`\hat v_t = v_t / (1 - \beta_2^t)`,
+    :math:`\beta = (0.9, 0.999)`; :math:`\Pi` projects onto the ``norm`` ball and ``value_range``
+    (as :func:`pgd`). The first step is :math:`\alpha\,n_1 / (|n_1| + 10^{-8})`, about
+    :math:`\alpha\,\mathrm{sign}(\nabla_x \mathcal L)` in both norms. Default step
+    ``alpha = eps / 3`` (L-inf) or ``eps / 40`` (L2: the step is per coordinate, foolbox's 0.025 eps).
+    Moments are per image, so results do not depend on ``batch_size``.
+    """
+    check_eps(eps)
+    check_options("adam-pgd", AdamPGDOptions, {"steps": steps, "step_size": step_size, "random_start": random_start})
+    _check_norm("adam-pgd", norm)
+    alpha = _default_step("adam-pgd", eps, step_size, 3 if norm == "linf" else 40)
+    y = check_attack_inputs(model, x, y)
+    return _iterative_attack(model, x, y, eps=eps, norm=norm, steps=steps, random_start=random_start,
+                             ascent=_adam_ascent(alpha, norm), value_range=value_range,
+                             generator=generator, batch_size=batch_size, progress=progress,
+                             desc=f"Adam-PGD-{steps}")
+
+
+@register_attack("l2-bim", L2BIMOptions, "L2 basic iterative method (L2 PGD starting at x)")
+def l2_bim(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+           step_size: float | None = L2BIMOptions.step_size, steps: int = L2BIMOptions.steps,
+           norm: str = "l2", value_range: tuple[float, float] = (0.0, 1.0),
+           generator: torch.Generator | None = None, batch_size: int = 1024,
+           progress: bool = False) -> torch.Tensor:
+    r"""L2 basic iterative method (foolbox 3's ``L2BasicIterativeAttack``): :func:`pgd` in L2 without
+    the random start, :math:`x_0 = x`,
+    :math:`x \leftarrow \Pi(x + \alpha\,\nabla_x \mathcal L / \|\nabla_x \mathcal L\|_2)`.
+    Defaults: 10 steps of ``alpha = eps / 5`` (foolbox's). Deterministic: ``generator`` is accepted,
+    like by every attack, and not used.
+    """
+    check_eps(eps)
+    check_options("l2-bim", L2BIMOptions, {"steps": steps, "step_size": step_size})
+    _check_norm("l2-bim", norm, ("l2",))
+    alpha = _default_step("l2-bim", eps, step_size, 5)
+    y = check_attack_inputs(model, x, y)
+    return _iterative_attack(model, x, y, eps=eps, norm="l2", steps=steps, random_start=False,
+                             ascent=_gradient_ascent(alpha, "l2"), value_range=value_range,
+                             generator=None, batch_size=batch_size, progress=progress, desc=f"L2-BIM-{steps}")
 
 
 @register_attack("fgsm", FGSMOptions, "fast gradient sign method (one L-inf step of size eps)")
@@ -324,6 +469,28 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
     with eval_mode(model):
         out = [(xb + eps * _input_grad(model, xb, yb).sign()).clamp(*value_range).detach()
                for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
+    return torch.cat(out)
+
+
+@register_attack("fgm", FGMOptions, "fast gradient method (one L2 step of length eps)")
+def fgm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "l2",
+        value_range: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
+        batch_size: int = 1024) -> torch.Tensor:
+    r""":math:`x' = \Pi_{[lo, hi]}(x + \epsilon\,\nabla_x \mathcal L / \|\nabla_x \mathcal L\|_2)` (L2 only;
+    foolbox 3's ``L2FastGradientAttack``). A zero gradient leaves ``x`` unchanged.
+
+    Deterministic: ``generator`` is accepted, like by every attack, and not used.
+    """
+    check_eps(eps)
+    _check_norm("fgm", norm, ("l2",))
+    if math.isinf(eps):
+        raise InvalidInputError("fgm: eps must be finite (its step is eps long)")
+    y = check_attack_inputs(model, x, y)
+    with eval_mode(model):
+        out = []
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+            g = _input_grad(model, xb, yb)
+            out.append((xb + eps * g / _flat_norm(g)).clamp(*value_range).detach())
     return torch.cat(out)
 
 
