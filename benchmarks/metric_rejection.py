@@ -129,7 +129,12 @@ def main() -> None:
                          "none, the paper's measure-only protocol)")
     ap.add_argument("--cost-only", action="store_true",
                     help="train 1 epoch per H (first setting), time the searches, print the estimated cost")
+    ap.add_argument("--render", type=Path, default=None, metavar="JSONL",
+                    help="print the Markdown tables of the last result line in JSONL and exit")
     args = ap.parse_args()
+    if args.render is not None:
+        print(render_markdown(json.loads(args.render.read_text().strip().splitlines()[-1])))
+        return
     if args.min_noise_rejection < 0:
         args.min_noise_rejection = None
     torch.set_num_threads(args.threads)
@@ -195,6 +200,56 @@ def estimate(models: dict, baseline: dict | None, args) -> dict:
         total += baseline["train_seconds"] * args.epochs + sum(baseline["attack_seconds"].values())
     return {"per_hidden": per_hidden, "baseline": baseline, "estimated_seconds": round(total, 1),
             "estimated_hours": round(total / 3600, 2)}
+
+
+def render_markdown(result: dict, detail: tuple[str, ...] = ("data:0.01",)) -> str:
+    """Markdown tables of one result line: the models, the settings compared (mean measure over the
+    attack x alpha cells, per bound, with the softmax baseline's), and for the ``detail`` settings the
+    measure of every cell beside the baseline's."""
+    models, alphas, bounds = result["models"], result["alphas"], result["bounds"]
+    lines = ["| setting | H | test accuracy | trained epsilon | clean rejected | noise rejected | "
+             "selective-accuracy area |", "|---|---|---|---|---|---|---|"]
+    for row in models.values():
+        lines.append(f"| {row['setting']} | {row['hidden']} | {row['test_accuracy'] * 100:.2f} % | "
+                     f"{row['trained_epsilon']:.2f} | {row['clean_rejection_rate'] * 100:.1f} % | "
+                     f"{row['noise_rejection_rate'] * 100:.1f} % | {row['selective_accuracy_area']:.3f} |")
+
+    def cells(row: dict, bound: float, key: str = "bounds"):
+        for label, a in row["attacks"].items():
+            src = a if key == "bounds" else a.get("baseline")
+            if src is not None:
+                for alpha in alphas:
+                    yield label, alpha, src["bounds"][str(float(bound))][str(float(alpha))]
+
+    lines += ["", "| setting | H | " + " | ".join(f"mean measure, b = {b:g} (softmax baseline)" for b in bounds)
+              + " | adversarial rejected at alpha 9, b = 1 (mean over attacks) |",
+              "|---|---|" + "---|" * (len(bounds) + 1)]
+    for row in models.values():
+        parts = []
+        for b in bounds:
+            ours = [c["measure"] for *_, c in cells(row, b)]
+            base = [c["measure"] for *_, c in cells(row, b, "baseline")]
+            parts.append(f"{sum(ours) / len(ours):.3f}" + (f" ({sum(base) / len(base):.3f})" if base else ""))
+        rej = [c["adversarial_rejection_rate"] for _, alpha, c in cells(row, bounds[0]) if alpha == 9]
+        rej_text = f"{sum(rej) / len(rej) * 100:.1f} %" if rej else "-"
+        lines.append(f"| {row['setting']} | {row['hidden']} | " + " | ".join(parts) + f" | {rej_text} |")
+    for row in models.values():
+        if row["setting"] not in detail:
+            continue
+        for b in bounds:
+            lines += ["", f"**{row['setting']}, H = {row['hidden']}, b = {b:g}**: measure (softmax baseline's "
+                      f"at the same clean rejection rate); adversarial / clean rejected", "",
+                      "| attack | " + " | ".join(f"alpha {a:g}" for a in alphas) + " |",
+                      "|---|" + "---|" * len(alphas)]
+            by_attack: dict[str, list[str]] = {}
+            base = {(label, alpha): c for label, alpha, c in cells(row, b, "baseline")}
+            for label, alpha, c in cells(row, b):
+                other = base.get((label, alpha))
+                text = f"{c['measure']:.3f}" + (f" ({other['measure']:.3f})" if other else "")
+                text += f"; {c['adversarial_rejection_rate'] * 100:.0f} / {c['clean_rejection_rate'] * 100:.0f} %"
+                by_attack.setdefault(label, []).append(text)
+            lines += [f"| {label} | " + " | ".join(v) + " |" for label, v in by_attack.items()]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -116,10 +116,13 @@ _classifier_recipe("directional-positive-cifar-planes-cars", noise_p=0.0, val_ep
                    val_step=2 / 255)
 
 # Ten classes (docs/beyond-3v5.md). The white-box recipes keep the 3-vs-5 settings (noise
-# augmentation, no adversarial training). Fashion-MNIST is attacked at L-inf eps 0.1 (its usual
-# radius; 0.3 erases most garments), so its validation PGD uses that radius, step eps / 3.
-_classifier_recipe("whitebox-mnist10")
-_classifier_recipe("whitebox-fashion10", val_eps=0.1, val_step=0.1 / 3)
+# augmentation, no adversarial training) but train 20 epochs with a cosine schedule: on MNIST
+# that gave 98.91 % clean and 81.20 % PGD-40 against 98.39 % and 67.58 % with the 3-vs-5
+# schedule (15 epochs, constant), which underfits ten classes. Fashion-MNIST is attacked at L-inf
+# eps 0.1 (its usual radius; 0.3 erases most garments), so its validation PGD uses that radius.
+_TEN_CLASS_SCHEDULE = {"epochs": 20, "schedule": "cosine"}
+_classifier_recipe("whitebox-mnist10", **_TEN_CLASS_SCHEDULE)
+_classifier_recipe("whitebox-fashion10", val_eps=0.1, val_step=0.1 / 3, **_TEN_CLASS_SCHEDULE)
 _classifier_recipe("lenet-mnist10", noise_p=0.0,
                    summary="LeNet ReLU CNN baseline for the 10 MNIST digits, plain training")
 _classifier_recipe("lenet-mnist10", recipe="lenet-mnist10-adv", noise_p=0.0, adv_eps=0.3,
