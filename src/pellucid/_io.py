@@ -18,6 +18,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -210,11 +211,12 @@ class RunLock:
         path = self.directory / LOCK_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            previous = _read_holder(fd)
             if not _try_lock(fd):
+                previous = _wait_for_holder(fd)
                 holder = f"pid {previous['pid']} ({previous.get('command', '?')})" if previous else "another process"
                 raise RunDirectoryBusyError(f"{self.directory} is in use by {holder}; wait for it to "
                                             "finish or use another directory")
+            previous = _read_holder(fd)  # under the lock: whatever is left was written by a dead holder
             if previous and previous.get("pid") != os.getpid():
                 print(f"pellucid: taking over the lock of {self.directory} left by pid "
                       f"{previous.get('pid')} ({previous.get('command', '?')}), which is no longer "
@@ -241,6 +243,17 @@ class RunLock:
         finally:
             os.close(self._fd)  # closing releases the flock
             self._fd = None
+
+
+def _wait_for_holder(fd: int, timeout: float = 2.0) -> dict | None:
+    """The holder's pid record, waiting briefly for it: a holder writes it just after taking the
+    flock, so a process refused in between would otherwise see an empty file."""
+    deadline = time.monotonic() + timeout
+    while True:
+        holder = _read_holder(fd)
+        if holder or time.monotonic() >= deadline:
+            return holder
+        time.sleep(0.02)
 
 
 def _try_lock(fd: int) -> bool:

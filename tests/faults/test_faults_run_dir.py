@@ -196,6 +196,32 @@ def test_item04_a_second_writer_is_refused_at_once(tmp_path, capsys):
     assert json.loads((out / LOCK_FILE).read_text() or "null") is None  # released cleanly
 
 
+# takes the flock, then writes its pid record only after a pause: the window in which a
+# concurrent writer once read an empty lock file and could not name the holder
+LOCK_THEN_SLOW_PID = ("import fcntl, json, os, sys, time\n"
+                      "fd = os.open(os.path.join(sys.argv[1], '.pellucid.lock'), os.O_RDWR | os.O_CREAT)\n"
+                      "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(0.4)\n"
+                      "os.pwrite(fd, json.dumps({'pid': os.getpid(), 'command': 'slow'}).encode(), 0)\n"
+                      "time.sleep(60)\n")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_item04_refused_writer_names_a_holder_that_has_not_written_its_pid_yet(tmp_path):
+    from pellucid._io import RunDirectoryBusyError, RunLock
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_THEN_SLOW_PID, str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirectoryBusyError, match=f"in use by pid {holder.pid} \\(slow\\)"):
+            with RunLock(out, "second"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_item04_two_concurrent_trainings_one_wins_one_is_refused(tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "pellucid", "train", "whitebox-mnist35", "--out", str(out),
