@@ -1,8 +1,11 @@
-"""Metric convolution (p = 2) through convolutions vs unfold + cdist, on ResNet-20-sized layers.
+"""Metric convolutions through convolutions vs unfold, on ResNet-20-sized layers.
 
+p = 2:
 ``||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2`` (pellucid.nn.l2_distance_conv2d) against the obvious
 ``F.unfold`` + ``torch.cdist`` implementation; same inputs, outputs compared to 1e-4 (max abs
-difference). Median of ``--repeats`` timings, forward and forward+backward, one thread.
+difference). Stereo: pellucid.nn.metric_conv.stereo_angle_conv2d (two convolutions) against the
+``StereoAngle`` layer applied to every ``F.unfold`` patch (the generic conv form). Median of
+``--repeats`` timings, forward and forward+backward, one thread.
 
 Prints ONE JSON line. ``nice -n 15 .venv/bin/python benchmarks/metric_conv_speed.py``
 """
@@ -16,8 +19,10 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
-from pellucid.nn.metric_conv import l2_distance_conv2d, l2_distance_unfold_cdist
+from pellucid.nn.distance import StereoAngle
+from pellucid.nn.metric_conv import l2_distance_conv2d, l2_distance_unfold_cdist, stereo_angle_conv2d
 
 # (name, batch, channels, size, stride): the three stages of CIFAR ResNet-20
 LAYERS = [("stage1 16->16 32x32", 16, 32, 1), ("stage2 32->32 16x16", 32, 16, 1), ("stage3 64->64 8x8", 64, 8, 1)]
@@ -31,6 +36,15 @@ def timed(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def stereo_unfold(x: torch.Tensor, layer: StereoAngle, stride: int, padding: int) -> torch.Tensor:
+    """The generic conv form: the vector layer on every unfolded 3x3 patch."""
+    b, _, h, w = x.shape
+    patches = F.unfold(x, 3, padding=padding, stride=stride).transpose(1, 2)  # (B, L, C*9)
+    y = layer(patches.reshape(-1, patches.shape[-1]))
+    ho, wo = (h + 2 * padding - 3) // stride + 1, (w + 2 * padding - 3) // stride + 1
+    return y.view(b, ho * wo, -1).transpose(1, 2).reshape(b, -1, ho, wo)
 
 
 def main() -> None:
@@ -65,7 +79,29 @@ def main() -> None:
                      "forward_speedup": round(t_slow / t_fast, 2),
                      "forward_backward_ms": {"conv": round(tb_fast * 1e3, 2), "unfold_cdist": round(tb_slow * 1e3, 2)},
                      "forward_backward_speedup": round(tb_slow / tb_fast, 2)})
-    print(json.dumps({"benchmark": "metric_conv_speed", "layers": rows, "threads": args.threads,
+    stereo_rows = []
+    for name, ch, size, stride in LAYERS:
+        x = torch.randn(args.batch, ch, size, size)
+        layer = StereoAngle(ch * 9, ch)
+        fast = lambda: stereo_angle_conv2d(x, layer, 3, stride, 1)  # noqa: E731
+        slow = lambda: stereo_unfold(x, layer, stride, 1)  # noqa: E731
+        max_diff = float((fast() - slow()).abs().max())
+
+        def fwd_bwd(f):
+            def run():
+                f().sum().backward()
+                layer.zero_grad(set_to_none=True)
+            return run
+
+        with torch.no_grad():
+            t_fast, t_slow = timed(fast, args.repeats), timed(slow, args.repeats)
+        tb_fast, tb_slow = timed(fwd_bwd(fast), args.repeats), timed(fwd_bwd(slow), args.repeats)
+        stereo_rows.append({"layer": name, "batch": args.batch, "max_abs_diff": max_diff,
+                            "forward_ms": {"conv": round(t_fast * 1e3, 2), "unfold": round(t_slow * 1e3, 2)},
+                            "forward_speedup": round(t_slow / t_fast, 2),
+                            "forward_backward_ms": {"conv": round(tb_fast * 1e3, 2), "unfold": round(tb_slow * 1e3, 2)},
+                            "forward_backward_speedup": round(tb_slow / tb_fast, 2)})
+    print(json.dumps({"benchmark": "metric_conv_speed", "layers": rows, "stereo_layers": stereo_rows, "threads": args.threads,
                       "repeats": args.repeats, "torch": torch.__version__, "python": platform.python_version(),
                       "device": "cpu", "cpu": platform.processor() or platform.machine()}))
 

@@ -1,4 +1,4 @@
-"""pellucid.train.optim.Adam against torch.optim.Adam, bit for bit."""
+"""pellucid.train.optim.Adam and SGD against torch.optim.Adam and SGD, bit for bit."""
 
 import copy
 import subprocess
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from pellucid.models import whitebox_mnist35
 from pellucid.nn import project_constraints_
-from pellucid.train.optim import Adam
+from pellucid.train.optim import SGD, Adam
 
 
 def _batches(n, seed=0):
@@ -121,3 +121,55 @@ assert not loaded, loaded[:5]
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("momentum,weight_decay", [(0.9, 5e-4), (0.0, 0.0), (0.5, 0.0)])
+def test_sgd_matches_torch_sgd_bit_for_bit(momentum, weight_decay):
+    torch.manual_seed(0)
+    ours_model = whitebox_mnist35()
+    theirs_model = copy.deepcopy(ours_model)
+    batches = _batches(4)
+    _train(ours_model, SGD(ours_model.parameters(), lr=0.05, momentum=momentum, weight_decay=weight_decay),
+           batches)
+    _train(theirs_model, torch.optim.SGD(theirs_model.parameters(), lr=0.05, momentum=momentum,
+                                         weight_decay=weight_decay), batches)
+    for a, b in zip(ours_model.state_dict().values(), theirs_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_sgd_state_dict_moves_between_torch_and_pellucid():
+    torch.manual_seed(1)
+    model = whitebox_mnist35()
+    batches = _batches(3, seed=2)
+    ours = SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    _train(model, ours, batches[:2])
+    twin = copy.deepcopy(model)
+    theirs = torch.optim.SGD(twin.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    theirs.load_state_dict(copy.deepcopy(ours.state_dict()))  # ours -> torch (as through a file)
+    _train(model, ours, batches[2:])
+    _train(twin, theirs, batches[2:])
+    for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
+        assert torch.equal(a, b)
+    back = SGD(copy.deepcopy(model).parameters(), lr=1.0)
+    back.load_state_dict(theirs.state_dict())  # torch -> ours, settings included
+    assert back.param_groups[0]["lr"] == 0.05 and back.param_groups[0]["momentum"] == 0.9
+    for i, st in theirs.state_dict()["state"].items():
+        assert torch.equal(back.state[i]["momentum_buffer"], st["momentum_buffer"])
+
+
+def test_sgd_refuses_bad_settings_and_foreign_states():
+    p = torch.nn.Parameter(torch.zeros(3))
+    for kwargs in ({"lr": -1.0}, {"lr": float("nan")}, {"momentum": 1.0}, {"momentum": -0.1},
+                   {"weight_decay": -1.0}):
+        with pytest.raises(ValueError):
+            SGD([p], **kwargs)
+    with pytest.raises(ValueError, match="empty"):
+        SGD([])
+    nesterov = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.1, momentum=0.9,
+                               nesterov=True).state_dict()
+    with pytest.raises(ValueError, match="nesterov"):
+        SGD([p]).load_state_dict(nesterov)
+    with pytest.raises(ValueError, match="not SGD's"):
+        SGD([p]).load_state_dict(Adam([p]).state_dict())
+    with pytest.raises(ValueError, match="not Adam's"):
+        Adam([p]).load_state_dict(SGD([p]).state_dict())

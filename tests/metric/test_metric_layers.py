@@ -257,6 +257,28 @@ def test_generic_metric_conv_matches_per_patch_layer():
     torch.testing.assert_close(d[0, :, 1, 2], metric.distances(patch)[0])
 
 
+@pytest.mark.parametrize("stride,padding,bias", [(1, 1, True), (2, 1, True), (1, 0, False), (2, 0, True)])
+def test_stereo_conv_path_equals_the_layer_on_every_unfolded_patch(stride, padding, bias):
+    torch.manual_seed(1)
+    layer = StereoAngle(3 * 9, 5, bias=bias).double()
+    if bias:
+        with torch.no_grad():
+            layer.bias.normal_()
+    conv = MetricConv2d(layer, 3, 3, stride=stride, padding=padding)
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
+    y = conv(x)
+    # reference: the vector layer applied to each unfolded patch, written out here
+    patches = F.unfold(x, 3, padding=padding, stride=stride)  # (B, 27, L)
+    ho, wo = (7 + 2 * padding - 3) // stride + 1, (6 + 2 * padding - 3) // stride + 1
+    ref = layer(patches.transpose(1, 2).reshape(-1, 27)).view(2, ho * wo, 5).transpose(1, 2).reshape(2, 5, ho, wo)
+    torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, layer.weight, layer.log_input_scale], g, retain_graph=True)
+    want = torch.autograd.grad(ref, [x, layer.weight, layer.log_input_scale], g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
 def test_epsilon_softmax_formula_and_rejection():
     d = torch.tensor([[1.0, 2.0, 3.0], [5.0, 6.0, 7.0]], dtype=torch.float64)
     sim = EpsilonSoftmax(4.0, mode="fixed", log_scale=math.log(2.0)).double()

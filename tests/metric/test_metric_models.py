@@ -14,7 +14,8 @@ from pellucid.robust.rejection import (coverage_curve, rejection_counts, rejecti
                                        shifted_along_attack)
 from pellucid.train.centre_search import centre_significance, noisy_centre_search
 
-METRIC_MODELS = ["metric-mlp", "dictionary-mlp", "local-residual-mlp", "epsilon-highway-mlp", "metric-resnet20"]
+METRIC_MODELS = ["metric-mlp", "dictionary-mlp", "local-residual-mlp", "epsilon-highway-mlp", "metric-resnet20",
+                 "metric-resnet20-fashion"]
 
 
 def synthetic_images(n_per_class=40, classes=3, seed=0, noise=0.08):

@@ -93,12 +93,12 @@ def _flat_signed(x: torch.Tensor, in_features: int) -> torch.Tensor:
 torch.fx.wrap("_flat_signed")
 
 
-def _check_rgb(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
-        raise InvalidInputError(f"expected images (B, 3, H, W), got {getattr(x, 'shape', None)}")
+def _check_images(x: torch.Tensor, channels: int) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
+        raise InvalidInputError(f"expected images (B, {channels}, H, W), got {getattr(x, 'shape', None)}")
 
 
-torch.fx.wrap("_check_rgb")
+torch.fx.wrap("_check_images")
 
 
 class MetricMLP(nn.Module):
@@ -304,16 +304,27 @@ class _Block(nn.Module):
 
 
 class MetricResNet20(nn.Module):
-    """ResNet-20 (3 stages x 3 blocks, widths 16/32/64) with metric convolutions (conv -> BN -> ReLU)."""
+    """ResNet-20 (3 stages x 3 blocks, widths 16/32/64) with metric convolutions (conv -> BN -> ReLU).
+
+    The input is standardised per channel, ``(x - mean) / std``, with the training set's
+    statistics: CIFAR-10's by default; ``in_channels=1`` with Fashion-MNIST's for the grey stand-in.
+    """
 
     MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    # Fashion-MNIST's training-set pixel mean and std (60,000 images in [0, 1])
+    GREY_MEAN, GREY_STD = (0.2860,), (0.3530,)
 
-    def __init__(self, metric: str = "l2", classes: int = 10, widths=(16, 32, 64), blocks: int = 3) -> None:
+    def __init__(self, metric: str = "l2", classes: int = 10, widths=(16, 32, 64), blocks: int = 3,
+                 in_channels: int = 3) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(self.MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(self.STD).view(1, 3, 1, 1))
-        self.stem = nn.Sequential(metric_conv(metric, 3, widths[0], 3, 1, 1), nn.BatchNorm2d(widths[0]),
-                                  nn.ReLU())
+        if in_channels not in (1, 3):
+            raise InvalidInputError(f"in_channels must be 1 (grey) or 3 (colour), got {in_channels!r}")
+        mean, std = (self.MEAN, self.STD) if in_channels == 3 else (self.GREY_MEAN, self.GREY_STD)
+        self.in_channels = in_channels
+        self.register_buffer("mean", torch.tensor(mean).view(1, in_channels, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, in_channels, 1, 1))
+        self.stem = nn.Sequential(metric_conv(metric, in_channels, widths[0], 3, 1, 1),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU())
         layers, cin = [], widths[0]
         for stage, width in enumerate(widths):
             for b in range(blocks):
@@ -323,7 +334,7 @@ class MetricResNet20(nn.Module):
         self.head = nn.Linear(cin, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_rgb(x)
+        _check_images(x, self.in_channels)
         h = self.layers(self.stem((x - self.mean) / self.std))
         return self.head(h.mean((2, 3)))
 
@@ -368,3 +379,10 @@ def plain_mlp(width: int = 87, depth: int = 2) -> PlainMLP:
                 summary="ResNet-20 with metric convolutions, CIFAR-10")
 def metric_resnet20(metric: str = "l2") -> MetricResNet20:
     return MetricResNet20(metric)
+
+
+@register_model("metric-resnet20-fashion", input_shape=(1, 28, 28), dataset="fashion-mnist",
+                summary="ResNet-20 with metric convolutions on grey 28x28 images (Fashion-MNIST stand-in "
+                        "for CIFAR-10)")
+def metric_resnet20_fashion(metric: str = "l2") -> MetricResNet20:
+    return MetricResNet20(metric, in_channels=1)

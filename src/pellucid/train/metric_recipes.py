@@ -10,6 +10,9 @@ Defaults are the paper's protocols ("Metric as Transform"):
   (``randn / 3``) or data-initialised, centre learning rate x1 or x0.01, running-mean epsilon.
 * ``local-residual-mlp``, ``epsilon-highway-mlp`` and ``plain-mlp`` (their baseline): Adam lr
   1e-3, cosine over 10 epochs, batch 50, centre learning rate x ``centre_lr_scale``.
+* ``metric-resnet20`` (CIFAR-10) and ``metric-resnet20-fashion`` (the same network on grey 28x28
+  images, the stand-in where CIFAR-10 is not at hand): SGD lr 0.1, momentum 0.9, weight decay
+  5e-4, cosine over 200 epochs, batch 128, random crop (zero padding 4) and horizontal flip.
 
 Every config is a :class:`~pellucid.train.trainer.TrainConfig` with the recipe's own defaults (no
 noise augmentation, no validation split: the per-epoch test accuracy comes from ``fit``'s
@@ -30,12 +33,13 @@ from pellucid._config import config_option as _opt
 from pellucid.data.datasets import ImageDataset, load_dataset
 from pellucid.errors import InvalidInputError
 from pellucid.models.inference import predict_logits
-from pellucid.models.registry import create_model
+from pellucid.models.registry import MODELS, create_model
 from pellucid.nn.distance import LpDistance
 from pellucid.train.recipes import register_recipe
 from pellucid.train.trainer import TrainConfig, fit, split_train_val
 
-__all__ = ["DictionaryMLPConfig", "LocalMLPConfig", "MetricMLPConfig", "PlainMLPConfig",
+__all__ = ["DictionaryMLPConfig", "LocalMLPConfig", "MetricMLPConfig", "MetricResNetConfig",
+           "MetricResNetFashionConfig", "PlainMLPConfig", "train_metric_resnet20",
            "build_dictionary_mlp", "centre_groups", "train_dictionary_mlp", "train_local_mlp",
            "train_metric_mlp", "train_plain_mlp"]
 
@@ -60,6 +64,8 @@ class _ProtocolDefaults(TrainConfig):
     augment: str = _same("augment", "none", choices=("noise", "none"))
     dataset: str = _opt("fashion-mnist", "dataset name (see pellucid.data)")
     test_limit: int = _opt(0, "> 0: measure the per-epoch test accuracy on the first N test images", min=0)
+    train_limit: int = _opt(0, "> 0: train on N training images drawn at random (seeded by --seed) "
+                               "instead of the whole train split", min=0)
 
 
 @dataclass
@@ -119,6 +125,30 @@ class LocalMLPConfig(_LocalProtocol):
 
 
 @dataclass
+class MetricResNetConfig(_ProtocolDefaults):
+    """ResNet-20 protocol of Metric as Transform (CIFAR-10): SGD 0.1 with momentum 0.9, weight
+    decay 5e-4, cosine over 200 epochs, batch 128, random crop and flip."""
+
+    epochs: int = _same("epochs", 200, min=1)
+    batch_size: int = _same("batch_size", 128, min=1)
+    lr: float = _same("lr", 0.1, above=0)
+    weight_decay: float = _same("weight_decay", 5e-4, min=0)
+    optimizer: str = _same("optimizer", "sgd", choices=("adam", "sgd"))
+    schedule: str = _same("schedule", "cosine", choices=("constant", "cosine"))
+    augment: str = _same("augment", "crop-flip", choices=("noise", "crop-flip", "none"))
+    dataset: str = _opt("cifar10", "dataset name (see pellucid.data); its images must be 3 x 32 x 32")
+    metric: str = _opt("l2", "every convolution's form: l2 (conv path), stereo (conv path), linear "
+                             "(nn.Conv2d), or any other vector metric name (unfold form, slower)")
+
+
+@dataclass
+class MetricResNetFashionConfig(MetricResNetConfig):
+    """The same protocol on grey 28x28 images: Fashion-MNIST stands in for CIFAR-10."""
+
+    dataset: str = _opt("fashion-mnist", "dataset name (see pellucid.data); its images must be 1 x 28 x 28")
+
+
+@dataclass
 class PlainMLPConfig(_LocalProtocol):
     """The baseline of the local MLPs: the same protocol, ReLU layers instead of local blocks."""
 
@@ -129,12 +159,17 @@ class PlainMLPConfig(_LocalProtocol):
 
 # -- shared pieces --------------------------------------------------------------------------------
 
-def _data(dataset: str, data_dir: str | None, test_limit: int):
+def _data(dataset: str, data_dir: str | None, test_limit: int, train_limit: int = 0, seed: int = 0,
+          shape: tuple[int, ...] = (1, 28, 28), who: str = "metric MLPs"):
     train, test = load_dataset(dataset, "train", data_dir=data_dir), load_dataset(dataset, "test", data_dir=data_dir)
-    if tuple(train.images.shape[1:]) != (1, 28, 28):
-        raise InvalidInputError(f"metric MLPs take 28x28 grey images; {dataset} has {tuple(train.images.shape[1:])}")
+    if tuple(train.images.shape[1:]) != shape:
+        raise InvalidInputError(f"{who} take {' x '.join(map(str, shape))} images; {dataset} has "
+                                f"{' x '.join(map(str, train.images.shape[1:]))}")
     if test_limit > 0:
         test = test.subset(slice(0, test_limit))
+    if 0 < train_limit < len(train):
+        rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:train_limit]
+        train = train.subset(rows.sort().values)
     data = {"dataset": dataset, "classes": None, "class_names": list(train.classes),
             "n_train": len(train), "n_test": len(test)}
     return train, test, data
@@ -178,7 +213,7 @@ def _run(name: str, model: nn.Module, kwargs: dict[str, Any], cfg: _ProtocolDefa
 @register_recipe("metric-mlp", MetricMLPConfig, "metric-neuron MLP, Metric as Transform Table 1 protocol")
 def train_metric_mlp(cfg: MetricMLPConfig, out, *, resume: bool = False, progress: bool = True,
                      data_dir: str | None = None) -> dict[str, Any]:
-    train, test, data = _data(cfg.dataset, data_dir, cfg.test_limit)
+    train, test, data = _data(cfg.dataset, data_dir, cfg.test_limit, cfg.train_limit, cfg.seed)
     torch.manual_seed(cfg.seed)
     kwargs = {"metric": cfg.metric, "hidden": cfg.hidden, "variant": cfg.variant}
     model = create_model("metric-mlp", **kwargs)
@@ -204,7 +239,7 @@ def build_dictionary_mlp(cfg: DictionaryMLPConfig, train: ImageDataset):
 @register_recipe("dictionary-mlp", DictionaryMLPConfig, "epsilon-softmax dictionary MLP that can reject inputs")
 def train_dictionary_mlp(cfg: DictionaryMLPConfig, out, *, resume: bool = False, progress: bool = True,
                          data_dir: str | None = None) -> dict[str, Any]:
-    train, test, data = _data(cfg.dataset, data_dir, cfg.test_limit)
+    train, test, data = _data(cfg.dataset, data_dir, cfg.test_limit, cfg.train_limit, cfg.seed)
     model, kwargs, groups = build_dictionary_mlp(cfg, train)
     return _run("dictionary-mlp", model, kwargs, cfg, out, train, test, data, resume=resume,
                 progress=progress, param_groups=groups)
@@ -222,7 +257,7 @@ def train_local_mlp(name: str, cfg: LocalMLPConfig, out, *, resume: bool = False
                     data_dir: str | None = None) -> dict[str, Any]:
     """Train registered ``local-residual-mlp`` or ``epsilon-highway-mlp`` (centres at
     ``lr * centre_lr_scale``)."""
-    train, test, data = _data(cfg.dataset, data_dir, cfg.test_limit)
+    train, test, data = _data(cfg.dataset, data_dir, cfg.test_limit, cfg.train_limit, cfg.seed)
     torch.manual_seed(cfg.seed)
     kwargs = {"width": cfg.width, "hidden": cfg.hidden, "depth": cfg.depth, "distance": cfg.distance,
               "epsilon_mode": cfg.epsilon_mode, "epsilon": cfg.epsilon if cfg.epsilon_mode != "running" else None}
@@ -239,8 +274,34 @@ _local_recipe("epsilon-highway-mlp", "MLP of epsilon-highway blocks, y = V a + b
 @register_recipe("plain-mlp", PlainMLPConfig, "plain ELU MLP, the local MLPs' baseline")
 def train_plain_mlp(cfg: PlainMLPConfig, out, *, resume: bool = False, progress: bool = True,
                     data_dir: str | None = None) -> dict[str, Any]:
-    train, test, data = _data(cfg.dataset, data_dir, cfg.test_limit)
+    train, test, data = _data(cfg.dataset, data_dir, cfg.test_limit, cfg.train_limit, cfg.seed)
     torch.manual_seed(cfg.seed)
     kwargs = {"width": cfg.width, "depth": cfg.depth}
     model = create_model("plain-mlp", **kwargs)
     return _run("plain-mlp", model, kwargs, cfg, out, train, test, data, resume=resume, progress=progress)
+
+
+def _resnet_recipe(name: str, config_type: type, summary: str) -> None:
+    def run(cfg: MetricResNetConfig, out, *, resume: bool = False, progress: bool = True,
+            data_dir: str | None = None) -> dict[str, Any]:
+        return train_metric_resnet20(name, cfg, out, resume=resume, progress=progress, data_dir=data_dir)
+
+    register_recipe(name, config_type, summary)(run)
+
+
+def train_metric_resnet20(name: str, cfg: MetricResNetConfig, out, *, resume: bool = False,
+                          progress: bool = True, data_dir: str | None = None) -> dict[str, Any]:
+    """Train registered ``metric-resnet20`` (CIFAR-10) or ``metric-resnet20-fashion`` (grey
+    28x28) with the ResNet protocol; the per-epoch test accuracy is recorded."""
+    kwargs = {"metric": cfg.metric}
+    torch.manual_seed(cfg.seed)
+    model = create_model(name, **kwargs)  # an unknown metric fails here, before the data loads
+    train, test, data = _data(cfg.dataset, data_dir, cfg.test_limit, cfg.train_limit, cfg.seed,
+                              shape=tuple(MODELS.get(name).input_shape), who=name)
+    return _run(name, model, kwargs, cfg, out, train, test, data, resume=resume, progress=progress)
+
+
+_resnet_recipe("metric-resnet20", MetricResNetConfig,
+               "ResNet-20 with metric convolutions on CIFAR-10 (Metric as Transform protocol)")
+_resnet_recipe("metric-resnet20-fashion", MetricResNetFashionConfig,
+               "ResNet-20 with metric convolutions on Fashion-MNIST, the grey stand-in for CIFAR-10")

@@ -1,4 +1,5 @@
-"""Adam with the arithmetic of ``torch.optim.Adam`` on CPU, bit for bit, without ``torch.optim``.
+"""Adam and SGD with the arithmetic of ``torch.optim.Adam`` / ``torch.optim.SGD`` on CPU, bit for
+bit, without ``torch.optim``.
 
 Why not ``torch.optim.Adam`` itself: its methods are wrapped by ``torch._disable_dynamo``, which
 imports ``torch._dynamo`` the first time one of them runs, for a compiler that training never
@@ -24,43 +25,33 @@ from typing import Any
 
 import torch
 
-__all__ = ["Adam"]
-
-# torch.optim.Adam's flags that this class does not implement; a state dict must have them off.
-_UNSUPPORTED_FLAGS = ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay")
+__all__ = ["SGD", "Adam"]
 
 
-class Adam:
-    r"""Adam (Kingma & Ba 2015) with L2 weight decay in the gradient (``torch.optim.Adam``, not AdamW).
 
-    At step :math:`t`, for each parameter :math:`\theta` with gradient :math:`g`:
-    :math:`g \leftarrow g + \lambda\theta`;
-    :math:`m \leftarrow m + (1 - \beta_1)(g - m)`;
-    :math:`v \leftarrow \beta_2 v + (1 - \beta_2) g^2`;
-    :math:`\theta \leftarrow \theta - \frac{\text{lr}}{1 - \beta_1^t}\,
-    \frac{m}{\sqrt{v} / \sqrt{1 - \beta_2^t} + \epsilon}`.
-    Parameters whose ``grad`` is ``None`` are skipped and keep no state, as in torch.
+class _Optimizer:
+    """What Adam and SGD share: torch's parameter groups, numbering, ``zero_grad``, ``step`` and
+    ``state_dict`` layout. A subclass names its hyperparameters (``DEFAULTS``), its per-parameter
+    state (``STATE``), the torch flags it does not implement (``UNSUPPORTED``, which a loaded state
+    dict must have off) and its update."""
 
-    ``params`` is an iterable of tensors (one group) or, as in torch, of parameter groups
-    ``{"params": [...], "lr": ...}`` whose missing settings take the keyword arguments' values.
-    Parameters are numbered across the groups in order, as in torch's ``state_dict``.
-    """
+    NAME = ""
+    DEFAULTS: dict[str, Any] = {}
+    STATE: tuple[str, ...] = ()
+    UNSUPPORTED: tuple[str, ...] = ()
 
-    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0) -> None:
+    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], **settings: Any) -> None:
         params = list(params)
         if not params:
-            raise ValueError("Adam got an empty parameter list")
+            raise ValueError(f"{self.NAME} got an empty parameter list")
         given = params if all(isinstance(g, dict) for g in params) else [{"params": params}]
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         self.param_groups: list[dict[str, Any]] = []
         for g in given:
             group = {"params": list(g.get("params", ()))}
             if not group["params"] or any(not isinstance(p, torch.Tensor) or p.is_complex()
                                           for p in group["params"]):
-                raise ValueError("Adam takes real tensors only, at least one per parameter group")
-            self._set_hyperparameters(group, **{k: g.get(k, v) for k, v in defaults.items()})
+                raise ValueError(f"{self.NAME} takes real tensors only, at least one per parameter group")
+            self._set_hyperparameters(group, **{k: g.get(k, v) for k, v in settings.items()})
             self.param_groups.append(group)
         ids = [id(p) for p in self._params()]
         if len(set(ids)) != len(ids):
@@ -72,18 +63,11 @@ class Adam:
         return [p for group in self.param_groups for p in group["params"]]
 
     @staticmethod
-    def _set_hyperparameters(group: dict[str, Any], *, lr: float, betas: Iterable[float], eps: float,
-                             weight_decay: float) -> None:
-        beta1, beta2 = (float(b) for b in betas)
-        if not lr >= 0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
-        if not eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
-            raise ValueError(f"betas must lie in [0, 1), got {(beta1, beta2)}")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        group.update(lr=float(lr), betas=(beta1, beta2), eps=float(eps), weight_decay=float(weight_decay))
+    def _set_hyperparameters(group: dict[str, Any], **settings: Any) -> None:
+        raise NotImplementedError
+
+    def _update(self, i: int, p: torch.Tensor, group: dict[str, Any]) -> None:
+        raise NotImplementedError
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self._params():
@@ -101,13 +85,100 @@ class Adam:
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
+                    if p.grad.is_sparse:
+                        raise RuntimeError(f"{self.NAME} does not support sparse gradients")
                     self._update(i, p, group)
                 i += 1
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch's layout: ``{"state": {index: {...}}, "param_groups": [{..., "params": [0, ...]}, ...]}``."""
+        groups, first = [], 0
+        for group in self.param_groups:
+            saved = {k: v for k, v in group.items() if k != "params"}
+            saved.update({flag: False for flag in self.UNSUPPORTED}, foreach=None, fused=None,
+                         params=list(range(first, first + len(group["params"]))))
+            first += len(group["params"])
+            groups.append(saved)
+        return {"state": {i: dict(s) for i, s in self.state.items()}, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a state dict from :meth:`state_dict` or from the equivalent ``torch.optim``
+        class (keys this class does not use, such as a scheduler's ``initial_lr``, are ignored)."""
+        groups = state_dict["param_groups"]
+        theirs = [len(g["params"]) for g in groups]
+        ours = [len(g["params"]) for g in self.param_groups]
+        if theirs != ours:
+            raise ValueError(f"the state dict has {theirs} parameters in its groups; this optimizer "
+                             f"has {ours}")
+        on = [flag for g in groups for flag in self.UNSUPPORTED if g.get(flag)]
+        if on:
+            raise ValueError(f"the state dict uses {self.NAME} options this class lacks: {', '.join(on)}")
+        missing = [k for g in groups for k in self.DEFAULTS if k not in g]
+        if missing:
+            raise ValueError(f"the state dict is not {self.NAME}'s: its groups lack {', '.join(sorted(set(missing)))}")
+        for group, saved in zip(self.param_groups, groups):
+            self._set_hyperparameters(group, **{k: saved[k] for k in self.DEFAULTS})
+        params = self._params()
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, saved in state_dict["state"].items():
+            i = int(key)
+            p = params[i]
+            if set(saved) != set(self.STATE):
+                raise ValueError(f"parameter {i}: unexpected {self.NAME} state {sorted(saved)}")
+            state[i] = {}
+            for name, value in saved.items():
+                if name == "step":
+                    state[i][name] = torch.as_tensor(value, dtype=_step_dtype()).clone()
+                    continue
+                if tuple(value.shape) != tuple(p.shape):
+                    raise ValueError(f"parameter {i}: {name} has shape {tuple(value.shape)}, "
+                                     f"the parameter {tuple(p.shape)}")
+                state[i][name] = value.to(p.device, p.dtype, copy=True)
+        self.state = state
+
+
+class Adam(_Optimizer):
+    r"""Adam (Kingma & Ba 2015) with L2 weight decay in the gradient (``torch.optim.Adam``, not AdamW).
+
+    At step :math:`t`, for each parameter :math:`\theta` with gradient :math:`g`:
+    :math:`g \leftarrow g + \lambda\theta`;
+    :math:`m \leftarrow m + (1 - \beta_1)(g - m)`;
+    :math:`v \leftarrow \beta_2 v + (1 - \beta_2) g^2`;
+    :math:`\theta \leftarrow \theta - \frac{\text{lr}}{1 - \beta_1^t}\,
+    \frac{m}{\sqrt{v} / \sqrt{1 - \beta_2^t} + \epsilon}`.
+    Parameters whose ``grad`` is ``None`` are skipped and keep no state, as in torch.
+
+    ``params`` is an iterable of tensors (one group) or, as in torch, of parameter groups
+    ``{"params": [...], "lr": ...}`` whose missing settings take the keyword arguments' values.
+    Parameters are numbered across the groups in order, as in torch's ``state_dict``.
+    """
+
+    NAME = "Adam"
+    DEFAULTS = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
+    STATE = ("step", "exp_avg", "exp_avg_sq")
+    UNSUPPORTED = ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay")
+
+    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    @staticmethod
+    def _set_hyperparameters(group: dict[str, Any], *, lr: float, betas: Iterable[float], eps: float,
+                             weight_decay: float) -> None:
+        beta1, beta2 = (float(b) for b in betas)
+        if not lr >= 0:
+            raise ValueError(f"lr must be >= 0, got {lr}")
+        if not eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+            raise ValueError(f"betas must lie in [0, 1), got {(beta1, beta2)}")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        group.update(lr=float(lr), betas=(beta1, beta2), eps=float(eps), weight_decay=float(weight_decay))
+
     def _update(self, i: int, p: torch.Tensor, group: dict[str, Any]) -> None:
         lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        if p.grad.is_sparse:
-            raise RuntimeError("Adam does not support sparse gradients")
         state = self.state.get(i)
         if state is None:  # torch: float32 step on the CPU, moments in the parameter's layout
             state = self.state[i] = {
@@ -125,47 +196,51 @@ class Adam:
         denom = (exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(eps)
         p.addcdiv_(exp_avg, denom, value=-(lr / bias_correction1))
 
-    def state_dict(self) -> dict[str, Any]:
-        """torch's layout: ``{"state": {index: {...}}, "param_groups": [{..., "params": [0, ...]}, ...]}``."""
-        groups, first = [], 0
-        for group in self.param_groups:
-            saved = {k: v for k, v in group.items() if k != "params"}
-            saved.update({flag: False for flag in _UNSUPPORTED_FLAGS}, foreach=None, fused=None,
-                         params=list(range(first, first + len(group["params"]))))
-            first += len(group["params"])
-            groups.append(saved)
-        return {"state": {i: dict(s) for i, s in self.state.items()}, "param_groups": groups}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a state dict from :meth:`state_dict` or from an equivalent ``torch.optim.Adam``
-        (keys this class does not use, such as a scheduler's ``initial_lr``, are ignored)."""
-        groups = state_dict["param_groups"]
-        theirs = [len(g["params"]) for g in groups]
-        ours = [len(g["params"]) for g in self.param_groups]
-        if theirs != ours:
-            raise ValueError(f"the state dict has {theirs} parameters in its groups; this optimizer "
-                             f"has {ours}")
-        on = [flag for g in groups for flag in _UNSUPPORTED_FLAGS if g.get(flag)]
-        if on:
-            raise ValueError(f"the state dict uses Adam options this class lacks: {', '.join(on)}")
-        for group, saved in zip(self.param_groups, groups):
-            self._set_hyperparameters(group, lr=saved["lr"], betas=saved["betas"], eps=saved["eps"],
-                                      weight_decay=saved["weight_decay"])
-        params = self._params()
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, saved in state_dict["state"].items():
-            i = int(key)
-            p = params[i]
-            if set(saved) != {"step", "exp_avg", "exp_avg_sq"}:
-                raise ValueError(f"parameter {i}: unexpected Adam state {sorted(saved)}")
-            for name in ("exp_avg", "exp_avg_sq"):
-                if tuple(saved[name].shape) != tuple(p.shape):
-                    raise ValueError(f"parameter {i}: {name} has shape {tuple(saved[name].shape)}, "
-                                     f"the parameter {tuple(p.shape)}")
-            state[i] = {"step": torch.as_tensor(saved["step"], dtype=_step_dtype()).clone(),
-                        "exp_avg": saved["exp_avg"].to(p.device, p.dtype, copy=True),
-                        "exp_avg_sq": saved["exp_avg_sq"].to(p.device, p.dtype, copy=True)}
-        self.state = state
+class SGD(_Optimizer):
+    r"""SGD with heavy-ball momentum and L2 weight decay (``torch.optim.SGD``, no dampening, no
+    Nesterov), the optimiser of the CIFAR-10 ResNet protocols.
+
+    For each parameter :math:`\theta` with gradient :math:`g`: :math:`g \leftarrow g + \lambda\theta`;
+    :math:`b \leftarrow g` at the first step, else :math:`b \leftarrow \mu b + g`;
+    :math:`\theta \leftarrow \theta - \text{lr}\, b` (:math:`\mu = 0`: no buffer, plain SGD).
+    Same parameter groups and ``state_dict`` layout as ``torch.optim.SGD``.
+    """
+
+    NAME = "SGD"
+    DEFAULTS = {"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0}
+    STATE = ("momentum_buffer",)
+    UNSUPPORTED = ("nesterov", "maximize", "differentiable")
+
+    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float = 1e-3,
+                 momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+    @staticmethod
+    def _set_hyperparameters(group: dict[str, Any], *, lr: float, momentum: float,
+                             weight_decay: float) -> None:
+        if not lr >= 0:
+            raise ValueError(f"lr must be >= 0, got {lr}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        group.update(lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay),
+                     dampening=0.0)
+
+    def _update(self, i: int, p: torch.Tensor, group: dict[str, Any]) -> None:
+        lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+        grad = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
+        if momentum != 0:
+            state = self.state.get(i)
+            if state is None:
+                buf = torch.clone(grad).detach()
+                self.state[i] = {"momentum_buffer": buf}
+            else:
+                buf = state["momentum_buffer"]
+                buf.mul_(momentum).add_(grad)
+            grad = buf
+        p.add_(grad, alpha=-lr)
 
 
 def _step_dtype() -> torch.dtype:

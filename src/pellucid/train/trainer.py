@@ -28,7 +28,7 @@ from pellucid.nn.semantic import project_constraints_
 from pellucid.robust.attacks import pgd
 from pellucid.robust.evaluate import advance_generator
 from pellucid.train.checkpointing import check_loss, check_run_dir, save_epoch, start_or_resume
-from pellucid.train.optim import Adam
+from pellucid.train.optim import SGD, Adam
 
 
 _opt = config_option
@@ -40,8 +40,11 @@ class TrainConfig(CheckedConfig):
 
     epochs: int = _opt(15, "passes over the training split", min=1)
     batch_size: int = _opt(200, "images per optimizer step", min=1)
-    lr: float = _opt(3e-3, "Adam learning rate (L2 weight decay in the gradient, not AdamW)", above=0)
+    lr: float = _opt(3e-3, "learning rate (L2 weight decay in the gradient, not AdamW)", above=0)
     weight_decay: float = _opt(3e-6, "L2 weight decay", min=0)
+    optimizer: str = _opt("adam", "adam, or sgd (heavy-ball momentum, see --momentum)",
+                          choices=("adam", "sgd"))
+    momentum: float = _opt(0.9, "SGD momentum (--optimizer sgd only)", min=0, max=0.999)
     noise_p: float = _opt(0.7, "per batch, with this probability: x <- clip(x + N(noise_mean, "
                                "noise_std^2), 0, 1)", min=0, max=1)
     noise_mean: float = _opt(0.05, "mean of the noise augmentation")
@@ -59,8 +62,10 @@ class TrainConfig(CheckedConfig):
     schedule: str = _opt("constant", "learning rate: constant, or cosine (per step, "
                                      "lr (1 + cos(pi s / S)) / 2 at step s of S, to 0 at the end)",
                          choices=("constant", "cosine"))
-    augment: str = _opt("noise", "batch augmentation: noise (see noise_p) or none (no augmentation "
-                                 "and no random draw for it)", choices=("noise", "none"))
+    augment: str = _opt("noise", "batch augmentation: noise (see noise_p), crop-flip (random crop "
+                                 "after zero padding by 4 pixels, and a horizontal flip with "
+                                 "probability 1/2, per image) or none (no augmentation and no random "
+                                 "draw for it)", choices=("noise", "crop-flip", "none"))
 
     # Settings that choose how the same math is computed, not what is computed: a resumed run may
     # change them (a subclass names its own, e.g. a compiled kernel).
@@ -115,6 +120,21 @@ def adversarial_eps(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return cfg.adv_eps if warmup <= 0 else cfg.adv_eps * min(1.0, step / warmup)
 
 
+def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """The CIFAR augmentation, per image: zero-pad by ``pad`` pixels, crop a random window of the
+    original size, and flip it left-right with probability 1/2. Vectorised: one gather for the
+    batch. Draws ``2 B`` offsets, then ``B`` flips, from ``generator``."""
+    b, _, h, w = x.shape
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
+    flips = torch.rand(b, generator=generator) < 0.5
+    padded = F.pad(x, (pad, pad, pad, pad))
+    cols = offsets[:, 1:] + torch.arange(w)  # (B, W)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)  # a flip reads the window right to left
+    rows = offsets[:, :1] + torch.arange(h)  # (B, H)
+    batch = torch.arange(b)[:, None, None]
+    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
 def split_train_val(ds: ImageDataset, val_size: int, seed: int) -> tuple[ImageDataset, ImageDataset]:
     """A seeded random split: the same ``seed`` always holds out the same images."""
     perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
@@ -153,7 +173,8 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConf
         on_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None,
         param_groups: Sequence[dict[str, Any]] | None = None,
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None) -> list[dict[str, Any]]:
-    """Train ``model`` with Adam and cross-entropy; checkpoint and log after every epoch.
+    """Train ``model`` with Adam (or SGD, ``cfg.optimizer``) and cross-entropy; checkpoint and log
+    after every epoch.
 
     Writes to ``out``: ``model.safetensors`` + ``config.json`` (a loadable model directory),
     ``train_state.safetensors`` (everything needed to resume) and ``metrics.jsonl`` (one line per
@@ -164,7 +185,7 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConf
 
     Optional, for recipes with other protocols (each is off by default):
 
-    * ``param_groups``: Adam's parameter groups, torch style (``[{"params": [...], "lr": ...}]``);
+    * ``param_groups``: the optimizer's parameter groups, torch style (``[{"params": [...], "lr": ...}]``);
       a setting missing from a group is ``cfg``'s. ``cfg.schedule`` scales every group's own
       learning rate (:func:`lr_factor`).
     * ``evaluate(model) -> {name: value}``: measured after each epoch's validation (e.g. the test
@@ -216,9 +237,10 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
     job = job or Job()
     model.to(job.device)  # in place: the parameters, and so param_groups, stay the same objects
     gen = torch.Generator().manual_seed(cfg.seed)
-    # torch.optim.Adam's arithmetic without its torch._dynamo import (0.8-1.0 s, see train/optim.py)
-    optimizer = Adam(model.parameters() if param_groups is None else param_groups, lr=cfg.lr,
-                     weight_decay=cfg.weight_decay)
+    # torch.optim's arithmetic without its torch._dynamo import (0.8-1.0 s, see train/optim.py)
+    params = model.parameters() if param_groups is None else param_groups
+    optimizer = (SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+                 if cfg.optimizer == "sgd" else Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a resume loads the last lr
     start, history = start_or_resume(out, resume, cfg, model, optimizer, gen,
                                      may_change=resumable_changes(cfg), write=job.is_main)
@@ -243,6 +265,8 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
             if cfg.augment == "noise" and torch.rand((), generator=gen) < cfg.noise_p:
                 noise = torch.randn(x.shape, generator=gen) * cfg.noise_std + cfg.noise_mean
                 x = (x + noise).clamp(0.0, 1.0)
+            elif cfg.augment == "crop-flip":
+                x = crop_flip(x, gen)
             step = (epoch - 1) * n_batches + b + 1
             if job.world_size == 1:
                 loss, correct = _single_step(model, optimizer, x.to(job.device), y.to(job.device),
