@@ -22,7 +22,10 @@ What each row compares (Quantus class: settings):
 ``model_calls``: forwards of the model (explanations included) in one call of each metric: the
 same pixels pass through the network either way, so on one CPU thread, where the network's
 arithmetic dominates, fewer and larger calls buy little; per-call latency (a GPU, small models)
-is where they pay off.
+is where they pay off. ``model_only_s`` replays pellucid's forwards (same shapes, the same
+input-gradient backwards) and nothing else: the network's share of pellucid's time, and a floor
+no implementation can go below. ``best_possible_ratio`` = Quantus seconds / that floor: where it
+is under 10, a 10x speed-up over Quantus is out of reach on this CPU whatever the metric code does.
 
 Prints ONE JSON line. ``.venv/bin/python benchmarks/metrics_speed.py [--batch 16] [--repeats 3]``
 """
@@ -72,10 +75,12 @@ def mnist_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         return images, torch.randint(0, 10, (4 * n,), generator=g), "random"
 
 
-def timed(fn: Callable[[], object], repeats: int, model: nn.Module) -> tuple[float, int]:
-    """Median seconds of ``repeats`` calls, and the model calls (forwards) one call makes."""
+def timed(fn: Callable[[], object], repeats: int, model: nn.Module) -> tuple[float, list[tuple[tuple[int, ...], bool]]]:
+    """Median seconds of ``repeats`` calls, and the model calls (forwards) one call makes: the
+    input shape of each and whether it ran with gradients."""
     calls = []
-    hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    hook = model.register_forward_pre_hook(
+        lambda _m, args: calls.append((tuple(args[0].shape), torch.is_grad_enabled())))
     try:
         fn()  # warm-up, counting forwards
     finally:
@@ -85,7 +90,32 @@ def timed(fn: Callable[[], object], repeats: int, model: nn.Module) -> tuple[flo
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), len(calls)
+    return statistics.median(times), calls
+
+
+def model_only(model: nn.Module, calls: list[tuple[tuple[int, ...], bool]], repeats: int) -> float:
+    """Median seconds of the network's own arithmetic in a metric call: the same forwards (same
+    input shapes), each followed by an input-gradient backward where the call had gradients on,
+    and nothing else. No implementation of the metric can take less, so ``reference_s /
+    model_only_s`` bounds the speed-up any implementation could reach on this CPU."""
+    inputs = [(torch.rand(shape), grad) for shape, grad in calls]
+
+    def replay():
+        for x, grad in inputs:
+            if grad:
+                x = x.requires_grad_(True)
+                torch.autograd.grad(model(x).sum(), x)
+            else:
+                with torch.no_grad():
+                    model(x)
+
+    replay()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        replay()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def gradient_np(model, inputs, targets, **kwargs) -> np.ndarray:
@@ -206,11 +236,17 @@ def main() -> None:
         for metric, (ours, theirs, settings) in cases(model, x, y, a, mosaics, a_mosaic).items():
             if args.only and metric not in args.only:
                 continue
-            (t_ours, n_ours), (t_theirs, n_theirs) = (timed(ours, args.repeats, model),
+            (t_ours, c_ours), (t_theirs, c_theirs) = (timed(ours, args.repeats, model),
                                                       timed(theirs, args.repeats, model))
+            floor = model_only(model, c_ours, args.repeats) if c_ours else 0.0
             rows[metric] = {"pellucid_s": round(t_ours, 5), "reference_s": round(t_theirs, 4),
                             "ratio": round(t_theirs / t_ours, 1),
-                            "model_calls": {"pellucid": n_ours, "reference": n_theirs}, **settings}
+                            "model_calls": {"pellucid": len(c_ours), "reference": len(c_theirs)},
+                            "images_through_model": {"pellucid": sum(c[0][0] for c in c_ours),
+                                                     "reference": sum(c[0][0] for c in c_theirs)},
+                            "model_only_s": round(floor, 5),
+                            "best_possible_ratio": round(t_theirs / floor, 1) if floor else None,
+                            **settings}
         results[name] = rows
         sampled = [rows[k]["ratio"] for k in SAMPLING if k in rows]
         summary[name] = min(sampled) if sampled else None
@@ -220,6 +256,8 @@ def main() -> None:
         "repeats": args.repeats,
         "reference": f"quantus {quantus.__version__} (captum for infidelity_gaussian)",
         "metrics": results, "sampling_metrics_min_ratio": summary,
+        "sampling_metrics_best_possible_ratio": {
+            k: {m: r["best_possible_ratio"] for m, r in v.items() if m in SAMPLING} for k, v in results.items()},
         "goal_10x_met": {k: v is not None and v >= 10 for k, v in summary.items()},
         "env": {"torch": torch.__version__, "numpy": np.__version__, "threads": torch.get_num_threads(),
                 "machine": platform.machine(), "cpu": platform.processor() or platform.machine(),
