@@ -15,6 +15,10 @@ Budgets (:data:`BUDGETS`):
 - ``"standard-native"``: ``"standard"`` with :func:`pellucid.robust.square.square_native`
   (per-image proposals, about 3.6x faster) in place of ART's Square;
 - ``"art-default"``: ART's defaults, 5 restarts for each APGD and 5 x 5000 queries of Square;
+- ``"native"``: pellucid's own components, no ART: APGD-CE (100 steps), APGD-T on the targeted
+  DLR loss (100 steps for each of the 9 highest non-true classes) and Square (5000 queries), one
+  restart each (:mod:`pellucid.robust.apgd_attacks`, :mod:`pellucid.robust.square`); the
+  reference "standard" list without its FAB-T stage (there is no FAB in pellucid);
 - ``"adaptive"``: a base budget (``"standard-native"`` by default), then attacks designed for the
   white-box network's layers, see :mod:`pellucid.robust.adaptive`.
 """
@@ -31,7 +35,8 @@ from torch import nn
 from pellucid.models.inference import predict_margins
 from pellucid.robust.attacks import (ATTACKS, AttackOptions, AttackRun, attack_option, check_options,
                                      register_attack, step_size_option, within_budget)
-from pellucid.robust import art_backend, square  # noqa: F401  (register the attacks used below)
+# imported to register the attacks the budgets use
+from pellucid.robust import apgd_attacks, art_backend, square  # noqa: F401
 from pellucid.robust.budgets import BUDGETS, AdaptiveBudget, Stage
 
 __all__ = ["AutoAttackOptions", "BUDGETS", "Stage", "StagesResult", "autoattack", "run_stages"]
@@ -41,7 +46,9 @@ __all__ = ["AutoAttackOptions", "BUDGETS", "Stage", "StagesResult", "autoattack"
 class AutoAttackOptions(AttackOptions):
     budget: str | tuple[Stage, ...] | AdaptiveBudget = attack_option(
         "standard", "AutoAttack budget: standard = 1 restart per attack; standard-native = standard "
-        "with square-native; art-default = ART's 5 restarts (5 x 5000 Square queries); adaptive = "
+        "with square-native; art-default = ART's 5 restarts (5 x 5000 Square queries); native = "
+        "pellucid's own apgd-ce-native, apgd-t-native (9 targets), square-native, no ART and no "
+        "FAB-T; adaptive = "
         "standard-native, then attacks built for the white-box layers (surrogate gradients, "
         "transfer, ray search, Square); its options: --losses, --temperatures, --steps, --restarts, "
         "--transfer-steps, --transfer-from, --decision-queries, --queries, --square-restarts, "
@@ -116,7 +123,8 @@ def run_stages(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stage_list: S
 
 
 @register_attack("autoattack", AutoAttackOptions,
-                 "AutoAttack ensemble (APGD-CE, APGD-DLR, DeepFool, Square via ART)")
+                 "AutoAttack ensemble (APGD-CE, APGD-DLR, DeepFool, Square; via ART, or "
+                 "pellucid's own with --budget native)")
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
                budget: str | Sequence[Stage] | AdaptiveBudget = AutoAttackOptions.budget,
                step_size: float | None = AutoAttackOptions.step_size,

@@ -40,6 +40,11 @@ BUDGETS: dict[str, tuple[Stage, ...]] = {
                     Stage("apgd-dlr", {"steps": 100, "restarts": 5}),
                     Stage("deepfool", {"steps": 100}),
                     Stage("square", {"queries": 5000, "restarts": 5}, white_box=False)),
+    # pellucid's own components, the reference "standard" list without FAB-T: APGD-CE, APGD-T
+    # (9 targets), Square (pellucid.robust.apgd_attacks, pellucid.robust.square)
+    "native": (Stage("apgd-ce-native", {"steps": 100, "restarts": 1}),
+               Stage("apgd-t-native", {"steps": 100, "restarts": 1, "n_target_classes": 9}),
+               Stage("square-native", {"queries": 5000, "restarts": 1}, white_box=False)),
 }
 
 # the adaptive budget's losses (see pellucid.robust.adaptive.LOSSES); evidence and feature need
