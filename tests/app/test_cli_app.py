@@ -125,3 +125,27 @@ def test_app_starts_within_the_budget_and_answers(authors_dir, dictionary_dir, t
         out, err = proc.communicate(timeout=30)
     assert f"serving on http://localhost:{port}" in out
     assert "Traceback" not in err
+
+
+def test_ctrl_c_while_the_server_starts_stops_it_cleanly(authors_dir, tmp_path, gradio_installed):
+    """A Ctrl-C that arrives during start-up (Gradio is still checking its own server) once left
+    the process hung for ever inside httpcore's connection pool; it must stop the app promptly."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    for delay in (0.0, 0.3):  # straight after the address is printed, and a moment later
+        proc = subprocess.Popen([sys.executable, "-m", "pellucid", "app", "--model", str(authors_dir),
+                                 "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert "serving on" in proc.stdout.readline()  # printed just before the server starts
+            time.sleep(delay)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 0, err[-2000:]
+        assert "Traceback" not in err
+        assert "pellucid app: stopped" in out

@@ -17,8 +17,12 @@ line. The page needs no network: no analytics, no share link, no web fonts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import signal
 import socket
+import threading
+from collections.abc import Iterator
 
 from pellucid.cli._common import DefaultsHelpFormatter, add_device_option, checked
 
@@ -79,5 +83,34 @@ def run(args: argparse.Namespace) -> int:
     page = build(ModelCache(device), models)
     shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
     print(f"pellucid app: serving on http://{shown}:{args.port} (Ctrl-C stops it)", flush=True)
-    launch(page, args.host, args.port, block=True)
+    with _ctrl_c_deferred() as pressed:
+        launch(page, args.host, args.port, block=False)  # returns once the server answers
+    try:
+        while not pressed:
+            threading.Event().wait(0.2)  # a Ctrl-C from now on lands here, in pellucid's own code
+    except KeyboardInterrupt:
+        pass
+    finally:
+        page.close()
+    print("pellucid app: stopped", flush=True)
     return 0
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[list[bool]]:
+    """Hold a Ctrl-C (SIGINT) back until the block ends, recording it in the list yielded.
+
+    Why: while the server starts, Gradio checks it with an HTTP request, and a KeyboardInterrupt
+    raised inside httpcore's connection pool leaves its lock held; the pool's own clean-up then
+    waits on that lock for ever, and the process ignores every later Ctrl-C. Outside the main
+    thread (where signal handlers cannot be set) nothing is deferred.
+    """
+    pressed: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
