@@ -47,6 +47,28 @@ def stereo_unfold(x: torch.Tensor, layer: StereoAngle, stride: int, padding: int
     return y.view(b, ho * wo, -1).transpose(1, 2).reshape(b, -1, ho, wo)
 
 
+def compare(name: str, args, fast, slow, params, slow_name: str) -> dict:
+    """One table row: ``fast()`` against ``slow()`` (same inputs), their max abs difference, and
+    median times forward and forward + backward (the gradients of ``params`` are cleared)."""
+    max_diff = float((fast() - slow()).detach().abs().max())
+
+    def fwd_bwd(f):
+        def run():
+            f().sum().backward()
+            for q in params:
+                q.grad = None
+        return run
+
+    with torch.no_grad():
+        t_fast, t_slow = timed(fast, args.repeats), timed(slow, args.repeats)
+    tb_fast, tb_slow = timed(fwd_bwd(fast), args.repeats), timed(fwd_bwd(slow), args.repeats)
+    return {"layer": name, "batch": args.batch, "max_abs_diff": max_diff,
+            "forward_ms": {"conv": round(t_fast * 1e3, 2), slow_name: round(t_slow * 1e3, 2)},
+            "forward_speedup": round(t_slow / t_fast, 2),
+            "forward_backward_ms": {"conv": round(tb_fast * 1e3, 2), slow_name: round(tb_slow * 1e3, 2)},
+            "forward_backward_speedup": round(tb_slow / tb_fast, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=128)
@@ -55,52 +77,18 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    rows = []
+    rows, stereo_rows = [], []
     for name, ch, size, stride in LAYERS:
         x = torch.randn(args.batch, ch, size, size)
         c = (torch.randn(ch, ch, 3, 3) / (ch * 9) ** 0.5).requires_grad_(True)
-        fast_out, slow_out = l2_distance_conv2d(x, c, stride, 1), l2_distance_unfold_cdist(x, c, stride, 1)
-        max_diff = float((fast_out - slow_out).detach().abs().max())
-
-        def fwd(f):
-            return lambda: f(x, c, stride, 1)
-
-        def fwd_bwd(f):
-            def run():
-                f(x, c, stride, 1).sum().backward()
-                c.grad = None
-            return run
-
-        with torch.no_grad():
-            t_fast, t_slow = timed(fwd(l2_distance_conv2d), args.repeats), timed(fwd(l2_distance_unfold_cdist), args.repeats)
-        tb_fast, tb_slow = timed(fwd_bwd(l2_distance_conv2d), args.repeats), timed(fwd_bwd(l2_distance_unfold_cdist), args.repeats)
-        rows.append({"layer": name, "batch": args.batch, "max_abs_diff": max_diff,
-                     "forward_ms": {"conv": round(t_fast * 1e3, 2), "unfold_cdist": round(t_slow * 1e3, 2)},
-                     "forward_speedup": round(t_slow / t_fast, 2),
-                     "forward_backward_ms": {"conv": round(tb_fast * 1e3, 2), "unfold_cdist": round(tb_slow * 1e3, 2)},
-                     "forward_backward_speedup": round(tb_slow / tb_fast, 2)})
-    stereo_rows = []
+        rows.append(compare(name, args, lambda: l2_distance_conv2d(x, c, stride, 1),
+                            lambda: l2_distance_unfold_cdist(x, c, stride, 1), [c], "unfold_cdist"))
     for name, ch, size, stride in LAYERS:
         x = torch.randn(args.batch, ch, size, size)
         layer = StereoAngle(ch * 9, ch)
-        fast = lambda: stereo_angle_conv2d(x, layer, 3, stride, 1)  # noqa: E731
-        slow = lambda: stereo_unfold(x, layer, stride, 1)  # noqa: E731
-        max_diff = float((fast() - slow()).detach().abs().max())
-
-        def fwd_bwd(f):
-            def run():
-                f().sum().backward()
-                layer.zero_grad(set_to_none=True)
-            return run
-
-        with torch.no_grad():
-            t_fast, t_slow = timed(fast, args.repeats), timed(slow, args.repeats)
-        tb_fast, tb_slow = timed(fwd_bwd(fast), args.repeats), timed(fwd_bwd(slow), args.repeats)
-        stereo_rows.append({"layer": name, "batch": args.batch, "max_abs_diff": max_diff,
-                            "forward_ms": {"conv": round(t_fast * 1e3, 2), "unfold": round(t_slow * 1e3, 2)},
-                            "forward_speedup": round(t_slow / t_fast, 2),
-                            "forward_backward_ms": {"conv": round(tb_fast * 1e3, 2), "unfold": round(tb_slow * 1e3, 2)},
-                            "forward_backward_speedup": round(tb_slow / tb_fast, 2)})
+        stereo_rows.append(compare(name, args, lambda: stereo_angle_conv2d(x, layer, 3, stride, 1),
+                                   lambda: stereo_unfold(x, layer, stride, 1),
+                                   list(layer.parameters()), "unfold"))
     print(json.dumps({"benchmark": "metric_conv_speed", "layers": rows, "stereo_layers": stereo_rows, "threads": args.threads,
                       "repeats": args.repeats, "torch": torch.__version__, "python": platform.python_version(),
                       "device": "cpu", "cpu": platform.processor() or platform.machine()}))

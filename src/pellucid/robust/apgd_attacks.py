@@ -172,37 +172,35 @@ def _apgd_untargeted(name: str, loss, model: nn.Module, x: torch.Tensor, y: torc
     return out
 
 
-@register_attack("apgd-ce-native", APGDNativeOptions,
-                 "AutoPGD on cross-entropy, pellucid's implementation (L-inf), 100 steps")
-def apgd_ce_native(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-                   norm: str = "linf", steps: int = APGDNativeOptions.steps,
-                   restarts: int = APGDNativeOptions.restarts,
-                   value_range: tuple[float, float] = (0.0, 1.0),
-                   generator: torch.Generator | None = None, batch_size: int = 1024,
-                   progress: bool = False) -> torch.Tensor:
+def _untargeted_attack(name: str, loss, summary: str, doc: str):
+    """Register ``name``: untargeted APGD on ``loss(logits, y)`` with :class:`APGDNativeOptions`."""
+    def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+               norm: str = "linf", steps: int = APGDNativeOptions.steps,
+               restarts: int = APGDNativeOptions.restarts,
+               value_range: tuple[float, float] = (0.0, 1.0),
+               generator: torch.Generator | None = None, batch_size: int = 1024,
+               progress: bool = False) -> torch.Tensor:
+        return _apgd_untargeted(name, loss, model, x, y, eps=eps, norm=norm, steps=steps,
+                                restarts=restarts, value_range=value_range, generator=generator,
+                                batch_size=batch_size, progress=progress)
+
+    attack.__name__ = attack.__qualname__ = name.replace("-", "_")
+    attack.__doc__ = doc
+    return register_attack(name, APGDNativeOptions, summary)(attack)
+
+
+apgd_ce_native = _untargeted_attack(
+    "apgd-ce-native", lambda z, t: F.cross_entropy(z, t, reduction="none"),
+    "AutoPGD on cross-entropy, pellucid's implementation (L-inf), 100 steps",
     r"""Untargeted APGD on :math:`\mathrm{CE}(z, y) = -\log \mathrm{softmax}(z)_y` (see the module
-    docstring); returns the adversarial inputs."""
-    return _apgd_untargeted(
-        "apgd-ce-native", lambda z, t: F.cross_entropy(z, t, reduction="none"), model, x, y,
-        eps=eps, norm=norm, steps=steps, restarts=restarts, value_range=value_range,
-        generator=generator, batch_size=batch_size, progress=progress)
+    docstring); returns the adversarial inputs.""")
 
-
-@register_attack("apgd-dlr-native", APGDNativeOptions,
-                 "AutoPGD on the DLR loss, pellucid's implementation (L-inf), 100 steps")
-def apgd_dlr_native(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-                    norm: str = "linf", steps: int = APGDNativeOptions.steps,
-                    restarts: int = APGDNativeOptions.restarts,
-                    value_range: tuple[float, float] = (0.0, 1.0),
-                    generator: torch.Generator | None = None, batch_size: int = 1024,
-                    progress: bool = False) -> torch.Tensor:
+apgd_dlr_native = _untargeted_attack(
+    "apgd-dlr-native", dlr_loss,
+    "AutoPGD on the DLR loss, pellucid's implementation (L-inf), 100 steps",
     r"""Untargeted APGD on :func:`dlr_loss`,
     :math:`-(z_y - \max_{i \ne y} z_i) / (z_{\pi_1} - z_{\pi_3} + 10^{-12})`; for a two-class
-    model the margin loss :math:`-(z_y - z_{1-y})`. Returns the adversarial inputs."""
-    return _apgd_untargeted(
-        "apgd-dlr-native", dlr_loss, model, x, y, eps=eps, norm=norm, steps=steps,
-        restarts=restarts, value_range=value_range, generator=generator, batch_size=batch_size,
-        progress=progress)
+    model the margin loss :math:`-(z_y - z_{1-y})`. Returns the adversarial inputs.""")
 
 
 @register_attack("apgd-t-native", APGDTargetedOptions,
