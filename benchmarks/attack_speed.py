@@ -40,7 +40,7 @@ def argmax_forward():
     def with_index(x, weight, return_index=True):
         return original(x, weight, return_index=True)
 
-    import pellucid.nn.rotation_conv as rc
+    import pellucid.nn.semantic.rotation_conv as rc
     rc.max_correlation = with_index
     try:
         yield

@@ -4,7 +4,7 @@ The ``inh-mnist`` recipe's stages (:func:`pellucid.train.inh.fit_inh_classifier`
 pruning unless ``--no-prune``, gradient stage unless ``--tune-epochs 0``; defaults: the recipe's)
 on the 60,000 training images, test accuracy on the 10,000 test images, with ``--threads`` CPU
 threads (default 2). Also times the set-cover step on one real coverage matrix: a first batch of
-``--cover-batch`` (2,000) images with no slots yet (every input a candidate), vectorised (:func:`pellucid.nn.inh.greedy_set_cover`, median of 3) against a
+``--cover-batch`` (2,000) images with no slots yet (every input a candidate), vectorised (:func:`pellucid.nn.disjunctive.hashing.greedy_set_cover`, median of 3) against a
 Python-loop greedy over Python sets (lowest index on ties; once), checking both choose the same
 slots.
 
@@ -28,7 +28,7 @@ import torch
 
 from pellucid.data import load_dataset
 from pellucid.models import create_model
-from pellucid.nn.inh import SIMILARITIES, THRESHOLD_MODES, candidate_coverage, greedy_set_cover
+from pellucid.nn.disjunctive.hashing import SIMILARITIES, THRESHOLD_MODES, candidate_coverage, greedy_set_cover
 from pellucid.train.inh import InhMnistConfig, fit_inh_classifier
 
 

@@ -3,7 +3,7 @@
 p = 2:
 ``||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2`` (pellucid.nn.l2_distance_conv2d) against the obvious
 ``F.unfold`` + ``torch.cdist`` implementation; same inputs, outputs compared to 1e-4 (max abs
-difference). Stereo: pellucid.nn.metric_conv.stereo_angle_conv2d (two convolutions) against the
+difference). Stereo: pellucid.nn.metric.conv.stereo_angle_conv2d (two convolutions) against the
 ``StereoAngle`` layer applied to every ``F.unfold`` patch (the generic conv form). Median of
 ``--repeats`` timings, forward and forward+backward, one thread.
 
@@ -21,8 +21,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from pellucid.nn.distance import StereoAngle
-from pellucid.nn.metric_conv import l2_distance_conv2d, l2_distance_unfold_cdist, stereo_angle_conv2d
+from pellucid.nn.metric.distance import StereoAngle
+from pellucid.nn.metric.conv import l2_distance_conv2d, l2_distance_unfold_cdist, stereo_angle_conv2d
 
 # (name, batch, channels, size, stride): the three stages of CIFAR ResNet-20
 LAYERS = [("stage1 16->16 32x32", 16, 32, 1), ("stage2 32->32 16x16", 32, 16, 1), ("stage3 64->64 8x8", 64, 8, 1)]

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from pellucid.data import load_dataset
-from pellucid.nn.distance import lp_distance
-from pellucid.nn.similarity import min_exp_similarity
+from pellucid.nn.metric.distance import lp_distance
+from pellucid.nn.metric.similarity import min_exp_similarity
 
 # Mean and std over 20 seeds, from the paper's table (seeds/003, "Dataset | Acc" table). The
 # paper's text prints the Fashion-MNIST mean at H=10 as 37.75 and the reference page as 32.75;

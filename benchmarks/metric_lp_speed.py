@@ -19,7 +19,7 @@ import platform
 import torch
 from metric_conv_speed import timed
 
-from pellucid.nn.distance import lp_distance
+from pellucid.nn.metric.distance import lp_distance
 
 
 def forward_backward(distance, x, c, weights):

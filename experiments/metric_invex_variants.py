@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pellucid.nn.invex import ActNorm, InvexDistance
+from pellucid.nn.metric.invex import ActNorm, InvexDistance
 from pellucid.report import environment
 from pellucid.train.checkpointing import STATE_FILE
 from pellucid.train.metric_recipes import MetricMLPConfig, train_metric_mlp

@@ -206,7 +206,7 @@ def test_one_process_fit_is_the_plain_training_loop(tmp_path):
 
     from pellucid.data import load_dataset
     from pellucid.models import whitebox_mnist35
-    from pellucid.nn.semantic import project_constraints_
+    from pellucid.nn.semantic.base import project_constraints_
     from pellucid.train import TrainConfig, fit
     from pellucid.train.optim import Adam
     from pellucid.train.trainer import adversarial_eps

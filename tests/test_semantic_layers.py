@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from pellucid.nn import AffineFeatures, LogicalFeatures, RotationConvFeatures, TwoStep, normalize
-from pellucid.nn.functional import max_correlation
+from pellucid.nn.semantic.kernels import max_correlation
 from pellucid.nn.geometry import rotate, warp_affine
 
 
@@ -305,8 +305,8 @@ def test_affine_grid_matches_torch_values_and_gradient():
 def test_reset_parameters_redraws_the_construction_time_initialisation():
     """reset_parameters (used by the parameter-randomisation sanity check) draws exactly what the
     constructor draws: same seed, same tensors; another seed, other tensors."""
-    from pellucid.nn.affine_features import AffineFeatures
-    from pellucid.nn.rotation_conv import RotationConvFeatures
+    from pellucid.nn.semantic.affine_features import AffineFeatures
+    from pellucid.nn.semantic.rotation_conv import RotationConvFeatures
 
     for cls, names in ((RotationConvFeatures, ("kernels",)), (AffineFeatures, ("features", "poses"))):
         torch.manual_seed(5)

@@ -17,7 +17,7 @@ from torch import nn
 from pellucid.errors import InvalidInputError
 from pellucid.explain import (ExcitationPullback, Gradient, PullbackCoverageWarning, counterfactual,
                               pullback_mode, rewrite_for_pullback)
-from pellucid.nn.invex import ActNorm
+from pellucid.nn.metric.invex import ActNorm
 
 
 def _plain_gradient(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from pellucid.errors import InvalidInputError
-from pellucid.nn.distance import inverse_stereographic
-from pellucid.nn.inversion import invert_angles, invert_euclidean, stereographic
+from pellucid.nn.metric.distance import inverse_stereographic
+from pellucid.nn.metric.inversion import invert_angles, invert_euclidean, stereographic
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -10,7 +10,7 @@ from pellucid.errors import InvalidInputError
 from pellucid.nn import (ConvexDistance, CosineSimilarity, EpsilonSoftmax, InvexDistance, L2DistanceConv2d,
                          LpDistance, MetricConv2d, StereoAngle, l2_distance_conv2d, min_exp_similarity,
                          umap_similarity)
-from pellucid.nn.metric_conv import l2_distance_unfold_cdist, lp_distance_conv2d
+from pellucid.nn.metric.conv import l2_distance_unfold_cdist, lp_distance_conv2d
 
 
 def slow_lp(x, c, p):
@@ -37,7 +37,7 @@ def test_lp_distance_standardised_matches_formula(p, seed):
 def _lp_against_cdist(p, compiled):
     """Values and both gradients of lp_distance and torch.cdist, including cdist's conventions
     where the derivative does not exist: a coordinate equal to the centre's, and an exact hit."""
-    from pellucid.nn.distance import lp_distance
+    from pellucid.nn.metric.distance import lp_distance
     torch.manual_seed(0)
     x = torch.randn(7, 9, dtype=torch.float64)
     c = torch.randn(11, 9, dtype=torch.float64)
@@ -57,7 +57,7 @@ def _lp_against_cdist(p, compiled):
 
 @pytest.mark.parametrize("p", [0.3, 0.5, 1.5, 3.0, 20.0])
 def test_general_p_distance_matches_cdist_values_and_gradients(p):
-    from pellucid.nn.distance import lp_distance
+    from pellucid.nn.metric.distance import lp_distance
     _lp_against_cdist(p, compiled=False)  # the blocked eager path
     assert torch.autograd.gradcheck(lambda a, b: lp_distance(a, b, p),
                                     (torch.randn(3, 5, dtype=torch.float64, requires_grad=True),
@@ -75,7 +75,7 @@ def test_compiled_lp_kernels_match_cdist_values_and_gradients(p):
 
 def test_general_p_distance_blocks_cover_every_centre(monkeypatch):
     # Force blocks of 3 centres so that 10 centres end in a partial block.
-    from pellucid.nn import distance
+    from pellucid.nn.metric import distance
     monkeypatch.setattr(distance, "_LP_BLOCK_ELEMENTS", 3 * 4 * 6)
     torch.manual_seed(1)
     x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
@@ -215,7 +215,7 @@ def test_invex_distance_split_first_layer_equals_the_flow_on_every_difference(co
 
 
 def test_soft_spectral_norm_caps_only_large_weights_and_ordinary_is_unconstrained():
-    from pellucid.nn.invex import SoftSpectralNorm
+    from pellucid.nn.metric.invex import SoftSpectralNorm
     torch.manual_seed(0)
     small = torch.randn(6, 4, dtype=torch.float64)
     small = small / torch.linalg.matrix_norm(small, ord=2) * 0.5

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pellucid.errors import CheckpointError, InvalidInputError
-from pellucid.nn.inh import (IncrementalNeuralHashing, candidate_coverage, fit_inh, greedy_set_cover,
+from pellucid.nn.disjunctive.hashing import (IncrementalNeuralHashing, candidate_coverage, fit_inh, greedy_set_cover,
                              precision_thresholds, prune_inh, quantile_thresholds, tune_inh)
 
 

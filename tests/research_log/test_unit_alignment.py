@@ -16,7 +16,7 @@ from pellucid.explain.units import gradient_alignment, noise_gradient_alignment,
 from pellucid.models import MODELS, create_model
 from pellucid.models.disjunction import DirectionalNet, DisjunctionNet
 from pellucid.nn import PositiveConv2d
-from pellucid.nn.semantic import project_constraints_
+from pellucid.nn.semantic.base import project_constraints_
 from pellucid.train.optim import Adam
 from pellucid.train.recipes import RECIPES
 

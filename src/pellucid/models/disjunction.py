@@ -20,7 +20,7 @@ from torch import nn
 
 from pellucid.errors import InvalidInputError
 from pellucid.models.registry import register_model
-from pellucid.nn.disjunction import Mean, PositiveConv2d, Scale, SoftMaxPool
+from pellucid.nn.disjunctive.blocks import Mean, PositiveConv2d, Scale, SoftMaxPool
 
 __all__ = ["DirectionalNet", "DisjunctionNet"]
 

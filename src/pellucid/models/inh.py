@@ -1,6 +1,6 @@
 r"""A fitted Incremental Neural Hashing classifier on MNIST pixels (``inh-mnist``).
 
-One :class:`pellucid.nn.inh.IncrementalNeuralHashing` layer on the 784 pixels: class ``k``'s
+One :class:`pellucid.nn.disjunctive.hashing.IncrementalNeuralHashing` layer on the 784 pixels: class ``k``'s
 score is ``y_k(x) = max_{s: c_s = k} (m_s(x) - t_s)``. Slots come from the greedy fit
 (``pellucid train inh-mnist``), not from gradient training, so their number is data-dependent:
 the model directory's ``kwargs`` record ``n_slots`` and the builder makes an empty layer of that
@@ -10,7 +10,7 @@ size for the saved keys, thresholds and slot classes to load into.
 from __future__ import annotations
 
 from pellucid.models.registry import register_model
-from pellucid.nn.inh import IncrementalNeuralHashing
+from pellucid.nn.disjunctive.hashing import IncrementalNeuralHashing
 
 __all__ = ["inh_mnist"]
 

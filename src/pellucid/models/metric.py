@@ -21,10 +21,10 @@ from torch import nn
 
 from pellucid.errors import InvalidInputError
 from pellucid.models.registry import register_model
-from pellucid.nn.distance import ConvexDistance, CosineSimilarity, LpDistance, StereoAngle, check_features, lp_distance
-from pellucid.nn.invex import InvexDistance
-from pellucid.nn.metric_conv import L2DistanceConv2d, MetricConv2d
-from pellucid.nn.similarity import EpsilonSoftmax
+from pellucid.nn.metric.distance import ConvexDistance, CosineSimilarity, LpDistance, StereoAngle, check_features, lp_distance
+from pellucid.nn.metric.invex import InvexDistance
+from pellucid.nn.metric.conv import L2DistanceConv2d, MetricConv2d
+from pellucid.nn.metric.similarity import EpsilonSoftmax
 
 __all__ = ["DictionaryMLP", "EpsilonHighway", "LocalMLP", "LocalResidual", "METRICS", "MetricMLP",
            "MetricResNet20", "PlainMLP", "check_hidden", "lp_order", "metric_conv", "metric_layer"]

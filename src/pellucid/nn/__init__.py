@@ -1,24 +1,16 @@
-"""Layers. Semantic features (white-box paper): :class:`TwoStep`, :class:`RotationConvFeatures`,
-:class:`AffineFeatures`, :class:`LogicalFeatures` on the shared :class:`SemanticFeatures` base."""
+"""Layers, one subpackage per family:
 
-from pellucid.nn.affine_features import AffineFeatures
-from pellucid.nn.logical import LogicalFeatures
-from pellucid.nn.rotation_conv import RotationConvFeatures
-from pellucid.nn.semantic import SemanticFeatures, normalize, project_constraints_
-from pellucid.nn.twostep import TwoStep
-from pellucid.nn.distance import ConvexDistance, CosineSimilarity, LpDistance, StereoAngle, lp_distance
-from pellucid.nn.invex import InvexDistance
-from pellucid.nn.metric_conv import L2DistanceConv2d, MetricConv2d, l2_distance_conv2d
-from pellucid.nn.similarity import DistanceSoftmax, EpsilonSoftmax, min_exp_similarity, umap_similarity
-from pellucid.nn.disjunction import (GumbelConv2d, L2Conv2d, MaxMatch, Mean, PositiveConv2d, Scale,
-                                     SoftMaxPool, exponential_anneal)
+* :mod:`pellucid.nn.semantic`: semantic features (white-box paper);
+* :mod:`pellucid.nn.metric`: metric neurons (Metric as Transform);
+* :mod:`pellucid.nn.disjunctive`: the research log's disjunctive and hashing blocks;
+* :mod:`pellucid.nn.geometry`: rotations and affine warps shared by the families.
+"""
 
-__all__ = ["AffineFeatures", "LogicalFeatures", "RotationConvFeatures", "SemanticFeatures",
-           "TwoStep", "normalize", "project_constraints_",
-           # metric neurons (Metric as Transform)
-           "ConvexDistance", "CosineSimilarity", "DistanceSoftmax", "EpsilonSoftmax", "InvexDistance",
-           "L2DistanceConv2d", "LpDistance", "MetricConv2d", "StereoAngle", "l2_distance_conv2d",
-           "lp_distance", "min_exp_similarity", "umap_similarity",
-           # disjunctive building blocks (research log)
-           "GumbelConv2d", "L2Conv2d", "MaxMatch", "Mean", "PositiveConv2d", "Scale", "SoftMaxPool",
-           "exponential_anneal"]
+from pellucid.nn.disjunctive import *  # noqa: F401,F403
+from pellucid.nn.disjunctive import __all__ as _disjunctive
+from pellucid.nn.metric import *  # noqa: F401,F403
+from pellucid.nn.metric import __all__ as _metric
+from pellucid.nn.semantic import *  # noqa: F401,F403
+from pellucid.nn.semantic import __all__ as _semantic
+
+__all__ = [*_semantic, *_metric, *_disjunctive]

@@ -8,7 +8,7 @@ import torch
 
 from pellucid.data.datasets import ImageDataset
 from pellucid.models.whitebox import WhiteBoxNet
-from pellucid.nn.twostep import TwoStep
+from pellucid.nn.semantic.twostep import TwoStep
 from pellucid.report.html import Section
 from pellucid.robust.evaluate import RobustnessResult
 from pellucid.viz import whitebox

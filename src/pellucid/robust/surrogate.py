@@ -45,7 +45,7 @@ from pellucid.errors import ConfigError
 from pellucid.explain.base import model_lock
 from pellucid.explain.gates import ExcitationGates, check_temperature, sigmoid_gate, soft_max_vjp
 from pellucid.nn import AffineFeatures, LogicalFeatures, RotationConvFeatures, TwoStep
-from pellucid.nn.semantic import SemanticFeatures
+from pellucid.nn.semantic.base import SemanticFeatures
 
 __all__ = ["LayerSurrogates", "SurrogateTemperatures", "has_surrogates", "is_whitebox",
            "soft_max_value", "surrogate_gradients", "twostep_widened", "whitebox_parts"]

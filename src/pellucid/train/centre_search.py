@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from pellucid.errors import InvalidInputError
-from pellucid.nn.distance import lp_distance
-from pellucid.nn.similarity import distance_softmax, min_exp_similarity
+from pellucid.nn.metric.distance import lp_distance
+from pellucid.nn.metric.similarity import distance_softmax, min_exp_similarity
 
 __all__ = ["SIMILARITIES", "centre_significance", "dictionary_accuracy", "noisy_centre_search",
            "search_activations", "significance_from_distances"]

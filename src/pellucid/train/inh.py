@@ -2,14 +2,14 @@ r"""``pellucid train inh-mnist``: a 1-layer Incremental Neural Hashing classifie
 
 Three stages (:func:`fit_inh_classifier`):
 
-1. greedy fit (:func:`pellucid.nn.inh.fit_inh`): passes over the 60,000 training images in
+1. greedy fit (:func:`pellucid.nn.disjunctive.hashing.fit_inh`): passes over the 60,000 training images in
    batches; per batch, each slot's threshold becomes the lowest with 100 % precision on the batch
    (``t_s = max_{y_i != c_s} m_s(x_i) + eps``; by default each batch's own, ``threshold_mode=
    "batch"``, so small batches give permissive thresholds and few slots), the inputs no slot of
    their class fires for are candidates, and the greedy set cover of the candidates by each other
    (candidate ``i`` covers ``j`` iff same class and ``m(x_i, x_j) > t_i``) becomes new slots;
-2. pruning (:func:`pellucid.nn.inh.prune_inh`) to a greedy set cover of the training set;
-3. a gradient stage (:func:`pellucid.nn.inh.tune_inh`) on keys and thresholds: cross-entropy of
+2. pruning (:func:`pellucid.nn.disjunctive.hashing.prune_inh`) to a greedy set cover of the training set;
+3. a gradient stage (:func:`pellucid.nn.disjunctive.hashing.tune_inh`) on keys and thresholds: cross-entropy of
    the soft OR of each class's slots (``tune_epochs=0`` skips it).
 
 Prediction: ``argmax_k max_{s: c_s = k} (m_s(x) - t_s)``. ``threshold_mode="max"`` with
@@ -43,7 +43,7 @@ from pellucid.errors import InvalidInputError
 from pellucid.models.checkpoint import save_model
 from pellucid.models.inference import predict_logits
 from pellucid.models.registry import create_model
-from pellucid.nn.inh import (SIMILARITIES, THRESHOLD_MODES, IncrementalNeuralHashing, fit_inh,
+from pellucid.nn.disjunctive.hashing import (SIMILARITIES, THRESHOLD_MODES, IncrementalNeuralHashing, fit_inh,
                              prune_inh, tune_inh)
 from pellucid.train.checkpointing import METRICS_FILE, check_run_dir
 from pellucid.train.recipes import register_recipe

@@ -34,7 +34,7 @@ from pellucid.data.datasets import ImageDataset, load_dataset
 from pellucid.errors import InvalidInputError
 from pellucid.models.inference import predict_logits
 from pellucid.models.registry import MODELS, create_model
-from pellucid.nn.distance import LpDistance
+from pellucid.nn.metric.distance import LpDistance
 from pellucid.train.recipes import register_recipe
 from pellucid.train.trainer import TrainConfig, fit, split_train_val
 

@@ -24,7 +24,7 @@ from pellucid.distributed import Job
 from pellucid.errors import InvalidInputError
 from pellucid.models.checkpoint import save_model
 from pellucid.models.inference import predict_logits
-from pellucid.nn.semantic import project_constraints_
+from pellucid.nn.semantic.base import project_constraints_
 from pellucid.robust.attacks import pgd
 from pellucid.robust.evaluate import advance_generator
 from pellucid.train.checkpointing import check_loss, check_run_dir, save_epoch, start_or_resume

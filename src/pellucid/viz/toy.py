@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pellucid.models.metric import metric_layer
-from pellucid.nn.distance import ConvexDistance, CosineSimilarity, LpDistance, StereoAngle
-from pellucid.nn.invex import InvexDistance
-from pellucid.nn.similarity import EpsilonSoftmax
+from pellucid.nn.metric.distance import ConvexDistance, CosineSimilarity, LpDistance, StereoAngle
+from pellucid.nn.metric.invex import InvexDistance
+from pellucid.nn.metric.similarity import EpsilonSoftmax
 from pellucid.train.optim import Adam
 from pellucid.viz.style import plt, save
 

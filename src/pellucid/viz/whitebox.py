@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from pellucid.models.whitebox import WhiteBoxNet
-from pellucid.nn.twostep import TwoStep
+from pellucid.nn.semantic.twostep import TwoStep
 from pellucid.viz.style import image_grid, plt, save, show_signed
 
 

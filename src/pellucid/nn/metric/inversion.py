@@ -10,7 +10,7 @@ r"""Inverting metric neurons: the outputs of enough distance neurons determine t
   one reference point ``w`` between ``-w`` and ``x - w`` (triangle ``0, w, x``, law of sines):
   ``||x|| = ||w|| sin(alpha) / sin(pi - theta - alpha)``, ``theta`` the angle between ``u`` and ``w``.
 * :func:`stereographic`: ``x' = z[:D] / (1 - z[D])`` inverts
-  :func:`~pellucid.nn.distance.inverse_stereographic`.
+  :func:`~pellucid.nn.metric.distance.inverse_stereographic`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pellucid.nn.geometry import warp_affine
-from pellucid.nn.semantic import SemanticFeatures, normalize
+from pellucid.nn.semantic.base import SemanticFeatures, normalize
 
 
 class AffineFeatures(SemanticFeatures):

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pellucid.nn.functional import correlation_scores, max_correlation
+from pellucid.nn.semantic.kernels import correlation_scores, max_correlation
 from pellucid.nn.geometry import rotate
-from pellucid.nn.semantic import SemanticFeatures, normalize
+from pellucid.nn.semantic.base import SemanticFeatures, normalize
 
 
 class RotationConvFeatures(SemanticFeatures):

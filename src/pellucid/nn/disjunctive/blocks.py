@@ -28,7 +28,7 @@ from torch.nn.modules.utils import _pair
 
 from pellucid.errors import InvalidInputError
 from pellucid.nn.geometry import rotation_thetas
-from pellucid.nn.metric_conv import l2_distance_conv2d
+from pellucid.nn.metric.conv import l2_distance_conv2d
 
 __all__ = ["GumbelConv2d", "L2Conv2d", "MaxMatch", "Mean", "PositiveConv2d", "Scale", "SoftMaxPool",
            "exponential_anneal"]
@@ -347,9 +347,9 @@ class GumbelConv2d(nn.Module):
 class L2Conv2d(nn.Module):
     r"""Euclidean similarity convolution: ``y[b, o, h, w] = -||patch_{h,w}(x_b) - w_o||_2``.
 
-    The distance is :func:`~pellucid.nn.metric_conv.l2_distance_conv2d` (two convolutions, no
+    The distance is :func:`~pellucid.nn.metric.conv.l2_distance_conv2d` (two convolutions, no
     unfolded patches), without the standardisation of
-    :class:`~pellucid.nn.metric_conv.L2DistanceConv2d`. Zero padding counts as part of the patch.
+    :class:`~pellucid.nn.metric.conv.L2DistanceConv2d`. Zero padding counts as part of the patch.
     A dot-product initialisation (small weights around 0) would put every filter at the same
     distance from most patches, so the filters start as points of the data's value range:
     ``w ~ U(init_range)`` (default ``(0, 1)``, the range of pellucid's images). ``y <= 0``, and its

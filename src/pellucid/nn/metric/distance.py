@@ -12,9 +12,9 @@ Layers (all map ``(B, D) -> (B, H)``):
 * :class:`StereoAngle`       inverse stereographic projection onto ``S^D``, then unit-row linear.
 * :class:`CosineSimilarity`  ``cos angle(x, c_j)``.
 * :class:`ConvexDistance`    ``y = -f(x - c_j) exp(t)``, ``f`` an input-convex network.
-* :class:`InvexDistance` (in :mod:`pellucid.nn.invex`) learnable invex / "ordinary" distance.
+* :class:`InvexDistance` (in :mod:`pellucid.nn.metric.invex`) learnable invex / "ordinary" distance.
 
-Convolutional forms (:mod:`pellucid.nn.metric_conv`) apply any of them to image patches.
+Convolutional forms (:mod:`pellucid.nn.metric.conv`) apply any of them to image patches.
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ class LpDistance(nn.Module):
 def inverse_stereographic(x: torch.Tensor) -> torch.Tensor:
     r"""``z = [2x / (|x|^2 + 1), (|x|^2 - 1) / (|x|^2 + 1)]``: ``R^D -> S^D`` (``(B, D) -> (B, D+1)``).
 
-    Its inverse is :func:`pellucid.nn.inversion.stereographic` ``x = z[:D] / (1 - z[D])``.
+    Its inverse is :func:`pellucid.nn.metric.inversion.stereographic` ``x = z[:D] / (1 - z[D])``.
     """
     sq = x.pow(2).sum(1, keepdim=True)
     return torch.cat([2 * x / (sq + 1), (sq - 1) / (sq + 1)], dim=1)

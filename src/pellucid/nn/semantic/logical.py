@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pellucid.nn.semantic import SemanticFeatures
+from pellucid.nn.semantic.base import SemanticFeatures
 
 
 class LogicalFeatures(SemanticFeatures):

@@ -8,7 +8,7 @@ each patch and negated, ``y = -(d - mean_j d) / std_j d`` (the paper's conv form
   ``x^2`` with a ones kernel and ``x \cdot c`` is an ordinary convolution. No unfolded
   ``(B, C k^2, L)`` tensor and no ``cdist``: this is what makes a metric ResNet affordable.
 * :class:`MetricConv2d` turns any vector metric layer (``(B, D) -> (B, H)``, e.g.
-  :class:`~pellucid.nn.distance.LpDistance` with any ``p``, :class:`StereoAngle`) into its conv
+  :class:`~pellucid.nn.metric.distance.LpDistance` with any ``p``, :class:`StereoAngle`) into its conv
   form through ``unfold`` (general, slower), except :class:`StereoAngle`, whose conv form is also
   two convolutions (:func:`stereo_angle_conv2d`).
 """
@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from pellucid.errors import InvalidInputError
-from pellucid.nn.distance import StereoAngle, lp_distance, standardise_negated
+from pellucid.nn.metric.distance import StereoAngle, lp_distance, standardise_negated
 
 __all__ = ["L2DistanceConv2d", "MetricConv2d", "l2_distance_conv2d", "l2_distance_unfold_cdist",
            "stereo_angle_conv2d"]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from pellucid.nn.distance import check_features
+from pellucid.nn.metric.distance import check_features
 
 torch.fx.wrap("check_features")  # recorded as one call in traced copies (see nn.distance)
 
