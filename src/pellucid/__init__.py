@@ -3,14 +3,16 @@
 Subpackages, one concept each (imports point one way:
 ``cli/app/report -> explain, robust, train -> models -> nn -> torch``):
 
-- :mod:`pellucid.data`     datasets (MNIST from IDX files, embedded packages or torchvision)
-- :mod:`pellucid.nn`       layers (semantic features: TwoStep, rotation/affine/logical features)
+- :mod:`pellucid.data`     datasets (MNIST, Fashion-MNIST, CIFAR-10: IDX files, packages, torchvision)
+- :mod:`pellucid.nn`       layers by family: ``semantic`` (white-box), ``metric`` (distance neurons),
+  ``disjunctive`` (the research log's blocks)
 - :mod:`pellucid.models`   registered model builders and the checkpoint format
 - :mod:`pellucid.train`    the trainer and registered training recipes
-- :mod:`pellucid.robust`   attacks, reliability curves, accuracy-vs-eps
-- :mod:`pellucid.explain`  explanations (pullbacks, counterfactuals)
+- :mod:`pellucid.robust`   attacks, AutoAttack budgets, masking checks, reliability, rejection
+- :mod:`pellucid.explain`  pullbacks, counterfactuals, targets, baselines, faithfulness metrics
 - :mod:`pellucid.viz`      figures
-- :mod:`pellucid.report`   the self-contained HTML report
+- :mod:`pellucid.report`   evaluation records and the self-contained HTML report
+- :mod:`pellucid.app`      the browser explorer; :mod:`pellucid.cli` the ``pellucid`` command
 """
 
 from pellucid.errors import PellucidError

