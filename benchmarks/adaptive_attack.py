@@ -9,44 +9,43 @@ time it also runs on the first ``--calibrate`` images (default N / 2) and fits, 
 the linear extrapolation ``seconds * full / N`` is reported too, as an upper bound. Prints ONE
 JSON line; writes nothing into the model directory.
 
-    python benchmarks/adaptive_attack.py runs/wb314 --limit 100 --threads 2
-    python benchmarks/adaptive_attack.py runs/wb314 --limit 100 --transfer-from runs/lenet
+    python -m benchmarks adaptive_attack runs/wb314 --limit 100 --threads 2
+    python -m benchmarks adaptive_attack runs/wb314 --limit 100 --transfer-from runs/lenet
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # python benchmarks/NAME.py
 
-from pellucid.data import load_dataset
-from pellucid.models import load_model
-from pellucid.report import environment
-from pellucid.robust import evaluate_robustness
-from pellucid.robust.budgets import BUDGETS, AdaptiveBudget
-from pellucid.robust.diagnostics import adaptive_diagnostics
+from benchmarks import _harness as h  # noqa: E402
+
+if TYPE_CHECKING:
+    from pellucid.robust.budgets import AdaptiveBudget
+
+SUMMARY = "Adaptive attack cascade on the first N test images: robust accuracy, stage times, full-set extrapolation"
+EXPECTED_TIME = ("~35 min at --limit 100 (ART's Square 27 min, the cascade 298 s on one thread; "
+                 "docs/adaptive-attacks.md); --no-standard skips the Square part")
 
 FULL_TEST_SET = 1902  # MNIST 3 vs 5 test images
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _cascade(model, test, n: int, budget: AdaptiveBudget, eps: float, seed: int):
     """The cascade on the first ``n`` images; its stage rows get ``cpu_s``, the process CPU time
     of each stage (on a shared machine, with one thread, closer to the machine's own speed than
     the wall time, which also counts the time other jobs held the core)."""
+    from pellucid.robust import evaluate_robustness
+
     sub = test.subset(slice(0, n))
     marks = [time.process_time()]
 
     def log(message: str) -> None:
         marks.append(time.process_time())
-        _log(message)
+        h.log(message)
 
     start = time.perf_counter()
     res = evaluate_robustness(model, sub.images, sub.labels, attack="autoattack", eps=eps, seed=seed,
@@ -76,21 +75,30 @@ def _extrapolate(rows: list[dict], calib: list[dict] | None, n: int, full: int, 
             "fitted_s": round(fitted_total, 1)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("model_dir")
-    ap.add_argument("--limit", type=int, default=100, help="first N test images")
-    ap.add_argument("--calibrate", type=int, default=None, help="second, smaller run (default N/2; 0: none)")
-    ap.add_argument("--eps", type=float, default=0.3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-standard", action="store_true", help="skip AutoAttack standard (ART Square)")
+def parser():
+    p = h.parser(__name__, __doc__, threads=2, seed=0)
+    p.add_argument("model_dir")
+    p.add_argument("--limit", type=int, default=100, help="first N test images")
+    p.add_argument("--calibrate", type=int, default=None, help="second, smaller run (default N/2; 0: none)")
+    p.add_argument("--eps", type=float, default=0.3)
+    p.add_argument("--no-standard", action="store_true", help="skip AutoAttack standard (ART Square)")
     for name in ("steps", "restarts", "queries", "transfer_steps", "decision_queries", "square_restarts"):
-        ap.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
     for name in ("losses", "temperatures", "transfer_from", "base_budget"):
-        ap.add_argument("--" + name.replace("_", "-"), default=None)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+        p.add_argument("--" + name.replace("_", "-"), default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = h.parse(parser(), argv)
+    import torch
+
+    from pellucid.data import load_dataset
+    from pellucid.models import load_model
+    from pellucid.robust import evaluate_robustness
+    from pellucid.robust.budgets import BUDGETS, AdaptiveBudget
+    from pellucid.robust.diagnostics import adaptive_diagnostics
+
     fields = ("steps", "restarts", "queries", "transfer_steps", "decision_queries", "square_restarts",
               "losses", "temperatures", "transfer_from", "base_budget")
     budget = AdaptiveBudget(**{k: getattr(args, k) for k in fields if getattr(args, k) is not None})
@@ -105,7 +113,7 @@ def main() -> None:
                                              seed=args.seed).robust_accuracy
     if not args.no_standard:
         std = evaluate_robustness(model, sub.images, sub.labels, attack="autoattack", eps=args.eps,
-                                  budget="standard", seed=args.seed, log=_log)
+                                  budget="standard", seed=args.seed, log=h.log)
         reference["autoattack_standard"] = std.robust_accuracy
         reference["autoattack_standard_broken"] = torch.nonzero(~std.robust & (
             std.clean_logits.argmax(1) == sub.labels)).squeeze(1).tolist()
@@ -119,8 +127,8 @@ def main() -> None:
     checks, diagnostics = adaptive_diagnostics(model, sub.images, sub.labels, res.adversarial,
                                                budget=budget, seed=args.seed)
     diagnostics_s = time.perf_counter() - start
-    print(json.dumps({
-        "benchmark": "adaptive_attack", "model": config["model"], "model_dir": args.model_dir,
+    return {
+        "model": config["model"], "model_dir": args.model_dir,
         "n": n, "eps": args.eps, "seed": args.seed, "threads": args.threads,
         "budget": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(budget).items()},
         "clean_accuracy": res.clean_accuracy, "pgd40_accuracy": reference["pgd40"],
@@ -136,12 +144,11 @@ def main() -> None:
             res.stages, calib.stages if calib is not None else None, n, FULL_TEST_SET, key)
             for key in ("seconds", "cpu_s")}},
         "diagnostics": {"accuracy_vs_eps": diagnostics["accuracy_vs_eps"], "gates": diagnostics["gates"],
-                        "median_gradient_norm": {kind: {layer: h["median"] for layer, h in d.items()}
+                        "median_gradient_norm": {kind: {layer: hist["median"] for layer, hist in d.items()}
                                                  for kind, d in diagnostics["gradient_norms"].items()},
                         "checks": {c.name: c.summary() for c in checks},
-                        "seconds": round(diagnostics_s, 1)},
-        "environment": environment()}))
+                        "seconds": round(diagnostics_s, 1)}}
 
 
 if __name__ == "__main__":
-    main()
+    h.script(__name__)

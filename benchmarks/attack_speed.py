@@ -8,25 +8,23 @@ also run, same seed, on the model hidden behind a plain wrapper, so that every q
 forward pass instead of the white-box network's window queries: the ratio of the two times, and
 whether both found the same points. Prints ONE JSON line.
 
-    python benchmarks/attack_speed.py runs/seeds/seed314 --n 200
+    python -m benchmarks attack_speed runs/seeds/seed314 --n 200
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
+import sys
 import time
 from pathlib import Path
 
-import torch
-from torch import nn
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # python benchmarks/NAME.py
 
-from pellucid.data import load_dataset
-from pellucid.models import load_model
-from pellucid.nn import functional as fn
-from pellucid.report import environment
-from pellucid.robust import evaluate_robustness
+from benchmarks import _harness as h  # noqa: E402
+
+SUMMARY = "Images per second of every attack and of the inference forward pass on a trained model"
+EXPECTED_TIME = ("minutes: 232 s for --n 500 --queries 5000 --attacks square-native with one thread "
+                 "(results/attack_speed.jsonl); the default attack set is not recorded")
 
 ATTACK_SETTINGS = {"fgsm": {}, "pgd": {"steps": 40}, "apgd-ce": {"steps": 100},
                    "apgd-dlr": {"steps": 100}, "deepfool": {"steps": 100}}
@@ -35,12 +33,13 @@ ATTACK_SETTINGS = {"fgsm": {}, "pgd": {"steps": 40}, "apgd-ce": {"steps": 100},
 @contextlib.contextmanager
 def argmax_forward():
     """The forward with argmax bookkeeping (``max(dim=1)``) in the conv layer: the baseline."""
-    original = fn.max_correlation
+    import pellucid.nn.semantic.rotation_conv as rc
+
+    original = rc.max_correlation
 
     def with_index(x, weight, return_index=True):
         return original(x, weight, return_index=True)
 
-    import pellucid.nn.semantic.rotation_conv as rc
     rc.max_correlation = with_index
     try:
         yield
@@ -48,15 +47,19 @@ def argmax_forward():
         rc.max_correlation = original
 
 
-class FullForwards(nn.Module):
+def full_forwards(model):
     """The model without its ``window_queries``: Square's baseline of one full forward per query."""
+    from torch import nn
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
+    class FullForwards(nn.Module):
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        def forward(self, x):
+            return self.model(x)
+
+    return FullForwards(model)
 
 
 def images_per_s(f, n: int, repeats: int = 3) -> float:
@@ -67,17 +70,24 @@ def images_per_s(f, n: int, repeats: int = 3) -> float:
     return n * repeats / (time.perf_counter() - t)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("model_dir")
-    ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--queries", type=int, default=500)
-    ap.add_argument("--attacks", nargs="+", default=[*ATTACK_SETTINGS, "square", "square-native"],
-                    choices=[*ATTACK_SETTINGS, "square", "square-native"])
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def parser():
+    p = h.parser(__name__, __doc__, threads=None)
+    p.add_argument("model_dir")
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--queries", type=int, default=500)
+    p.add_argument("--attacks", nargs="+", default=[*ATTACK_SETTINGS, "square", "square-native"],
+                   choices=[*ATTACK_SETTINGS, "square", "square-native"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = h.parse(parser(), argv)
+    import torch
+
+    from pellucid.data import load_dataset
+    from pellucid.models import load_model
+    from pellucid.robust import evaluate_robustness
+
     model, config = load_model(Path(args.model_dir))
     test = load_dataset(config["data"]["dataset"], "test", classes=config["data"].get("classes"))
     x, y = test.images[: args.n], test.labels[: args.n]
@@ -98,16 +108,14 @@ def main() -> None:
                       "robust_accuracy": res.robust_accuracy}
         if name == "square-native" and hasattr(model, "window_queries"):
             t = time.perf_counter()
-            plain = evaluate_robustness(FullForwards(model), x, y, attack=name, eps=0.3, **kw)
+            plain = evaluate_robustness(full_forwards(model), x, y, attack=name, eps=0.3, **kw)
             s_plain = time.perf_counter() - t
             rows[name].update(full_forward_seconds=round(s_plain, 2), window_query_speedup=round(s_plain / s, 2),
                               same_points=bool(torch.equal(plain.adversarial, res.adversarial)))
-    print(json.dumps({"benchmark": "attack_speed", "model": config["model"], "n": len(x),
-                      "threads": torch.get_num_threads(),
-                      "forward_images_per_s": round(fast), "forward_baseline_images_per_s": round(base),
-                      "forward_speedup": round(fast / base, 2), "attacks": rows,
-                      "environment": environment()}))
+    return {"model": config["model"], "n": len(x), "threads": torch.get_num_threads(),
+            "forward_images_per_s": round(fast), "forward_baseline_images_per_s": round(base),
+            "forward_speedup": round(fast / base, 2), "attacks": rows}
 
 
 if __name__ == "__main__":
-    main()
+    h.script(__name__)

@@ -1,6 +1,6 @@
 """Cost of an excitation pullback vs a vanilla input gradient (ResNet-50, 224 x 224, CPU).
 
-    nice -n 10 .venv/bin/python benchmarks/bench_pullback.py [--batches 1 8] [--repeats 5]
+    nice -n 10 .venv/bin/python -m benchmarks bench_pullback [--batches 1 8] [--repeats 5]
 
 Prints ONE JSON line: per batch size, the median wall time of one input gradient and one pullback
 (interleaved in one process, so background load hits both alike), their peak-memory rise above
@@ -23,11 +23,18 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # python benchmarks/NAME.py
+
+from benchmarks import REPO, _harness as h  # noqa: E402
+
+SUMMARY = "Cost of an excitation pullback against a plain input gradient: time and peak memory (ResNet-50)"
+EXPECTED_TIME = "~5 min (292 s recorded for --batches 1 8 --repeats 5; results/bench_pullback_cpu.json)"
 
 # --------------------------------------------------------------------------- worker side
 
@@ -95,46 +102,57 @@ def worker_time(names: list[str], batch: int, size: int, repeats: int) -> dict:
     return {n: {"median_s": statistics.median(t), "min_s": min(t), "all_s": t} for n, t in times.items()}
 
 
+def worker(argv: list[str]) -> None:
+    """A measuring subprocess (``_spawn``): ``time BATCH NAME...`` or ``memory BATCH NAME``; prints
+    its figures as one JSON line."""
+    p = argparse.ArgumentParser(prog="bench_pullback worker")
+    p.add_argument("kind", choices=["time", "memory"])
+    p.add_argument("batch", type=int)
+    p.add_argument("names", nargs="+")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=5)
+    a = p.parse_args(argv)
+    if a.kind == "memory":
+        result = worker_memory(a.names[0], a.batch, a.size)
+    else:
+        result = worker_time(a.names, a.batch, a.size, a.repeats)
+    print(json.dumps(result))
+
+
 # --------------------------------------------------------------------------- driver side
+
+WORKER = "import sys; from benchmarks.bench_pullback import worker; worker(sys.argv[1:])"
 
 
 def _spawn(args: list[str]) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    out = subprocess.run([sys.executable, __file__, *args], env=env, check=True, capture_output=True,
-                         text=True)
+    out = subprocess.run([sys.executable, "-c", WORKER, *args], env=env, cwd=REPO, check=True,
+                         capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser():
+    p = h.parser(__name__, __doc__)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-counterfactual", action="store_true")
-    p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    a = p.parse_args()
-    if a.worker:
-        kind, batch = a.worker[0], int(a.worker[1])
-        if kind == "memory":
-            result = worker_memory(a.worker[2], batch, a.size)
-        else:
-            result = worker_time(a.worker[2:], batch, a.size, a.repeats)
-        print(json.dumps(result))
-        return
+    return p
 
-    import torch
 
+def main(argv: list[str] | None = None) -> dict:
+    a = h.parse(parser(), argv)
     t_start = time.time()
     single = ["gradient", "pullback"]
     cf = [] if a.no_counterfactual else ["cf5-gradient", "cf5-pullback"]
     results = {}
     for batch in a.batches:
-        row: dict = {"time": _spawn(["--worker", "time", str(batch), *single, "--size", str(a.size),
+        row: dict = {"time": _spawn(["time", str(batch), *single, "--size", str(a.size),
                                      "--repeats", str(a.repeats)])}
         if cf:
-            row["time"].update(_spawn(["--worker", "time", str(batch), *cf, "--size", str(a.size),
+            row["time"].update(_spawn(["time", str(batch), *cf, "--size", str(a.size),
                                        "--repeats", str(max(1, a.repeats // 2))]))
-        row["memory"] = {n: _spawn(["--worker", "memory", str(batch), n, "--size", str(a.size)])
+        row["memory"] = {n: _spawn(["memory", str(batch), n, "--size", str(a.size)])
                          for n in single + cf}
         t, m = row["time"], row["memory"]
         row["ratios"] = {
@@ -148,17 +166,15 @@ def main() -> None:
                 m["cf5-pullback"]["peak_rise_mb"] / m["cf5-gradient"]["peak_rise_mb"])
         results[f"batch{batch}"] = row
     last = results[f"batch{a.batches[-1]}"]["ratios"]
-    print(json.dumps({
-        "benchmark": "pullback_vs_gradient", "model": "resnet50 (random init, calibrated BN)",
+    return {
+        "model": "resnet50 (random init, calibrated BN)",
         "input": f"Bx3x{a.size}x{a.size}", "target": 1, "temperature": 0.3, "gate": "sigmoid",
         "results": results,
         "acceptance": {"time_ratio_le_1.2": last["pullback_vs_gradient_time"] <= 1.2,
                        "memory_ratio_le_1.6": last["pullback_vs_gradient_memory_rise"] <= 1.6},
-        "env": {"python": platform.python_version(), "torch": torch.__version__,
-                "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-                "repeats": a.repeats, "runtime_s": round(time.time() - t_start, 1)},
-    }))
+        "repeats": a.repeats, "runtime_s": round(time.time() - t_start, 1),
+    }
 
 
 if __name__ == "__main__":
-    main()
+    h.script(__name__)

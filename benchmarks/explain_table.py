@@ -16,27 +16,28 @@ test images (16), each for its label; their localisation metrics on 2 x 2 mosaic
 ``--photos`` photos (2) plus their mirror images (two views per photo, so the mosaics for
 ``pointing_game`` / ``focus`` have two images per "class", the photo's top unit). Metric settings
 are scaled to the input size and cost (``metric_options``), the same for every method; the
-cosine table runs ``--cosine-methods`` only. Prints ONE JSON
-line: per model, one row per (method, metric) with mean, standard error, n and seconds.
+cosine table runs ``--cosine-methods`` only. One result per table (one JSON line each, as they
+are recorded in ``results/explain_table.jsonl``): per model, one row per (method, metric) with
+mean, standard error, n and seconds.
 
-``.venv/bin/python benchmarks/explain_table.py [--models lenet whitebox] [--out-dir docs/figures]``
+``.venv/bin/python -m benchmarks explain_table [--models lenet whitebox] [--out-dir docs/figures]``
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # python benchmarks/NAME.py
 
-from pellucid.explain.bench import explain_bench
-from pellucid.explain.methods import EXPLAINERS
-from pellucid.explain.metrics import METRICS
+from benchmarks import _harness as h  # noqa: E402
+
+SUMMARY = "The explanation benchmark table: every method x every metric on four models"
+EXPECTED_TIME = ("> 5 min: 290 s recorded over four of its five tables (results/explain_table.jsonl), "
+                 "plus training the three MNIST-sized models the first time")
 
 TRAINED = {"whitebox": "whitebox-mnist35", "lenet": "lenet-mnist35", "metric": "metric-mlp"}
 # method options per model: the white-box network's spatial feature map is its rotation-conv layer
@@ -82,12 +83,13 @@ def trained_run(key: str, runs: Path, epochs: int | None) -> Path:
     cfg = recipe.config_type()
     if epochs is not None:
         cfg = replace(cfg, epochs=epochs)
-    print(f"training {TRAINED[key]} into {out}", file=sys.stderr, flush=True)
+    h.log(f"training {TRAINED[key]} into {out}")
     recipe.run(cfg, out, progress=False)
     return out
 
 
 def mnist_sized(key: str, runs: Path, epochs: int | None, n: int, methods, metrics) -> dict:
+    from pellucid.explain.bench import explain_bench
     from pellucid.models import load_model, read_config
     from pellucid.report.evaluation import load_test_set
 
@@ -106,7 +108,7 @@ def mnist_sized(key: str, runs: Path, epochs: int | None, n: int, methods, metri
             "rows": [r.to_dict() for r in rows], "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def _photo(source: str) -> torch.Tensor:
+def _photo(source: str):
     from pellucid.data.images import load_image
 
     if source.startswith("matplotlib:"):
@@ -117,6 +119,9 @@ def _photo(source: str) -> torch.Tensor:
 
 
 def inception(n_photos: int, methods, metrics, cosine_methods) -> list[dict]:
+    import torch
+
+    from pellucid.explain.bench import explain_bench
     from pellucid.explain.targets import cosine_similarity_target
     from pellucid.models import create_model
 
@@ -155,30 +160,35 @@ def _known(options: dict, metrics) -> dict:
 
 def _progress(model: str):
     def say(row) -> None:
-        print(f"{model:>16} {row.method:>22} {row.metric:<30} {row.mean:.4g} "
-              f"(+- {row.sem:.2g}, n={row.n}) {row.metric_seconds:.1f}s", file=sys.stderr, flush=True)
+        h.log(f"{model:>16} {row.method:>22} {row.metric:<30} {row.mean:.4g} "
+              f"(+- {row.sem:.2g}, n={row.n}) {row.metric_seconds:.1f}s")
     return say
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=["whitebox", "lenet", "metric", "inception"],
-                    choices=["whitebox", "lenet", "metric", "inception"])
-    ap.add_argument("--methods", nargs="+", default=list(EXPLAINERS))
-    ap.add_argument("--metrics", nargs="+", default=list(METRICS))
-    ap.add_argument("--runs", type=Path, default=Path("runs/explain-bench"))
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--n", type=int, default=16)
-    ap.add_argument("--photos", type=int, default=2)
-    ap.add_argument("--cosine-methods", nargs="+", default=["pullback", "gradient",
-                                                            "integrated-gradients", "smoothgrad"],
-                    help="methods of the second Inception table (cosine-similarity target)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out-dir", type=Path, default=None, help="write one figure per table here")
-    ap.add_argument("--jsonl", type=Path, default=None,
-                    help="also append each table to this file as soon as it is done (one line each)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+def parser():
+    from pellucid.explain.methods import EXPLAINERS
+    from pellucid.explain.metrics import METRICS
+
+    p = h.parser(__name__, __doc__, threads=2)
+    p.add_argument("--models", nargs="+", default=["whitebox", "lenet", "metric", "inception"],
+                   choices=["whitebox", "lenet", "metric", "inception"])
+    p.add_argument("--methods", nargs="+", default=list(EXPLAINERS))
+    p.add_argument("--metrics", nargs="+", default=list(METRICS))
+    p.add_argument("--runs", type=Path, default=Path("runs/explain-bench"))
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--photos", type=int, default=2)
+    p.add_argument("--cosine-methods", nargs="+", default=["pullback", "gradient",
+                                                           "integrated-gradients", "smoothgrad"],
+                   help="methods of the second Inception table (cosine-similarity target)")
+    p.add_argument("--out-dir", type=Path, default=None, help="write one figure per table here")
+    p.add_argument("--jsonl", type=Path, default=None,
+                   help="also append each table to this file as soon as it is done (one line each)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = h.parse(parser(), argv)
     tables = []
     for key in args.models:
         done = inception(args.photos, args.methods, args.metrics, args.cosine_methods) \
@@ -194,10 +204,8 @@ def main() -> None:
                 with open(args.jsonl, "a") as f:
                     f.write(json.dumps(t) + "\n")
         tables += done
-    print(json.dumps({"benchmark": "explain_table", "tables": tables,
-                      "env": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                              "machine": platform.machine(), "python": platform.python_version()}}))
+    return tables
 
 
 if __name__ == "__main__":
-    main()
+    h.script(__name__)

@@ -11,29 +11,30 @@ slots.
 The research log claims 998 slots at 97.8 % test accuracy; the target here is >= 97.5 % with
 <= 1,200 slots, fitted in <= 5 minutes on 2 CPU cores.
 
-Prints ONE JSON line. ``.venv/bin/python benchmarks/inh_mnist.py [--similarity cosine ...]``
+Prints ONE JSON line. ``.venv/bin/python -m benchmarks inh_mnist [--similarity cosine ...]``
 """
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import asdict
-import json
 import math
-import platform
 import statistics
+import sys
 import time
+from dataclasses import asdict
+from pathlib import Path
 
-import torch
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # python benchmarks/NAME.py
 
-from pellucid.data import load_dataset
-from pellucid.models import create_model
-from pellucid.nn.disjunctive.hashing import SIMILARITIES, THRESHOLD_MODES, candidate_coverage, greedy_set_cover
-from pellucid.train.inh import InhMnistConfig, fit_inh_classifier
+from benchmarks import _harness as h  # noqa: E402
+
+SUMMARY = "Incremental Neural Hashing on MNIST pixels: slots, accuracy and time of the inh-mnist fit"
+EXPECTED_TIME = "~2-3 min: the fit took 123 s with the defaults on 2 threads (results/inh_mnist.jsonl)"
 
 
-def python_set_cover(cover: torch.Tensor) -> list[int]:
+def python_set_cover(cover) -> list[int]:
     """Greedy set cover with a Python loop over the candidates each step (the reference)."""
+    import torch
+
     sets = [set(torch.nonzero(row).flatten().tolist()) for row in cover]
     uncovered = set(range(cover.shape[1]))
     chosen = []
@@ -50,6 +51,8 @@ def python_set_cover(cover: torch.Tensor) -> list[int]:
 
 
 def accuracy(model, images, labels) -> float:
+    import torch
+
     with torch.no_grad():
         pred = torch.cat([model(xb).argmax(1) for xb in images.split(4096)])
     return float((pred == labels).float().mean())
@@ -57,6 +60,10 @@ def accuracy(model, images, labels) -> float:
 
 def set_cover_timing(model, train, batch_size: int, seed: int, eps: float) -> dict:
     """Both greedy set covers on the first batch's coverage matrix (all inputs candidates)."""
+    import torch
+
+    from pellucid.nn.disjunctive.hashing import candidate_coverage, greedy_set_cover
+
     n = len(train)
     first = torch.tensor_split(torch.randperm(n, generator=torch.Generator().manual_seed(seed)),
                                math.ceil(n / batch_size))[0]
@@ -76,24 +83,32 @@ def set_cover_timing(model, train, batch_size: int, seed: int, eps: float) -> di
             "python_loop_s": round(t_slow, 4), "speed_ratio": round(t_slow / t_fast, 1)}
 
 
-def main() -> None:
+def parser():
+    from pellucid.nn.disjunctive.hashing import SIMILARITIES, THRESHOLD_MODES
+    from pellucid.train.inh import InhMnistConfig
+
     defaults = InhMnistConfig()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--similarity", default=defaults.similarity, choices=SIMILARITIES)
-    ap.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    ap.add_argument("--max-passes", type=int, default=defaults.max_passes)
-    ap.add_argument("--threshold-mode", default=defaults.threshold_mode, choices=THRESHOLD_MODES)
-    ap.add_argument("--no-prune", action="store_true")
-    ap.add_argument("--eps", type=float, default=defaults.eps)
-    ap.add_argument("--tune-epochs", type=int, default=defaults.tune_epochs)
-    ap.add_argument("--tune-lr", type=float, default=defaults.tune_lr)
-    ap.add_argument("--tune-temperature", type=float, default=defaults.tune_temperature)
-    ap.add_argument("--seed", type=int, default=defaults.seed)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-set-cover-timing", action="store_true")
-    ap.add_argument("--cover-batch", type=int, default=2000)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    p = h.parser(__name__, __doc__, threads=2, seed=defaults.seed)
+    p.add_argument("--similarity", default=defaults.similarity, choices=SIMILARITIES)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--max-passes", type=int, default=defaults.max_passes)
+    p.add_argument("--threshold-mode", default=defaults.threshold_mode, choices=THRESHOLD_MODES)
+    p.add_argument("--no-prune", action="store_true")
+    p.add_argument("--eps", type=float, default=defaults.eps)
+    p.add_argument("--tune-epochs", type=int, default=defaults.tune_epochs)
+    p.add_argument("--tune-lr", type=float, default=defaults.tune_lr)
+    p.add_argument("--tune-temperature", type=float, default=defaults.tune_temperature)
+    p.add_argument("--no-set-cover-timing", action="store_true")
+    p.add_argument("--cover-batch", type=int, default=2000)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = h.parse(parser(), argv)
+    from pellucid.data import load_dataset
+    from pellucid.models import create_model
+    from pellucid.train.inh import InhMnistConfig, fit_inh_classifier
+
     cfg = InhMnistConfig(similarity=args.similarity, batch_size=args.batch_size,
                          max_passes=args.max_passes, threshold_mode=args.threshold_mode,
                          prune=not args.no_prune, eps=args.eps, tune_epochs=args.tune_epochs,
@@ -105,7 +120,7 @@ def main() -> None:
     last = history[-1]
     test_acc = accuracy(model, test.images, test.labels)
     out = {
-        "benchmark": "inh_mnist", "config": asdict(cfg), "passes": len(fit_rows),
+        "config": asdict(cfg), "passes": len(fit_rows),
         "fit_converged": fit_rows[-1]["new_slots"] == 0 and fit_rows[-1]["raised_thresholds"] == 0,
         "fitted_slots": last["fitted_slots"], "slots": model.n_slots,
         "train_accuracy": round(accuracy(model, train.images, train.labels), 4),
@@ -118,10 +133,8 @@ def main() -> None:
     if not args.no_set_cover_timing:
         out["set_cover"] = set_cover_timing(create_model("inh-mnist", similarity=args.similarity),
                                             train, args.cover_batch, args.seed, args.eps)
-    out["env"] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "machine": platform.machine(), "python": platform.python_version()}
-    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    h.script(__name__)

@@ -7,19 +7,21 @@ Same inputs; values and both gradients compared (max relative difference); media
 ``--compiled`` also the opt-in ``torch.compile`` path (``lp_distance(..., compiled=True)``; its
 compilation, tens of seconds per shape, happens in the untimed comparison call).
 
-Prints ONE JSON line. ``.venv/bin/python benchmarks/metric_lp_speed.py``
+Prints ONE JSON line. ``.venv/bin/python -m benchmarks metric_lp_speed``
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
+import sys
+from pathlib import Path
 
-import torch
-from metric_conv_speed import timed
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # python benchmarks/NAME.py
 
-from pellucid.nn.metric.distance import lp_distance
+from benchmarks import _harness as h  # noqa: E402
+
+SUMMARY = "General-p metric neurons: pellucid's blocked lp distance against torch.cdist, Table 1 sizes"
+EXPECTED_TIME = ("~15 s at the per-call times in docs/metric.md (one thread); --compiled adds tens of "
+                 "seconds of compilation per p and H")
 
 
 def forward_backward(distance, x, c, weights):
@@ -28,17 +30,23 @@ def forward_backward(distance, x, c, weights):
     return a.grad, b.grad
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=50)
-    ap.add_argument("--features", type=int, default=784)
-    ap.add_argument("--hidden", type=int, nargs="+", default=[100, 500])
-    ap.add_argument("--p", type=float, nargs="+", default=[0.5, 20.0])
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--compiled", action="store_true", help="also time the torch.compile path")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+def parser():
+    p = h.parser(__name__, __doc__, threads=1)
+    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--features", type=int, default=784)
+    p.add_argument("--hidden", type=int, nargs="+", default=[100, 500])
+    p.add_argument("--p", type=float, nargs="+", default=[0.5, 20.0])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--compiled", action="store_true", help="also time the torch.compile path")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = h.parse(parser(), argv)
+    import torch
+
+    from pellucid.nn.metric.distance import lp_distance
+
     rows = []
     for hidden in args.hidden:
         for p in args.p:
@@ -53,8 +61,8 @@ def main() -> None:
                 value_diff = rel(ours(x, c), reference(x, c))
             grad_diff = max(rel(u, v) for u, v in zip(forward_backward(ours, x, c, weights),
                                                       forward_backward(reference, x, c, weights)))
-            t_ours = timed(lambda: forward_backward(ours, x, c, weights), args.repeats)
-            t_ref = timed(lambda: forward_backward(reference, x, c, weights), args.repeats)
+            t_ours = h.timed(lambda: forward_backward(ours, x, c, weights), args.repeats)
+            t_ref = h.timed(lambda: forward_backward(reference, x, c, weights), args.repeats)
             row = {"p": p, "hidden": hidden, "max_rel_diff_value": value_diff,
                    "max_rel_diff_grad": grad_diff,
                    "forward_backward_ms": {"pellucid": round(t_ours * 1e3, 2), "cdist": round(t_ref * 1e3, 2)},
@@ -63,14 +71,13 @@ def main() -> None:
                 compiled = lambda a, b, p=p: lp_distance(a, b, p, compiled=True)  # noqa: E731
                 row["max_rel_diff_grad_compiled"] = max(rel(u, v) for u, v in zip(
                     forward_backward(compiled, x, c, weights), forward_backward(reference, x, c, weights)))
-                t_comp = timed(lambda: forward_backward(compiled, x, c, weights), args.repeats)
+                t_comp = h.timed(lambda: forward_backward(compiled, x, c, weights), args.repeats)
                 row["forward_backward_ms"]["pellucid_compiled"] = round(t_comp * 1e3, 2)
                 row["speedup_compiled"] = round(t_ref / t_comp, 2)
             rows.append(row)
-    print(json.dumps({"benchmark": "metric_lp_speed", "batch": args.batch, "features": args.features,
-                      "rows": rows, "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__,
-                      "python": platform.python_version(), "device": "cpu"}))
+    return {"batch": args.batch, "features": args.features, "rows": rows, "threads": args.threads,
+            "repeats": args.repeats, "device": "cpu"}
 
 
 if __name__ == "__main__":
-    main()
+    h.script(__name__)

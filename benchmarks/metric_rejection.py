@@ -17,28 +17,24 @@ clean test images as the dictionary model at its best epsilon, and the same coun
 
 Prints ONE JSON line (progress on stderr). ``--cost-only``: train one epoch per H (first setting),
 time one search per attack and the baseline, and print the estimated cost of the full run instead.
-``nice -n 15 .venv/bin/python benchmarks/metric_rejection.py``
+``--render JSONL`` prints the Markdown tables of the file's last full result and measures nothing.
+``nice -n 15 .venv/bin/python -m benchmarks metric_rejection``
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # python benchmarks/NAME.py
 
-from pellucid.data import load_dataset
-from pellucid.models import load_model
-from pellucid.robust.attacks import run_attack
-from pellucid.robust.rejection import (PROTOCOL_ALPHAS, PROTOCOL_BOUNDS, MaxProbabilityRejector,
-                                       rejection_at_clean_rates, rejection_report)
-from pellucid.train.checkpointing import STATE_FILE
-from pellucid.train.metric_recipes import DictionaryMLPConfig, PlainMLPConfig, train_dictionary_mlp, train_plain_mlp
+from benchmarks import _harness as h  # noqa: E402
+
+SUMMARY = "Adversarial rejection of the epsilon-softmax dictionary MLP on Fashion-MNIST against a softmax baseline"
+EXPECTED_TIME = "~30 min: 1,785 s with the defaults on one thread (results/metric_rejection.jsonl)"
 
 # label -> (registered attack, its arguments), in image [0, 1] units: L-inf eps 0.3, L2 eps 3.0;
 # PGD 20 steps of eps / 10; L2 Adam-PGD steps per coordinate (foolbox's eps / 40); L2 BIM: its
@@ -73,12 +69,11 @@ def positive(text: str) -> float:
     return value
 
 
-def log(*parts) -> None:
-    print(*parts, file=sys.stderr, flush=True)
-
-
 def trained(train, cfg, out: Path):
     """Train (or resume) ``cfg`` into ``out``; the loaded model and the last epoch's record."""
+    from pellucid.models import load_model
+    from pellucid.train.checkpointing import STATE_FILE
+
     hist = train(cfg, out, resume=(out / STATE_FILE).is_file(), progress=False)["epochs"]
     return load_model(out)[0].eval(), hist[-1]
 
@@ -90,6 +85,8 @@ def run_dir(root: Path, hidden: int, epochs: int, data_init: bool, scale: float)
 
 def evaluate(model, x, y, attacks, args, baseline=None) -> dict:
     """The model-level figures and, per attack, the search over the grid (and the baseline's counts)."""
+    from pellucid.robust.rejection import rejection_at_clean_rates, rejection_report
+
     row: dict = {"attacks": {}}
     for label in attacks:
         attack, kwargs = ATTACKS[label]
@@ -103,41 +100,56 @@ def evaluate(model, x, y, attacks, args, baseline=None) -> dict:
             base = rejection_at_clean_rates(baseline["model"], x, y, search, attacked=baseline["attacked"](label))
             entry["baseline"] = {"seconds": base["seconds"], "bounds": base["bounds"]}
         row["attacks"][label] = entry
-        log(f"  {label}: search {search['seconds']:.1f} s, {search['attack_runs']} attack runs")
+        h.log(f"  {label}: search {search['seconds']:.1f} s, {search['attack_runs']} attack runs")
     return row
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--hidden", type=int, nargs="+", default=[100, 500])
-    ap.add_argument("--settings", type=setting, nargs="+", default=[setting(s) for s in SETTINGS],
-                    metavar="INIT:SCALE", help=f"keys data-initialised or random, key lr factor (default: "
-                                               f"{' '.join(SETTINGS)})")
-    ap.add_argument("--attacks", nargs="+", choices=list(ATTACKS), default=list(ATTACKS), metavar="ATTACK",
-                    help=f"default: all ({', '.join(ATTACKS)})")
-    ap.add_argument("--alphas", type=positive, nargs="+", default=list(PROTOCOL_ALPHAS))
-    ap.add_argument("--bounds", type=positive, nargs="+", default=list(PROTOCOL_BOUNDS))
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--n", type=int, default=1000, help="test images attacked")
-    ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
-                    help="plain-mlp max-softmax-probability rejection at the same clean rejection rates")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--runs-dir", type=Path, default=None, metavar="DIR",
-                    help="keep each trained model in DIR (checkpointed every epoch; re-running resumes)")
-    ap.add_argument("--min-noise-rejection", type=float, default=0.99, metavar="P",
-                    help="epsilon search: only epsilons rejecting >= P of uniform noise (negative: "
-                         "none, the paper's measure-only protocol)")
-    ap.add_argument("--cost-only", action="store_true",
-                    help="train 1 epoch per H (first setting), time the searches, print the estimated cost")
-    ap.add_argument("--render", type=Path, default=None, metavar="JSONL",
-                    help="print the Markdown tables of the last result line in JSONL and exit")
-    args = ap.parse_args()
+def parser():
+    from pellucid.robust.rejection import PROTOCOL_ALPHAS, PROTOCOL_BOUNDS
+
+    p = h.parser(__name__, __doc__, threads=1)
+    p.add_argument("--hidden", type=int, nargs="+", default=[100, 500])
+    p.add_argument("--settings", type=setting, nargs="+", default=[setting(s) for s in SETTINGS],
+                   metavar="INIT:SCALE", help=f"keys data-initialised or random, key lr factor (default: "
+                                              f"{' '.join(SETTINGS)})")
+    p.add_argument("--attacks", nargs="+", choices=list(ATTACKS), default=list(ATTACKS), metavar="ATTACK",
+                   help=f"default: all ({', '.join(ATTACKS)})")
+    p.add_argument("--alphas", type=positive, nargs="+", default=list(PROTOCOL_ALPHAS))
+    p.add_argument("--bounds", type=positive, nargs="+", default=list(PROTOCOL_BOUNDS))
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--n", type=int, default=1000, help="test images attacked")
+    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                   help="plain-mlp max-softmax-probability rejection at the same clean rejection rates")
+    p.add_argument("--runs-dir", type=Path, default=None, metavar="DIR",
+                   help="keep each trained model in DIR (checkpointed every epoch; re-running resumes)")
+    p.add_argument("--min-noise-rejection", type=float, default=0.99, metavar="P",
+                   help="epsilon search: only epsilons rejecting >= P of uniform noise (negative: "
+                        "none, the paper's measure-only protocol)")
+    p.add_argument("--cost-only", action="store_true",
+                   help="train 1 epoch per H (first setting), time the searches, print the estimated cost")
+    p.add_argument("--render", type=Path, default=None, metavar="JSONL",
+                   help="print the Markdown tables of the last full result in JSONL and exit (no measurement)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = h.parse(parser(), argv)
     if args.render is not None:
-        print(render_markdown(json.loads(args.render.read_text().strip().splitlines()[-1])))
-        return
+        from benchmarks._render import read_lines
+
+        full = [line.result for line in read_lines(args.render) if "models" in line.result]
+        print(render_markdown(full[-1]))
+        return None
+    import torch
+
+    from pellucid.data import load_dataset
+    from pellucid.robust.attacks import run_attack
+    from pellucid.robust.rejection import MaxProbabilityRejector
+    from pellucid.train.metric_recipes import (DictionaryMLPConfig, PlainMLPConfig, train_dictionary_mlp,
+                                               train_plain_mlp)
+
     if args.min_noise_rejection < 0:
         args.min_noise_rejection = None
-    torch.set_num_threads(args.threads)
     test = load_dataset("fashion-mnist", "test")
     x, y = test.images[:args.n], test.labels[:args.n]
     epochs = 1 if args.cost_only else args.epochs
@@ -164,7 +176,7 @@ def main() -> None:
             baseline = {"model": rejector, "attacked": attacked}
             out_baseline = {"model": "plain-mlp", "test_accuracy": last["test_accuracy"],
                             "train_seconds": round(time.perf_counter() - t, 1), "attack_seconds": attack_seconds}
-            log(f"plain-mlp: test accuracy {last['test_accuracy']:.4f}, {out_baseline['train_seconds']} s")
+            h.log(f"plain-mlp: test accuracy {last['test_accuracy']:.4f}, {out_baseline['train_seconds']} s")
         models = {}
         for text, data_init, scale in settings:
             for hidden in args.hidden:
@@ -174,17 +186,15 @@ def main() -> None:
                 key = f"{text}/H={hidden}"
                 row = {"setting": text, "hidden": hidden, "data_init": data_init, "centre_lr_scale": scale,
                        "test_accuracy": last["test_accuracy"], "train_seconds": round(time.perf_counter() - t, 1)}
-                log(f"{key}: test accuracy {last['test_accuracy']:.4f}, {row['train_seconds']} s")
+                h.log(f"{key}: test accuracy {last['test_accuracy']:.4f}, {row['train_seconds']} s")
                 models[key] = row | evaluate(model, x, y, args.attacks, args, baseline)
-    common = {"benchmark": "metric_rejection", "epochs": args.epochs, "n": args.n, "hidden": args.hidden,
+    common = {"epochs": args.epochs, "n": args.n, "hidden": args.hidden,
               "settings": [s[0] for s in args.settings], "attacks": {k: ATTACKS[k] for k in args.attacks},
               "alphas": args.alphas, "bounds": args.bounds, "min_noise_rejection": args.min_noise_rejection}
-    env = {"seconds": round(time.perf_counter() - t0, 1), "threads": args.threads, "torch": torch.__version__,
-           "python": platform.python_version(), "device": "cpu"}
+    env = {"seconds": h.seconds_since(t0), "threads": args.threads, "device": "cpu"}
     if args.cost_only:
-        print(json.dumps({**common, "cost_only": True, **estimate(models, out_baseline, args), **env}))
-    else:
-        print(json.dumps({**common, "models": models, "baseline": out_baseline, **env}))
+        return {**common, "cost_only": True, **estimate(models, out_baseline, args), **env}
+    return {**common, "models": models, "baseline": out_baseline, **env}
 
 
 def estimate(models: dict, baseline: dict | None, args) -> dict:
@@ -253,4 +263,4 @@ def render_markdown(result: dict, detail: tuple[str, ...] = ("data:0.01",)) -> s
 
 
 if __name__ == "__main__":
-    main()
+    h.script(__name__)

@@ -7,38 +7,43 @@ Each metric trains ``pellucid train metric-resnet20-fashion`` into ``--runs-dir/
 re-running the same command resumes unfinished runs and re-reads finished ones. Prints ONE JSON
 line: per metric the final and best test accuracy, the per-epoch curve, parameters and wall time.
 
-``OMP_NUM_THREADS=1 python benchmarks/metric_resnet_standin.py --train-limit 10000 --epochs 6
+``OMP_NUM_THREADS=1 python -m benchmarks metric_resnet_standin --train-limit 10000 --epochs 6
 --runs-dir runs/rn20f-10k``
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
+import sys
 import time
 from pathlib import Path
 
-import torch
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # python benchmarks/NAME.py
 
-from pellucid.models import create_model
-from pellucid.train import RECIPES
+from benchmarks import _harness as h  # noqa: E402
+
+SUMMARY = "Metric ResNet-20 (l2, stereo, linear convolutions) on Fashion-MNIST, the grey stand-in for CIFAR-10"
+EXPECTED_TIME = ("~28 min: 1,651 s of training for --train-limit 10000 --epochs 6 on one thread "
+                 "(results/metric_resnet_standin.jsonl); finished runs are re-read, not retrained")
 
 RECIPE = "metric-resnet20-fashion"
 PUBLISHED_CIFAR10 = {"l2": 92.84, "stereo": 92.58, "linear": 92.76}  # 200 epochs, mean of 4 seeds
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--metrics", nargs="+", default=["linear", "l2", "stereo"])
-    ap.add_argument("--train-limit", type=int, default=10000)
-    ap.add_argument("--test-limit", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--runs-dir", type=Path, required=True)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+def parser():
+    p = h.parser(__name__, __doc__, threads=1, seed=0)
+    p.add_argument("--metrics", nargs="+", default=["linear", "l2", "stereo"])
+    p.add_argument("--train-limit", type=int, default=10000)
+    p.add_argument("--test-limit", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--runs-dir", type=Path, required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = h.parse(parser(), argv)
+    from pellucid.models import create_model
+    from pellucid.train import RECIPES
+
     entry = RECIPES.get(RECIPE)
     rows = {}
     for metric in args.metrics:
@@ -57,13 +62,9 @@ def main() -> None:
             "parameters": sum(p.numel() for p in create_model(RECIPE, metric=metric).parameters()),
             "published_cifar10": PUBLISHED_CIFAR10.get(metric),
         }
-    print(json.dumps({"benchmark": "metric_resnet_standin", "recipe": RECIPE, "dataset": "fashion-mnist",
-                      "train_limit": args.train_limit, "test_limit": args.test_limit, "epochs": args.epochs,
-                      "seed": args.seed, "metrics": rows,
-                      "env": {"torch": torch.__version__, "threads": args.threads,
-                              "python": platform.python_version(), "device": "cpu",
-                              "cpu": platform.processor() or platform.machine()}}))
+    return {"recipe": RECIPE, "dataset": "fashion-mnist", "train_limit": args.train_limit,
+            "test_limit": args.test_limit, "epochs": args.epochs, "seed": args.seed, "metrics": rows}
 
 
 if __name__ == "__main__":
-    main()
+    h.script(__name__)

@@ -11,24 +11,25 @@ that cannot afford 50 epochs per cell; the JSON records what was run.
 same command is run again (the H = 500 runs of the slow metrics take hours).
 
 Prints ONE JSON line, e.g.
-``nice -n 15 .venv/bin/python benchmarks/metric_table1.py --epochs 3 --seeds 2 --cells l2:5,l2:100``
+``nice -n 15 .venv/bin/python -m benchmarks metric_table1 --epochs 3 --seeds 2 --cells l2:5,l2:100``
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # python benchmarks/NAME.py
 
-from pellucid.models import create_model
-from pellucid.train.checkpointing import STATE_FILE
-from pellucid.train.metric_recipes import MetricMLPConfig, train_metric_mlp
+from benchmarks import _harness as h  # noqa: E402
+
+SUMMARY = "Table 1 of Metric as Transform: Fashion-MNIST metric MLP, best test accuracy per (metric, H)"
+EXPECTED_TIME = ("hours: one 50-epoch run per seed and cell, 0.5-2.6 h each (docs/metric.md); "
+                 "--cost-only STEPS takes seconds")
 
 PUBLISHED = {  # mean over 8 seeds; H = 5, 10, 20, 100, 500
     "l0.5": [72.92, 78.06, 80.13, 83.16, 84.74], "l1": [76.98, 81.71, 82.95, 85.36, 87.02],
@@ -44,6 +45,9 @@ def run_cell(metric: str, hidden: int, seed: int, epochs: int, runs_dir: Path | 
              compiled: bool = False) -> dict:
     """One run through the recipe: in ``runs_dir`` (checkpointed every epoch, resumed if
     interrupted) or in a temporary directory."""
+    from pellucid.train.checkpointing import STATE_FILE
+    from pellucid.train.metric_recipes import MetricMLPConfig, train_metric_mlp
+
     with tempfile.TemporaryDirectory() as tmp:
         out = (runs_dir or Path(tmp)) / f"{metric}_{hidden}_s{seed}"
         cfg = MetricMLPConfig(metric=metric, hidden=hidden, epochs=epochs, seed=seed, compiled_kernels=compiled)
@@ -55,6 +59,10 @@ def run_cell(metric: str, hidden: int, seed: int, epochs: int, runs_dir: Path | 
 
 def cost_estimate(cells: list[str], steps: int, epochs: int, threads: int, compiled: bool = False) -> dict:
     """Seconds per training step (batch 50, after one warm-up step) and the projected run length."""
+    import torch
+
+    from pellucid.models import create_model
+
     x, y = torch.rand(50, 1, 28, 28) * 2 - 1, torch.randint(0, 10, (50,))
     out = {}
     for cell in cells:
@@ -79,31 +87,32 @@ def cost_estimate(cells: list[str], steps: int, epochs: int, threads: int, compi
         per_step = (time.perf_counter() - t) / steps
         out[cell] = {"ms_per_step": round(1000 * per_step, 1),
                      "projected_hours_per_run": round(per_step * 1200 * epochs / 3600, 2)}
-    return {"benchmark": "metric_table1_cost", "steps": steps, "epochs": epochs, "threads": threads,
-            "compiled_kernels": compiled,
-            "steps_per_epoch": 1200, "cells": out, "torch": torch.__version__, "device": "cpu"}
+    return {"cost_only": True, "steps": steps, "epochs": epochs, "threads": threads,
+            "compiled_kernels": compiled, "steps_per_epoch": 1200, "cells": out, "device": "cpu"}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cells", default="l2:100", help="comma list of metric:H")
-    ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=50)
-    ap.add_argument("--first-seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--runs-dir", type=Path, default=None, metavar="DIR",
-                    help="train each run as a model directory DIR/<metric>_<H>_s<seed>, checkpointed "
-                         "every epoch; re-running the same command resumes interrupted runs")
-    ap.add_argument("--cost-only", type=int, default=0, metavar="STEPS",
-                    help="do not train: time STEPS training steps per cell and project a run's cost")
-    ap.add_argument("--compiled-kernels", action="store_true",
-                    help="lp cells with p != 2: torch.compile'd distance loops (needs a C++ compiler)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+def parser():
+    p = h.parser(__name__, __doc__, threads=1)
+    p.add_argument("--cells", default="l2:100", help="comma list of metric:H")
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--runs-dir", type=Path, default=None, metavar="DIR",
+                   help="train each run as a model directory DIR/<metric>_<H>_s<seed>, checkpointed "
+                        "every epoch; re-running the same command resumes interrupted runs")
+    p.add_argument("--cost-only", type=int, default=0, metavar="STEPS",
+                   help="do not train: time STEPS training steps per cell and project a run's cost")
+    p.add_argument("--compiled-kernels", action="store_true",
+                   help="lp cells with p != 2: torch.compile'd distance loops (needs a C++ compiler)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = h.parse(parser(), argv)
+    h.preload("torch", "pellucid.models", "pellucid.train.checkpointing", "pellucid.train.metric_recipes")
     if args.cost_only:
-        print(json.dumps(cost_estimate(args.cells.split(","), args.cost_only, args.epochs, args.threads,
-                                       args.compiled_kernels)))
-        return
+        return cost_estimate(args.cells.split(","), args.cost_only, args.epochs, args.threads,
+                             args.compiled_kernels)
     t0 = time.perf_counter()
     cells = {}
     for cell in args.cells.split(","):
@@ -117,13 +126,12 @@ def main() -> None:
                        "final_mean": round(statistics.mean(r["final"] for r in runs), 2),
                        "published": pub, "diff": round(statistics.mean(best) - pub, 2),
                        "seconds_per_run": round(statistics.mean(r["seconds"] for r in runs), 1)}
-        print(json.dumps({"cell": cell, **cells[cell]}), file=__import__("sys").stderr, flush=True)
-    print(json.dumps({"benchmark": "metric_table1", "epochs": args.epochs, "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
-                      "protocol": f"Adam 1e-4, cosine over {args.epochs} epochs, batch 50, 60k train, best test acc",
-                      "cells": cells, "seconds": round(time.perf_counter() - t0, 1), "threads": args.threads,
-                      "compiled_kernels": args.compiled_kernels,
-                      "torch": torch.__version__, "python": platform.python_version(), "device": "cpu"}))
+        h.log(json.dumps({"cell": cell, **cells[cell]}))
+    return {"epochs": args.epochs, "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
+            "protocol": f"Adam 1e-4, cosine over {args.epochs} epochs, batch 50, 60k train, best test acc",
+            "cells": cells, "seconds": h.seconds_since(t0), "threads": args.threads,
+            "compiled_kernels": args.compiled_kernels, "device": "cpu"}
 
 
 if __name__ == "__main__":
-    main()
+    h.script(__name__)

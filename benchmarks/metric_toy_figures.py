@@ -6,36 +6,39 @@ neuron for contrast) one classifier of 8 neurons per dataset is trained full-bat
 400 steps, seeded, data-initialised centres). Writes ``docs/img/metric-toy-{neurons,moons,circles}.png``
 and prints ONE JSON line (train accuracies, fraction of the plane rejected, seconds).
 
-    .venv/bin/python benchmarks/metric_toy_figures.py [--out docs/img] [--seed 0]
+    .venv/bin/python -m benchmarks metric_toy_figures [--out docs/img] [--seed 0]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
+import sys
 import time
 from pathlib import Path
 
-import torch
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # python benchmarks/NAME.py
 
-from pellucid.viz.toy import render_all
+from benchmarks import _harness as h  # noqa: E402
+
+SUMMARY = "The 2-D toy figures of docs/metric.md: metric neurons and epsilon-softmax decision regions"
+EXPECTED_TIME = "~7 s on 2 threads (docs/metric.md)"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "img")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+def parser():
+    p = h.parser(__name__, __doc__, threads=2, seed=0)
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "img")
+    p.add_argument("--steps", type=int, default=400)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = h.parse(parser(), argv)
+    from pellucid.viz.toy import render_all
+
     t0 = time.perf_counter()
     summary = render_all(args.out, seed=args.seed, steps=args.steps)
-    print(json.dumps({"benchmark": "metric_toy_figures", "seed": args.seed, "steps": args.steps, **summary,
-                      "seconds": round(time.perf_counter() - t0, 1), "threads": args.threads,
-                      "torch": torch.__version__, "python": platform.python_version(), "device": "cpu"}))
+    return {"seed": args.seed, "steps": args.steps, **summary, "seconds": h.seconds_since(t0),
+            "threads": args.threads, "device": "cpu"}
 
 
 if __name__ == "__main__":
-    main()
+    h.script(__name__)

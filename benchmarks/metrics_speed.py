@@ -27,25 +27,23 @@ input-gradient backwards) and nothing else: the network's share of pellucid's ti
 no implementation can go below. ``best_possible_ratio`` = Quantus seconds / that floor: where it
 is under 10, a 10x speed-up over Quantus is out of reach on this CPU whatever the metric code does.
 
-Prints ONE JSON line. ``.venv/bin/python benchmarks/metrics_speed.py [--batch 16] [--repeats 3]``
+Prints ONE JSON line. ``.venv/bin/python -m benchmarks metrics_speed [--batch 16] [--repeats 3]``
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import statistics
-import time
+import sys
 import warnings
+from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import torch
-from torch import nn
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # python benchmarks/NAME.py
 
-from pellucid.explain import Gradient
-from pellucid.explain import metrics as M
+from benchmarks import _harness as h  # noqa: E402
+
+SUMMARY = "Attribution metrics: pellucid's batched tensors against Quantus 0.6.0's per-step NumPy loops"
+EXPECTED_TIME = ("~4-5 min: 251 s of timed calls at the recorded medians (--batch 16 --repeats 3, one "
+                 "thread; results/metrics_speed.jsonl)")
 
 SAMPLING = ("infidelity_gaussian", "faithfulness_correlation", "monotonicity_correlation",
             "max_sensitivity")
@@ -54,8 +52,11 @@ SAMPLING = ("infidelity_gaussian", "faithfulness_correlation", "monotonicity_cor
 MODELS = {"small-cnn": (16, 32), "tiny-cnn": (4, 8)}  # channels of the two conv layers
 
 
-def cnn(channels: tuple[int, int], seed: int) -> nn.Module:
+def cnn(channels: tuple[int, int], seed: int):
     """Two conv layers, adaptive pooling, a linear head: takes 28x28 digits and 56x56 mosaics."""
+    import torch
+    from torch import nn
+
     c1, c2 = channels
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -63,7 +64,9 @@ def cnn(channels: tuple[int, int], seed: int) -> nn.Module:
                          nn.Flatten(), nn.Linear(c2 * 16, 10)).eval()
 
 
-def mnist_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+def mnist_batch(n: int, seed: int):
+    import torch
+
     try:
         from pellucid.data import load_dataset
 
@@ -75,9 +78,11 @@ def mnist_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         return images, torch.randint(0, 10, (4 * n,), generator=g), "random"
 
 
-def timed(fn: Callable[[], object], repeats: int, model: nn.Module) -> tuple[float, list[tuple[tuple[int, ...], bool]]]:
+def timed_with_calls(fn: Callable[[], object], repeats: int, model) -> tuple[float, list[tuple[tuple[int, ...], bool]]]:
     """Median seconds of ``repeats`` calls, and the model calls (forwards) one call makes: the
     input shape of each and whether it ran with gradients."""
+    import torch
+
     calls = []
     hook = model.register_forward_pre_hook(
         lambda _m, args: calls.append((tuple(args[0].shape), torch.is_grad_enabled())))
@@ -85,19 +90,16 @@ def timed(fn: Callable[[], object], repeats: int, model: nn.Module) -> tuple[flo
         fn()  # warm-up, counting forwards
     finally:
         hook.remove()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), calls
+    return h.timed(fn, repeats, warmup=False), calls
 
 
-def model_only(model: nn.Module, calls: list[tuple[tuple[int, ...], bool]], repeats: int) -> float:
+def model_only(model, calls: list[tuple[tuple[int, ...], bool]], repeats: int) -> float:
     """Median seconds of the network's own arithmetic in a metric call: the same forwards (same
     input shapes), each followed by an input-gradient backward where the call had gradients on,
     and nothing else. No implementation of the metric can take less, so ``reference_s /
     model_only_s`` bounds the speed-up any implementation could reach on this CPU."""
+    import torch
+
     inputs = [(torch.rand(shape), grad) for shape, grad in calls]
 
     def replay():
@@ -109,22 +111,25 @@ def model_only(model: nn.Module, calls: list[tuple[tuple[int, ...], bool]], repe
                 with torch.no_grad():
                     model(x)
 
-    replay()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        replay()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return h.timed(replay, repeats)
 
 
-def gradient_np(model, inputs, targets, **kwargs) -> np.ndarray:
+def gradient_explain_func():
     """Quantus ``explain_func``: the same gradient explainer pellucid uses."""
-    return Gradient(model).attribute(torch.as_tensor(inputs), torch.as_tensor(targets).long()).numpy()
+    import torch
+
+    from pellucid.explain import Gradient
+
+    def gradient_np(model, inputs, targets, **kwargs):
+        return Gradient(model).attribute(torch.as_tensor(inputs), torch.as_tensor(targets).long()).numpy()
+
+    return gradient_np
 
 
-def patch_perturbations(x: torch.Tensor, patch: int) -> torch.Tensor:
+def patch_perturbations(x, patch: int):
     """Quantus' Infidelity perturbations ``x - x_k``: patches blacked out one after another."""
+    import torch
+
     black = x.flatten(1).amin(1).view(-1, 1, 1, 1)
     current, out = x.clone(), []
     for i in range(x.shape[2] // patch):
@@ -138,8 +143,12 @@ def patch_perturbations(x: torch.Tensor, patch: int) -> torch.Tensor:
 def cases(model, x, y, a, mosaics, a_mosaic):
     """``name -> (pellucid call, reference call, settings)``."""
     import quantus
+    import torch
     from captum.metrics import infidelity as captum_infidelity
 
+    from pellucid.explain import metrics as M
+
+    gradient_np = gradient_explain_func()
     xn, yn, an = x.numpy(), y.numpy(), a.numpy()
     quiet = dict(disable_warnings=True, display_progressbar=False, abs=False, normalise=False)
 
@@ -210,19 +219,23 @@ def cases(model, x, y, a, mosaics, a_mosaic):
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--only", nargs="*", help="metric rows to run (default: all)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    warnings.simplefilter("ignore")  # Quantus warns on every call
+def parser():
+    p = h.parser(__name__, __doc__, threads=1, seed=0)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--only", nargs="*", help="metric rows to run (default: all)")
+    return p
 
+
+def main(argv: list[str] | None = None) -> dict:
+    args = h.parse(parser(), argv)
+    warnings.simplefilter("ignore")  # Quantus warns on every call
+    import numpy as np
     import quantus
+
+    from pellucid.explain import Gradient
+    from pellucid.explain import metrics as M
 
     pool, labels, data = mnist_batch(args.batch, args.seed)
     x, y = pool[:args.batch], labels[:args.batch]
@@ -236,8 +249,8 @@ def main() -> None:
         for metric, (ours, theirs, settings) in cases(model, x, y, a, mosaics, a_mosaic).items():
             if args.only and metric not in args.only:
                 continue
-            (t_ours, c_ours), (t_theirs, c_theirs) = (timed(ours, args.repeats, model),
-                                                      timed(theirs, args.repeats, model))
+            (t_ours, c_ours), (t_theirs, c_theirs) = (timed_with_calls(ours, args.repeats, model),
+                                                      timed_with_calls(theirs, args.repeats, model))
             floor = model_only(model, c_ours, args.repeats) if c_ours else 0.0
             rows[metric] = {"pellucid_s": round(t_ours, 5), "reference_s": round(t_theirs, 4),
                             "ratio": round(t_theirs / t_ours, 1),
@@ -250,8 +263,8 @@ def main() -> None:
         results[name] = rows
         sampled = [rows[k]["ratio"] for k in SAMPLING if k in rows]
         summary[name] = min(sampled) if sampled else None
-    print(json.dumps({
-        "benchmark": "metrics_speed", "batch": args.batch, "input": [1, 28, 28], "data": data,
+    return {
+        "batch": args.batch, "input": [1, 28, 28], "data": data,
         "models": {k: f"2 conv layers {MODELS[k]} channels, seeded, untrained" for k in args.models},
         "repeats": args.repeats,
         "reference": f"quantus {quantus.__version__} (captum for infidelity_gaussian)",
@@ -259,11 +272,9 @@ def main() -> None:
         "sampling_metrics_best_possible_ratio": {
             k: {m: r["best_possible_ratio"] for m, r in v.items() if m in SAMPLING} for k, v in results.items()},
         "goal_10x_met": {k: v is not None and v >= 10 for k, v in summary.items()},
-        "env": {"torch": torch.__version__, "numpy": np.__version__, "threads": torch.get_num_threads(),
-                "machine": platform.machine(), "cpu": platform.processor() or platform.machine(),
-                "python": platform.python_version(), "device": "cpu"},
-    }))
+        "numpy": np.__version__,
+    }
 
 
 if __name__ == "__main__":
-    main()
+    h.script(__name__)

@@ -19,36 +19,34 @@ Reports per model the Spearman correlation, over epochs 2..E, between ``S(P_e, P
 pullback's faithfulness (positive: faithfulness grows with stability), and writes a figure
 (``--figure``). Prints ONE JSON line.
 
-``.venv/bin/python benchmarks/path_stability.py [--models lenet-mnist35 whitebox-mnist35]
+``.venv/bin/python -m benchmarks path_stability [--models lenet-mnist35 whitebox-mnist35]
 [--epochs 8] [--figure docs/img/path_stability.png]``
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
+import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # python benchmarks/NAME.py
 
-from pellucid.data import load_dataset
-from pellucid.explain import create_explainer
-from pellucid.explain.metrics import faithfulness_correlation, spearman
-from pellucid.explain.paths import PathStabilityTracker
-from pellucid.models.registry import MODELS
-from pellucid.train import RECIPES
-from pellucid.train.recipes import train_registered_classifier
+from benchmarks import _harness as h  # noqa: E402
+
+SUMMARY = "Activation-path stability during training, and whether pullback faithfulness grows with it"
+EXPECTED_TIME = ("~14 min: 839 s with the defaults (168 s lenet-mnist35, 672 s whitebox-mnist35; "
+                 "results/path_stability.jsonl)")
 
 
-def faithfulness(method: str, labels: torch.Tensor, log: list[float]):
+def faithfulness(method: str, labels, log: list[float]):
     """``measure(model, probe)``: mean faithfulness correlation of ``method`` on the probe's
     labels (images where it is undefined, a constant row, left out)."""
+    from pellucid.explain import create_explainer
+    from pellucid.explain.metrics import faithfulness_correlation
 
-    def measure(model: torch.nn.Module, probe: torch.Tensor) -> float:
+    def measure(model, probe) -> float:
         attributions = create_explainer(method, model).attribute(probe, target=labels)
         score = float(faithfulness_correlation(model, probe, attributions, labels, subset_size=56,
                                                n_draws=64, baseline=0.0, seed=0).nanmean())
@@ -59,6 +57,15 @@ def faithfulness(method: str, labels: torch.Tensor, log: list[float]):
 
 
 def run_model(name: str, epochs: int, probe_size: int) -> dict:
+    import torch
+
+    from pellucid.data import load_dataset
+    from pellucid.explain.metrics import spearman
+    from pellucid.explain.paths import PathStabilityTracker
+    from pellucid.models.registry import MODELS
+    from pellucid.train import RECIPES
+    from pellucid.train.recipes import train_registered_classifier
+
     spec = MODELS.get(name)
     test = load_dataset(spec.dataset, "test", classes=spec.classes)
     probe, labels = test.images[:probe_size], test.labels[:probe_size]
@@ -113,22 +120,22 @@ def figure(results: list[dict], path: Path) -> None:
     save(fig, path)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=["lenet-mnist35", "whitebox-mnist35"])
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--probe", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--figure", type=Path, default=None)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+def parser():
+    p = h.parser(__name__, __doc__, threads=2)
+    p.add_argument("--models", nargs="+", default=["lenet-mnist35", "whitebox-mnist35"])
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--probe", type=int, default=128)
+    p.add_argument("--figure", type=Path, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = h.parse(parser(), argv)
     results = [run_model(name, args.epochs, args.probe) for name in args.models]
     if args.figure is not None:
         figure(results, args.figure)
-    print(json.dumps({"benchmark": "path_stability", "results": results,
-                      "env": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                              "machine": platform.machine(), "python": platform.python_version()}}))
+    return {"results": results}
 
 
 if __name__ == "__main__":
-    main()
+    h.script(__name__)

@@ -8,24 +8,23 @@ correct and adversarial correct), precision at 80 % recall under each attack, an
 gradient-masking checks. Every figure is computed in this process. Prints ONE JSON line; each
 evaluation is also recorded in ``DIR/evaluations/`` for ``pellucid evaluate DIR --report``.
 
-    python benchmarks/robustness_table.py runs/wb314 runs/lenet runs/lenet-adv --budget standard
+    python -m benchmarks robustness_table runs/wb314 runs/lenet runs/lenet-adv --budget standard
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-from pellucid.cli._common import strict_json
-from pellucid.data import load_dataset
-from pellucid.models import load_model
-from pellucid.report import environment
-from pellucid.report.records import save_record
-from pellucid.robust import BUDGETS, evaluate_robustness
-from pellucid.robust.checks import evaluation_checks
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # python benchmarks/NAME.py
+
+from benchmarks import _harness as h  # noqa: E402
+
+SUMMARY = "The white-box network beside CNN baselines: one row of robustness figures per model directory"
+EXPECTED_TIME = ("~1 h per model directory for AutoAttack standard on the full test set "
+                 "(docs/whitebox.md: LeNet 3,062 s, one thread)")
 
 
 def training_seconds(run_dir: Path) -> float | None:
@@ -38,6 +37,12 @@ def training_seconds(run_dir: Path) -> float | None:
 
 def row(run_dir: Path, budget: str, eps: float, seed: int, limit: int | None,
         autoattack_limit: int | None = None) -> dict:
+    from pellucid.data import load_dataset
+    from pellucid.models import load_model
+    from pellucid.report.records import save_record
+    from pellucid.robust import evaluate_robustness
+    from pellucid.robust.checks import evaluation_checks
+
     model, config = load_model(run_dir)
     data = config["data"]
     test = load_dataset(data["dataset"], "test", classes=data.get("classes"))
@@ -47,7 +52,7 @@ def row(run_dir: Path, budget: str, eps: float, seed: int, limit: int | None,
            "parameters": sum(p.numel() for p in model.parameters()),
            "train": {k: config.get("train", {}).get(k) for k in ("epochs", "adv_eps", "noise_p")},
            "training_seconds": training_seconds(run_dir), "n": len(test)}
-    log = lambda m: print(f"{run_dir}: {m}", file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda m: h.log(f"{run_dir}: {m}")  # noqa: E731
     full_test = test
     for attack, kw in (("pgd", {"steps": 40, "step_size": round(eps / 3, 12)}),  # 0.1 at eps 0.3
                        ("autoattack", {"budget": budget, "log": log})):
@@ -76,24 +81,29 @@ def row(run_dir: Path, budget: str, eps: float, seed: int, limit: int | None,
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model_dirs", nargs="+", type=Path)
-    ap.add_argument("--budget", default="standard", choices=sorted(BUDGETS))
-    ap.add_argument("--eps", type=float, default=0.3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--limit", type=int, default=None, help="first N test images (not recorded)")
-    ap.add_argument("--autoattack-limit", type=int, default=None,
-                    help="AutoAttack on the first N test images only (PGD-40 on all; not recorded)")
-    args = ap.parse_args()
+def parser():
+    from pellucid.robust import BUDGETS
+
+    p = h.parser(__name__, __doc__, seed=0)
+    p.add_argument("model_dirs", nargs="+", type=Path)
+    p.add_argument("--budget", default="standard", choices=sorted(BUDGETS))
+    p.add_argument("--eps", type=float, default=0.3)
+    p.add_argument("--limit", type=int, default=None, help="first N test images (not recorded)")
+    p.add_argument("--autoattack-limit", type=int, default=None,
+                   help="AutoAttack on the first N test images only (PGD-40 on all; not recorded)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = h.parse(parser(), argv)
+    from pellucid.cli._common import strict_json
+
+    h.preload("pellucid.data", "pellucid.models", "pellucid.report.records", "pellucid.robust.checks")
     t0 = time.perf_counter()
     rows = [row(d, args.budget, args.eps, args.seed, args.limit, args.autoattack_limit)
             for d in args.model_dirs]
-    print(json.dumps(strict_json({"benchmark": "robustness_table", "budget": args.budget,
-                                  "eps": args.eps, "rows": rows,
-                                  "seconds": round(time.perf_counter() - t0, 1),
-                                  "environment": environment()}), allow_nan=False))
+    return strict_json({"budget": args.budget, "eps": args.eps, "rows": rows, "seconds": h.seconds_since(t0)})
 
 
 if __name__ == "__main__":
-    main()
+    h.script(__name__)

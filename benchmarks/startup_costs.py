@@ -16,20 +16,26 @@ console entry exits normally.
 Medians over ``--repeats``, the variants alternating, so background load hits both alike. Prints
 ONE JSON line.
 
-    .venv/bin/python benchmarks/startup_costs.py --repeats 7 [--model-dir DIR]
+    .venv/bin/python -m benchmarks startup_costs --repeats 7 [--model-dir DIR]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # python benchmarks/NAME.py
+
+from benchmarks import _harness as h  # noqa: E402
+
+SUMMARY = "Fixed costs of a pellucid process (torch's Adam import, interpreter exit), from fresh processes"
+EXPECTED_TIME = ("~30 s for --only adam: 14 fresh processes of 1.4-2.4 s (docs/whitebox.md); the exit "
+                 "part runs 3 commands (5 with --model-dir) x 14 processes more")
 
 ADAM_CHILD = """
 import sys, time
@@ -122,24 +128,26 @@ def measure_exit(repeats: int, model_dir: str | None, scratch: str) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--model-dir", default=None,
-                    help="a trained whitebox-mnist35 model directory: also time two tiny evaluations")
-    ap.add_argument("--only", choices=["adam", "exit"], default=None)
-    args = ap.parse_args()
-    import torch
+def parser():
+    p = h.parser(__name__, __doc__)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--model-dir", default=None,
+                   help="a trained whitebox-mnist35 model directory: also time two tiny evaluations")
+    p.add_argument("--only", choices=["adam", "exit"], default=None)
+    return p
 
-    result = {"torch": torch.__version__, "python": platform.python_version(),
-              "cpus": os.cpu_count(), "repeats": args.repeats}
+
+def main(argv: list[str] | None = None) -> dict:
+    args = h.parse(parser(), argv)
+    h.preload("torch")  # as before: the parent has torch loaded (and its files cached) while children run
+    result = {"cpus": os.cpu_count(), "repeats": args.repeats}
     if args.only in (None, "adam"):
         result["adam"] = measure_adam(args.repeats)
     if args.only in (None, "exit"):
         with tempfile.TemporaryDirectory() as scratch:
             result["exit"] = measure_exit(args.repeats, args.model_dir, scratch)
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    h.script(__name__)

@@ -42,29 +42,29 @@ backward of ``sum_j sum_i u_j(x_{j,i})`` gives every ``grad_x u_j(x_{j,i})`` at 
 because in eval mode samples do not interact. A check recomputes A for two units per layer with
 :func:`pellucid.explain.units.noise_gradient_alignment` and reports the largest difference.
 
-Prints ONE JSON line. ``.venv/bin/python benchmarks/unit_alignment.py [--epochs 15] [--threads 2]``
+Prints ONE JSON line. ``.venv/bin/python -m benchmarks unit_alignment [--epochs 15] [--threads 2]``
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # python benchmarks/NAME.py
 
-from pellucid.data import load_dataset
-from pellucid.explain.layers import layer_output as explain_layer_output
-from pellucid.explain.units import noise_gradient_alignment, noise_inputs
-from pellucid.models import MODELS, load_model
-from pellucid.models.inference import predict_logits
-from pellucid.train.recipes import RECIPES
+from benchmarks import _harness as h  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+SUMMARY = "Interpretable against ReLU units, positive against unconstrained convolutions: unit gradients on noise"
+EXPECTED_TIME = "~7 min: 432.5 s with the defaults (results/unit_alignment.jsonl)"
 
 # model name -> {layer label: module path}; "output" ("" path) is the model's own output.
 LAYERS = {
@@ -80,6 +80,8 @@ REPRESENTATION = {"disjunction-mnist35": "conjunctions", "disjunction-positive-m
 def layer_output(model: nn.Module, path: str, x: torch.Tensor) -> torch.Tensor:
     """The output of module ``path`` (``""``: the model) on ``x``, flattened to ``(B, units)``; the
     forward stops there (:func:`pellucid.explain.layers.layer_output`)."""
+    from pellucid.explain.layers import layer_output as explain_layer_output
+
     return explain_layer_output(model, path, x).flatten(1)
 
 
@@ -92,6 +94,8 @@ def per_unit_gradients(model: nn.Module, path: str, inputs: torch.Tensor,
     A chunk of ``c`` units is one batch of ``c m`` inputs and one backward of ``sum_j sum_i
     u_j(inputs[j, i])``: exact per-sample gradients when samples do not interact (eval mode).
     """
+    import torch
+
     units, m, shape = inputs.shape[0], inputs.shape[1], inputs.shape[2:]
     chunk = max(1, min(units, max_batch // max(1, m)))
     grads = torch.empty_like(inputs)
@@ -116,6 +120,8 @@ def _centre(g: torch.Tensor, centred: bool) -> torch.Tensor:
 def cosine_rows(a: torch.Tensor, b: torch.Tensor, centred: bool = False) -> torch.Tensor:
     """``cos(a_j, b_j)`` per row of ``(U, ...)`` tensors (float64), 0 where either row is zero;
     ``centred``: of the rows minus their own mean (Pearson correlation)."""
+    import torch
+
     a, b = _centre(a.flatten(1).double(), centred), _centre(b.flatten(1).double(), centred)
     denom = a.norm(dim=1) * b.norm(dim=1)
     return torch.where(denom > 0, (a * b).sum(1) / denom.clamp_min(torch.finfo(a.dtype).tiny),
@@ -125,6 +131,8 @@ def cosine_rows(a: torch.Tensor, b: torch.Tensor, centred: bool = False) -> torc
 def alignments(grads: torch.Tensor, centred: bool = False) -> torch.Tensor:
     """Per unit, :func:`gradient_alignment` of its gradients ``grads[j]`` ``(U, n, ...)``, batched;
     ``centred``: of the gradients minus their own mean over the input's entries."""
+    import torch
+
     g = _centre(grads.flatten(2).double(), centred)
     norms = g.norm(dim=2, keepdim=True)
     unit = torch.where(norms > 0, g / norms.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(g))
@@ -136,6 +144,8 @@ def alignments(grads: torch.Tensor, centred: bool = False) -> torch.Tensor:
 def active_sets(model: nn.Module, path: str, x: torch.Tensor, fraction: float,
                 batch: int = 1024) -> torch.Tensor:
     """``(U, k)`` indices into ``x`` of each unit's ``k = ceil(fraction N)`` largest responses."""
+    import torch
+
     with torch.no_grad():
         values = torch.cat([layer_output(model, path, xb) for xb in x.split(batch)])  # (N, U)
     k = max(1, math.ceil(fraction * x.shape[0]))
@@ -146,6 +156,8 @@ def unit_scores(model: nn.Module, path: str, noise: torch.Tensor, images: torch.
                 fraction: float = 0.1) -> dict[str, torch.Tensor]:
     """Per unit of layer ``path``: noise alignment ``A``, noise-real ``agreement``, ``A_real`` and
     whether its noise gradients are all zero (``dead``), as defined in the module docstring."""
+    import torch
+
     with torch.no_grad():
         units = layer_output(model, path, noise[:1]).shape[1]
     g_noise, _ = per_unit_gradients(model, path, noise.unsqueeze(0).expand(units, *noise.shape))
@@ -160,6 +172,8 @@ def unit_scores(model: nn.Module, path: str, noise: torch.Tensor, images: torch.
 
 def _positive_share(grads: torch.Tensor) -> torch.Tensor:
     """Per unit, the share of its non-zero noise-gradient entries that are > 0 (0 if none)."""
+    import torch
+
     g = grads.flatten(1)
     nonzero = (g != 0).sum(1)
     return torch.where(nonzero > 0, (g > 0).sum(1) / nonzero.clamp_min(1), torch.zeros(()))
@@ -183,6 +197,8 @@ def _summary(scores: dict[str, torch.Tensor], path: str) -> dict:
 def _library_check(model: nn.Module, path: str, scores: dict[str, torch.Tensor], n: int,
                    seed: int) -> float:
     """Largest |A (batched) - A (noise_gradient_alignment)| over the layer's first two units."""
+    from pellucid.explain.units import noise_gradient_alignment
+
     worst = 0.0
     for j in range(min(2, scores["A"].numel())):
         ref = noise_gradient_alignment(model, f"{path}:{j}", n, seed, input_shape=(1, 28, 28),
@@ -193,6 +209,10 @@ def _library_check(model: nn.Module, path: str, scores: dict[str, torch.Tensor],
 
 def measure(name: str, epochs: int, noise: torch.Tensor, test, fraction: float, n: int,
             seed: int, workdir: Path) -> tuple[dict, float]:
+    from pellucid.models import load_model
+    from pellucid.models.inference import predict_logits
+    from pellucid.train.recipes import RECIPES
+
     recipe = RECIPES.get(name)
     cfg = recipe.config_type(epochs=epochs, val_pgd_steps=0)
     t0 = time.perf_counter()
@@ -221,18 +241,23 @@ def measure(name: str, epochs: int, noise: torch.Tensor, test, fraction: float, 
     return row, check
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--epochs", type=int, default=15, help="training epochs per model (the recipes' "
-                                                           "default: 15)")
-    ap.add_argument("--n", type=int, default=8, help="noise draws per unit")
-    ap.add_argument("--seed", type=int, default=0, help="noise seed")
-    ap.add_argument("--active-fraction", type=float, default=0.1,
-                    help="share of the test set on which a unit counts as active (its top responses)")
-    ap.add_argument("--models", nargs="+", default=list(LAYERS), choices=list(LAYERS))
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+def parser():
+    p = h.parser(__name__, __doc__, threads=2, seed=0, seed_help="noise seed")
+    p.add_argument("--epochs", type=int, default=15, help="training epochs per model (the recipes' "
+                                                          "default: 15)")
+    p.add_argument("--n", type=int, default=8, help="noise draws per unit")
+    p.add_argument("--active-fraction", type=float, default=0.1,
+                   help="share of the test set on which a unit counts as active (its top responses)")
+    p.add_argument("--models", nargs="+", default=list(LAYERS), choices=list(LAYERS))
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = h.parse(parser(), argv)
+    from pellucid.data import load_dataset
+    from pellucid.explain.units import noise_inputs
+    from pellucid.models import MODELS
+
     t0 = time.perf_counter()
     test = load_dataset("mnist", "test", classes=(3, 5))
     for name in args.models:
@@ -244,20 +269,17 @@ def main() -> None:
             models[name], c = measure(name, args.epochs, noise, test, args.active_fraction, args.n,
                                       args.seed, Path(tmp))
             check = max(check, c)
-    out = {
-        "benchmark": "unit_alignment", "task": "mnist 3 vs 5", "test_images": len(test),
+    return {
+        "task": "mnist 3 vs 5", "test_images": len(test),
         "noise": {"n": args.n, "seed": args.seed, "mean": 0.5, "std": 0.25, "clamp": [0.0, 1.0]},
         "active_fraction": args.active_fraction,
         "train": {"epochs": args.epochs, "val_pgd_steps": 0,
                   "note": "each model's registered recipe with its defaults otherwise"},
         "models": models,
         "check_vs_noise_gradient_alignment_max_abs_diff": float(f"{check:.3g}"),
-        "seconds": round(time.perf_counter() - t0, 1),
-        "env": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                "machine": platform.machine(), "python": platform.python_version()},
+        "seconds": h.seconds_since(t0),
     }
-    print(json.dumps(out))
 
 
 if __name__ == "__main__":
-    main()
+    h.script(__name__)

@@ -6,23 +6,23 @@ per-seed figures and mean +/- std. ``--attack-seeds N`` also attacks each model 
 starts of seeds 0..N-1 and reports their spread (the per-seed figures stay those of attack seed 0,
 what ``pellucid evaluate`` uses): how much of a figure is the attack's own randomness.
 
-    python benchmarks/whitebox_seeds.py --seeds 314 315 316 --out runs/seeds [--attack-seeds 10]
+    python -m benchmarks whitebox_seeds --seeds 314 315 316 --out runs/seeds [--attack-seeds 10]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import pellucid.models  # noqa: F401
-from pellucid.data import load_dataset
-from pellucid.models import load_model
-from pellucid.report import environment
-from pellucid.robust import evaluate_robustness
-from pellucid.train import TrainConfig, train_registered_classifier
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # python benchmarks/NAME.py
+
+from benchmarks import _harness as h  # noqa: E402
+
+SUMMARY = "The white-box paper's robustness over several training seeds (PGD-40 on the full MNIST 3/5 test set)"
+EXPECTED_TIME = ("~2 min per seed: training 126 s and PGD-40 6-11 s per attack seed (docs/whitebox.md); "
+                 "finished runs are resumed, not retrained")
 
 
 def _spread(values: list[float]) -> dict:
@@ -30,14 +30,23 @@ def _spread(values: list[float]) -> dict:
             "min": min(values), "max": max(values), "n": len(values)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, nargs="+", default=[314, 315, 316])
-    ap.add_argument("--out", default="runs/seeds")
-    ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--attack-seeds", type=int, default=1, metavar="N",
-                    help="PGD random starts per model: attack seeds 0..N-1 (spread reported)")
-    args = ap.parse_args()
+def parser():
+    p = h.parser(__name__, __doc__)
+    p.add_argument("--seeds", type=int, nargs="+", default=[314, 315, 316])
+    p.add_argument("--out", default="runs/seeds")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--attack-seeds", type=int, default=1, metavar="N",
+                   help="PGD random starts per model: attack seeds 0..N-1 (spread reported)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = h.parse(parser(), argv)
+    from pellucid.data import load_dataset
+    from pellucid.models import load_model
+    from pellucid.robust import evaluate_robustness
+    from pellucid.train import TrainConfig, train_registered_classifier
+
     test = load_dataset("mnist", "test", classes=(3, 5))
     keys = ("clean_accuracy", "robust_accuracy", "precision_at_recall_0.8", "reliability_auc")
     runs = []
@@ -58,9 +67,8 @@ def main() -> None:
         runs.append(row)
     agg = {k: {"mean": statistics.mean(r[k] for r in runs),
                "std": statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0} for k in keys}
-    print(json.dumps({"benchmark": "whitebox_seeds", "runs": runs, "aggregate": agg,
-                      "environment": environment()}))
+    return {"runs": runs, "aggregate": agg}
 
 
 if __name__ == "__main__":
-    main()
+    h.script(__name__)

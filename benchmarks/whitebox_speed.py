@@ -1,4 +1,4 @@
-"""Speed of the white-box model on this machine: seconds per training epoch and PGD-40 images/s.
+"""Speed of the white-box model on the CPU it runs on: seconds per training epoch and PGD-40 images/s.
 
 One epoch = the full 11,552-image MNIST 3/5 train split, batch 200, the paper's optimiser and noise
 augmentation, no validation. The baseline in the same process is the same network with its conv
@@ -7,33 +7,32 @@ autograd's dense backward), so the ratio shows what the fused max-correlation ke
 ``--whole-run`` also times the default ``pellucid train whitebox-mnist35`` (15 epochs with
 validation, start-up and exit included) as a fresh process. Prints ONE JSON line.
 
-    python benchmarks/whitebox_speed.py [--whole-run]
+    python -m benchmarks whitebox_speed [--whole-run]
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # python benchmarks/NAME.py
 
-from pellucid.data import load_dataset
-from pellucid.models import whitebox_mnist35
-from pellucid.nn import RotationConvFeatures, project_constraints_
-from pellucid.report import environment
-from pellucid.robust import pgd
-from pellucid.train.optim import Adam
+from benchmarks import _harness as h  # noqa: E402
+
+SUMMARY = "Speed of the white-box model: seconds per training epoch and PGD-40 images/s, against a dense-conv baseline"
+EXPECTED_TIME = ("~1 min: epochs of 1.5-5.4 s, PGD-40 of 6.4-27.5 s (docs/whitebox.md); --whole-run "
+                 "adds a 39-71 s training run")
 
 
 @contextlib.contextmanager
 def dense_conv_baseline():
     """Temporarily compute RotationConvFeatures with dense conv2d + max (the naive way)."""
+    from pellucid.nn import RotationConvFeatures
+
     original = RotationConvFeatures.forward
 
     def dense(self, x, return_poses=False):
@@ -50,6 +49,13 @@ def dense_conv_baseline():
 
 
 def epoch_seconds(train, seed: int = 0) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    from pellucid.models import whitebox_mnist35
+    from pellucid.nn import project_constraints_
+    from pellucid.train.optim import Adam
+
     torch.manual_seed(seed)
     model = whitebox_mnist35().train()
     opt = Adam(model.parameters(), lr=3e-3, weight_decay=3e-6)  # the trainer's optimizer
@@ -69,6 +75,11 @@ def epoch_seconds(train, seed: int = 0) -> float:
 
 
 def pgd_images_per_second(test) -> float:
+    import torch
+
+    from pellucid.models import whitebox_mnist35
+    from pellucid.robust import pgd
+
     torch.manual_seed(0)
     model = whitebox_mnist35().eval()
     t0 = time.perf_counter()
@@ -86,10 +97,17 @@ def whole_run_seconds() -> float:
         return time.perf_counter() - t0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--whole-run", action="store_true", help="also time the default training run")
-    args = parser.parse_args()
+def parser():
+    p = h.parser(__name__, __doc__)
+    p.add_argument("--whole-run", action="store_true", help="also time the default training run")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = h.parse(parser(), argv)
+    h.preload("torch", "pellucid.models", "pellucid.nn", "pellucid.robust", "pellucid.train.optim")
+    from pellucid.data import load_dataset
+
     whole = whole_run_seconds() if args.whole_run else None
     train = load_dataset("mnist", "train", classes=(3, 5))
     test = load_dataset("mnist", "test", classes=(3, 5))
@@ -99,17 +117,16 @@ def main() -> None:
     with dense_conv_baseline():
         dense = epoch_seconds(train)
         dense_pgd = pgd_images_per_second(test)
-    print(json.dumps({
-        "benchmark": "whitebox_speed", "train_images": len(train),
+    return {
+        "train_images": len(train),
         "epoch_seconds": round(fused, 3), "epoch_seconds_dense_conv_baseline": round(dense, 3),
         "epoch_speedup_vs_baseline": round(dense / fused, 2),
         "pgd40_images_per_second": round(fused_pgd, 1),
         "pgd40_full_test_seconds": round(len(test) / fused_pgd, 2),
         "pgd40_images_per_second_dense_conv_baseline": round(dense_pgd, 1),
         "pgd40_speedup_vs_baseline": round(fused_pgd / dense_pgd, 2),
-        **({"whole_default_run_seconds": round(whole, 1)} if whole is not None else {}),
-        "environment": environment()}))
+        **({"whole_default_run_seconds": round(whole, 1)} if whole is not None else {})}
 
 
 if __name__ == "__main__":
-    main()
+    h.script(__name__)

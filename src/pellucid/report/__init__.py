@@ -1,5 +1,5 @@
 """Self-contained HTML reports."""
 
-from pellucid.report.html import Section, environment, write_report
+from pellucid.report.html import Figure, Section, Stat, environment, write_report
 
-__all__ = ["Section", "environment", "write_report"]
+__all__ = ["Figure", "Section", "Stat", "environment", "write_report"]

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 # attacks that return minimal (unbounded) perturbations: their examples are plotted and recorded
 MINIMISING_ATTACKS = ("boundary", "deepfool")
+# flipped predictions shown in the minimal-perturbation figure
+MINIMAL_EXAMPLES = 8
 
 
 @dataclass
@@ -202,8 +204,6 @@ def _save_examples(run_dir: Path, model: nn.Module, result: RobustnessResult, te
                    minimal: dict) -> None:
     from pellucid.viz.robust import plot_minimal_perturbations
 
+    # untitled: the report's heading and text say what it shows and the medians
     plot_minimal_perturbations(model, test.images, result.adversarial, test.labels, list(test.classes),
-                               run_dir / f"{result.attack}_examples.png",
-                               f"{result.attack}: minimal perturbations that flip the prediction "
-                               f"(median L2 {minimal['median_l2'] or float('nan'):.2f}, L-inf "
-                               f"{minimal['median_linf'] or float('nan'):.2f})")
+                               run_dir / f"{result.attack}_examples.png", None, n=MINIMAL_EXAMPLES)

@@ -14,10 +14,11 @@ from pellucid.viz.style import plt, save, show_signed
 
 def plot_minimal_perturbations(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
                                labels: torch.Tensor, class_names: list[str], path: Path | str,
-                               title: str, n: int = 8) -> Path:
+                               title: str | None, n: int = 8) -> Path:
     """Rows: clean input, adversarial input (with predicted class and probability), and the
     perturbation ``x_adv - x`` (bwr, centred at 0, titled with its L2 and L-inf norms); one
-    column per example whose correct prediction was flipped (the first ``n``)."""
+    column per example whose correct prediction was flipped (the first ``n``). ``title``: the
+    figure's title (``None``: none)."""
     clean_p, adv_p = predict_logits(model, x).softmax(1), predict_logits(model, x_adv).softmax(1)
     flipped = torch.nonzero((clean_p.argmax(1) == labels) & (adv_p.argmax(1) != labels)).squeeze(1)[:n]
     cols = max(len(flipped), 1)
@@ -37,5 +38,6 @@ def plot_minimal_perturbations(model: nn.Module, x: torch.Tensor, x_adv: torch.T
                     f"\nL-inf {float(perturbation_norm(delta[None], 'linf')):.2f}")
     for row, name in enumerate(("clean", "adversarial", "perturbation")):
         axes[row, 0].set_ylabel(name, fontsize=7)
-    fig.suptitle(title, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=8)
     return save(fig, path)

@@ -12,49 +12,57 @@ from pellucid.viz.style import image_grid, plt, save, show_signed
 
 
 @torch.no_grad()
-def plot_twostep(initial: TwoStep, learned: TwoStep, path: Path | str) -> Path:
-    """The TwoStep squashing over x in [0, 1], initial vs learned, with the learned thresholds."""
+def plot_twostep(initial: TwoStep, learned: TwoStep, path: Path | str, titled: bool = True) -> Path:
+    """The TwoStep squashing over x in [0, 1], initial vs learned, with the learned thresholds
+    (dotted); ``titled``: name the learned levels in the title."""
     x = torch.linspace(0, 1, 501)
     fig, ax = plt.subplots(figsize=(4.2, 3.4))
     ax.plot(x, initial(x), ls="--", label="initial")
     ax.plot(x, learned(x), label="learned")
     for t in (learned.t0, learned.t1):
         ax.axvline(float(t), color="grey", lw=0.6, ls=":")
-    ax.set(xlabel="pixel value x", ylabel="TwoStep(x)",
-           title=f"TwoStep, learned levels\nOFF [0, {float(learned.t0):.3f}) MEH [{float(learned.t0):.3f}, "
-                 f"{float(learned.t1):.3f}) ON [{float(learned.t1):.3f}, 1]")
-    ax.title.set_fontsize(9)
+    ax.set(xlabel="pixel value x", ylabel="TwoStep(x)")
+    if titled:
+        t0, t1 = float(learned.t0), float(learned.t1)
+        ax.set_title(f"TwoStep, learned levels\nOFF [0, {t0:.3f}) MEH [{t0:.3f}, {t1:.3f}) ON [{t1:.3f}, 1]",
+                     fontsize=9)
     ax.legend(fontsize=7)
     return save(fig, path)
 
 
 @torch.no_grad()
-def plot_conv_kernels(model: WhiteBoxNet, path: Path | str) -> Path:
+def plot_conv_kernels(model: WhiteBoxNet, path: Path | str, titled: bool = True) -> Path:
+    """Every posed conv kernel, each kernel's rotations over rows of 16; ``titled``: with a title
+    that counts them."""
     posed = model.conv.posed_weights()[0]  # (K*P, k, k): kernel-major, then rotation
     n_rot = model.conv.angles.numel()
     cols = 16 if n_rot % 16 == 0 else n_rot  # wrap each kernel's rotations over rows of 16
     return image_grid(posed, len(posed) // cols, cols, path,
                       f"{len(posed)} posed conv kernels ({len(posed) // n_rot} kernels x {n_rot} "
-                      f"rotations of {360 / n_rot:g} degrees)", cell=0.6)
+                      f"rotations of {360 / n_rot:g} degrees)" if titled else None, cell=0.6)
 
 
 @torch.no_grad()
-def plot_affine_features(model: WhiteBoxNet, path: Path | str, posed_path: Path | str) -> list[Path]:
+def plot_affine_features(model: WhiteBoxNet, path: Path | str, posed_path: Path | str,
+                         titled: bool = True) -> list[Path]:
+    """The base affine features (``path``) and all their poses (``posed_path``, row = feature);
+    ``titled``: each figure with its title."""
     base = model.affine.padded_features()  # (F, H, W)
     n_cls = model.logical.n_classes
     labels = [f"feature {f} (class block {f // (len(base) // n_cls)})" for f in range(len(base))]
-    first = image_grid(base, 1, len(base), path, "Affine base features", labels, cell=1.3)
+    first = image_grid(base, 1, len(base), path, "Affine base features" if titled else None, labels, cell=1.3)
     posed = model.affine.posed_weights()  # (F, P, H, W)
     second = image_grid(posed.flatten(0, 1), posed.shape[0], posed.shape[1], posed_path,
                         f"All {posed.shape[0] * posed.shape[1]} posed affine features "
-                        f"(row = feature, column = pose)", cell=0.45)
+                        f"(row = feature, column = pose)" if titled else None, cell=0.45)
     return [first, second]
 
 
 @torch.no_grad()
 def plot_how_model_sees(model: WhiteBoxNet, x: torch.Tensor, labels: torch.Tensor,
-                        class_names: list[str], path: Path | str, title: str) -> Path:
+                        class_names: list[str], path: Path | str, title: str | None) -> Path:
     """Columns = images; rows = input (+ probabilities), TwoStep, conv, best affine feature per class.
+    ``title``: the figure's title (``None``: none).
 
     The class rows show, for the class's block of affine features, the feature with the highest
     match in its best pose, overlaid (colour) on the conv output (grey), titled with the match.
@@ -78,5 +86,6 @@ def plot_how_model_sees(model: WhiteBoxNet, x: torch.Tensor, labels: torch.Tenso
             ax.imshow(t["conv"][j, 0].numpy(), cmap="Greys")
             show_signed(ax, g, title=f"class {class_names[c]}: f{f} m={float(t['affine'][j, f]):.2f}")
             ax.images[-1].set_alpha(0.6)
-    fig.suptitle(title, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return save(fig, path)

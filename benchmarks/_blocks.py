@@ -1,0 +1,146 @@
+"""Generated blocks inside README.md and docs/*.md, filled from ``results/`` only.
+
+A block is the text between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``;
+``python -m benchmarks render`` rewrites it with ``BLOCKS[NAME](results_dir)`` and
+``render --check`` fails when a committed block differs from what the results files give (a test
+runs it), so a quoted number cannot drift from its JSON. The functions below choose which figures
+a block shows and how; every number comes from a results line, and a figure that no line holds
+stops the rendering with the name of what is missing.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from benchmarks import REPO
+
+BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n).*?(<!-- /results:(?P=name) -->)", re.S)
+
+
+class MissingResult(LookupError):
+    """A block asks for a figure that no results line holds."""
+
+
+def latest(results_dir: Path, name: str) -> Any:
+    """The result of the last line of benchmark ``name``'s results files."""
+    from benchmarks._render import read_lines, results_files
+
+    paths = results_files(results_dir).get(name)
+    lines = [line for p in paths or [] for line in read_lines(p)]
+    if not lines:
+        raise MissingResult(f"no results line of {name!r} in {results_dir}")
+    return lines[-1].result
+
+
+def evaluation(results_dir: Path, run: str, attack: str, budget: str | None = None,
+               n: int | None = None) -> dict:
+    """The collected ``pellucid evaluate`` record of run directory ``run`` (``evaluations``
+    benchmark) for ``attack`` (and ``budget``, ``n`` images where given); the newest wins."""
+    from benchmarks._render import read_lines, results_files
+
+    found = None
+    for path in results_files(results_dir).get("evaluations", []):
+        for line in read_lines(path):
+            items = line.result if isinstance(line.result, list) else [line.result]
+            for item in items:
+                if item.get("run") != run:
+                    continue
+                for record in item["evaluations"]:
+                    if record["attack"] == attack and record.get("budget") == budget and \
+                            (n is None or record["n"] == n):
+                        found = record
+    if found is None:
+        raise MissingResult(f"no evaluation record of {run} for {attack} (budget {budget}, n {n})")
+    return found
+
+
+def pct(fraction: float) -> str:
+    return f"{100 * fraction:.2f} %"
+
+
+def readme(results_dir: Path) -> str:
+    """The README's results: the white-box models against their baselines (collected evaluation
+    records), then one figure per other pillar (benchmark lines)."""
+    rows, commands = [], []
+
+    def cite(record: dict) -> str:
+        commands.append(record["command"])
+        return f"[{len(commands)}]"
+
+    def model_row(label: str, data: str, run: str, pgd_n: int, autoattack: list[tuple[str, str, int]]) -> None:
+        pgd = evaluation(results_dir, run, "pgd", n=pgd_n)
+        pgd_cell = f"{pct(pgd['robust_accuracy'])} {cite(pgd)}"
+        aa = []
+        for title, budget, n in autoattack:
+            record = evaluation(results_dir, run, "autoattack", budget, n)
+            aa.append(f"{pct(record['robust_accuracy'])} {title} {cite(record)}")
+        rows.append(f"| {label} | {data} | {pct(pgd['clean_accuracy'])} | "
+                    f"{pgd_cell} | {'; '.join(aa) or '–'} |")
+
+    model_row("`whitebox-mnist35` (no adversarial training)", "MNIST 3 vs 5, all 1,902, L-inf 0.3",
+              "wb314", 1902, [("native budget", "native", 1902), ("adaptive attacks", "adaptive", 1902)])
+    model_row("`whitebox-mnist10` (no adversarial training)", "MNIST, all 10,000, L-inf 0.3",
+              "wb10-cos", 10000, [("standard-native budget", "standard-native", 10000)])
+    model_row("`lenet-mnist10` (plain training)", "MNIST, all 10,000, L-inf 0.3", "lenet10", 10000, [])
+    model_row("`whitebox-fashion10` (no adversarial training)", "Fashion-MNIST, all 10,000, L-inf 0.1",
+              "wbf10", 10000, [])
+    model_row("`lenet-fashion10-adv` (PGD adversarial training)", "Fashion-MNIST, all 10,000, L-inf 0.1",
+              "lenetf10-adv", 10000, [])
+    table = ["| model | test images, threat | clean | PGD-40 | AutoAttack |", "|---|---|---|---|---|", *rows]
+
+    pull = latest(results_dir, "bench_pullback")["results"]["batch8"]["ratios"]
+    inh = latest(results_dir, "inh_mnist")
+    square = latest(results_dir, "attack_speed")["attacks"]["square-native"]
+    resnet = latest(results_dir, "metric_resnet_standin")
+    forms = ", ".join(f"{m} {v['final_test_accuracy']:.2f} %" for m, v in
+                      sorted(resnet["metrics"].items(), key=lambda kv: -kv[1]["final_test_accuracy"]))
+    other = ["| what | measured | reproduce |", "|---|---|---|",
+             f"| excitation pullback vs input gradient, ResNet-50, 8 images of 224 px, CPU | "
+             f"{pull['pullback_vs_gradient_time']:.2f}x the time, "
+             f"{pull['pullback_vs_gradient_memory_rise']:.2f}x the peak memory rise | "
+             "`python -m benchmarks bench_pullback --batches 1 8 --repeats 5` |",
+             f"| Square attack with window queries vs full forward passes (white-box network, "
+             f"{latest(results_dir, 'attack_speed')['n']} images, {square['queries']:,} queries) | "
+             f"{square['window_query_speedup']:.1f}x faster, same points: {str(square['same_points']).lower()} | "
+             "`python -m benchmarks attack_speed runs/wb314 --n 500 --attacks square-native --queries 5000 "
+             "--threads 1` |",
+             f"| Incremental Neural Hashing, MNIST test set | {pct(inh['test_accuracy'])} with "
+             f"{inh['slots']:,} slots, fitted in {inh['fit_seconds']:.0f} s | `python -m benchmarks inh_mnist` |",
+             f"| metric ResNet-20 on Fashion-MNIST ({resnet['train_limit']:,} images x {resnet['epochs']} "
+             f"epochs, one seed; the CIFAR-10 recipe's stand-in) | {forms} | `python -m benchmarks "
+             f"metric_resnet_standin --train-limit {resnet['train_limit']} --epochs {resnet['epochs']}` |"]
+    notes = [f"[{i}] `{c}`  " for i, c in enumerate(commands, 1)]
+    notes[-1] = notes[-1].rstrip()
+    return "\n".join(table + [""] + notes + [""] + other) + "\n"
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {"readme": readme}
+
+
+def fill(text: str, results_dir: Path) -> str:
+    """``text`` with every known block re-rendered (unknown block names raise)."""
+    def one(match: re.Match) -> str:
+        name = match["name"]
+        if name not in BLOCKS:
+            raise MissingResult(f"no generator for block {name!r} (known: {', '.join(BLOCKS)})")
+        return match[1] + BLOCKS[name](results_dir) + match[3]
+
+    return BLOCK.sub(one, text)
+
+
+def documents() -> list[Path]:
+    """The files that may hold blocks: README.md and docs/*.md."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def stale(results_dir: Path, paths: list[Path] | None = None) -> dict[Path, str]:
+    """``{path: new text}`` for every document whose blocks differ from a fresh rendering."""
+    out = {}
+    for path in paths or documents():
+        text = path.read_text()
+        new = fill(text, results_dir)
+        if new != text:
+            out[path] = new
+    return out
