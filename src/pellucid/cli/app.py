@@ -22,7 +22,7 @@ import importlib.util
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from pellucid.cli._common import DefaultsHelpFormatter, add_device_option, checked
 
@@ -30,7 +30,7 @@ from pellucid.cli._common import DefaultsHelpFormatter, add_device_option, check
 SUMMARY = "interactive explorer in the browser: white-box inspector, pullbacks, rejection"
 
 
-def add_parser(sub) -> None:
+def add_parser(sub, argv: Sequence[str] = ()) -> None:
     p = sub.add_parser("app", help=SUMMARY, formatter_class=DefaultsHelpFormatter,
                        description="Serve the interactive explorer (Gradio) on HOST:PORT and print its "
                                    "address; Ctrl-C stops it. Needs the app extra: pip install "

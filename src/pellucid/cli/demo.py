@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from pellucid.cli._common import DefaultsHelpFormatter, add_data_dir, add_device_option, checked, print_json
@@ -13,8 +14,8 @@ from pellucid.cli._common import DefaultsHelpFormatter, add_data_dir, add_device
 SUMMARY = "train + PGD-40 evaluation + HTML report of the white-box model"
 
 
-def add_parser(sub) -> None:
-    from pellucid.robust.evaluate import CHUNK_SIZE
+def add_parser(sub, argv: Sequence[str] = ()) -> None:
+    from pellucid.robust.catalogue import CHUNK_SIZE  # no torch: --help stays quick
 
     p = sub.add_parser("demo", help=SUMMARY,
                        formatter_class=DefaultsHelpFormatter,

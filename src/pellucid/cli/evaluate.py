@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from pellucid.cli._common import (DefaultsHelpFormatter, add_data_dir, add_device_option, add_field_option,
@@ -18,17 +19,23 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _attacks() -> list[tuple[str, str, type]]:
+    """``(name, summary, options dataclass)`` of every registered attack, in registration order,
+    without importing the attacks (or torch): see :mod:`pellucid.robust.catalogue`."""
+    from pellucid.robust.catalogue import ATTACKS
+
+    return [(d.name, d.summary, d.info) for d in ATTACKS.declarations()]
+
+
 def option_fields() -> dict[str, list]:
     """Every attack option (the union of the attacks' options dataclasses, in registration order)
-    -> ``[(attack, field), ...]`` of the attacks that take it: one flag each."""
+    -> ``[(attack, options dataclass, field), ...]`` of the attacks that take it: one flag each."""
     import dataclasses
 
-    from pellucid.robust import ATTACKS
-
     out: dict[str, list] = {}
-    for entry in ATTACKS.entries():
-        for f in dataclasses.fields(entry.obj.options):
-            out.setdefault(f.name, []).append((entry.obj, f))
+    for attack, _, options in _attacks():
+        for f in dataclasses.fields(options):
+            out.setdefault(f.name, []).append((attack, options, f))
     return out
 
 
@@ -47,16 +54,16 @@ def _flag_type(options_type: type, name: str) -> type:
 def _add_option_flags(p: argparse.ArgumentParser) -> None:
     """One flag per attack option (see :func:`option_fields`); its default is ``None`` (not
     given: the chosen attack's own default), its help names the attacks that take it."""
-    from pellucid.robust.attacks import default_text
+    from pellucid.robust.options import default_text
 
     for name, takers in option_fields().items():
-        (first, f), limits = takers[0], ("help", "min", "max", "above", "choices")
-        kind = _flag_type(first.options, name)
-        for attack, g in takers[1:]:  # one flag: the same meaning and valid values everywhere
-            if _flag_type(attack.options, name) is not kind or \
+        (first, first_options, f), limits = takers[0], ("help", "min", "max", "above", "choices")
+        kind = _flag_type(first_options, name)
+        for attack, options, g in takers[1:]:  # one flag: the same meaning and valid values everywhere
+            if _flag_type(options, name) is not kind or \
                     any(g.metadata.get(k) != f.metadata.get(k) for k in limits):
-                raise TypeError(f"option {name!r} of {attack.name} differs from {first.name}'s")
-        defaults = {attack.name: default_text(g) for attack, g in takers}
+                raise TypeError(f"option {name!r} of {attack} differs from {first}'s")
+        defaults = {attack: default_text(g) for attack, _, g in takers}
         if len(set(defaults.values())) == 1:
             text = f"(default {next(iter(defaults.values()))}); applies to {', '.join(defaults)}"
         else:
@@ -68,8 +75,7 @@ def _attack_help() -> str:
     """``--attack``'s help: each attack with its options and their defaults."""
     import dataclasses
 
-    from pellucid.robust import ATTACKS
-    from pellucid.robust.attacks import default_text
+    from pellucid.robust.options import default_text
 
     def option(f: dataclasses.Field) -> str:
         if isinstance(f.default, bool):
@@ -77,8 +83,8 @@ def _attack_help() -> str:
         return f"{_flag(f.name)} {default_text(f)}"
 
     return ("attack; in brackets its options with their defaults: " + "; ".join(
-        f"{e.name}: {e.summary} [{', '.join(map(option, dataclasses.fields(e.obj.options))) or 'no options'}]"
-        for e in ATTACKS.entries()) + " (default: pgd, or autoattack when --budget is given)")
+        f"{name}: {summary} [{', '.join(map(option, dataclasses.fields(options))) or 'no options'}]"
+        for name, summary, options in _attacks()) + " (default: pgd, or autoattack when --budget is given)")
 
 
 def adaptive_fields() -> dict:
@@ -94,7 +100,7 @@ def adaptive_fields() -> dict:
 
 def _add_adaptive_flags(p: argparse.ArgumentParser) -> None:
     """One flag per option of the adaptive budget (:func:`adaptive_fields`), default ``None``."""
-    from pellucid.robust.attacks import default_text
+    from pellucid.robust.options import default_text
 
     group = p.add_argument_group("adaptive budget (--budget adaptive; see docs/adaptive-attacks.md)")
     for name, f in adaptive_fields().items():
@@ -103,9 +109,8 @@ def _add_adaptive_flags(p: argparse.ArgumentParser) -> None:
                          f"{default_text(f)}); applies to --budget adaptive")
 
 
-def add_parser(sub) -> None:
-    from pellucid.robust import ATTACKS
-    from pellucid.robust.evaluate import CHUNK_SIZE
+def add_parser(sub, argv: Sequence[str] = ()) -> None:
+    from pellucid.robust.catalogue import ATTACKS, CHUNK_SIZE  # no torch: --help stays quick
 
     p = sub.add_parser("evaluate", help=SUMMARY,
                        formatter_class=DefaultsHelpFormatter,
@@ -150,8 +155,8 @@ def attack_options(args: argparse.Namespace) -> dict:
     """The options of ``args.attack``, every one with its value (the attack's default unless its
     flag was given); a flag the attack does not take is rejected, not silently ignored."""
     from pellucid.errors import InvalidInputError
-    from pellucid.robust import ATTACKS
-    from pellucid.robust.attacks import option_values
+    from pellucid.robust.catalogue import ATTACKS
+    from pellucid.robust.options import option_values
 
     args.attack = resolved_attack(args)
     attack = ATTACKS.get(args.attack)

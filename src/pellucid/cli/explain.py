@@ -25,6 +25,7 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 from pellucid.cli._common import OUT_SUFFIXES, DefaultsHelpFormatter, add_device_option, check_out_path
@@ -36,7 +37,7 @@ _INDEX = re.compile(r"-?[0-9]+")  # ASCII digits only: int() also takes "²"-lik
 SUMMARY = "excitation pullback and counterfactual of images"
 
 
-def add_parser(sub) -> None:
+def add_parser(sub, argv: Sequence[str] = ()) -> None:
     p = sub.add_parser("explain", help=SUMMARY,
                        formatter_class=DefaultsHelpFormatter)
     p.add_argument("--model", required=True, metavar="NAME|DIR",

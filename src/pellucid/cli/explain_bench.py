@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from pellucid.cli._common import DefaultsHelpFormatter, add_device_option, checked
@@ -26,7 +27,7 @@ TABLE_SUFFIXES = (".csv", ".json")
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 
 
-def add_parser(sub) -> None:
+def add_parser(sub, argv: Sequence[str] = ()) -> None:
     p = sub.add_parser("explain-bench", help=SUMMARY, formatter_class=DefaultsHelpFormatter)
     p.add_argument("--model", metavar="NAME|DIR",
                    help="a model directory written by `pellucid train`, or a registered name with "

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from pellucid.cli._common import DefaultsHelpFormatter, add_device_option, checked, print_json
@@ -31,7 +32,7 @@ MAX_N = 64  # draws shown on one grid
 SUMMARY = "what a hidden unit detects: its input gradients on Gaussian noise"
 
 
-def add_parser(sub) -> None:
+def add_parser(sub, argv: Sequence[str] = ()) -> None:
     p = sub.add_parser("inspect", help=SUMMARY, formatter_class=DefaultsHelpFormatter,
                        description="Draw a hidden unit's input gradients on Gaussian-noise images "
                                    "(an input-independent picture of what it detects), or list the "

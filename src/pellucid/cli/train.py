@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 from pellucid.cli._common import (DefaultsHelpFormatter, add_data_dir, add_dataclass_options,
@@ -13,10 +14,15 @@ from pellucid.cli._common import (DefaultsHelpFormatter, add_data_dir, add_datac
 SUMMARY = "train a registered recipe"
 
 
-def add_parser(sub) -> None:
-    import pellucid.models  # noqa: F401  (registers the models the recipes train)
-    from pellucid.train import RECIPES
+def add_parser(sub, argv: Sequence[str] = ()) -> None:
+    """The ``train`` parser, with one sub-parser per recipe. ``argv``: the arguments after
+    ``train``; when they name a recipe, only its sub-parser gets the recipe's options (the others
+    are listed with their summary), else every one does (``pellucid train --help`` lists them;
+    the CLI reference renders each). Imports no torch: the recipes are declared in
+    :mod:`pellucid.train.catalogue`."""
+    from pellucid.train.catalogue import RECIPES
 
+    chosen = next((a for a in argv if not a.startswith("-")), None)  # train itself takes no values
     p = sub.add_parser("train", help=SUMMARY + " (recipes: " + ", ".join(RECIPES) + ")",
                        description="Train a registered recipe; checkpoints after every epoch. "
                                    "Under torchrun, data-parallel over the processes (process 0 "
@@ -25,6 +31,8 @@ def add_parser(sub) -> None:
     for entry in RECIPES.entries():
         r = recipes.add_parser(entry.name, help=entry.summary, description=entry.summary,
                                formatter_class=DefaultsHelpFormatter)
+        if chosen in RECIPES and entry.name != chosen:
+            continue  # not the recipe argv names: never parses, so no options
         r.add_argument("--out", required=True, metavar="DIR", help="run directory")
         r.add_argument("--resume", action="store_true",
                        help="continue an interrupted run in DIR from its last finished epoch")
@@ -39,7 +47,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from pellucid._io import check_writable_dir
     from pellucid.distributed import start_job
-    from pellucid.train import RECIPES
+    from pellucid.train.catalogue import RECIPES
     from pellucid.train.checkpointing import check_run_dir
     from pellucid.train.trainer import training_job
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -47,9 +46,8 @@ from torch import nn
 from pellucid.errors import ConfigError, InvalidInputError
 from pellucid.models.inference import eval_mode, margin, predict_logits
 from pellucid.robust.apgd import Objective, apgd_objective
-from pellucid.robust.attacks import (AttackOptions, AttackRun, attack_option, check_attack_inputs,
-                                     check_eps, check_options, register_attack, restarts_option,
-                                     steps_option)
+from pellucid.robust.attacks import AttackRun, check_attack_inputs, check_eps, check_options, register_attack
+from pellucid.robust.options import APGDNativeOptions, APGDTargetedOptions, AttackOptions
 
 __all__ = ["APGDNativeOptions", "APGDTargetedOptions", "apgd_ce_native", "apgd_dlr_native",
            "apgd_t_native", "dlr_loss", "target_classes", "targeted_dlr_loss"]
@@ -113,26 +111,6 @@ def _targeted(model: nn.Module) -> Objective:
         return targeted_dlr_loss(z, y, t), _decision_margin(z, y)
 
     return objective
-
-
-# --- options --------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class APGDNativeOptions(AttackOptions):
-    """Options of ``apgd-ce-native`` and ``apgd-dlr-native`` (the step is APGD's own: 2 eps,
-    halved at the checkpoints, so there is no ``step_size``)."""
-
-    steps: int = steps_option(100)
-    restarts: int = restarts_option()
-
-
-@dataclass(frozen=True)
-class APGDTargetedOptions(AttackOptions):
-    steps: int = steps_option(100)
-    restarts: int = restarts_option()
-    n_target_classes: int = attack_option(
-        9, "APGD-T's targets: the highest non-true classes of the clean image (at most classes - 1)",
-        min=1)
 
 
 # --- attacks --------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ native PGD. What ART needs is handled once, in :func:`art_classifier`:
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -26,8 +25,8 @@ import torch
 from torch import nn
 
 from pellucid.errors import InvalidInputError, PellucidError
-from pellucid.robust.attacks import (AttackOptions, attack_option, eval_mode, register_attack,
-                                     restarts_option, step_size_option, steps_option)
+from pellucid.robust.attacks import eval_mode, register_attack
+from pellucid.robust.options import APGDOptions, BoundaryOptions, DeepFoolOptions, SquareOptions
 
 PAD_LOGIT = -100.0  # the constant third logit of binary models (reference protocol)
 _NORMS = {"linf": np.inf, "l2": 2}
@@ -139,33 +138,6 @@ def run_art(build: Callable, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 # --- registered attacks (ART implementations) -------------------------------------------------
-
-@dataclass(frozen=True)
-class APGDOptions(AttackOptions):
-    steps: int = steps_option(100)
-    step_size: float | None = step_size_option()
-    restarts: int = restarts_option()
-
-
-@dataclass(frozen=True)
-class SquareOptions(AttackOptions):
-    """Options of both Square attacks, ART's ``square`` and pellucid's ``square-native``."""
-
-    queries: int = attack_option(5000, "Square queries (per restart)", min=1)
-    restarts: int = restarts_option()
-    p_init: float = attack_option(0.8, "Square's initial share of pixels per window", above=0, max=1)
-
-
-@dataclass(frozen=True)
-class DeepFoolOptions(AttackOptions):
-    steps: int = steps_option(100)
-    overshoot: float = attack_option(1e-3, "DeepFool's overshoot past the boundary", min=0)
-
-
-@dataclass(frozen=True)
-class BoundaryOptions(AttackOptions):
-    steps: int = steps_option(1000)
-
 
 def _apgd(loss_type: str):
     def attack(model, x, y, *, eps: float, norm: str = "linf",

@@ -3,7 +3,9 @@ FGSM, FGM) and the attack registry.
 
 The registry :data:`ATTACKS` maps a name to an :class:`Attack`: a function and the dataclass of
 its own options (:class:`AttackOptions`, e.g. :class:`PGDOptions`: ``steps``, ``step_size``,
-``random_start``). Calling it, ``ATTACKS.get(name)(model, x, y, eps=..., **arguments)``, always
+``random_start``). The registry, the options dataclasses and the declaration of every attack
+pellucid ships live in torch-free modules (:mod:`pellucid.robust.catalogue`,
+:mod:`pellucid.robust.options`), so that they can be listed without importing the attacks. Calling it, ``ATTACKS.get(name)(model, x, y, eps=..., **arguments)``, always
 returns an :class:`AttackRun`. Two kinds of keyword arguments are accepted:
 
 - the arguments common to every attack, :data:`COMMON_ARGS` (``eps``, ``norm``, ``value_range``,
@@ -37,14 +39,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from pellucid._config import CheckedConfig, config_option
-from pellucid._registry import Registry
 from pellucid.data.validation import check_labels, check_model_input
-from pellucid.errors import ConfigError, InvalidInputError
+from pellucid.errors import InvalidInputError
 from pellucid.models.inference import eval_mode
-
-# The keyword arguments every attack accepts besides its options (see the module docstring).
-COMMON_ARGS = ("eps", "norm", "value_range", "generator", "progress", "batch_size", "log")
+# The registry, the options and their declarations import no torch (pellucid evaluate --help).
+from pellucid.robust.catalogue import ATTACKS
+from pellucid.robust.options import (COMMON_ARGS, AdamPGDOptions, AttackOptions, FGMOptions,  # noqa: F401
+                                     FGSMOptions, L2BIMOptions, PGDOptions, attack_option,
+                                     check_options, default_text, option_values, restarts_option,
+                                     step_size_option, steps_option)
 
 # An output counts as inside the eps-ball up to this relative slack (float32 rounding of x + delta).
 BUDGET_RTOL = 1e-4
@@ -58,54 +61,6 @@ class AttackRun:
     adversarial: torch.Tensor
     stages: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
-
-
-# --- options ----------------------------------------------------------------------------------
-
-def attack_option(default: Any, help: str, *, default_text: str | None = None, **limits: Any):
-    """A field of an attack's options dataclass: :func:`pellucid._config.config_option` (help
-    text and valid values) plus ``default_text``, what a ``None`` default means in help texts
-    (``"eps / 3"``)."""
-    meta = dict(config_option(default, help, **limits).metadata)
-    if default_text is not None:
-        meta["default_text"] = default_text
-    return dataclasses.field(default=default, metadata=meta)
-
-
-def default_text(f: dataclasses.Field) -> str:
-    """How help texts state the default of the option field ``f``."""
-    return f.metadata.get("default_text", str(f.default))
-
-
-@dataclass(frozen=True)
-class AttackOptions(CheckedConfig):
-    """Base of every attack's options dataclass: each field is checked against its annotated type
-    and the limits of its :func:`attack_option` when the options are built (``None``, the
-    attack's own default such as a step of eps / 3, meets any limit)."""
-
-
-def option_values(options: AttackOptions) -> dict[str, Any]:
-    """``{field: value}`` of an options dataclass (values as they are, not copied)."""
-    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
-
-
-def check_options(attack: str, options_type: type[AttackOptions],
-                  values: Mapping[str, Any] | AttackOptions | None) -> AttackOptions:
-    """``values`` as ``options_type`` (missing options take their defaults); an unknown option or
-    a bad value raises :class:`InvalidInputError` (one line) naming ``attack`` and the option."""
-    if isinstance(values, options_type):
-        return values
-    values = dict(values or {})
-    names = [f.name for f in dataclasses.fields(options_type)]
-    unknown = [k for k in values if k not in names]
-    if unknown:
-        raise InvalidInputError(
-            f"attack {attack!r} has no option {unknown[0]!r}; its options: {', '.join(names) or 'none'}"
-            f" (besides the arguments every attack takes: {', '.join(COMMON_ARGS)})")
-    try:
-        return options_type(**values)
-    except ConfigError as e:
-        raise ConfigError(f"{attack}: {e}") from None
 
 
 class Attack:
@@ -163,9 +118,6 @@ class Attack:
                                 "seconds": round(time.perf_counter() - start, 2)}])
 
 
-ATTACKS: Registry[Attack] = Registry("attack")
-
-
 def register_attack(name: str, options: type[AttackOptions], summary: str = ""):
     """Decorator: register ``function`` under ``name`` with its ``options`` dataclass (see
     :class:`Attack`); returns ``function`` unchanged."""
@@ -175,52 +127,6 @@ def register_attack(name: str, options: type[AttackOptions], summary: str = ""):
         return function
 
     return add
-
-
-# Fields shared by several attacks: the same name, help and limits everywhere (one CLI flag each).
-def steps_option(default: int):
-    return attack_option(default, "iterations", min=1)
-
-
-def step_size_option():
-    return attack_option(None, "PGD/APGD step", default_text="eps / 3", above=0)
-
-
-def restarts_option():
-    return attack_option(1, "restarts", min=1)
-
-
-@dataclass(frozen=True)
-class PGDOptions(AttackOptions):
-    steps: int = steps_option(40)
-    step_size: float | None = step_size_option()
-    random_start: bool = attack_option(True, "PGD starts uniformly in the eps-ball (else at x)")
-
-
-@dataclass(frozen=True)
-class FGSMOptions(AttackOptions):
-    """FGSM has no options: one step of size eps."""
-
-
-@dataclass(frozen=True)
-class FGMOptions(AttackOptions):
-    """FGM has no options: one L2 step of length eps."""
-
-
-@dataclass(frozen=True)
-class AdamPGDOptions(AttackOptions):
-    steps: int = steps_option(40)
-    # the help and limits of every step_size (one CLI flag); only the default differs: Adam's L2
-    # step is per coordinate (about alpha sign(g), L2 length alpha sqrt(d)), so foolbox's eps / 40
-    step_size: float | None = attack_option(None, "PGD/APGD step", default_text="eps / 3; l2: eps / 40",
-                                            above=0)
-    random_start: bool = attack_option(True, "PGD starts uniformly in the eps-ball (else at x)")
-
-
-@dataclass(frozen=True)
-class L2BIMOptions(AttackOptions):
-    steps: int = steps_option(10)
-    step_size: float | None = attack_option(None, "PGD/APGD step", default_text="eps / 5", above=0)
 
 
 def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:

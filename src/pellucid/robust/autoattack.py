@@ -33,34 +33,13 @@ import torch
 from torch import nn
 
 from pellucid.models.inference import predict_margins
-from pellucid.robust.attacks import (ATTACKS, AttackOptions, AttackRun, attack_option, check_options,
-                                     register_attack, step_size_option, within_budget)
+from pellucid.robust.attacks import ATTACKS, AttackRun, check_options, register_attack, within_budget
 # imported to register the attacks the budgets use
 from pellucid.robust import apgd_attacks, art_backend, square  # noqa: F401
 from pellucid.robust.budgets import BUDGETS, AdaptiveBudget, Stage
+from pellucid.robust.catalogue import AutoAttackOptions
 
 __all__ = ["AutoAttackOptions", "BUDGETS", "Stage", "StagesResult", "autoattack", "run_stages"]
-
-
-@dataclass(frozen=True)
-class AutoAttackOptions(AttackOptions):
-    budget: str | tuple[Stage, ...] | AdaptiveBudget = attack_option(
-        "standard", "AutoAttack budget: standard = 1 restart per attack; standard-native = standard "
-        "with square-native; art-default = ART's 5 restarts (5 x 5000 Square queries); native = "
-        "pellucid's own apgd-ce-native, apgd-t-native (9 targets), square-native, no ART and no "
-        "FAB-T; adaptive = "
-        "standard-native, then attacks built for the white-box layers (surrogate gradients, "
-        "transfer, ray search, Square); its options: --losses, --temperatures, --steps, --restarts, "
-        "--transfer-steps, --transfer-from, --decision-queries, --queries, --square-restarts, "
-        "--base-budget (see docs/adaptive-attacks.md)",
-        choices=tuple(sorted([*BUDGETS, "adaptive"])))
-    step_size: float | None = step_size_option()
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.budget, (str, AdaptiveBudget)):  # custom stages: each must exist
-            for stage in self.budget:
-                ATTACKS.get(stage.attack).check_options(stage.kwargs)
 
 
 @dataclass

@@ -4,7 +4,8 @@
 :class:`AdaptiveBudget` holds the options of the adaptive cascade
 (:func:`pellucid.robust.adaptive.adaptive_cascade`), which runs one of those stage lists first
 and then the attacks built for the white-box network's layers. Both live here, below the modules
-that run them, so that the options can be checked without importing the attacks.
+that run them, so that the options can be checked (and listed by ``pellucid evaluate --help``)
+without importing the attacks or torch.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pellucid.errors import ConfigError
-from pellucid.robust.attacks import AttackOptions, attack_option
+from pellucid.robust.options import AttackOptions, attack_option
 
 __all__ = ["ADAPTIVE_LOSSES", "AdaptiveBudget", "BUDGETS", "Stage"]
 

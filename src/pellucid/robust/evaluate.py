@@ -13,6 +13,7 @@ from pellucid.data.validation import check_images, check_labels, check_model_inp
 from pellucid.errors import InvalidInputError
 from pellucid.models.inference import predict_logits
 from pellucid.robust.attacks import ATTACKS, check_eps, perturbation_norm, within_budget
+from pellucid.robust.catalogue import CHUNK_SIZE  # images per chunk; torch-free, for --help
 from pellucid.robust.reliability import ReliabilityCurve, precision_at_recall_interval, reliability_curve
 
 if TYPE_CHECKING:
@@ -83,10 +84,6 @@ class RobustnessResult:
                                                     move(curve.thresholds), curve.accuracy))
 
 
-# Images per evaluation chunk (see evaluate_robustness): a multiple of PGD's and APGD's batch (1024),
-# so the default PGD evaluation is the one before chunks existed; and above the 1,902 images of the
-# 3-vs-5 test set, so every attack on it is one chunk and gives the results it gave before.
-CHUNK_SIZE = 2048
 # stage-log keys whose chunk values add up, and the one that is a fraction of the chunk's images
 _SUMMED = ("attacked", "broken", "queries_spent")
 _FRACTION = "robust_accuracy_after"

@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 
 from pellucid.errors import InvalidInputError
 from pellucid.models.inference import WindowQueries, batched_logits, margin, window_index
-from pellucid.robust.art_backend import SquareOptions
 from pellucid.robust.attacks import AttackRun, check_eps, check_options, eval_mode, register_attack
+from pellucid.robust.options import SquareOptions
 
 __all__ = ["margin", "square_fraction", "square_native"]  # margin: pellucid.models.inference
 

@@ -29,52 +29,25 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 import pellucid.models.inh  # noqa: F401  (registers inh-mnist)
-from pellucid._config import CheckedConfig, config_option as _opt
 from pellucid._io import RunLock, save_bytes_atomic
 from pellucid.data.datasets import load_dataset
 from pellucid.errors import InvalidInputError
 from pellucid.models.checkpoint import save_model
 from pellucid.models.inference import predict_logits
 from pellucid.models.registry import create_model
-from pellucid.nn.disjunctive.hashing import (SIMILARITIES, THRESHOLD_MODES, IncrementalNeuralHashing, fit_inh,
-                             prune_inh, tune_inh)
+from pellucid.nn.disjunctive.hashing import IncrementalNeuralHashing, fit_inh, prune_inh, tune_inh
 from pellucid.train.checkpointing import METRICS_FILE, check_run_dir
-from pellucid.train.recipes import register_recipe
+from pellucid.train.config import InhMnistConfig  # torch-free: pellucid train inh-mnist --help
 from pellucid.train.trainer import current_job
 
 MODEL = "inh-mnist"
-
-
-@dataclass
-class InhMnistConfig(CheckedConfig):
-    """Greedy slot fit of a 1-layer INH on the full 10-class MNIST training split, then a gradient
-    stage on the slots (``tune_epochs=0``: the greedy fit alone)."""
-
-    similarity: str = _opt("centred-cosine", "match m_s(x): centred-cosine (cosine of mean-centred "
-                                             "images), cosine, or l2 (minus the Euclidean distance)",
-                           choices=SIMILARITIES)
-    batch_size: int = _opt(128, "images per batch of the greedy fit; thresholds and candidates are "
-                                "per batch", min=1)
-    max_passes: int = _opt(10, "passes over the training split at most (the fit stops earlier "
-                               "once a pass adds no slot and raises no threshold)", min=1)
-    threshold_mode: str = _opt("batch", "max: running maximum of the batch thresholds (precision 1 "
-                                        "on every batch seen); batch: each batch's own, stored as "
-                                        "their mean", choices=THRESHOLD_MODES)
-    prune: bool = _opt(True, "keep only a greedy set cover of the training set by the fitted slots")
-    eps: float = _opt(1e-4, "margin of a threshold above the closest input of another class", above=0)
-    tune_epochs: int = _opt(8, "epochs of the gradient stage on keys and thresholds (0: none)", min=0)
-    tune_lr: float = _opt(3e-3, "peak learning rate of the gradient stage (Adam, one-cycle)", above=0)
-    tune_temperature: float = _opt(0.02, "temperature tau of the soft OR over a class's slots in "
-                                         "the gradient stage", above=0)
-    tune_batch_size: int = _opt(256, "images per step of the gradient stage", min=1)
-    seed: int = _opt(0, "seed of the batch orders", min=0, max=2**63 - 1)
 
 
 def _accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -108,8 +81,6 @@ def fit_inh_classifier(model: IncrementalNeuralHashing, images: torch.Tensor, la
     return history
 
 
-@register_recipe(MODEL, InhMnistConfig, "Incremental Neural Hashing on MNIST pixels: greedy "
-                                        "set-cover fit of slots, then a gradient stage")
 def train_inh_mnist(cfg: InhMnistConfig, out: Path | str, *, resume: bool = False,
                     progress: bool = True, data_dir: str | None = None) -> dict[str, Any]:
     """Fit, prune, tune, measure and save the model directory ``out``; returns the recipe summary

@@ -8,16 +8,15 @@ import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from pellucid._config import CheckedConfig, config_option
 from pellucid._io import RunLock
 from pellucid.data.datasets import ImageDataset
 from pellucid.distributed import Job
@@ -28,48 +27,8 @@ from pellucid.nn.semantic.base import project_constraints_
 from pellucid.robust.attacks import pgd
 from pellucid.robust.evaluate import advance_generator
 from pellucid.train.checkpointing import check_loss, check_run_dir, save_epoch, start_or_resume
+from pellucid.train.config import TrainConfig  # torch-free, so that --help needs no torch
 from pellucid.train.optim import SGD, Adam
-
-
-_opt = config_option
-
-
-@dataclass
-class TrainConfig(CheckedConfig):
-    """Optimisation and validation settings (defaults: the white-box paper's)."""
-
-    epochs: int = _opt(15, "passes over the training split", min=1)
-    batch_size: int = _opt(200, "images per optimizer step", min=1)
-    lr: float = _opt(3e-3, "learning rate (L2 weight decay in the gradient, not AdamW)", above=0)
-    weight_decay: float = _opt(3e-6, "L2 weight decay", min=0)
-    optimizer: str = _opt("adam", "adam, or sgd (heavy-ball momentum, see --momentum)",
-                          choices=("adam", "sgd"))
-    momentum: float = _opt(0.9, "SGD momentum (--optimizer sgd only)", min=0, max=0.999)
-    noise_p: float = _opt(0.7, "per batch, with this probability: x <- clip(x + N(noise_mean, "
-                               "noise_std^2), 0, 1)", min=0, max=1)
-    noise_mean: float = _opt(0.05, "mean of the noise augmentation")
-    noise_std: float = _opt(0.25, "standard deviation of the noise augmentation", min=0)
-    adv_eps: float = _opt(0.0, "> 0: Madry-style PGD adversarial training at this L-inf eps", min=0)
-    adv_steps: int = _opt(7, "PGD steps of adversarial training (step 2.5 eps / steps)", min=1)
-    adv_warmup_epochs: float = _opt(0.0, "epochs over which the adversarial-training eps ramps "
-                                         "linearly from 0 to adv_eps, step by step", min=0)
-    val_size: int = _opt(1000, "images held out of the train split for per-epoch validation", min=0)
-    val_pgd_steps: int = _opt(10, "PGD steps of the per-epoch robust validation (0: none)", min=0)
-    val_eps: float = _opt(0.3, "L-inf eps of the validation PGD", min=0)
-    val_step: float = _opt(0.1, "step size of the validation PGD", above=0)
-    seed: int = _opt(314, "seed of initialisation, data order, augmentation and the split", min=0,
-                     max=2**63 - 1)
-    schedule: str = _opt("constant", "learning rate: constant, or cosine (per step, "
-                                     "lr (1 + cos(pi s / S)) / 2 at step s of S, to 0 at the end)",
-                         choices=("constant", "cosine"))
-    augment: str = _opt("noise", "batch augmentation: noise (see noise_p), crop-flip (random crop "
-                                 "after zero padding by 4 pixels, and a horizontal flip with "
-                                 "probability 1/2, per image) or none (no augmentation and no random "
-                                 "draw for it)", choices=("noise", "crop-flip", "none"))
-
-    # Settings that choose how the same math is computed, not what is computed: a resumed run may
-    # change them (a subclass names its own, e.g. a compiled kernel).
-    EXECUTION_OPTIONS: ClassVar[tuple[str, ...]] = ()
 
 
 # The job every fit() in the context trains in (see training_job); unset: one process on the CPU.
