@@ -9,7 +9,8 @@ Why ``pellucid.train.optim`` exists.
 ``exit``: each command runs through ``pellucid.cli.main.main`` and then ends either normally
 (``sys.exit``: interpreter finalisation) or by running the ``atexit`` handlers, flushing and
 calling ``os._exit`` (no finalisation). Reported: the whole process's wall time of each. Commands:
-``evaluate --help``, a usage error of ``train``, ``explain`` on a random-init ResNet-50 (imports
+``evaluate --help`` and a usage error of ``train`` (neither loads torch: the parsers are built from
+torch-free catalogues, so they show the floor), ``explain`` on a random-init ResNet-50 (imports
 torchvision), and with ``--model-dir`` a tiny FGSM (native) and APGD-CE (ART) evaluation. Why the
 console entry exits normally.
 
