@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,8 @@ def mnist35_test():
 def authors_fixture():
     weights = FIXTURES / "whitebox_mnist35_authors.safetensors"
     outputs = FIXTURES / "whitebox_mnist35_authors_test_outputs.npz"
-    if not (weights.is_file() and outputs.is_file()):
-        pytest.skip(f"parity fixtures not found in {FIXTURES}")
+    # committed with the repository (tests/fixtures/README.md): missing means a broken checkout
+    assert weights.is_file() and outputs.is_file(), f"parity fixtures missing from {FIXTURES}"
     return weights, dict(np.load(outputs))
 
 
@@ -52,3 +53,21 @@ def authors_dir(tmp_path_factory, authors_model):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def chromium_browser():
+    """Headless Chromium from the system (Debian's ``chromium``), driven by Playwright (which
+    downloads no browser); skips, saying how to install, when either is missing."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("no playwright: pip install playwright (the browser itself comes from the system)")
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("no chromium: install it with `sudo apt-get install chromium` (or `make chromium`)")
+    with sync_playwright() as playwright:
+        # --no-sandbox: Chromium refuses to start its sandbox as root (CI containers)
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+        yield browser
+        browser.close()

@@ -30,28 +30,9 @@ SCREENSHOTS = os.environ.get("PELLUCID_WRITE_SCREENSHOT") == "1"
 TIMEOUT_MS = 60_000
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
 @pytest.fixture(scope="module")
-def browser(gradio_installed):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("no playwright: pip install playwright (the browser itself comes from the system)")
-    executable = _chromium()
-    if executable is None:
-        pytest.skip("no chromium: install it with `sudo apt-get install chromium` (or `make chromium`)")
-    with sync_playwright() as playwright:
-        # --no-sandbox: Chromium refuses to start its sandbox as root (CI containers)
-        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
-        yield browser
-        browser.close()
+def browser(gradio_installed, chromium_browser):
+    return chromium_browser
 
 
 @pytest.fixture(scope="module")

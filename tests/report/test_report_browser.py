@@ -13,21 +13,12 @@ binary is missing (``make chromium`` installs Debian's).
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 
 TIMEOUT_MS = 60_000
 PERCENT = re.compile(r"^\d{1,3}\.\d{2}\s%$")  # "92.53 %" (the space is a no-break space)
 CHECKS = {"gradients", "deterministic", "unbounded", "monotone", "black_box"}
-
-
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -53,26 +44,15 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(tiny_run):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("no playwright: pip install playwright (the browser itself comes from the system)")
-    executable = _chromium()
-    if executable is None:
-        pytest.skip("no chromium: install it with `sudo apt-get install chromium` (or `make chromium`)")
-    report = tiny_run[0] / "report.html"
-    with sync_playwright() as playwright:
-        # --no-sandbox: Chromium refuses to start its sandbox as root (CI containers)
-        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(TIMEOUT_MS)
-        requests: list[str] = []
-        page.on("request", lambda r: requests.append(r.url))
-        page.goto(report.as_uri(), wait_until="load")
-        page.requests = requests
-        yield page
-        browser.close()
+def page(tiny_run, chromium_browser):
+    page = chromium_browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto((tiny_run[0] / "report.html").as_uri(), wait_until="load")
+    page.requests = requests
+    yield page
+    page.close()
 
 
 def _headline(page) -> dict[str, str]:

@@ -136,30 +136,28 @@ def directional_mnist35(**kwargs) -> DirectionalNet:
 @register_model("disjunction-positive-cifar-planes-cars", input_shape=(3, 32, 32), dataset="cifar10",
                 classes=(0, 1))
 def disjunction_positive_cifar_planes_cars(**kwargs) -> DisjunctionNet:
-    """Disjunction of conjunctions with non-negative conv weights and non-affine BatchNorm for
-    CIFAR-10 planes vs cars."""
+    """Disjunction of conjunctions, non-negative conv weights, non-affine BatchNorm: CIFAR-10 planes/cars."""
     return DisjunctionNet(**{"in_channels": 3, "positive": True, **kwargs})
 
 
 @register_model("directional-positive-cifar-planes-cars", input_shape=(3, 32, 32), dataset="cifar10",
                 classes=(0, 1))
 def directional_positive_cifar_planes_cars(**kwargs) -> DirectionalNet:
-    """Directional two-conv network with non-negative conv weights and non-affine BatchNorm for
-    CIFAR-10 planes vs cars."""
+    """Directional two-conv network, non-negative conv weights, non-affine BatchNorm: CIFAR-10 planes/cars."""
     return DirectionalNet(**{"in_channels": 3, "positive": True, **kwargs})
 
 
 @register_model("disjunction-positive-mnist35", input_shape=(1, 28, 28), dataset="mnist",
                 classes=(3, 5))
 def disjunction_positive_mnist35(**kwargs) -> DisjunctionNet:
-    """Disjunction of conjunctions with non-negative conv weights and non-affine BatchNorm for
-    MNIST 3 vs 5."""
+    """Disjunction of conjunctions, non-negative conv weights, non-affine BatchNorm: MNIST 3 vs 5."""
     return DisjunctionNet(**{"in_channels": 1, "positive": True, **kwargs})
 
 
 @register_model("directional-positive-mnist35", input_shape=(1, 28, 28), dataset="mnist",
                 classes=(3, 5))
 def directional_positive_mnist35(**kwargs) -> DirectionalNet:
-    """Directional two-conv network with non-negative conv weights and non-affine BatchNorm for
-    MNIST 3 vs 5 (pool padding 1)."""
+    """Directional two-conv network, non-negative conv weights, non-affine BatchNorm: MNIST 3 vs 5.
+
+    Pool padding 1."""
     return DirectionalNet(**{"in_channels": 1, "pool_padding": 1, "positive": True, **kwargs})

@@ -10,8 +10,9 @@ imported from its module on first use, and an attack's module when the attack is
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pellucid._lazy import lazy_attributes
 
 from pellucid.robust.budgets import BUDGETS, AdaptiveBudget  # the cascade: pellucid.robust.adaptive
 from pellucid.robust.catalogue import ATTACKS
@@ -41,7 +42,7 @@ __all__ = ["ATTACKS", "COMMON_ARGS", "AdaptiveBudget", "Attack", "AttackOptions"
            "l2_bim", "MaxProbabilityRejector", "rejection_at_clean_rates", "threshold_at_clean_rate"]
 
 # names whose modules import torch -> the module (under pellucid.robust) that defines them
-_LAZY = {
+_LAZY_IN = {
     **dict.fromkeys(("Attack", "AttackRun", "adam_pgd", "eval_mode", "fgm", "fgsm", "l2_bim",
                      "perturbation_norm", "pgd", "register_attack", "run_attack", "within_budget"),
                     "attacks"),
@@ -57,17 +58,5 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    if not name.startswith("_"):  # a submodule not imported yet (``pellucid.robust.checks``)
-        try:
-            return importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+_LAZY = {name: f"{__name__}.{module}" for name, module in _LAZY_IN.items()}
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

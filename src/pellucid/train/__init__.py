@@ -7,8 +7,9 @@ The recipes (:data:`RECIPES`, declared in :mod:`pellucid.train.catalogue`) and t
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pellucid._lazy import lazy_attributes
 
 from pellucid.train.catalogue import RECIPES, Recipe, register_recipe
 from pellucid.train.config import TrainConfig
@@ -25,17 +26,4 @@ _LAZY = {"fit": "pellucid.train.trainer", "split_train_val": "pellucid.train.tra
          "train_registered_classifier": "pellucid.train.recipes"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    if not name.startswith("_"):  # a submodule not imported yet (``pellucid.train.trainer``)
-        try:
-            return importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

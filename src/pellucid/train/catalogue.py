@@ -84,17 +84,16 @@ _classifier_recipe("disjunction-cifar-planes-cars", "Disjunction of conjunctions
                    noise_p=0.0, val_eps=8 / 255, val_step=2 / 255)
 _classifier_recipe("directional-cifar-planes-cars", "Directional two-conv network with a soft OR per "
                    "class for CIFAR-10 planes vs cars.", noise_p=0.0, val_eps=8 / 255, val_step=2 / 255)
-# Their positively constrained variants (non-negative conv weights, non-affine BatchNorm). (The
-# models' summaries are the first lines of their docstrings, cut where those lines end.)
-_classifier_recipe("disjunction-positive-mnist35", "Disjunction of conjunctions with non-negative conv "
-                   "weights and non-affine BatchNorm for", noise_p=0.0)
-_classifier_recipe("directional-positive-mnist35", "Directional two-conv network with non-negative "
-                   "conv weights and non-affine BatchNorm for", noise_p=0.0)
-_classifier_recipe("disjunction-positive-cifar-planes-cars", "Disjunction of conjunctions with "
-                   "non-negative conv weights and non-affine BatchNorm for",
+# Their positively constrained variants (non-negative conv weights, non-affine BatchNorm).
+_classifier_recipe("disjunction-positive-mnist35", "Disjunction of conjunctions, non-negative conv "
+                   "weights, non-affine BatchNorm: MNIST 3 vs 5.", noise_p=0.0)
+_classifier_recipe("directional-positive-mnist35", "Directional two-conv network, non-negative conv "
+                   "weights, non-affine BatchNorm: MNIST 3 vs 5.", noise_p=0.0)
+_classifier_recipe("disjunction-positive-cifar-planes-cars", "Disjunction of conjunctions, non-negative "
+                   "conv weights, non-affine BatchNorm: CIFAR-10 planes/cars.",
                    noise_p=0.0, val_eps=8 / 255, val_step=2 / 255)
-_classifier_recipe("directional-positive-cifar-planes-cars", "Directional two-conv network with "
-                   "non-negative conv weights and non-affine BatchNorm for",
+_classifier_recipe("directional-positive-cifar-planes-cars", "Directional two-conv network, "
+                   "non-negative conv weights, non-affine BatchNorm: CIFAR-10 planes/cars.",
                    noise_p=0.0, val_eps=8 / 255, val_step=2 / 255)
 
 # Ten classes (docs/beyond-3v5.md). The white-box recipes keep the 3-vs-5 settings (noise
