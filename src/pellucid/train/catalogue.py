@@ -84,17 +84,15 @@ _classifier_recipe("disjunction-cifar-planes-cars", "Disjunction of conjunctions
                    noise_p=0.0, val_eps=8 / 255, val_step=2 / 255)
 _classifier_recipe("directional-cifar-planes-cars", "Directional two-conv network with a soft OR per "
                    "class for CIFAR-10 planes vs cars.", noise_p=0.0, val_eps=8 / 255, val_step=2 / 255)
-# Their positively constrained variants (non-negative conv weights, non-affine BatchNorm).
-_classifier_recipe("disjunction-positive-mnist35", "Disjunction of conjunctions, non-negative conv "
-                   "weights, non-affine BatchNorm: MNIST 3 vs 5.", noise_p=0.0)
-_classifier_recipe("directional-positive-mnist35", "Directional two-conv network, non-negative conv "
-                   "weights, non-affine BatchNorm: MNIST 3 vs 5.", noise_p=0.0)
-_classifier_recipe("disjunction-positive-cifar-planes-cars", "Disjunction of conjunctions, non-negative "
-                   "conv weights, non-affine BatchNorm: CIFAR-10 planes/cars.",
-                   noise_p=0.0, val_eps=8 / 255, val_step=2 / 255)
-_classifier_recipe("directional-positive-cifar-planes-cars", "Directional two-conv network, "
-                   "non-negative conv weights, non-affine BatchNorm: CIFAR-10 planes/cars.",
-                   noise_p=0.0, val_eps=8 / 255, val_step=2 / 255)
+# Their positively constrained variants (non-negative conv weights, non-affine BatchNorm), in the
+# order disjunction, directional for MNIST, then for CIFAR-10.
+_CIFAR_VALIDATION = {"val_eps": 8 / 255, "val_step": 2 / 255}
+for _data, _label, _validation in (("mnist35", "MNIST 3 vs 5", {}),
+                                   ("cifar-planes-cars", "CIFAR-10 planes/cars", _CIFAR_VALIDATION)):
+    for _family, _what in (("disjunction", "Disjunction of conjunctions"),
+                           ("directional", "Directional two-conv network")):
+        _classifier_recipe(f"{_family}-positive-{_data}", f"{_what}, non-negative conv weights, "
+                           f"non-affine BatchNorm: {_label}.", noise_p=0.0, **_validation)
 
 # Ten classes (docs/beyond-3v5.md). The white-box recipes keep the 3-vs-5 settings (noise
 # augmentation, no adversarial training) but train 20 epochs with a cosine schedule: on MNIST
