@@ -23,15 +23,29 @@ class MissingResult(LookupError):
     """A block asks for a figure that no results line holds."""
 
 
-def latest(results_dir: Path, name: str) -> Any:
-    """The result of the last line of benchmark ``name``'s results files."""
+def latest_line(results_dir: Path, name: str):
+    """The last line (:class:`benchmarks._render.Line`) of benchmark ``name``'s results files."""
     from benchmarks._render import read_lines, results_files
 
     paths = results_files(results_dir).get(name)
     lines = [line for p in paths or [] for line in read_lines(p)]
     if not lines:
         raise MissingResult(f"no results line of {name!r} in {results_dir}")
-    return lines[-1].result
+    return lines[-1]
+
+
+def latest(results_dir: Path, name: str) -> Any:
+    """The result of the last line of benchmark ``name``'s results files."""
+    return latest_line(results_dir, name).result
+
+
+def measured_on(line) -> str:
+    """Where and how a runner-recorded line was measured, and its command."""
+    env = line.environment or {}
+    commit = (env.get("git_commit") or "")[:10] or "unknown"
+    return (f"Measured on {env.get('cpu')} ({env.get('threads')} threads), torch {env.get('torch')}, "
+            f"pellucid {env.get('pellucid')} (commit {commit}), {str(env.get('timestamp'))[:10]}: "
+            f"`{env.get('command')}`.")
 
 
 def evaluation(results_dir: Path, run: str, attack: str, budget: str | None = None,
@@ -116,7 +130,37 @@ def readme(results_dir: Path) -> str:
     return "\n".join(table + [""] + notes + [""] + other) + "\n"
 
 
-BLOCKS: dict[str, Callable[[Path], str]] = {"readme": readme}
+def whitebox_seeds(results_dir: Path) -> str:
+    """docs/whitebox.md's results table: the default recipe over training seeds, the authors'
+    weights evaluated the same way, and the paper's figures (quoted)."""
+    line = latest_line(results_dir, "whitebox_seeds")
+    result = line.result
+    keys = ("clean_accuracy", "robust_accuracy", "precision_at_recall_0.8", "reliability_auc")
+
+    def cells(row: dict) -> str:
+        spread = row.get("over_attack_seeds", {}).get("robust_accuracy")
+        robust = pct(row["robust_accuracy"]) + (
+            f" (attack seeds: {pct(spread['min'])}-{pct(spread['max'])})" if spread else "")
+        return " | ".join([pct(row["clean_accuracy"]), robust, pct(row["precision_at_recall_0.8"]),
+                           pct(row["reliability_auc"])])
+
+    epochs = line.config["epochs"]  # the runner records every line's parsed arguments
+    rows = [f"| seed {r['seed']}{' (the default)' if r['seed'] == 314 else ''}, {epochs} epochs in "
+            f"{r['train_seconds']:.0f} s (validation included) | {cells(r)} |" for r in result["runs"]]
+    agg = result["aggregate"]
+    rows.append(f"| {len(result['runs'])} seeds, mean ± std | " + " | ".join(
+        f"{pct(agg[k]['mean'])} ± {100 * agg[k]['std']:.2f}" for k in keys) + " |")
+    if "authors_weights" in result:
+        rows.append(f"| the authors' published weights (`tests/fixtures`), evaluated the same way | "
+                    f"{cells(result['authors_weights'])} |")
+        paper = result["paper"]
+        rows.append(f"| paper (quoted) | {pct(paper['clean_accuracy'])} | {pct(paper['robust_accuracy'])} | "
+                    f"~{pct(paper['precision_at_recall_0.8'])} | |")
+    head = ["| run | clean | PGD-40 | precision at 80 % recall | reliability AUC |", "|---|---|---|---|---|"]
+    return "\n".join(head + rows + ["", measured_on(line)]) + "\n"
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {"readme": readme, "whitebox-seeds": whitebox_seeds}
 
 
 def fill(text: str, results_dir: Path) -> str:
