@@ -22,7 +22,7 @@ sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]
 
 from benchmarks import _harness as h  # noqa: E402
 
-SUMMARY = "the evaluation records (pellucid evaluate) of run directories, collected for the docs' tables"
+SUMMARY = "The evaluation records (pellucid evaluate) of run directories, collected for the docs' tables"
 EXPECTED_TIME = "under 1 s (reads records; the evaluations themselves take seconds to hours, see each row)"
 
 # record fields that are not figures of the evaluation (kept out of the collected row)
