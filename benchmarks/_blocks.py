@@ -160,7 +160,26 @@ def whitebox_seeds(results_dir: Path) -> str:
     return "\n".join(head + rows + ["", measured_on(line)]) + "\n"
 
 
-BLOCKS: dict[str, Callable[[Path], str]] = {"readme": readme, "whitebox-seeds": whitebox_seeds}
+def whitebox_speed(results_dir: Path) -> str:
+    """docs/whitebox.md's speed table: the fused conv kernel against the dense-conv baseline run
+    in the same process."""
+    line = latest_line(results_dir, "whitebox_speed")
+    r = line.result
+    rows = ["| measure | pellucid | dense-conv baseline | ratio |", "|---|---|---|---|",
+            f"| training epoch, {r['train_images']:,} images, no validation | {r['epoch_seconds']:.2f} s | "
+            f"{r['epoch_seconds_dense_conv_baseline']:.2f} s | {r['epoch_speedup_vs_baseline']:.1f}x |",
+            f"| PGD-40 on the full test set | {r['pgd40_full_test_seconds']:.2f} s "
+            f"({r['pgd40_images_per_second']:.0f} images/s) | "
+            f"{r['pgd40_images_per_second_dense_conv_baseline']:.0f} images/s | "
+            f"{r['pgd40_speedup_vs_baseline']:.1f}x |"]
+    if "whole_default_run_seconds" in r:
+        rows.append(f"| whole default `pellucid train whitebox-mnist35` (fresh process, validation "
+                    f"included) | {r['whole_default_run_seconds']:.1f} s | | |")
+    return "\n".join(rows + ["", measured_on(line)]) + "\n"
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {"readme": readme, "whitebox-seeds": whitebox_seeds,
+                                            "whitebox-speed": whitebox_speed}
 
 
 def fill(text: str, results_dir: Path) -> str:

@@ -19,7 +19,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def render() -> str:
     from pellucid.cli.main import SUBCOMMANDS, build_parser
 
-    os.environ["COLUMNS"] = "100"  # argparse wraps help to the terminal width: fix it
+    os.environ["COLUMNS"] = "86"  # argparse wraps help to the terminal width: fit the page's code blocks
     out = ["## pellucid", "", "```", build_parser([]).format_help().rstrip(), "```", ""]
     for name in SUBCOMMANDS:
         sub = _subparsers(build_parser([name]))[name]
