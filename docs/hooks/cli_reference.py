@@ -19,13 +19,20 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def render() -> str:
     from pellucid.cli.main import SUBCOMMANDS, build_parser
 
+    columns = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "86"  # argparse wraps help to the terminal width: fit the page's code blocks
-    out = ["## pellucid", "", "```", build_parser([]).format_help().rstrip(), "```", ""]
-    for name in SUBCOMMANDS:
-        sub = _subparsers(build_parser([name]))[name]
-        out += [f"## pellucid {name}", "", "```", sub.format_help().rstrip(), "```", ""]
-        for inner, parser in _subparsers(sub).items():  # e.g. one parser per training recipe
-            out += [f"### pellucid {name} {inner}", "", "```", parser.format_help().rstrip(), "```", ""]
+    try:
+        out = ["## pellucid", "", "```", build_parser([]).format_help().rstrip(), "```", ""]
+        for name in SUBCOMMANDS:
+            sub = _subparsers(build_parser([name]))[name]
+            out += [f"## pellucid {name}", "", "```", sub.format_help().rstrip(), "```", ""]
+            for inner, parser in _subparsers(sub).items():  # e.g. one parser per training recipe
+                out += [f"### pellucid {name} {inner}", "", "```", parser.format_help().rstrip(), "```", ""]
+    finally:
+        if columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = columns
     return "\n".join(out)
 
 
