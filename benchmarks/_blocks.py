@@ -178,8 +178,71 @@ def whitebox_speed(results_dir: Path) -> str:
     return "\n".join(rows + ["", measured_on(line)]) + "\n"
 
 
+def parameters(model_name: str) -> str:
+    """The registered model's parameter count (built, not trained: the count is the recipe's)."""
+    from pellucid.models import create_model
+
+    return f"{sum(p.numel() for p in create_model(model_name).parameters()):,}"
+
+
+def _pgd_rows(results_dir: Path, runs: list[tuple[str, str, str]], n: int) -> list[str]:
+    """One row per ``(run, label, training)``: its PGD-40 record's figures."""
+    rows = []
+    for run, label, training in runs:
+        r = evaluation(results_dir, run, "pgd", n=n)
+        low, high = r["precision_at_recall_0.8_ci95"]
+        precision = (f"{pct(r['precision_at_recall_0.8'])} (95 % interval {100 * low:.2f}-{100 * high:.2f})"
+                     if r["robust_accuracy"] > 0 else "(no correct prediction under attack)")
+        rows.append(f"| {label} | {parameters(r['model'])} | {training} | {pct(r['clean_accuracy'])} | "
+                    f"{pct(r['robust_accuracy'])} | {precision} | {pct(r['reliability_auc'])} |")
+    return ["| model | parameters | training | clean | PGD-40 | precision at 80 % recall (PGD-40) | "
+            "reliability AUC |", "|---|---|---|---|---|---|---|", *rows]
+
+
+def beyond_mnist10(results_dir: Path) -> str:
+    """docs/beyond-3v5.md: ten-digit MNIST, PGD-40 at eps 0.3 on all 10,000 test images."""
+    return "\n".join(_pgd_rows(results_dir, [
+        ("wb10-cos", "`whitebox-mnist10`", "20 cosine epochs, noise augmentation"),
+        ("wb10", "`whitebox-mnist10 --epochs 15 --schedule constant`", "the 3-vs-5 schedule"),
+        ("lenet10", "`lenet-mnist10`", "plain, 15 epochs")], 10000)) + "\n"
+
+
+def beyond_fashion10(results_dir: Path) -> str:
+    """docs/beyond-3v5.md: Fashion-MNIST, PGD-40 at eps 0.1 on all 10,000 test images."""
+    return "\n".join(_pgd_rows(results_dir, [
+        ("wbf10", "`whitebox-fashion10`", "plain (noise augmentation)"),
+        ("lenetf10-adv", "`lenet-fashion10-adv`", "PGD-7 at eps 0.1")], 10000)) + "\n"
+
+
+def apgd_crosscheck(results_dir: Path) -> str:
+    """docs/beyond-3v5.md: pellucid's native APGD attacks against ART's, every recorded line."""
+    from benchmarks._render import read_lines, results_files
+
+    names = {"ce": "APGD-CE", "dlr": "APGD-DLR", "t": "APGD-T, {n_targets} targets"}
+    rows = ["| model, images | attack | native | ART | native - ART | broken by ART only | "
+            "broken by native only | ART time / native time |", "|---|---|---|---|---|---|---|---|"]
+    lines = [line for p in results_files(results_dir).get("apgd_crosscheck", []) for line in read_lines(p)]
+    if not lines:
+        raise MissingResult("no results line of 'apgd_crosscheck'")
+    for line in lines:
+        r = line.result
+        images = f"`{r['model']}`, " + (f"all {r['n']:,}" if r["n"] in (1902, 10000) else f"first {r['n']:,}")
+        for key, pair in r["pairs"].items():
+            rows.append(
+                f"| {images} (clean {pct(r['clean_accuracy'])}) | {names[key].format(**r)} | "
+                f"{pct(pair['native_robust_accuracy'])} | {pct(pair['art_robust_accuracy'])} | "
+                f"{pair['difference_points']:+.2f} points | "
+                f"{', '.join(map(str, pair['art_breaks_native_does_not'])) or 'none'} | "
+                f"{', '.join(map(str, pair['native_breaks_art_does_not'])) or 'none'} | "
+                f"{pair['art_over_native_time']:.2f} ({pair['art_seconds']:.1f} s / {pair['native_seconds']:.1f} s) |")
+    return "\n".join(rows) + "\n"
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {"readme": readme, "whitebox-seeds": whitebox_seeds,
-                                            "whitebox-speed": whitebox_speed}
+                                            "whitebox-speed": whitebox_speed,
+                                            "beyond-mnist10": beyond_mnist10,
+                                            "beyond-fashion10": beyond_fashion10,
+                                            "apgd-crosscheck": apgd_crosscheck}
 
 
 def fill(text: str, results_dir: Path) -> str:
