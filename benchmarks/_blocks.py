@@ -238,7 +238,70 @@ def apgd_crosscheck(results_dir: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+# explain_table's metrics, in column order, with their short names
+EXPLAIN_COLUMNS = {"infidelity": "INFD", "faithfulness_correlation": "FC", "faithfulness_estimate": "FE",
+                   "monotonicity_correlation": "MC", "max_sensitivity": "SENS", "random_logit": "RL",
+                   "model_parameter_randomisation": "MPRT", "deletion": "DEL", "insertion": "INS",
+                   "pointing_game": "PG", "focus": "Focus"}
+
+
+def explain_table(result: dict) -> str:
+    """One explanation table: a row per method, a column per metric (3 significant digits), the
+    best value of each column in bold (by its direction; the first on an exact tie), ``n/a`` where
+    a method gave no value, and the rows' notes below."""
+    rows = result["rows"]
+    cells = {(r["method"], r["metric"]): r for r in rows}
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    metrics = [m for m in EXPLAIN_COLUMNS if any(r["metric"] == m for r in rows)]
+    best = {}
+    for metric in metrics:
+        scored = [(cells[(m, metric)]["mean"], m) for m in methods
+                  if (m, metric) in cells and cells[(m, metric)]["mean"] is not None]
+        if scored:
+            higher = cells[(scored[0][1], metric)]["higher_is_better"]
+            best[metric] = (max if higher else min)(scored, key=lambda s: s[0])[1]
+    arrow = {True: " ↑", False: " ↓"}
+    head = ["| method | " + " | ".join(EXPLAIN_COLUMNS[m] + arrow[cells[(methods[0], m)]["higher_is_better"]]
+                                       for m in metrics) + " |", "|---|" + "---|" * len(metrics)]
+    body = []
+    for method in methods:
+        out = []
+        for metric in metrics:
+            r = cells.get((method, metric))
+            if r is None or r["mean"] is None:
+                out.append("n/a")
+            else:
+                text = f"{r['mean']:.3g}"
+                out.append(f"**{text}**" if best.get(metric) == method else text)
+        body.append(f"| {method} | " + " | ".join(out) + " |")
+    notes: dict[str, list[str]] = {}  # note -> the methods whose rows carry it
+    for r in rows:
+        if r.get("note") and r["method"] not in notes.setdefault(r["note"], []):
+            notes[r["note"]].append(r["method"])
+    lines = [f"Note ({', '.join(m)}): {n.rstrip('.')}." for n, m in notes.items()]
+    return "\n".join(head + body + ([""] + lines if lines else [])) + "\n"
+
+
+def explain_tables(results_dir: Path) -> str:
+    """docs/explain-metrics.md: the latest explanation table of each model and target."""
+    from benchmarks._render import read_lines, results_files
+
+    latest_by: dict = {}
+    for path in results_files(results_dir).get("explain_table", []):
+        for line in read_lines(path):
+            latest_by[(line.result["model"], line.result["target"])] = line.result
+    if not latest_by:
+        raise MissingResult("no results line of 'explain_table'")
+    out = []
+    for result in latest_by.values():
+        seconds = f", {result['seconds']} s" if result.get("seconds") else ""
+        out += [f"**{result['model']}** ({result.get('registered') or result['model']}, target: "
+                f"{result['target']}, n = {result['n']}{seconds})", "", explain_table(result)]
+    return "\n".join(out)
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {"readme": readme, "whitebox-seeds": whitebox_seeds,
+                                            "explain-tables": explain_tables,
                                             "whitebox-speed": whitebox_speed,
                                             "beyond-mnist10": beyond_mnist10,
                                             "beyond-fashion10": beyond_fashion10,
