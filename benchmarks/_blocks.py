@@ -300,7 +300,53 @@ def explain_tables(results_dir: Path) -> str:
     return "\n".join(out)
 
 
+def _all_results(results_dir: Path, name: str) -> list:
+    from benchmarks._render import read_lines, results_files
+
+    results = [line.result for p in results_files(results_dir).get(name, []) for line in read_lines(p)]
+    if not results:
+        raise MissingResult(f"no results line of {name!r}")
+    return results
+
+
+def metric_resnet_standin(results_dir: Path) -> str:
+    """docs/metric.md: the metric ResNet-20 stand-in, one table per recorded budget."""
+    forms = {"linear": "linear (`nn.Conv2d`)", "l2": "l2 (`L2DistanceConv2d`)",
+             "stereo": "stereo (`StereoAngle`, conv path)"}
+    out = []
+    for r in _all_results(results_dir, "metric_resnet_standin"):
+        scored = f"the first {r['test_limit']:,} test images" if r["test_limit"] else "all 10,000 test images"
+        out += [f"**{r['train_limit']:,} training images x {r['epochs']} epochs**, seed {r['seed']}, test accuracy "
+                f"per epoch on {scored} (published on CIFAR-10 in brackets)", "",
+                "| convolution | parameters | test accuracy per epoch | train time |", "|---|---|---|---|"]
+        for metric, label in forms.items():
+            m = r["metrics"][metric]
+            curve = " / ".join(f"{a:.2f}" for a in m["curve"][:-1]) + f" / **{m['curve'][-1]:.2f}**"
+            out.append(f"| {label} | {m['parameters']:,} | {curve} [{m['published_cifar10']:.2f}] | "
+                       f"{m['train_seconds']:.0f} s |")
+        out.append("")
+    return "\n".join(out)
+
+
+def unit_alignment(results_dir: Path) -> str:
+    """docs/research-log.md: unit gradients on noise, alignment per model (the latest line)."""
+    labels = {"disjunction-mnist35": "disjunction", "disjunction-positive-mnist35": "disjunction, positive",
+              "directional-mnist35": "directional", "directional-positive-mnist35": "directional, positive",
+              "lenet-mnist35": "LeNet (ReLU)"}
+    models = latest(results_dir, "unit_alignment")["models"]
+    rows = ["| model | accuracy | parameters | A (repr.) | A (output) | agreement | A centred | "
+            "agreement centred |", "|---|---|---|---|---|---|---|---|"]
+    for name, m in models.items():
+        rows.append(f"| {labels.get(name, name)} | {pct(m['accuracy'])} | {m['parameters']:,} | "
+                    f"{m['A_representation_mean']:.3f} | {m['A_output_mean']:.3f} | "
+                    f"{m['agreement_representation_mean']:.3f} | {m['A_centred_representation_mean']:.3f} | "
+                    f"{m['agreement_centred_representation_mean']:.3f} |")
+    return "\n".join(rows) + "\n"
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {"readme": readme, "whitebox-seeds": whitebox_seeds,
+                                            "metric-resnet-standin": metric_resnet_standin,
+                                            "unit-alignment": unit_alignment,
                                             "explain-tables": explain_tables,
                                             "whitebox-speed": whitebox_speed,
                                             "beyond-mnist10": beyond_mnist10,
