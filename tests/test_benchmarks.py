@@ -307,3 +307,18 @@ def test_render_check_names_an_out_of_date_page_and_writes_nothing(tmp_path, cap
     readme = (REPO / "README.md").read_text()
     assert cli(["--results-dir", str(results), "render", "--out", str(out)]) == 0
     assert (REPO / "README.md").read_text() == readme  # other results never touch the README
+
+
+def test_explain_table_bolds_the_best_by_direction_and_marks_missing_values():
+    from benchmarks import _blocks
+
+    def row(method, metric, mean, higher, note=None):
+        return {"method": method, "metric": metric, "mean": mean, "higher_is_better": higher, "note": note}
+
+    table = _blocks.explain_table({"rows": [
+        row("a", "infidelity", 0.5, False), row("a", "insertion", 2.0, True),
+        row("b", "infidelity", 0.25, False), row("b", "insertion", None, True, "no conv layer")]})
+    lines = table.splitlines()
+    assert lines[0] == "| method | INFD ↓ | INS ↑ |"
+    assert lines[2] == "| a | 0.5 | **2** |" and lines[3] == "| b | **0.25** | n/a |"
+    assert lines[-1] == "Note (b): no conv layer."
