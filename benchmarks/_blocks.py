@@ -98,6 +98,8 @@ def readme(results_dir: Path) -> str:
     model_row("`whitebox-mnist10` (no adversarial training)", "MNIST, all 10,000, L-inf 0.3",
               "wb10-cos", 10000, [("standard-native budget", "standard-native", 10000)])
     model_row("`lenet-mnist10` (plain training)", "MNIST, all 10,000, L-inf 0.3", "lenet10", 10000, [])
+    model_row("`lenet-mnist10-adv` (PGD adversarial training)", "MNIST, all 10,000, L-inf 0.3", "lenet10-adv",
+              10000, [])
     model_row("`whitebox-fashion10` (no adversarial training)", "Fashion-MNIST, all 10,000, L-inf 0.1",
               "wbf10", 10000, [])
     model_row("`lenet-fashion10-adv` (PGD adversarial training)", "Fashion-MNIST, all 10,000, L-inf 0.1",
@@ -204,7 +206,8 @@ def beyond_mnist10(results_dir: Path) -> str:
     return "\n".join(_pgd_rows(results_dir, [
         ("wb10-cos", "`whitebox-mnist10`", "20 cosine epochs, noise augmentation"),
         ("wb10", "`whitebox-mnist10 --epochs 15 --schedule constant`", "the 3-vs-5 schedule"),
-        ("lenet10", "`lenet-mnist10`", "plain, 15 epochs")], 10000)) + "\n"
+        ("lenet10", "`lenet-mnist10`", "plain, 15 epochs"),
+        ("lenet10-adv", "`lenet-mnist10-adv`", "PGD-7 at eps 0.3 (5-epoch ramp), 15 epochs")], 10000)) + "\n"
 
 
 def beyond_fashion10(results_dir: Path) -> str:
