@@ -188,17 +188,22 @@ def parameters(model_name: str) -> str:
 
 
 def _pgd_rows(results_dir: Path, runs: list[tuple[str, str, str]], n: int) -> list[str]:
-    """One row per ``(run, label, training)``: its PGD-40 record's figures."""
+    """One row per ``(run, label, training)``: its PGD-40 record's figures, and its AutoAttack
+    (``standard-native`` budget, the same ``n`` images) where one is recorded."""
     rows = []
     for run, label, training in runs:
         r = evaluation(results_dir, run, "pgd", n=n)
         low, high = r["precision_at_recall_0.8_ci95"]
         precision = (f"{pct(r['precision_at_recall_0.8'])} (95 % interval {100 * low:.2f}-{100 * high:.2f})"
                      if r["robust_accuracy"] > 0 else "(no correct prediction under attack)")
+        try:
+            autoattack = pct(evaluation(results_dir, run, "autoattack", "standard-native", n)["robust_accuracy"])
+        except MissingResult:
+            autoattack = "not run"
         rows.append(f"| {label} | {parameters(r['model'])} | {training} | {pct(r['clean_accuracy'])} | "
-                    f"{pct(r['robust_accuracy'])} | {precision} | {pct(r['reliability_auc'])} |")
-    return ["| model | parameters | training | clean | PGD-40 | precision at 80 % recall (PGD-40) | "
-            "reliability AUC |", "|---|---|---|---|---|---|---|", *rows]
+                    f"{pct(r['robust_accuracy'])} | {autoattack} | {precision} | {pct(r['reliability_auc'])} |")
+    return ["| model | parameters | training | clean | PGD-40 | AutoAttack | precision at 80 % recall "
+            "(PGD-40) | reliability AUC |", "|---|---|---|---|---|---|---|---|", *rows]
 
 
 def beyond_mnist10(results_dir: Path) -> str:
@@ -238,6 +243,34 @@ def apgd_crosscheck(results_dir: Path) -> str:
                 f"{', '.join(map(str, pair['art_breaks_native_does_not'])) or 'none'} | "
                 f"{', '.join(map(str, pair['native_breaks_art_does_not'])) or 'none'} | "
                 f"{pair['art_over_native_time']:.2f} ({pair['art_seconds']:.1f} s / {pair['native_seconds']:.1f} s) |")
+    return "\n".join(rows) + "\n"
+
+
+def fab_crosscheck(results_dir: Path) -> str:
+    """docs/beyond-3v5.md: pellucid's FAB-T against torchattacks' FAB, every recorded line."""
+    from benchmarks._render import read_lines, results_files
+
+    rows = ["| model, images | targets | pellucid | torchattacks | pellucid - torchattacks | "
+            "broken by torchattacks only | broken by pellucid only | torchattacks time / pellucid time |",
+            "|---|---|---|---|---|---|---|---|"]
+    lines = [line for p in results_files(results_dir).get("fab_crosscheck", []) for line in read_lines(p)]
+    if not lines:
+        raise MissingResult("no results line of 'fab_crosscheck'")
+
+    def images(side: dict, key: str) -> str:
+        return ", ".join(f"{i} ({d:.3f})" for i, d in zip(side["images"], side[key])) or "none"
+
+    for line in lines:
+        r = line.result
+        shown = f"`{r['model']}`, " + (f"all {r['n']:,}" if r["n"] in (1902, 10000) else f"first {r['n']:,}")
+        rows.append(
+            f"| {shown} (clean {pct(r['clean_accuracy'])}, eps {r['eps']:g}) | {r['n_targets']} | "
+            f"{pct(r['pellucid_robust_accuracy'])} | {pct(r['torchattacks_robust_accuracy'])} | "
+            f"{r['difference_points']:+.2f} points | "
+            f"{images(r['torchattacks_breaks_pellucid_does_not'], 'torchattacks_linf')} | "
+            f"{images(r['pellucid_breaks_torchattacks_does_not'], 'pellucid_linf')} | "
+            f"{r['torchattacks_over_pellucid_time']:.2f} ({r['torchattacks_seconds']:.1f} s / "
+            f"{r['pellucid_seconds']:.1f} s) |")
     return "\n".join(rows) + "\n"
 
 
@@ -354,7 +387,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {"readme": readme, "whitebox-seeds": 
                                             "whitebox-speed": whitebox_speed,
                                             "beyond-mnist10": beyond_mnist10,
                                             "beyond-fashion10": beyond_fashion10,
-                                            "apgd-crosscheck": apgd_crosscheck}
+                                            "apgd-crosscheck": apgd_crosscheck,
+                                            "fab-crosscheck": fab_crosscheck}
 
 
 def fill(text: str, results_dir: Path) -> str:

@@ -269,6 +269,7 @@ SPECS: dict[str, Spec] = {
     "apgd_crosscheck": Spec(series=True),
     "autoattack_full": Spec(series=True),
     "explain_table": Spec(series=True, latest_by=_key("model", "target"), render=_explain_table),
+    "fab_crosscheck": Spec(series=True),
     "inh_mnist": Spec(series=True),
     "metric_rejection": Spec(prefer=lambda r: isinstance(r, dict) and "models" in r, render=_metric_rejection),
     "metric_resnet_standin": Spec(series=True),

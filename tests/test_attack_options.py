@@ -28,7 +28,7 @@ SMALL = {"pgd": {"steps": 2}, "adam-pgd": {"steps": 2}, "l2-bim": {"steps": 2}, 
          "square": {"queries": 20}, "square-native": {"queries": 20}, "deepfool": {"steps": 2},
          "boundary": {"steps": 2}, "autoattack": {"budget": TINY_STAGES, "step_size": 0.05},
          "apgd-ce-native": {"steps": 2}, "apgd-dlr-native": {"steps": 2},
-         "apgd-t-native": {"steps": 2}}
+         "apgd-t-native": {"steps": 2}, "fab-t-native": {"steps": 2}}
 
 
 class Counting(nn.Module):
@@ -185,7 +185,7 @@ def test_cli_defaults_per_attack_are_the_attacks_own(name):
     assert attack_options(args) == expected
     legacy = {"pgd": 40, "apgd-ce": 100, "apgd-dlr": 100, "deepfool": 100, "boundary": 1000,
               "adam-pgd": 40, "l2-bim": 10,  # the last two: foolbox's L-inf Adam-PGD and L2 BIM
-              "apgd-ce-native": 100, "apgd-dlr-native": 100, "apgd-t-native": 100}
+              "apgd-ce-native": 100, "apgd-dlr-native": 100, "apgd-t-native": 100, "fab-t-native": 100}
     assert expected.get("steps") == legacy.get(name)  # the defaults `pellucid evaluate` always had
     if name in ("square", "square-native"):
         assert expected["queries"] == 5000 and expected["restarts"] == 1

@@ -195,7 +195,8 @@ SMALL = {"pgd": {"steps": 2}, "fgsm": {}, "apgd-ce": {"steps": 2}, "apgd-dlr": {
          "square": {"queries": 5}, "square-native": {"queries": 5}, "deepfool": {"steps": 2}, "boundary": {"steps": 2},
          "autoattack": {"budget": TINY_STAGES},
          "adam-pgd": {"steps": 2}, "l2-bim": {"steps": 2, "norm": "l2"}, "fgm": {"norm": "l2"},
-         "apgd-ce-native": {"steps": 2}, "apgd-dlr-native": {"steps": 2}, "apgd-t-native": {"steps": 2}}
+         "apgd-ce-native": {"steps": 2}, "apgd-dlr-native": {"steps": 2}, "apgd-t-native": {"steps": 2},
+         "fab-t-native": {"steps": 2}}
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # what __getattr__ imports on first use, for type checkers an
                                          perturbation_norm, pgd, register_attack, run_attack,
                                          within_budget)
     from pellucid.robust.square import square_native
+    from pellucid.robust.fab import fab_t_native
     from pellucid.robust.autoattack import autoattack
     from pellucid.robust.evaluate import (RobustnessResult, accuracy_vs_eps, evaluate_robustness,
                                           predict_logits)
@@ -38,7 +39,7 @@ __all__ = ["ATTACKS", "COMMON_ARGS", "AdaptiveBudget", "Attack", "AttackOptions"
            "accuracy_vs_eps", "autoattack", "eval_mode", "evaluate_robustness", "fgsm",
            "perturbation_norm", "pgd", "precision_at_recall_interval", "predict_logits",
            "register_attack", "reliability_curve", "run_attack", "run_checks", "square_native",
-           "within_budget", "coverage_curve", "rejection_counts", "rejection_search", "adam_pgd", "fgm",
+           "fab_t_native", "within_budget", "coverage_curve", "rejection_counts", "rejection_search", "adam_pgd", "fgm",
            "l2_bim", "MaxProbabilityRejector", "rejection_at_clean_rates", "threshold_at_clean_rate"]
 
 # names whose modules import torch -> the module (under pellucid.robust) that defines them
@@ -47,6 +48,7 @@ _LAZY_IN = {
                      "perturbation_norm", "pgd", "register_attack", "run_attack", "within_budget"),
                     "attacks"),
     "square_native": "square",
+    "fab_t_native": "fab",
     "autoattack": "autoattack",
     **dict.fromkeys(("RobustnessResult", "accuracy_vs_eps", "evaluate_robustness", "predict_logits"),
                     "evaluate"),

@@ -29,9 +29,10 @@ Every run starts at a uniform random point of the eps-ball (``torch.rand`` from 
 on the CPU, then moved to the images' device and dtype; clipped to the value range), as the
 reference implementation starts APGD at a random point of the ball; ``restarts`` > 1 runs again
 from new random points on the images still standing. Images the model already misclassifies are
-returned unchanged, without any attack step. The reference "standard" AutoAttack also runs FAB-T;
-there is no FAB here, so the ``"native"`` budget (:data:`pellucid.robust.budgets.BUDGETS`) has no
-FAB-T stage.
+returned unchanged, without any attack step. The reference "standard" AutoAttack also runs FAB-T:
+pellucid's is ``fab-t-native`` (:mod:`pellucid.robust.fab`). Of the budgets
+(:data:`pellucid.robust.budgets.BUDGETS`), ``"native"`` has no FAB-T stage and
+``"native-standard"`` runs APGD-CE, APGD-T, FAB-T and Square in the reference order.
 """
 
 from __future__ import annotations

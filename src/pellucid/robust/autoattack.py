@@ -18,7 +18,10 @@ Budgets (:data:`BUDGETS`):
 - ``"native"``: pellucid's own components, no ART: APGD-CE (100 steps), APGD-T on the targeted
   DLR loss (100 steps for each of the 9 highest non-true classes) and Square (5000 queries), one
   restart each (:mod:`pellucid.robust.apgd_attacks`, :mod:`pellucid.robust.square`); the
-  reference "standard" list without its FAB-T stage (there is no FAB in pellucid);
+  reference "standard" list without its FAB-T stage;
+- ``"native-standard"``: the reference "standard" list with pellucid's own components in its
+  order: APGD-CE (100 steps), APGD-T (100 steps x 9 targets), FAB-T (100 steps x 9 targets,
+  :mod:`pellucid.robust.fab`) and Square (5000 queries), one restart each, no ART;
 - ``"adaptive"``: a base budget (``"standard-native"`` by default), then attacks designed for the
   white-box network's layers, see :mod:`pellucid.robust.adaptive`.
 """
@@ -35,7 +38,7 @@ from torch import nn
 from pellucid.models.inference import predict_margins
 from pellucid.robust.attacks import ATTACKS, AttackRun, check_options, register_attack, within_budget
 # imported to register the attacks the budgets use
-from pellucid.robust import apgd_attacks, art_backend, square  # noqa: F401
+from pellucid.robust import apgd_attacks, art_backend, fab, square  # noqa: F401
 from pellucid.robust.budgets import BUDGETS, AdaptiveBudget, Stage
 from pellucid.robust.catalogue import AutoAttackOptions
 
@@ -103,7 +106,7 @@ def run_stages(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stage_list: S
 
 @register_attack("autoattack", AutoAttackOptions,
                  "AutoAttack ensemble (APGD-CE, APGD-DLR, DeepFool, Square; via ART, or "
-                 "pellucid's own with --budget native)")
+                 "pellucid's own with --budget native or native-standard)")
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
                budget: str | Sequence[Stage] | AdaptiveBudget = AutoAttackOptions.budget,
                step_size: float | None = AutoAttackOptions.step_size,

@@ -46,6 +46,12 @@ BUDGETS: dict[str, tuple[Stage, ...]] = {
     "native": (Stage("apgd-ce-native", {"steps": 100, "restarts": 1}),
                Stage("apgd-t-native", {"steps": 100, "restarts": 1, "n_target_classes": 9}),
                Stage("square-native", {"queries": 5000, "restarts": 1}, white_box=False)),
+    # pellucid's own components in the reference "standard" order: APGD-CE, APGD-T, FAB-T (9
+    # targets each), Square (pellucid.robust.apgd_attacks, pellucid.robust.fab, pellucid.robust.square)
+    "native-standard": (Stage("apgd-ce-native", {"steps": 100, "restarts": 1}),
+                        Stage("apgd-t-native", {"steps": 100, "restarts": 1, "n_target_classes": 9}),
+                        Stage("fab-t-native", {"steps": 100, "restarts": 1, "n_target_classes": 9}),
+                        Stage("square-native", {"queries": 5000, "restarts": 1}, white_box=False)),
 }
 
 # the adaptive budget's losses (see pellucid.robust.adaptive.LOSSES); evidence and feature need

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from pellucid._registry import Declaration, Registry
 from pellucid.robust.budgets import BUDGETS, AdaptiveBudget, Stage
 from pellucid.robust.options import (AdamPGDOptions, APGDNativeOptions, APGDOptions, APGDTargetedOptions,
-                                     AttackOptions, BoundaryOptions, DeepFoolOptions, FGMOptions,
+                                     AttackOptions, BoundaryOptions, DeepFoolOptions,
+                                     FABTargetedOptions, FGMOptions,
                                      FGSMOptions, L2BIMOptions, PGDOptions, SquareOptions, attack_option,
                                      same_fields, step_size_option)
 
@@ -52,7 +53,8 @@ class AutoAttackOptions(AttackOptions):
         "standard", "AutoAttack budget: standard = 1 restart per attack; standard-native = standard "
         "with square-native; art-default = ART's 5 restarts (5 x 5000 Square queries); native = "
         "pellucid's own apgd-ce-native, apgd-t-native (9 targets), square-native, no ART and no "
-        "FAB-T; adaptive = "
+        "FAB-T; native-standard = pellucid's own in the reference standard order: apgd-ce-native, "
+        "apgd-t-native, fab-t-native (9 targets each), square-native; adaptive = "
         "standard-native, then attacks built for the white-box layers (surrogate gradients, "
         "transfer, ray search, Square); its options: --losses, --temperatures, --steps, --restarts, "
         "--transfer-steps, --transfer-from, --decision-queries, --queries, --square-restarts, "
@@ -95,6 +97,9 @@ _declare("apgd_attacks",
                                                 "(L-inf), 100 steps"),
          ("apgd-t-native", APGDTargetedOptions, "targeted AutoPGD on the targeted DLR loss, pellucid's "
                                                 "implementation (L-inf), 9 targets x 100 steps"))
+_declare("fab",
+         ("fab-t-native", FABTargetedOptions, "targeted FAB (minimal L-inf boundary projections), "
+                                              "pellucid's implementation, 9 targets x 100 steps"))
 _declare("autoattack",
          ("autoattack", AutoAttackOptions, "AutoAttack ensemble (APGD-CE, APGD-DLR, DeepFool, Square; "
-                                           "via ART, or pellucid's own with --budget native)"))
+                                           "via ART, or pellucid's own with --budget native or native-standard)"))

@@ -85,7 +85,7 @@ class RobustnessResult:
 
 
 # stage-log keys whose chunk values add up, and the one that is a fraction of the chunk's images
-_SUMMED = ("attacked", "broken", "queries_spent")
+_SUMMED = ("attacked", "broken", "queries_spent", "broken_by_projection")
 _FRACTION = "robust_accuracy_after"
 # info keys holding one value per image, in image order: chunks are concatenated
 _PER_IMAGE_INFO = ("broken_by_image",)

@@ -5,11 +5,11 @@ An attack's options are a frozen dataclass deriving from :class:`AttackOptions`,
 made with :func:`attack_option` (help text, valid values, and how help texts state the default);
 see :mod:`pellucid.robust.attacks` for how attacks take them. The classes of the attacks in
 :mod:`pellucid.robust.attacks` are these ones. Those of the ART attacks, of pellucid's APGD
-attacks and of AutoAttack (:mod:`pellucid.robust.art_backend`, :mod:`pellucid.robust.apgd_attacks`,
-:mod:`pellucid.robust.autoattack`) are declared here too, for :data:`pellucid.robust.catalogue.ATTACKS`
-to list them; those modules still define the classes their attacks use, and registering an attack
-fails unless its class declares the same fields (names, types, defaults, help and limits) as the
-one declared here.
+attacks and FAB-T and of AutoAttack (:mod:`pellucid.robust.art_backend`,
+:mod:`pellucid.robust.apgd_attacks`, :mod:`pellucid.robust.fab`, :mod:`pellucid.robust.autoattack`)
+are declared here too, for :data:`pellucid.robust.catalogue.ATTACKS` to list them; those modules
+still define the classes their attacks use, and registering an attack fails unless its class
+declares the same fields (names, types, defaults, help and limits) as the one declared here.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from pellucid._config import CheckedConfig, config_option
 from pellucid.errors import ConfigError, InvalidInputError
 
 __all__ = ["APGDNativeOptions", "APGDOptions", "APGDTargetedOptions", "AdamPGDOptions", "AttackOptions",
-           "BoundaryOptions", "COMMON_ARGS", "DeepFoolOptions", "FGMOptions", "FGSMOptions",
-           "L2BIMOptions", "PGDOptions", "SquareOptions", "attack_option", "check_options",
-           "default_text", "option_values", "restarts_option", "same_fields", "step_size_option",
-           "steps_option"]
+           "BoundaryOptions", "COMMON_ARGS", "DeepFoolOptions", "FABTargetedOptions", "FGMOptions",
+           "FGSMOptions", "L2BIMOptions", "PGDOptions", "SquareOptions", "attack_option",
+           "check_options", "default_text", "option_values", "restarts_option", "same_fields",
+           "step_size_option", "steps_option", "target_classes_option"]
 
 # The keyword arguments every attack accepts besides its options (see pellucid.robust.attacks).
 COMMON_ARGS = ("eps", "norm", "value_range", "generator", "progress", "batch_size", "log")
@@ -88,6 +88,12 @@ def step_size_option():
 
 def restarts_option():
     return attack_option(1, "restarts", min=1)
+
+
+def target_classes_option():
+    return attack_option(
+        9, "targets of APGD-T and FAB-T: the highest non-true classes of the clean image (at most "
+        "classes - 1)", min=1)
 
 
 # --- pellucid.robust.attacks ------------------------------------------------------------------
@@ -169,9 +175,25 @@ class APGDNativeOptions(AttackOptions):
 class APGDTargetedOptions(AttackOptions):
     steps: int = steps_option(100)
     restarts: int = restarts_option()
-    n_target_classes: int = attack_option(
-        9, "APGD-T's targets: the highest non-true classes of the clean image (at most classes - 1)",
-        min=1)
+    n_target_classes: int = target_classes_option()
+
+
+# --- declared for pellucid.robust.fab (which uses this one) ----------------------------------------
+
+@dataclass(frozen=True)
+class FABTargetedOptions(AttackOptions):
+    """Options of ``fab-t-native``, FAB-T (Croce & Hein 2020) as AutoAttack's "standard" version
+    runs it: 9 targets, 1 restart, 100 iterations, alpha_max 0.1, eta 1.05, beta 0.9."""
+
+    steps: int = steps_option(100)
+    restarts: int = restarts_option()
+    n_target_classes: int = target_classes_option()
+    alpha_max: float = attack_option(0.1, "FAB's largest weight of the step taken from the clean "
+                                     "image", min=0, max=1)
+    eta: float = attack_option(1.05, "FAB's overshoot: each projection step is stretched by eta",
+                               min=1)
+    beta: float = attack_option(0.9, "FAB's backward step: an adversarial iterate x becomes "
+                                "(1 - beta) x_clean + beta x", above=0, max=1)
 
 
 def same_fields(a: type, b: type) -> bool:
