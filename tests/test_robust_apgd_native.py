@@ -45,13 +45,13 @@ class Counting(nn.Module):
         return self.model(x)
 
 
-def _images(n, seed=3):
-    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+def _images(n, seed=3, dtype=torch.float32):
+    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def _correct(model, n=40, seed=3):
+def _correct(model, n=40, seed=3, dtype=torch.float32):
     """Images and the model's own predictions as labels: every image starts correct."""
-    x = _images(n, seed)
+    x = _images(n, seed, dtype)
     with torch.no_grad():
         return x, model(x).argmax(1)
 
@@ -244,7 +244,7 @@ def test_float64_and_already_misclassified_images(name):
 
 # --- bad inputs --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", NATIVE)
+@pytest.mark.parametrize("name", NATIVE + ("fab-t-native",))
 def test_another_norm_is_a_one_line_config_error_before_any_attack_step(name):
     x, y = _correct(MLP(), 4)
     # the function itself checks before any forward pass; through the registry the only forward
@@ -262,6 +262,11 @@ def test_another_norm_is_a_one_line_config_error_before_any_attack_step(name):
     ("apgd-ce-native", "steps", 0, ">= 1"), ("apgd-dlr-native", "restarts", 0, ">= 1"),
     ("apgd-t-native", "steps", 0, ">= 1"), ("apgd-t-native", "n_target_classes", 0, ">= 1"),
     ("apgd-t-native", "n_target_classes", 2.5, "an int"), ("apgd-ce-native", "step_size", 0.1, "no option"),
+    ("fab-t-native", "steps", 0, ">= 1"), ("fab-t-native", "restarts", 0, ">= 1"),
+    ("fab-t-native", "n_target_classes", 0, ">= 1"), ("fab-t-native", "n_target_classes", 2.5, "an int"),
+    ("fab-t-native", "alpha_max", 1.5, "<= 1"), ("fab-t-native", "alpha_max", -0.1, ">= 0"),
+    ("fab-t-native", "eta", 0.9, ">= 1"), ("fab-t-native", "beta", 0.0, "> 0"),
+    ("fab-t-native", "beta", float("nan"), "finite"), ("fab-t-native", "step_size", 0.1, "no option"),
 ])
 def test_a_bad_option_raises_naming_the_attack_and_the_option(name, option, value, needle):
     model = Counting(MLP())
@@ -312,21 +317,30 @@ def test_the_native_budget_lists_pellucids_own_components_and_keeps_the_others()
         ATTACKS.get(stage.attack).check_options(stage.kwargs)
 
 
-def test_the_native_budget_runs_end_to_end():
-    model = MLP(seed=1)
-    x, y = _correct(model, 16, seed=9)
-    eps = 0.2  # PGD-40 breaks half of these images
-    run = autoattack(model, x, y, eps=eps, budget="native", generator=torch.Generator().manual_seed(0))
-    assert run.info == {"budget": "native"}
-    assert [row["attack"] for row in run.stages] == ["apgd-ce-native", "apgd-t-native", "square-native"]
-    assert run.stages[0]["attacked"] == 16
-    assert run.stages[1]["attacked"] == 16 - run.stages[0]["broken"]
+def check_budget_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, budget: str,
+                     attacks: list[str]) -> None:
+    """``budget`` runs its ``attacks`` in order, each on the images the earlier ones left standing;
+    the result is inside the eps-ball and [0, 1], and the stages' broken counts are exactly the
+    images a plain forward pass now misclassifies (some, not all)."""
+    run = autoattack(model, x, y, eps=eps, budget=budget, generator=torch.Generator().manual_seed(0))
+    assert run.info == {"budget": budget}
+    assert [row["attack"] for row in run.stages] == attacks
+    assert run.stages[0]["attacked"] == len(x)
+    for before, after in zip(run.stages, run.stages[1:]):
+        assert after["attacked"] == before["attacked"] - before["broken"]
     assert bool(within_budget(run.adversarial - x, eps, "linf").all())
     assert float(run.adversarial.min()) >= 0 and float(run.adversarial.max()) <= 1
     with torch.no_grad():
         robust = model(run.adversarial).argmax(1) == y
     broken = sum(row["broken"] for row in run.stages)
-    assert 0 < broken < 16 and int((~robust).sum()) == broken
+    assert 0 < broken < len(x) and int((~robust).sum()) == broken
+
+
+def test_the_native_budget_runs_end_to_end():
+    model = MLP(seed=1)
+    x, y = _correct(model, 16, seed=9)
+    # eps 0.2: PGD-40 breaks half of these images
+    check_budget_run(model, x, y, 0.2, "native", ["apgd-ce-native", "apgd-t-native", "square-native"])
 
 
 def test_the_cli_lists_the_native_attacks_and_budget(monkeypatch, capsys):

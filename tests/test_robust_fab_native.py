@@ -13,9 +13,11 @@ from torch import nn
 
 from pellucid.errors import ConfigError, InvalidInputError
 from pellucid.robust import ATTACKS, run_attack, within_budget
-from pellucid.robust.autoattack import autoattack
 from pellucid.robust.budgets import BUDGETS
 from pellucid.robust.fab import fab_t_native, fab_targeted, project_linf_hyperplane
+
+from test_robust_apgd_native import Counting, check_budget_run
+from test_robust_apgd_native import _correct as _correct_images
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 
@@ -209,22 +211,8 @@ class CNN(nn.Module):
         return self.net(x) * 8
 
 
-class Counting(nn.Module):
-    """Counts forward passes: an error raised "before any work" leaves it at 0."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.calls = model, 0
-
-    def forward(self, x):
-        self.calls += 1
-        return self.model(x)
-
-
 def _correct(model, n=24, seed=3, dtype=torch.float32):
-    x = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-    with torch.no_grad():
-        return x, model(x).argmax(1)
+    return _correct_images(model, n, seed, dtype)
 
 
 EPS = 0.05  # this CNN: FAB-T breaks some images, not all
@@ -317,35 +305,8 @@ def _four():
     return _correct(model, 4)
 
 
-def test_another_norm_is_a_one_line_config_error_before_any_attack_step():
-    x, y = _four()
-    for call, passes in ((fab_t_native, 0), (lambda *a, **k: run_attack(NAME, *a, **k), 1)):
-        model = Counting(CNN())
-        with pytest.raises(ConfigError) as err:
-            call(model, x, y, eps=0.1, norm="l2")
-        msg = str(err.value)
-        assert "\n" not in msg and NAME in msg and "'l2'" in msg and "linf" in msg, msg
-        assert model.calls == passes
-
-
-@pytest.mark.parametrize("option, value, needle", [
-    ("steps", 0, ">= 1"), ("restarts", 0, ">= 1"), ("n_target_classes", 0, ">= 1"),
-    ("n_target_classes", 2.5, "an int"), ("alpha_max", 1.5, "<= 1"), ("alpha_max", -0.1, ">= 0"),
-    ("eta", 0.9, ">= 1"), ("beta", 0.0, "> 0"), ("beta", float("nan"), "finite"),
-    ("step_size", 0.1, "no option"),
-])
-def test_a_bad_option_raises_naming_the_attack_and_the_option(option, value, needle):
-    model = Counting(CNN())
-    x, y = _four()
-    with pytest.raises(InvalidInputError) as err:
-        run_attack(NAME, model, x, y, eps=0.1, **{option: value})
-    msg = str(err.value)
-    assert NAME in msg and option in msg and needle in msg and "\n" not in msg, msg
-    assert model.calls == 0
-    if needle != "no option":  # the direct call checks its options too
-        with pytest.raises(ConfigError, match=f"{NAME}: {option}"):
-            fab_t_native(model, x, y, eps=0.1, **{option: value})
-        assert model.calls == 0
+# another norm and a bad option: the native APGD tests' parametrisations cover fab-t-native too
+# (tests/test_robust_apgd_native.py)
 
 
 @pytest.mark.parametrize("eps", [float("nan"), -0.1, "0.1", float("inf")])
@@ -399,20 +360,8 @@ def test_the_native_standard_budget_is_the_reference_order_and_the_others_stay()
 def test_the_native_standard_budget_runs_end_to_end():
     model = CNN(seed=1)
     x, y = _correct(model, 8, seed=9)
-    eps = 0.06
-    run = autoattack(model, x, y, eps=eps, budget="native-standard",
-                     generator=torch.Generator().manual_seed(0))
-    assert run.info == {"budget": "native-standard"}
-    assert [row["attack"] for row in run.stages] == ["apgd-ce-native", "apgd-t-native", "fab-t-native",
-                                                     "square-native"]
-    for before, after in zip(run.stages, run.stages[1:]):
-        assert after["attacked"] == before["attacked"] - before["broken"]
-    assert bool(within_budget(run.adversarial - x, eps, "linf").all())
-    assert float(run.adversarial.min()) >= 0 and float(run.adversarial.max()) <= 1
-    with torch.no_grad():
-        robust = model(run.adversarial).argmax(1) == y
-    broken = sum(row["broken"] for row in run.stages)
-    assert 0 < broken < 8 and int((~robust).sum()) == broken
+    check_budget_run(model, x, y, 0.06, "native-standard",
+                     ["apgd-ce-native", "apgd-t-native", "fab-t-native", "square-native"])
 
 
 def test_the_cli_lists_fab_t_and_the_budget(monkeypatch, capsys):

@@ -67,7 +67,7 @@ def _evaluate(objective: Objective, x: torch.Tensor, y: torch.Tensor):
 
 
 class _Batch:
-    """Per-image state of one APGD run; ``keep(mask)`` drops the images that left the batch."""
+    """Per-image state of one attack run (APGD, FAB); ``keep(mask)`` drops the images that left the batch."""
 
     def __init__(self, **tensors: torch.Tensor) -> None:
         self.__dict__.update(tensors)

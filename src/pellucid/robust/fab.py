@@ -66,7 +66,7 @@ from tqdm.auto import tqdm
 from pellucid.data.validation import check_images, check_value_range
 from pellucid.errors import ConfigError, InvalidInputError
 from pellucid.models.inference import batched_logits, eval_mode, predict_logits
-from pellucid.robust.apgd import project_linf
+from pellucid.robust.apgd import _Batch as _State, project_linf
 from pellucid.robust.apgd_attacks import _decision_margin, target_classes
 from pellucid.robust.attacks import AttackRun, check_attack_inputs, check_eps, check_options, register_attack
 from pellucid.robust.options import FABTargetedOptions
@@ -153,17 +153,6 @@ def _linearise(model: nn.Module, x: torch.Tensor, y: torch.Tensor, t: torch.Tens
         (w,) = torch.autograd.grad(g.sum(), leaf, allow_unused=True)
     slack = _TIE * torch.finfo(g.dtype).eps * (z_t.detach().abs() + z_y.detach().abs() + 1)
     return z.detach(), g.detach(), torch.zeros_like(leaf) if w is None else w, slack
-
-
-class _State:
-    """The images of one FAB run still attacked; ``keep(mask)`` drops the others."""
-
-    def __init__(self, **tensors: torch.Tensor) -> None:
-        self.__dict__.update(tensors)
-
-    def keep(self, mask: torch.Tensor) -> None:
-        for name, value in list(self.__dict__.items()):
-            self.__dict__[name] = value[mask]
 
 
 def _fab_run(model: nn.Module, s: _State, best: torch.Tensor, best_norm: torch.Tensor, *,
