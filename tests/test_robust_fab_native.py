@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from pellucid.errors import ConfigError, InvalidInputError
+from pellucid.errors import InvalidInputError
 from pellucid.robust import ATTACKS, run_attack, within_budget
 from pellucid.robust.budgets import BUDGETS
 from pellucid.robust.fab import fab_t_native, fab_targeted, project_linf_hyperplane
