@@ -49,9 +49,10 @@ def measured_on(line) -> str:
 
 
 def evaluation(results_dir: Path, run: str, attack: str, budget: str | None = None,
-               n: int | None = None) -> dict:
+               n: int | None = None, weights: str | None = None) -> dict:
     """The collected ``pellucid evaluate`` record of run directory ``run`` (``evaluations``
-    benchmark) for ``attack`` (and ``budget``, ``n`` images where given); the newest wins."""
+    benchmark) for ``attack`` (and ``budget``, ``n`` images, the weights' SHA-256 where given);
+    the newest wins."""
     from benchmarks._render import read_lines, results_files
 
     found = None
@@ -63,7 +64,8 @@ def evaluation(results_dir: Path, run: str, attack: str, budget: str | None = No
                     continue
                 for record in item["evaluations"]:
                     if record["attack"] == attack and record.get("budget") == budget and \
-                            (n is None or record["n"] == n):
+                            (n is None or record["n"] == n) and \
+                            (weights is None or record.get("weights_sha256") == weights):
                         found = record
     if found is None:
         raise MissingResult(f"no evaluation record of {run} for {attack} (budget {budget}, n {n})")
@@ -163,20 +165,23 @@ def whitebox_seeds(results_dir: Path) -> str:
 
 
 def whitebox_speed(results_dir: Path) -> str:
-    """docs/whitebox.md's speed table: the fused conv kernel against the dense-conv baseline run
-    in the same process."""
+    """docs/whitebox.md's speed table: pellucid against its PyTorch path (the conv layer's C loops
+    off) and the dense-conv baseline, all run in the same process."""
     line = latest_line(results_dir, "whitebox_speed")
     r = line.result
-    rows = ["| measure | pellucid | dense-conv baseline | ratio |", "|---|---|---|---|",
+    rows = ["| measure | pellucid | PyTorch path (C loops off) | ratio | dense-conv baseline | ratio |",
+            "|---|---|---|---|---|---|",
             f"| training epoch, {r['train_images']:,} images, no validation | {r['epoch_seconds']:.2f} s | "
+            f"{r['epoch_seconds_pytorch_path']:.2f} s | {r['epoch_speedup_vs_pytorch_path']:.2f}x | "
             f"{r['epoch_seconds_dense_conv_baseline']:.2f} s | {r['epoch_speedup_vs_baseline']:.1f}x |",
             f"| PGD-40 on the full test set | {r['pgd40_full_test_seconds']:.2f} s "
             f"({r['pgd40_images_per_second']:.0f} images/s) | "
+            f"{r['pgd40_images_per_second_pytorch_path']:.0f} images/s | {r['pgd40_speedup_vs_pytorch_path']:.2f}x | "
             f"{r['pgd40_images_per_second_dense_conv_baseline']:.0f} images/s | "
             f"{r['pgd40_speedup_vs_baseline']:.1f}x |"]
     if "whole_default_run_seconds" in r:
         rows.append(f"| whole default `pellucid train whitebox-mnist35` (fresh process, validation "
-                    f"included) | {r['whole_default_run_seconds']:.1f} s | | |")
+                    f"included) | {r['whole_default_run_seconds']:.1f} s | | | | |")
     return "\n".join(rows + ["", measured_on(line)]) + "\n"
 
 
@@ -187,19 +192,35 @@ def parameters(model_name: str) -> str:
     return f"{sum(p.numel() for p in create_model(model_name).parameters()):,}"
 
 
+# AutoAttack budgets a table cell may show, the fullest first: the reference "standard" list, all
+# pellucid's own, then ART's white-box stages with pellucid's Square
+AUTOATTACK_BUDGETS = ("native-standard", "standard-native")
+
+
+def _autoattack_cell(results_dir: Path, run: str, n: int, weights: str | None, subset: int = 1000) -> str:
+    """``run``'s AutoAttack robust accuracy on the same ``n`` images (the fullest budget recorded),
+    else on its first ``subset`` images, saying so, else "not run". Only a record of the same
+    ``weights`` (SHA-256) counts: a retrained run's old records describe other weights."""
+    for images, note in ((n, ""), (subset, f"first {subset:,} images, ")):
+        for budget in AUTOATTACK_BUDGETS:
+            try:
+                record = evaluation(results_dir, run, "autoattack", budget, images, weights=weights)
+            except MissingResult:
+                continue
+            return f"{pct(record['robust_accuracy'])} ({note}`{budget}`)"
+    return "not run"
+
+
 def _pgd_rows(results_dir: Path, runs: list[tuple[str, str, str]], n: int) -> list[str]:
     """One row per ``(run, label, training)``: its PGD-40 record's figures, and its AutoAttack
-    (``standard-native`` budget, the same ``n`` images) where one is recorded."""
+    (:func:`_autoattack_cell`) where one is recorded."""
     rows = []
     for run, label, training in runs:
         r = evaluation(results_dir, run, "pgd", n=n)
         low, high = r["precision_at_recall_0.8_ci95"]
         precision = (f"{pct(r['precision_at_recall_0.8'])} (95 % interval {100 * low:.2f}-{100 * high:.2f})"
                      if r["robust_accuracy"] > 0 else "(no correct prediction under attack)")
-        try:
-            autoattack = pct(evaluation(results_dir, run, "autoattack", "standard-native", n)["robust_accuracy"])
-        except MissingResult:
-            autoattack = "not run"
+        autoattack = _autoattack_cell(results_dir, run, n, r.get("weights_sha256"))
         rows.append(f"| {label} | {parameters(r['model'])} | {training} | {pct(r['clean_accuracy'])} | "
                     f"{pct(r['robust_accuracy'])} | {autoattack} | {precision} | {pct(r['reliability_auc'])} |")
     return ["| model | parameters | training | clean | PGD-40 | AutoAttack | precision at 80 % recall "
@@ -271,6 +292,30 @@ def fab_crosscheck(results_dir: Path) -> str:
             f"{images(r['pellucid_breaks_torchattacks_does_not'], 'pellucid_linf')} | "
             f"{r['torchattacks_over_pellucid_time']:.2f} ({r['torchattacks_seconds']:.1f} s / "
             f"{r['pellucid_seconds']:.1f} s) |")
+    return "\n".join(rows) + "\n"
+
+
+def budget_agreement(results_dir: Path) -> str:
+    """docs/beyond-3v5.md: two AutoAttack budgets on the same weights, every recorded line."""
+    from benchmarks._render import read_lines, results_files
+
+    rows = ["| weights, images | first budget | second budget | first - second | broken by the first only | "
+            "broken by the second only |", "|---|---|---|---|---|---|"]
+    lines = [line for p in results_files(results_dir).get("budget_agreement", []) for line in read_lines(p)]
+    if not lines:
+        raise MissingResult("no results line of 'budget_agreement'")
+
+    def budget(side: dict) -> str:
+        return (f"`{side['budget']}`: {pct(side['robust_accuracy'])} ({side['robust_images']:,}), "
+                f"{side['attack_seconds']:.0f} s of attacks")
+
+    for line in lines:
+        r = line.result
+        shown = f"`runs/{r['run']}`, " + (f"all {r['n']:,}" if r["n"] in (1902, 10000) else f"first {r['n']:,}")
+        rows.append(f"| {shown} (clean {pct(r['first']['clean_accuracy'])}, eps {r['eps']:g}) | "
+                    f"{budget(r['first'])} | {budget(r['second'])} | {r['difference_points']:+.2f} points | "
+                    f"{', '.join(map(str, r['broken_by_first_only'])) or 'none'} | "
+                    f"{', '.join(map(str, r['broken_by_second_only'])) or 'none'} |")
     return "\n".join(rows) + "\n"
 
 
@@ -388,7 +433,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {"readme": readme, "whitebox-seeds": 
                                             "beyond-mnist10": beyond_mnist10,
                                             "beyond-fashion10": beyond_fashion10,
                                             "apgd-crosscheck": apgd_crosscheck,
-                                            "fab-crosscheck": fab_crosscheck}
+                                            "fab-crosscheck": fab_crosscheck,
+                                            "budget-agreement": budget_agreement}
 
 
 def fill(text: str, results_dir: Path) -> str:

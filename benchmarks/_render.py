@@ -268,6 +268,7 @@ SPECS: dict[str, Spec] = {
     "adaptive_attack": Spec(series=True),
     "apgd_crosscheck": Spec(series=True),
     "autoattack_full": Spec(series=True),
+    "budget_agreement": Spec(series=True),
     "explain_table": Spec(series=True, latest_by=_key("model", "target"), render=_explain_table),
     "fab_crosscheck": Spec(series=True),
     "inh_mnist": Spec(series=True),

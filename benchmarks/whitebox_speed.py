@@ -1,9 +1,11 @@
 """Speed of the white-box model on the CPU it runs on: seconds per training epoch and PGD-40 images/s.
 
 One epoch = the full 11,552-image MNIST 3/5 train split, batch 200, the paper's optimiser and noise
-augmentation, no validation. The baseline in the same process is the same network with its conv
-layer computed the straightforward way (dense conv2d over all 64 posed kernels, then max, with
-autograd's dense backward), so the ratio shows what the fused max-correlation kernel buys.
+augmentation, no validation. Two baselines run in the same process: the same network with the
+conv layer's C loops switched off (``PELLUCID_CPU_KERNELS=0``: the PyTorch formulation, the same
+numbers), and with the conv layer computed the straightforward way (dense conv2d over all 64 posed
+kernels, then max, with autograd's dense backward), so the ratios show what the C loops and the
+fused max-correlation kernel buy.
 ``--whole-run`` also times the default ``pellucid train whitebox-mnist35`` (15 epochs with
 validation, start-up and exit included) as a fresh process. Prints ONE JSON line.
 
@@ -46,6 +48,22 @@ def dense_conv_baseline():
         yield
     finally:
         RotationConvFeatures.forward = original
+
+
+@contextlib.contextmanager
+def pytorch_path():
+    """Temporarily switch the conv layer's C loops off (the PyTorch formulation, the same numbers)."""
+    import os
+
+    before = os.environ.get("PELLUCID_CPU_KERNELS")
+    os.environ["PELLUCID_CPU_KERNELS"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PELLUCID_CPU_KERNELS"]
+        else:
+            os.environ["PELLUCID_CPU_KERNELS"] = before
 
 
 def epoch_seconds(train, seed: int = 0) -> float:
@@ -111,20 +129,30 @@ def main(argv: list[str] | None = None) -> dict:
     whole = whole_run_seconds() if args.whole_run else None
     train = load_dataset("mnist", "train", classes=(3, 5))
     test = load_dataset("mnist", "test", classes=(3, 5))
+    from pellucid.nn.semantic import _cpu_kernels
+
+    c_loops = _cpu_kernels.library() is not None
     epoch_seconds(train.subset(slice(0, 400)))  # warm-up
     fused = min(epoch_seconds(train, s) for s in range(2))
     fused_pgd = pgd_images_per_second(test)
+    with pytorch_path():
+        torch_epoch = min(epoch_seconds(train, s) for s in range(2))
+        torch_pgd = pgd_images_per_second(test)
     with dense_conv_baseline():
         dense = epoch_seconds(train)
         dense_pgd = pgd_images_per_second(test)
     return {
-        "train_images": len(train),
+        "train_images": len(train), "c_loops": c_loops,
         "epoch_seconds": round(fused, 3), "epoch_seconds_dense_conv_baseline": round(dense, 3),
         "epoch_speedup_vs_baseline": round(dense / fused, 2),
+        "epoch_seconds_pytorch_path": round(torch_epoch, 3),
+        "epoch_speedup_vs_pytorch_path": round(torch_epoch / fused, 2),
         "pgd40_images_per_second": round(fused_pgd, 1),
         "pgd40_full_test_seconds": round(len(test) / fused_pgd, 2),
         "pgd40_images_per_second_dense_conv_baseline": round(dense_pgd, 1),
         "pgd40_speedup_vs_baseline": round(fused_pgd / dense_pgd, 2),
+        "pgd40_images_per_second_pytorch_path": round(torch_pgd, 1),
+        "pgd40_speedup_vs_pytorch_path": round(fused_pgd / torch_pgd, 2),
         **({"whole_default_run_seconds": round(whole, 1)} if whole is not None else {})}
 
 

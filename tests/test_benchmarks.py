@@ -266,6 +266,39 @@ def test_collected_evaluation_commands_parse_and_leave_defaults_out(tmp_path):
         evaluations.main([str(tmp_path / "empty")])
 
 
+def _budget_record(run: Path, budget: str, robust: list[bool], **summary) -> None:
+    (run / "evaluations").mkdir(parents=True, exist_ok=True)
+    body = {"attack": "autoattack", "budget": budget, "eps": 0.3, "norm": "linf", "n": len(robust),
+            "dataset": "mnist", "weights_sha256": "ab" * 32, "seed": 0, "clean_accuracy": 1.0,
+            "robust_accuracy": sum(robust) / len(robust),
+            "stages": [{"attack": "a", "attacked": len(robust), "broken": robust.count(False), "seconds": 1.5}],
+            **summary}
+    per_image = {"robust": robust}
+    (run / "evaluations" / f"autoattack-{budget}-{len(robust)}.json").write_text(
+        json.dumps({"summary": body, "per_image": per_image}))
+
+
+def test_budget_agreement_lists_the_images_only_one_budget_broke(tmp_path):
+    from benchmarks import budget_agreement
+
+    run = tmp_path / "wb"
+    _budget_record(run, "native-standard", [True, False, True, False, True])
+    _budget_record(run, "standard", [True, True, False, False, True])
+    out = budget_agreement.main([str(run), "native-standard", "standard"])
+    assert out["broken_by_first_only"] == [1] and out["broken_by_second_only"] == [2]
+    assert out["difference_points"] == 0.0 and out["n"] == 5
+    assert out["first"]["robust_images"] == 3 and out["first"]["attack_seconds"] == 1.5
+    swapped = budget_agreement.main([str(run), "standard", "native-standard"])
+    assert swapped["broken_by_first_only"] == [2] and swapped["broken_by_second_only"] == [1]
+    with pytest.raises(SystemExit, match="no autoattack record of budget 'adaptive'"):
+        budget_agreement.main([str(run), "adaptive", "standard"])
+    other = tmp_path / "other"
+    _budget_record(other, "native-standard", [True] * 5)
+    _budget_record(other, "standard", [True] * 5, weights_sha256="cd" * 32)
+    with pytest.raises(SystemExit, match="differ in weights_sha256"):
+        budget_agreement.main([str(other), "native-standard", "standard"])
+
+
 def test_blocks_take_their_numbers_from_the_results_files(tmp_path, monkeypatch):
     from benchmarks import _blocks
 

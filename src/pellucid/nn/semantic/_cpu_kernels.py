@@ -1,0 +1,323 @@
+"""C loops for the max-correlation layer on CPU, compiled on first use; the same bits as PyTorch.
+
+Why C: the PyTorch formulation of the backward (:func:`~pellucid.nn.semantic.kernels.
+_max_correlation_backward_block`) materialises ``(taps, B, H, W)`` tensors (the winning kernels'
+taps gathered per pixel, their products with the gradient, the shifted windows of the input) and
+spends most of a training step of the white-box network moving them through memory. These loops
+read each pixel's gradient, winner and input once and keep nothing ``taps``-sized. The forward's
+max with first index is one pass over the scores instead of five.
+
+**The same numbers.** Every output is the sum of the same products, added in the same order, as
+the PyTorch path (IEEE single or double precision; compiled with ``-ffp-contract=off`` and without
+fast-math, so no fused multiply-add and no reassociation):
+
+- kernel gradient ``dw[t, k]``: over the pixels in ``(b, i, j)`` order, ``+= x[b, i + dy, j + dx] *
+  g[b, i, j]`` where pixel ``(b, i, j)`` was won by kernel ``k`` (``index_add_`` adds its source
+  columns in that order);
+- input gradient ``dx[b, c, p, q]``: over the taps ``(c, dy, dx)`` in order, ``+= w[k, tap] *
+  g[b, i, j]`` with ``(i, j) = (p - dy + kh // 2, q - dx + kw // 2)`` and ``k`` that pixel's winner
+  (the PyTorch path adds one shifted tap map after the other);
+- products with ``g = 0``, and those of a finite ``g`` with the zero padding, are skipped: they add
+  a signed zero, which leaves every sum unchanged, because a sum that starts at ``+0`` is never
+  ``-0``. (A NaN or infinite ``g`` is not skipped: ``0 * g`` is NaN.)
+- max with first index: the first kernel that attains the max; a NaN score makes the pixel's best
+  NaN and its index 0, as :func:`~pellucid.nn.semantic.kernels._max_with_first_index` does.
+
+The library is compiled with the system's C compiler (``$CC``, else ``cc``) into pellucid's cache
+(``$PELLUCID_CACHE_DIR``, else ``$XDG_CACHE_HOME/pellucid`` or ``~/.cache/pellucid``), once per
+source version, under a file lock and by atomic rename, so concurrent processes (``torchrun``)
+build it once. Without a compiler, or with ``PELLUCID_CPU_KERNELS=0``, the PyTorch path runs: the
+same numbers, slower. The C code is this module's own source text; nothing is loaded from a
+user's file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+_SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef struct {
+    const void *x, *wt, *g, *scores; const int64_t *idx;
+    void *gx, *gw, *best; int64_t *best_idx;
+    int64_t B, C, H, W, K, kh, kw, N;
+    int64_t lo, hi;  /* the share to compute: images, or taps */
+} job_t;
+
+/* ---- forward: best[b, n] = max_k s[b, k, n], idx = the first k attaining it ---------------- */
+#define TILE 256
+#define MAX_FIRST(T, NAME)                                                                     \
+static void *NAME(void *arg) {                                                                 \
+    job_t *a = (job_t *)arg;                                                                   \
+    T lb[TILE]; int32_t li[TILE];   /* a tile of pixels in L1; int32 so that it vectorises */  \
+    for (int64_t b = a->lo; b < a->hi; b++) {                                                  \
+        const T *s = (const T *)a->scores + b * a->K * a->N;                                   \
+        T *best = (T *)a->best + b * a->N;                                                     \
+        int64_t *idx = a->best_idx + b * a->N;                                                 \
+        for (int64_t n0 = 0; n0 < a->N; n0 += TILE) {                                          \
+            const int64_t m = a->N - n0 < TILE ? a->N - n0 : TILE;                            \
+            int nan = 0;                                                                       \
+            for (int64_t n = 0; n < m; n++) { lb[n] = s[n0 + n]; li[n] = 0; nan |= lb[n] != lb[n]; } \
+            for (int32_t k = 1; k < a->K; k++) {   /* branch-free */                           \
+                const T *row = s + k * a->N + n0;                                              \
+                for (int64_t n = 0; n < m; n++) {                                              \
+                    const T v = row[n];                                                        \
+                    const int larger = v > lb[n];                                              \
+                    nan |= v != v;                                                             \
+                    lb[n] = larger ? v : lb[n];                                                \
+                    li[n] = larger ? k : li[n];                                                \
+                }                                                                              \
+            }                                                                                  \
+            for (int64_t n = 0; n < m; n++) { best[n0 + n] = lb[n]; idx[n0 + n] = li[n]; }     \
+            if (nan) for (int64_t n = 0; n < m; n++) {   /* a NaN score: best NaN, index 0 */  \
+                int any = 0;                                                                   \
+                for (int64_t k = 0; k < a->K; k++) any |= s[k * a->N + n0 + n] != s[k * a->N + n0 + n]; \
+                if (any) { best[n0 + n] = (T)NAN; idx[n0 + n] = 0; }                           \
+            }                                                                                  \
+        }                                                                                      \
+    }                                                                                          \
+    return 0;                                                                                  \
+}
+MAX_FIRST(float, max_first_f32)
+MAX_FIRST(double, max_first_f64)
+
+/* ---- backward, kernel gradient: taps lo..hi, all pixels in (b, i, j) order ---------------- */
+#define GRAD_W(T, NAME)                                                                        \
+static void *NAME(void *arg) {                                                                 \
+    job_t *a = (job_t *)arg;                                                                   \
+    const T *x = (const T *)a->x, *g = (const T *)a->g;                                        \
+    T *gw = (T *)a->gw;                                                                        \
+    const int64_t H = a->H, W = a->W, K = a->K, kh = a->kh, kw = a->kw;                        \
+    const int64_t ph = kh / 2, pw = kw / 2, hw = H * W, n_t = a->hi - a->lo;                   \
+    int64_t off[n_t], tdy[n_t], tdx[n_t];   /* each tap's offset from the pixel, in x[b] */    \
+    for (int64_t u = 0; u < n_t; u++) {                                                        \
+        const int64_t t = a->lo + u, c = t / (kh * kw);                                        \
+        tdy[u] = (t / kw) % kh - ph; tdx[u] = t % kw - pw;                                     \
+        off[u] = c * hw + tdy[u] * W + tdx[u];                                                 \
+    }                                                                                          \
+    for (int64_t b = 0; b < a->B; b++) {                                                       \
+        const T *gb = g + b * hw, *xb = x + b * a->C * hw; const int64_t *ib = a->idx + b * hw; \
+        for (int64_t i = 0; i < H; i++) for (int64_t j = 0; j < W; j++) {                      \
+            const T gv = gb[i * W + j];                                                        \
+            if (gv == 0) continue;                                                             \
+            T *col = gw + a->lo * K + ib[i * W + j];                                           \
+            const T *xp = xb + i * W + j;                                                      \
+            if (i >= ph && i < H - ph && j >= pw && j < W - pw) {   /* every tap inside */     \
+                for (int64_t u = 0; u < n_t; u++) col[u * K] = col[u * K] + xp[off[u]] * gv;   \
+                continue;                                                                      \
+            }                                                                                  \
+            for (int64_t u = 0; u < n_t; u++) {                                                \
+                const int64_t si = i + tdy[u], sj = j + tdx[u];                                \
+                const int outside = si < 0 || si >= H || sj < 0 || sj >= W;                    \
+                if (outside && gv - gv == 0) continue;   /* zero padding, finite g: adds +-0 */ \
+                col[u * K] = col[u * K] + (outside ? (T)0 : xp[off[u]]) * gv;                  \
+            }                                                                                  \
+        }                                                                                      \
+    }                                                                                          \
+    return 0;                                                                                  \
+}
+GRAD_W(float, grad_w_f32)
+GRAD_W(double, grad_w_f64)
+
+/* ---- backward, input gradient: images lo..hi; per output, taps in order ------------------- */
+#define GRAD_X(T, NAME)                                                                        \
+static void *NAME(void *arg) {                                                                 \
+    job_t *a = (job_t *)arg;                                                                   \
+    const T *g = (const T *)a->g, *wt = (const T *)a->wt;                                      \
+    T *gx = (T *)a->gx;                                                                        \
+    const int64_t H = a->H, W = a->W, K = a->K, kh = a->kh, kw = a->kw, C = a->C;              \
+    const int64_t ph = kh / 2, pw = kw / 2, hw = H * W;                                        \
+    for (int64_t b = a->lo; b < a->hi; b++) {                                                  \
+        const T *gb = g + b * hw; const int64_t *ib = a->idx + b * hw;                         \
+        for (int64_t c = 0; c < C; c++) for (int64_t p = 0; p < H; p++) {                      \
+            T *acc = gx + ((b * C + c) * H + p) * W;                                           \
+            for (int64_t q = 0; q < W; q++) acc[q] = 0;                                        \
+            for (int64_t dy = 0; dy < kh; dy++) {                                              \
+                const int64_t i = p - dy + ph;                                                 \
+                if (i < 0 || i >= H) continue;                                                 \
+                for (int64_t dx = 0; dx < kw; dx++) {                                          \
+                    const T *wrow = wt + ((c * kh + dy) * kw + dx) * K;                        \
+                    const int64_t q0 = dx - pw > 0 ? dx - pw : 0;                              \
+                    const int64_t q1 = W + dx - pw < W ? W + dx - pw : W;                      \
+                    const T *grow = gb + i * W + pw - dx;                                      \
+                    const int64_t *irow = ib + i * W + pw - dx;                                \
+                    for (int64_t q = q0; q < q1; q++) {  /* every product, as PyTorch adds */  \
+                        const T prod = wrow[irow[q]] * grow[q];                                \
+                        acc[q] = acc[q] + prod;                                                \
+                    }                                                                          \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+    }                                                                                          \
+    return 0;                                                                                  \
+}
+GRAD_X(float, grad_x_f32)
+GRAD_X(double, grad_x_f64)
+
+/* one thread: the caller's. Splitting the loops over threads measured slower on 2 cores (the
+   forward 25-37 ms against 21 ms per 200 images), because PyTorch's OpenMP workers keep spinning
+   for a while after each of its parallel regions and compete with them. */
+static int run(void *(*fn)(void *), job_t a, int64_t total) {
+    a.lo = 0; a.hi = total;
+    fn(&a);
+    return 0;
+}
+
+int pellucid_max_first(const void *scores, void *best, int64_t *idx, int64_t B, int64_t K,
+                       int64_t N, int is_double) {
+    job_t a; memset(&a, 0, sizeof a);
+    a.scores = scores; a.best = best; a.best_idx = idx; a.B = B; a.K = K; a.N = N;
+    return run(is_double ? max_first_f64 : max_first_f32, a, B);
+}
+
+int pellucid_max_corr_backward(const void *x, const void *wt, const int64_t *idx, const void *g,
+                               void *gx, void *gw, int64_t B, int64_t C, int64_t H, int64_t W,
+                               int64_t K, int64_t kh, int64_t kw, int is_double) {
+    job_t a; memset(&a, 0, sizeof a);
+    a.x = x; a.wt = wt; a.idx = idx; a.g = g; a.gx = gx; a.gw = gw;
+    a.B = B; a.C = C; a.H = H; a.W = W; a.K = K; a.kh = kh; a.kw = kw;
+    if (gw) run(is_double ? grad_w_f64 : grad_w_f32, a, C * kh * kw);
+    if (gx) run(is_double ? grad_x_f64 : grad_x_f32, a, B);
+    return 0;
+}
+"""
+
+_FLAGS = ("-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-std=gnu99")
+# tuned to the CPU where it is built, if the compiler can (the library's name records the CPU)
+_NATIVE = ("-march=native",)
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "lib": the loaded library, or "error": why there is none
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept: ``$PELLUCID_CACHE_DIR``, else ``$XDG_CACHE_HOME/pellucid``
+    or ``~/.cache/pellucid``."""
+    if os.environ.get("PELLUCID_CACHE_DIR"):
+        return Path(os.environ["PELLUCID_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pellucid"
+
+
+def _cpu_id() -> str:
+    """What ``-march=native`` depends on: the CPU's model and feature flags (a cache shared by
+    different machines must not hand one a library built for the other's instructions)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        wanted = [line for line in info.splitlines() if line.startswith(("model name", "flags", "Features"))]
+        return "\n".join(dict.fromkeys(wanted))
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+
+
+def _compile(cc: str, flags: tuple[str, ...], src: Path, out: Path) -> str | None:
+    """Compile; ``None`` on success, else the compiler's complaint."""
+    done = subprocess.run([*cc.split(), *flags, str(src), "-o", str(out), "-lm"],
+                          capture_output=True, text=True, timeout=120)
+    return None if done.returncode == 0 else (done.stderr.strip()[-300:] or f"exit {done.returncode}")
+
+
+def _build(directory: Path) -> Path:
+    """The library's path in ``directory``, compiled there first if it is missing."""
+    import fcntl  # POSIX only: elsewhere the ImportError leaves the PyTorch path
+
+    cc = os.environ.get("CC", "cc")
+    if not cc.strip() or shutil.which(cc.split()[0]) is None:
+        raise RuntimeError(f"no C compiler {cc!r} (set CC, or install gcc or clang)")
+    key = hashlib.sha256("\0".join((_SOURCE, cc, *_FLAGS, *_NATIVE, _cpu_id())).encode()).hexdigest()[:16]
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"max_correlation-{key}.so"
+    if target.exists():
+        return target
+    with open(directory / f"max_correlation-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same library
+        if target.exists():
+            return target
+        with tempfile.TemporaryDirectory(dir=directory) as tmp:
+            src, out = Path(tmp) / "max_correlation.c", Path(tmp) / "max_correlation.so"
+            src.write_text(_SOURCE)
+            error = _compile(cc, _FLAGS + _NATIVE, src, out)
+            if error is not None:  # e.g. a compiler without -march=native
+                error = _compile(cc, _FLAGS, src, out)
+            if error is not None:
+                raise RuntimeError(f"{cc} failed: {error}")
+            with open(out, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(out, target)  # atomic: a reader sees no library or the whole one
+    return target
+
+
+def _load() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(_build(cache_dir())))
+    i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    lib.pellucid_max_first.argtypes = [ptr, ptr, ptr, i64, i64, i64, c_int]
+    lib.pellucid_max_corr_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, *[i64] * 7, c_int]
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, or ``None`` (disabled, or no compiler: :func:`unavailable_reason`)."""
+    if os.environ.get("PELLUCID_CPU_KERNELS", "1") == "0":
+        return None
+    with _lock:
+        if "lib" not in _state and "error" not in _state:
+            try:
+                _state["lib"] = _load()
+            except Exception as e:  # any failure leaves the PyTorch path, which gives the same numbers
+                _state["error"] = f"{type(e).__name__}: {e}"
+                warnings.warn(f"pellucid: the C kernels of the max-correlation layer are unavailable "
+                              f"({_state['error']}); using the PyTorch path (the same numbers, slower)",
+                              RuntimeWarning, stacklevel=3)
+    return _state.get("lib")  # type: ignore[return-value]
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`library` returned ``None`` (``None`` when it loaded or was not tried yet)."""
+    if os.environ.get("PELLUCID_CPU_KERNELS", "1") == "0":
+        return "disabled by PELLUCID_CPU_KERNELS=0"
+    return _state.get("error")  # type: ignore[return-value]
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """The kernels apply: contiguous CPU tensors, all float32 or all float64."""
+    first = tensors[0]
+    return (first.device.type == "cpu" and first.dtype in (torch.float32, torch.float64)
+            and all(t.device.type == "cpu" and t.is_contiguous() and t.dtype == first.dtype for t in tensors))
+
+
+def max_first(scores: torch.Tensor, best: torch.Tensor, idx: torch.Tensor, lib: ctypes.CDLL) -> None:
+    """``best[b, n], idx[b, n] = max_k scores[b, k, n]`` and its first index, written in place.
+    ``scores``: contiguous ``(B, K, ...)``; ``best``: ``(B, ...)`` of its dtype; ``idx``: int64."""
+    b, k = scores.shape[:2]
+    n = scores[0, 0].numel()
+    lib.pellucid_max_first(scores.data_ptr(), best.data_ptr(), idx.data_ptr(), b, k, n,
+                           int(scores.dtype == torch.float64))
+
+
+def max_correlation_backward(x: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor, g: torch.Tensor,
+                             need_x: bool, need_w: bool, lib: ctypes.CDLL
+                             ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Input gradient ``(B, C, H, W)`` and kernel gradient ``(taps, K)`` (see the module text)."""
+    n_k, c, kh, kw = weight.shape
+    b, _, h, w = x.shape
+    w_taps = weight.reshape(n_k, -1).t().contiguous()  # (taps, K)
+    gx = torch.empty_like(x) if need_x else None
+    gw = weight.new_zeros(c * kh * kw, n_k) if need_w else None
+    lib.pellucid_max_corr_backward(x.data_ptr(), w_taps.data_ptr(), idx.data_ptr(), g.data_ptr(),
+                                   gx.data_ptr() if gx is not None else None,
+                                   gw.data_ptr() if gw is not None else None,
+                                   b, c, h, w, n_k, kh, kw, int(x.dtype == torch.float64))
+    return gx, gw

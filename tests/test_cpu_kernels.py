@@ -1,0 +1,173 @@
+"""The C loops of the max-correlation layer: the PyTorch path's bits, and every way they can fail.
+
+The C loops must change nothing but the time: values, winning indices and both gradients equal
+the PyTorch formulation bit for bit (NaN included), so trained weights do not change. When they
+cannot be built (no compiler, a failing one, a corrupt cached library, disabled) the layer runs
+the PyTorch path with one warning.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pellucid.nn.semantic import _cpu_kernels
+from pellucid.nn.semantic.kernels import max_correlation
+
+LIB = _cpu_kernels.library()
+needs_lib = pytest.mark.skipif(LIB is None, reason=f"C kernels unavailable: {_cpu_kernels.unavailable_reason()}")
+
+
+def _run(x, w, g, *, native: bool, monkeypatch, need=(True, True)):
+    """Values, indices and the requested gradients of ``sum(best * g)``, with or without C."""
+    monkeypatch.setenv("PELLUCID_CPU_KERNELS", "1" if native else "0")
+    x = x.clone().requires_grad_(need[0])
+    w = w.clone().requires_grad_(need[1])
+    best, idx = max_correlation(x, w)
+    inputs = [t for t, n in zip((x, w), need) if n]
+    grads = torch.autograd.grad(best, inputs, g) if inputs else ()
+    return (best, idx, *grads)
+
+
+def _same_bits(a, b):
+    for u, v in zip(a, b, strict=True):
+        assert u.dtype == v.dtype and u.shape == v.shape
+        torch.testing.assert_close(u, v, rtol=0, atol=0, equal_nan=True)
+        if u.is_floating_point():  # +0 and -0 compare equal: their sign bits must agree too
+            number = ~u.isnan()  # (a NaN's sign means nothing)
+            assert torch.equal(torch.signbit(u[number]), torch.signbit(v[number]))
+
+
+@needs_lib
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(150, 1, 28, 28, 64, 5), (5, 2, 7, 9, 7, 3), (9, 1, 6, 5, 4, 5)])
+def test_c_kernels_give_the_pytorch_paths_bits(dtype, shape, monkeypatch):
+    b, c, h, w_, k, ks = shape
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.rand(b, c, h, w_, generator=gen, dtype=dtype) * 2 - 1
+    w = torch.randn(k, c, ks, ks, generator=gen, dtype=dtype)
+    w[k - 1] = w[0]  # a tie everywhere: the first kernel must win
+    x[0, :, :3] = 0.0  # exact zeros: tied scores of 0 at many pixels
+    g = torch.randn(b, 1, h, w_, generator=gen, dtype=dtype) * (torch.rand(b, 1, h, w_, generator=gen) > 0.5)
+    g[0, 0, 0, 0] = -0.0
+    for need in ((True, True), (True, False), (False, True)):
+        _same_bits(_run(x, w, g, native=True, monkeypatch=monkeypatch, need=need),
+                   _run(x, w, g, native=False, monkeypatch=monkeypatch, need=need))
+    best, idx = _run(x, w, g, native=True, monkeypatch=monkeypatch, need=(False, False))
+    dense = F.conv2d(x, w, padding=ks // 2)
+    top = dense.amax(1, keepdim=True)
+    first = (dense == top).to(torch.int8).argmax(1)  # the first kernel attaining the max
+    assert torch.equal(best, top) and torch.equal(idx, first)
+    assert ((dense == top).sum(1) > 1).any()  # ties did occur
+
+
+@needs_lib
+def test_c_kernels_match_on_nan_and_inf(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 9, 9, generator=gen)
+    w = torch.randn(6, 1, 3, 3, generator=gen)
+    g = torch.randn(4, 1, 9, 9, generator=gen)
+    g[1, 0, 0, 0], g[2, 0, 4, 4], g[3, 0, 8, 0] = float("nan"), float("inf"), -float("inf")
+    _same_bits(_run(x, w, g, native=True, monkeypatch=monkeypatch),
+               _run(x, w, g, native=False, monkeypatch=monkeypatch))
+    x[0, 0, 5, 5] = float("nan")  # NaN scores around it: best NaN, index 0, as the PyTorch path
+    native = _run(x, w, g, native=True, monkeypatch=monkeypatch)
+    _same_bits(native, _run(x, w, g, native=False, monkeypatch=monkeypatch))
+    assert native[0][0, 0, 5, 5].isnan() and native[1][0, 5, 5] == 0
+
+
+@needs_lib
+def test_training_steps_give_the_same_weights_with_and_without_c(monkeypatch):
+    from pellucid.models import whitebox_mnist35
+    from pellucid.train.optim import Adam
+
+    def train(native: bool) -> dict:
+        monkeypatch.setenv("PELLUCID_CPU_KERNELS", "1" if native else "0")
+        torch.manual_seed(0)
+        model = whitebox_mnist35().train()
+        opt = Adam(model.parameters(), lr=3e-3)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            x = torch.rand(40, 1, 28, 28, generator=gen)
+            y = torch.randint(0, 2, (40,), generator=gen)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    with_c, without = train(True), train(False)
+    assert all(torch.equal(with_c[k], without[k]) for k in with_c)
+
+
+def test_disabled_kernels_leave_the_pytorch_path(monkeypatch):
+    monkeypatch.setenv("PELLUCID_CPU_KERNELS", "0")
+    assert _cpu_kernels.library() is None
+    assert "PELLUCID_CPU_KERNELS=0" in _cpu_kernels.unavailable_reason()
+
+
+def _fresh(monkeypatch, tmp_path, cc: str | None = None):
+    """A process state that has not loaded the kernels, building into an empty cache."""
+    monkeypatch.setattr(_cpu_kernels, "_state", {})
+    monkeypatch.setenv("PELLUCID_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PELLUCID_CPU_KERNELS", "1")
+    if cc is not None:
+        monkeypatch.setenv("CC", cc)
+
+
+@pytest.mark.parametrize("cc,reason", [("/nonexistent/cc", "no C compiler"), ("false", "failed"),
+                                        ("", "no C compiler")])
+def test_a_missing_or_failing_compiler_warns_once_and_keeps_the_numbers(cc, reason, monkeypatch, tmp_path):
+    _fresh(monkeypatch, tmp_path, cc)
+    with pytest.warns(RuntimeWarning, match="using the PyTorch path"):
+        assert _cpu_kernels.library() is None
+    assert reason in _cpu_kernels.unavailable_reason()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: the second call is silent
+        assert _cpu_kernels.library() is None
+        x = torch.rand(2, 1, 8, 8, requires_grad=True)
+        w = torch.randn(3, 1, 3, 3)
+        best, _ = max_correlation(x, w)
+        best.sum().backward()
+    assert torch.equal(best[:, 0].detach(), F.conv2d(x.detach(), w, padding=1).amax(1))
+
+
+@needs_lib
+def test_a_corrupt_cached_library_is_not_loaded_silently(monkeypatch, tmp_path):
+    _fresh(monkeypatch, tmp_path)
+    # built by another process: overwriting a library this process has mapped would crash it
+    code = "from pellucid.nn.semantic import _cpu_kernels as k; assert k.library() is not None"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    (built,) = (tmp_path / "cache").glob("*.so")
+    built.write_bytes(b"\x7fELF not really")  # a truncated or tampered file
+    with pytest.warns(RuntimeWarning, match="unavailable"):
+        assert _cpu_kernels.library() is None
+
+
+@needs_lib
+def test_concurrent_processes_build_the_library_once(tmp_path):
+    env = {**os.environ, "PELLUCID_CACHE_DIR": str(tmp_path / "cache"), "PELLUCID_CPU_KERNELS": "1"}
+    code = ("import warnings; warnings.simplefilter('error'); "
+            "from pellucid.nn.semantic import _cpu_kernels as k; assert k.library() is not None")
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE) for _ in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()[-500:]
+    assert len(list((tmp_path / "cache").glob("*.so"))) == 1
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # no build directory left
+
+
+@needs_lib
+def test_non_contiguous_or_other_dtypes_take_the_pytorch_path(monkeypatch):
+    x = torch.rand(3, 1, 10, 10, dtype=torch.float64)
+    w = torch.randn(5, 1, 3, 3, dtype=torch.float64)
+    assert _cpu_kernels.usable(x, w) and not _cpu_kernels.usable(x.transpose(2, 3), w)
+    assert not _cpu_kernels.usable(x.half(), w.half()) and not _cpu_kernels.usable(x.float(), w)
+    g = torch.randn(3, 1, 10, 10, dtype=torch.float64)
+    _same_bits(_run(x.transpose(2, 3), w, g, native=True, monkeypatch=monkeypatch),
+               _run(x.transpose(2, 3), w, g, native=False, monkeypatch=monkeypatch))
