@@ -79,33 +79,39 @@ def pct(fraction: float) -> str:
 def readme(results_dir: Path) -> str:
     """The README's results: the white-box models against their baselines (collected evaluation
     records), then one figure per other pillar (benchmark lines)."""
-    rows, commands = [], []
+    rows, commands, row_cites = [], [], []  # row_cites: the numbers cited by each row
 
     def cite(record: dict) -> str:
         commands.append(record["command"])
+        row_cites[-1].append(len(commands))
         return f"[{len(commands)}]"
 
     def model_row(label: str, data: str, run: str, pgd_n: int, autoattack: list[tuple[str, str, int]]) -> None:
+        row_cites.append([])
         pgd = evaluation(results_dir, run, "pgd", n=pgd_n)
         pgd_cell = f"{pct(pgd['robust_accuracy'])} {cite(pgd)}"
         aa = []
-        for title, budget, n in autoattack:
-            record = evaluation(results_dir, run, "autoattack", budget, n)
+        for title, budget, n in autoattack:  # of the same weights as the PGD row
+            record = evaluation(results_dir, run, "autoattack", budget, n, weights=pgd.get("weights_sha256"))
             aa.append(f"{pct(record['robust_accuracy'])} {title} {cite(record)}")
         rows.append(f"| {label} | {data} | {pct(pgd['clean_accuracy'])} | "
                     f"{pgd_cell} | {'; '.join(aa) or '–'} |")
 
     model_row("`whitebox-mnist35` (no adversarial training)", "MNIST 3 vs 5, all 1,902, L-inf 0.3",
               "wb314", 1902, [("native budget", "native", 1902), ("adaptive attacks", "adaptive", 1902)])
+    model_row("`whitebox-mnist35`, the AVX2-trained weights (`wb314-avx2`)", "MNIST 3 vs 5, all 1,902, L-inf 0.3",
+              "wb314-avx2", 1902, [("native-standard budget", "native-standard", 1902),
+                                   ("ART's white-box stages + pellucid's Square", "standard-native", 1902)])
     model_row("`whitebox-mnist10` (no adversarial training)", "MNIST, all 10,000, L-inf 0.3",
               "wb10-cos", 10000, [("standard-native budget", "standard-native", 10000)])
     model_row("`lenet-mnist10` (plain training)", "MNIST, all 10,000, L-inf 0.3", "lenet10", 10000, [])
     model_row("`lenet-mnist10-adv` (PGD adversarial training)", "MNIST, all 10,000, L-inf 0.3", "lenet10-adv",
-              10000, [])
+              10000, [("standard-native budget", "standard-native", 10000)])
+    first_1000 = [("native-standard budget, first 1,000 images", "native-standard", 1000)]
     model_row("`whitebox-fashion10` (no adversarial training)", "Fashion-MNIST, all 10,000, L-inf 0.1",
-              "wbf10", 10000, [])
+              "wbf10", 10000, first_1000)
     model_row("`lenet-fashion10-adv` (PGD adversarial training)", "Fashion-MNIST, all 10,000, L-inf 0.1",
-              "lenetf10-adv", 10000, [])
+              "lenetf10-adv", 10000, first_1000)
     table = ["| model | test images, threat | clean | PGD-40 | AutoAttack |", "|---|---|---|---|---|", *rows]
 
     pull = latest(results_dir, "bench_pullback")["results"]["batch8"]["ratios"]
@@ -129,7 +135,8 @@ def readme(results_dir: Path) -> str:
              f"| metric ResNet-20 on Fashion-MNIST ({resnet['train_limit']:,} images x {resnet['epochs']} "
              f"epochs, one seed; the CIFAR-10 recipe's stand-in) | {forms} | `python -m benchmarks "
              f"metric_resnet_standin --train-limit {resnet['train_limit']} --epochs {resnet['epochs']}` |"]
-    notes = [f"[{i}] `{c}`  " for i, c in enumerate(commands, 1)]
+    # one line per table row: its commands
+    notes = [" · ".join(f"[{i}] `{commands[i - 1]}`" for i in cited) + "  " for cited in row_cites if cited]
     notes[-1] = notes[-1].rstrip()
     return "\n".join(table + [""] + notes + [""] + other) + "\n"
 
@@ -231,6 +238,7 @@ def beyond_mnist10(results_dir: Path) -> str:
     """docs/beyond-3v5.md: ten-digit MNIST, PGD-40 at eps 0.3 on all 10,000 test images."""
     return "\n".join(_pgd_rows(results_dir, [
         ("wb10-cos", "`whitebox-mnist10`", "20 cosine epochs, noise augmentation"),
+        ("wb10-retrain", "`whitebox-mnist10`, trained again on another CPU", "the same"),
         ("wb10", "`whitebox-mnist10 --epochs 15 --schedule constant`", "the 3-vs-5 schedule"),
         ("lenet10", "`lenet-mnist10`", "plain, 15 epochs"),
         ("lenet10-adv", "`lenet-mnist10-adv`", "PGD-7 at eps 0.3 (5-epoch ramp), 15 epochs")], 10000)) + "\n"
@@ -240,6 +248,7 @@ def beyond_fashion10(results_dir: Path) -> str:
     """docs/beyond-3v5.md: Fashion-MNIST, PGD-40 at eps 0.1 on all 10,000 test images."""
     return "\n".join(_pgd_rows(results_dir, [
         ("wbf10", "`whitebox-fashion10`", "plain (noise augmentation)"),
+        ("lenetf10", "`lenet-fashion10`", "plain, 15 epochs"),
         ("lenetf10-adv", "`lenet-fashion10-adv`", "PGD-7 at eps 0.1")], 10000)) + "\n"
 
 

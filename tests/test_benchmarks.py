@@ -299,6 +299,28 @@ def test_budget_agreement_lists_the_images_only_one_budget_broke(tmp_path):
         budget_agreement.main([str(other), "native-standard", "standard"])
 
 
+def test_autoattack_cells_use_records_of_the_same_weights_only(tmp_path):
+    from benchmarks import _blocks, evaluations
+
+    results = tmp_path / "results"
+    results.mkdir()
+    run = tmp_path / "wb"
+    _evaluation_record(run, "pgd", 0.5, 100, weights_sha256="aa")
+    (run / "evaluations" / "autoattack-old.json").write_text(json.dumps({"summary": {
+        "attack": "autoattack", "budget": "native-standard", "eps": 0.3, "norm": "linf", "n": 100, "seed": 0,
+        "clean_accuracy": 0.99, "robust_accuracy": 0.25, "options": {"budget": "native-standard"},
+        "weights_sha256": "bb"}}))  # other weights: a retrained run's old record
+    (run / "evaluations" / "autoattack-subset.json").write_text(json.dumps({"summary": {
+        "attack": "autoattack", "budget": "standard-native", "eps": 0.3, "norm": "linf", "n": 40, "seed": 0,
+        "clean_accuracy": 0.99, "robust_accuracy": 0.375, "options": {"budget": "standard-native"},
+        "weights_sha256": "aa"}}))
+    (results / "evaluations.jsonl").write_text(_record("evaluations", evaluations.main([str(run)])) + "\n")
+    assert _blocks._autoattack_cell(results, "wb", 100, "aa", subset=40) == \
+        "37.50 % (first 40 images, `standard-native`)"
+    assert _blocks._autoattack_cell(results, "wb", 100, "bb", subset=40) == "25.00 % (`native-standard`)"
+    assert _blocks._autoattack_cell(results, "wb", 100, "cc", subset=40) == "not run"
+
+
 def test_blocks_take_their_numbers_from_the_results_files(tmp_path, monkeypatch):
     from benchmarks import _blocks
 
