@@ -73,6 +73,31 @@ def test_compiled_lp_kernels_match_cdist_values_and_gradients(p):
         pytest.skip(str(e))
 
 
+def test_euclidean_distance_is_exact_near_zero_and_matches_the_difference_elsewhere():
+    from pellucid.nn.metric.distance import euclidean_distance
+
+    g = torch.Generator().manual_seed(3)
+    centres = torch.rand(100, 784, generator=g) * 2 - 1  # signed images: |c|^2 ~ 260
+    x = torch.cat([centres[[7, 42]], centres[[5]] + 1e-3, torch.rand(3, 784, generator=g) * 2 - 1])
+    x.requires_grad_(True)
+    d = euclidean_distance(x, centres)
+    reference = (x.detach()[:, None, :].double() - centres[None].double()).norm(dim=-1)
+    # The matrix-multiply form alone is off by ~1e-2 here (sqrt of its rounding); the near pairs
+    # must come out at the difference's value.
+    assert float(d[0, 7]) < 1e-6 and float(d[1, 42]) < 1e-6
+    assert float(d[2, 5]) == pytest.approx(float(reference[2, 5]), rel=1e-4)
+    torch.testing.assert_close(d.double(), reference, rtol=1e-5, atol=1e-4)
+    # Gradients: (x - c) / d on both paths, 0 at d = 0 (no NaN).
+    d[:, [5, 7, 42]].sum().backward()
+    expected = torch.zeros_like(x, dtype=torch.float64)
+    for j in (5, 7, 42):
+        diff = x.detach().double() - centres[j].double()
+        norm = diff.norm(dim=1, keepdim=True)
+        expected += torch.where(norm > 0, diff / norm.clamp_min(1e-300), torch.zeros_like(diff))
+    assert torch.isfinite(x.grad).all()
+    torch.testing.assert_close(x.grad.double(), expected, rtol=1e-3, atol=1e-3)
+
+
 def test_general_p_distance_blocks_cover_every_centre(monkeypatch):
     # Force blocks of 3 centres so that 10 centres end in a partial block.
     from pellucid.nn.metric import distance

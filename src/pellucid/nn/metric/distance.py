@@ -31,7 +31,7 @@ from torch.autograd.function import once_differentiable
 from pellucid.errors import InvalidInputError
 
 __all__ = ["ConvexDistance", "CosineSimilarity", "LpDistance", "StereoAngle", "check_features",
-           "inverse_stereographic", "lp_distance", "standardise_negated"]
+           "euclidean_distance", "inverse_stereographic", "lp_distance", "standardise_negated"]
 
 
 def check_features(x: torch.Tensor, in_features: int, name: str = "input") -> None:
@@ -54,9 +54,10 @@ def lp_distance(x: torch.Tensor, centres: torch.Tensor, p: float, compiled: bool
     r"""``d[b, j] = (\sum_i |x_{bi} - c_{ji}|^p)^{1/p}`` for any ``p > 0`` (``(B, D), (H, D) -> (B, H)``).
 
     For ``p < 1`` this is not a norm (no triangle inequality) but still a usable dissimilarity.
-    ``p = 2`` goes through ``torch.cdist``'s matrix-multiply path and ``p = 1`` through its own
-    kernel; every other ``p`` through :class:`_GeneralLpDistance`, which is 4-10x faster than
-    ``torch.cdist``'s generic-``p`` kernel (``benchmarks/metric_lp_speed.py``).
+    ``p = 2`` goes through :func:`euclidean_distance` (``torch.cdist``'s matrix-multiply path,
+    accurate near zero) and ``p = 1`` through ``torch.cdist``'s own kernel; every other ``p``
+    through :class:`_GeneralLpDistance`, which is 4-10x faster than ``torch.cdist``'s generic-``p``
+    kernel (``benchmarks/metric_lp_speed.py``).
 
     ``compiled=True`` (every ``p`` but 2) runs the same math as ``torch.compile``-generated loops
     that never hold a ``(B, H, D)`` tensor of differences; it needs a working C++ compiler, costs
@@ -66,12 +67,40 @@ def lp_distance(x: torch.Tensor, centres: torch.Tensor, p: float, compiled: bool
     if not p > 0:
         raise InvalidInputError(f"p must be > 0, got {p}")
     if p == 2:
-        return torch.cdist(x, centres, p=2.0, compute_mode="use_mm_for_euclid_dist")
+        return euclidean_distance(x, centres)
     if compiled:
         return _GeneralLpDistance.apply(x, centres, float(p), True)
     if p == 1:
         return torch.cdist(x, centres, p=1.0)
     return _GeneralLpDistance.apply(x, centres, float(p), False)
+
+
+# Pairs with d^2 <= _NEAR_PAIR * (max |x|^2 + max |c|^2) are recomputed from the difference. The matrix-
+# multiply form's rounding error is about D * eps * (|x|^2 + |c|^2) (~5e-5 relative at D = 784 in
+# float32), so 1e-3 leaves a wide margin; a pair recomputed needlessly costs only time.
+_NEAR_PAIR = 1e-3
+
+
+def euclidean_distance(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    r"""``d[b, j] = ||x_b - c_j||_2`` (``(B, D), (H, D) -> (B, H)``), accurate near zero.
+
+    The bulk goes through ``torch.cdist``'s matrix-multiply form
+    ``d^2 = |x|^2 + |c|^2 - 2 x . c``, which cancels catastrophically when ``d << |x|``: an input
+    equal to a centre lands at ``sqrt(rounding)`` (about 1e-2 for 784 float32 features, and its
+    value depends on the CPU's BLAS kernel) instead of 0. The few near pairs are recomputed as
+    ``||x_b - c_j||`` and scattered back (gradients flow through both paths).
+    """
+    d = torch.cdist(x, centres, p=2.0, compute_mode="use_mm_for_euclid_dist")
+    with torch.no_grad():  # one bound for the batch: max norms (a few extra pairs only cost time)
+        scale = x.square().sum(1).max() + centres.square().sum(1).max()
+        rows, cols = (d <= (_NEAR_PAIR * scale).sqrt()).nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        return d
+    return d.index_put((rows, cols), torch.linalg.vector_norm(x[rows] - centres[cols], dim=1))
+
+
+# One call in traced copies (its near-pair refinement reads tensor values, which a trace cannot).
+torch.fx.wrap("euclidean_distance")
 
 
 # Elements of one (B, h, D) block of differences: ~1 MiB of float32 stays in cache through the
