@@ -86,8 +86,11 @@ def readme(results_dir: Path) -> str:
         row_cites[-1].append(len(commands))
         return f"[{len(commands)}]"
 
-    def model_row(label: str, data: str, run: str, pgd_n: int, autoattack: list[tuple[str, str, int]]) -> None:
-        row_cites.append([])
+    def model_row(label: str, data: str, run: str, pgd_n: int, autoattack: list[tuple[str, str, int]],
+                  same_model: bool = False) -> None:
+        """``same_model``: another run of the previous row's recipe; its commands share that row's line."""
+        if not same_model:
+            row_cites.append([])
         pgd = evaluation(results_dir, run, "pgd", n=pgd_n)
         pgd_cell = f"{pct(pgd['robust_accuracy'])} {cite(pgd)}"
         aa = []
@@ -101,9 +104,12 @@ def readme(results_dir: Path) -> str:
               "wb314", 1902, [("native budget", "native", 1902), ("adaptive attacks", "adaptive", 1902)])
     model_row("`whitebox-mnist35`, the AVX2-trained weights (`wb314-avx2`)", "MNIST 3 vs 5, all 1,902, L-inf 0.3",
               "wb314-avx2", 1902, [("native-standard budget", "native-standard", 1902),
-                                   ("ART's white-box stages + pellucid's Square", "standard-native", 1902)])
+                                   ("ART's white-box stages + pellucid's Square", "standard-native", 1902)],
+              same_model=True)
     model_row("`whitebox-mnist10` (no adversarial training)", "MNIST, all 10,000, L-inf 0.3",
               "wb10-cos", 10000, [("standard-native budget", "standard-native", 10000)])
+    model_row("`whitebox-mnist10`, trained again (`wb10-retrain`)", "MNIST, all 10,000, L-inf 0.3",
+              "wb10-retrain", 10000, [("native-standard budget", "native-standard", 10000)], same_model=True)
     model_row("`lenet-mnist10` (plain training)", "MNIST, all 10,000, L-inf 0.3", "lenet10", 10000, [])
     model_row("`lenet-mnist10-adv` (PGD adversarial training)", "MNIST, all 10,000, L-inf 0.3", "lenet10-adv",
               10000, [("standard-native budget", "standard-native", 10000)])
@@ -135,7 +141,7 @@ def readme(results_dir: Path) -> str:
              f"| metric ResNet-20 on Fashion-MNIST ({resnet['train_limit']:,} images x {resnet['epochs']} "
              f"epochs, one seed; the CIFAR-10 recipe's stand-in) | {forms} | `python -m benchmarks "
              f"metric_resnet_standin --train-limit {resnet['train_limit']} --epochs {resnet['epochs']}` |"]
-    # one line per table row: its commands
+    # one line per model: its rows' commands
     notes = [" · ".join(f"[{i}] `{commands[i - 1]}`" for i in cited) + "  " for cited in row_cites if cited]
     notes[-1] = notes[-1].rstrip()
     return "\n".join(table + [""] + notes + [""] + other) + "\n"
