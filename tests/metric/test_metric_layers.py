@@ -73,6 +73,35 @@ def test_compiled_lp_kernels_match_cdist_values_and_gradients(p):
         pytest.skip(str(e))
 
 
+@pytest.mark.parametrize("convex", [True, False])
+def test_compiled_convex_distance_matches_the_eager_path_values_and_gradients(convex):
+    # the compiled hidden term never holds (B, H, hidden); same values and every gradient, in float64,
+    # including pre-activations above softplus' linear threshold (20)
+    from pellucid.nn.metric.distance import ConvexDistance
+
+    torch.manual_seed(0)
+    layer = ConvexDistance(9, 11, hidden=13, convex=convex).double()
+    with torch.no_grad():
+        layer.inner.bias[0] = 40.0
+        layer.inner.bias[1] = -40.0
+    x, weights = torch.randn(7, 9, dtype=torch.float64), torch.randn(7, 11, dtype=torch.float64)
+    results = []
+    for compiled in (False, True):
+        layer.compiled = compiled
+        layer.zero_grad()
+        a = x.clone().requires_grad_()
+        try:
+            y = layer(a)
+            (y * weights).sum().backward()
+        except InvalidInputError as e:  # no C++ compiler for torch.compile on this machine
+            pytest.skip(str(e))
+        results.append([y.detach(), a.grad] + [p.grad.clone() for p in layer.parameters()])
+    assert len(results[1]) == 2 + len(list(layer.parameters()))
+    for ours, reference in zip(results[1], results[0]):
+        assert torch.isfinite(ours).all()
+        torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
+
+
 def test_euclidean_distance_is_exact_near_zero_and_matches_the_difference_elsewhere():
     from pellucid.nn.metric.distance import euclidean_distance
 

@@ -115,8 +115,9 @@ class MetricMLPConfig(_ProtocolDefaults):
     hidden: int = _opt(100, "H, metric neurons", min=1)
     variant: str = _opt("standardised", "lp only: standardised (paper) or simple",
                         choices=("standardised", "simple"))
-    compiled_kernels: bool = _opt(False, "lp with p != 2: torch.compile'd distance loops (needs a C++ "
-                                         "compiler; ~5x faster at p = 0.5, H = 500); may change on resume")
+    compiled_kernels: bool = _opt(False, "lp with p != 2, convex and ordinary-mlp: torch.compile'd "
+                                         "distance loops (needs a C++ compiler; ~5x faster at p = 0.5, "
+                                         "H = 500); may change on resume")
 
     EXECUTION_OPTIONS: ClassVar[tuple[str, ...]] = ("compiled_kernels",)
 

@@ -37,7 +37,7 @@ from pellucid.data.datasets import ImageDataset, load_dataset
 from pellucid.errors import InvalidInputError
 from pellucid.models.inference import predict_logits
 from pellucid.models.registry import MODELS, create_model
-from pellucid.nn.metric.distance import LpDistance
+from pellucid.nn.metric.distance import ConvexDistance, LpDistance
 # the settings live in a torch-free module (pellucid train RECIPE --help reads them)
 from pellucid.train.config import (DictionaryMLPConfig, LocalMLPConfig, MetricMLPConfig,  # noqa: F401
                                    MetricResNetConfig, MetricResNetFashionConfig, PlainMLPConfig,
@@ -109,7 +109,7 @@ def train_metric_mlp(cfg: MetricMLPConfig, out, *, resume: bool = False, progres
     kwargs = {"metric": cfg.metric, "hidden": cfg.hidden, "variant": cfg.variant}
     model = create_model("metric-mlp", **kwargs)
     for m in model.modules():
-        if isinstance(m, LpDistance):
+        if isinstance(m, (LpDistance, ConvexDistance)):
             m.compiled = cfg.compiled_kernels
     return _run("metric-mlp", model, kwargs, cfg, out, train, test, data, resume=resume, progress=progress)
 
