@@ -282,6 +282,32 @@ def test_soft_spectral_norm_caps_only_large_weights_and_ordinary_is_unconstraine
     assert not any(hasattr(linear, "parametrizations") for linear in ordinary.flow[1].layers)
 
 
+def test_conv_l2_is_exact_where_a_patch_equals_a_centre():
+    # the ||x||^2 - 2 x.c + ||c||^2 form alone puts such a patch at sqrt(rounding), not 0
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(3, 4, 9, 9, generator=g) * 2 - 1
+    centres = torch.randn(6, 4, 3, 3, generator=g) / 6
+    centres.data[2] = x[1, :, 3:6, 4:7]  # patch (h=3, w=4) of image 1, stride 1, no padding
+    centres.data[4] = x[2, :, 0:3, 0:3] * (1 + 1e-4)  # near, not equal
+    xs, cs = x.clone().requires_grad_(), centres.clone().requires_grad_()
+    d = l2_distance_conv2d(xs, cs)
+    assert d[1, 2, 3, 4] == 0
+    # everywhere else: the difference's norm, in float64 (unfold + explicit differences)
+    patches = torch.nn.functional.unfold(x.double(), 3).transpose(1, 2)  # (B, L, Ckk)
+    ref = (patches[:, :, None, :] - centres.double().flatten(1)[None, None]).norm(dim=-1)  # (B, L, O)
+    ref = ref.transpose(1, 2).reshape(d.shape)
+    torch.testing.assert_close(d.double(), ref, rtol=1e-5, atol=1e-6)
+    assert abs(d[2, 4, 0, 0].item() - ref[2, 4, 0, 0].item()) < 1e-6
+    # gradients: finite, 0 at the exact hit's pair, the difference's direction at the near pair
+    weights = torch.zeros_like(d)
+    weights[1, 2, 3, 4] = weights[2, 4, 0, 0] = 1
+    (d * weights).sum().backward()
+    assert torch.isfinite(xs.grad).all() and torch.isfinite(cs.grad).all()
+    diff = centres[4] - x[2, :, 0:3, 0:3]
+    torch.testing.assert_close(cs.grad[4], diff / diff.norm(), rtol=1e-3, atol=1e-4)
+    assert cs.grad[2].abs().max() == 0
+
+
 def test_conv_l2_equals_unfold_cdist():
     torch.manual_seed(0)
     x = torch.randn(2, 16, 12, 12)

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from pellucid.errors import InvalidInputError
-from pellucid.nn.metric.distance import StereoAngle, lp_distance, standardise_negated
+from pellucid.nn.metric.distance import _NEAR_PAIR, StereoAngle, lp_distance, standardise_negated
 
 __all__ = ["L2DistanceConv2d", "MetricConv2d", "l2_distance_conv2d", "l2_distance_unfold_cdist",
            "stereo_angle_conv2d"]
@@ -44,13 +44,24 @@ def l2_distance_conv2d(x: torch.Tensor, centres: torch.Tensor, stride=1, padding
     r"""``d[b, j, h, w] = ||patch_{h,w}(x_b) - c_j||_2`` via ``||x||^2 - 2 x \cdot c + ||c||^2``.
 
     ``x``: ``(B, C, H, W)``; ``centres``: ``(O, C, k, k)`` -> ``(B, O, H', W')``. Zero padding
-    counts as part of the patch, exactly as ``unfold`` would.
+    counts as part of the patch, exactly as ``unfold`` would. That form cancels when
+    ``d << ||patch||`` (a patch equal to a centre lands at ``sqrt(rounding)`` instead of 0), so,
+    as in :func:`~pellucid.nn.metric.distance.euclidean_distance`, the few near pairs are
+    recomputed from their patch and scattered back; gradients flow through both paths.
     """
     ones = torch.ones((1, *centres.shape[1:]), dtype=x.dtype, device=x.device)  # (1, C, k, k)
     patch_sq = F.conv2d(x * x, ones, stride=stride, padding=padding, dilation=dilation)  # (B,1,H',W')
     cross = F.conv2d(x, centres, stride=stride, padding=padding, dilation=dilation)  # (B,O,H',W')
     centre_sq = centres.flatten(1).pow(2).sum(1).view(1, -1, 1, 1)  # (1,O,1,1)
-    return (patch_sq - 2 * cross + centre_sq).clamp_min(1e-12).sqrt()
+    d_sq = patch_sq - 2 * cross + centre_sq
+    d = d_sq.clamp_min(1e-12).sqrt()
+    with torch.no_grad():  # one bound for the batch, as in euclidean_distance
+        b, j, h, w = (d_sq <= _NEAR_PAIR * (patch_sq.max() + centre_sq.max())).nonzero(as_tuple=True)
+    if b.numel() == 0:
+        return d
+    patches = F.unfold(x, centres.shape[-2:], dilation=dilation, padding=padding, stride=stride)  # (B, Ckk, L)
+    near = patches[b, :, h * d.shape[-1] + w] - centres.flatten(1)[j]  # (n, Ckk)
+    return d.index_put((b, j, h, w), torch.linalg.vector_norm(near, dim=1))
 
 
 torch.fx.wrap("l2_distance_conv2d")  # one call in traced copies: it reads the centres' shape
