@@ -247,7 +247,9 @@ def beyond_mnist10(results_dir: Path) -> str:
         ("wb10-retrain", "`whitebox-mnist10`, trained again on another CPU", "the same"),
         ("wb10", "`whitebox-mnist10 --epochs 15 --schedule constant`", "the 3-vs-5 schedule"),
         ("lenet10", "`lenet-mnist10`", "plain, 15 epochs"),
-        ("lenet10-adv", "`lenet-mnist10-adv`", "PGD-7 at eps 0.3 (5-epoch ramp), 15 epochs")], 10000)) + "\n"
+        ("lenet10-adv", "`lenet-mnist10-adv`", "PGD-7 at eps 0.3 (5-epoch ramp), 15 epochs"),
+        ("madry10-adv", "`madry-cnn-mnist10-adv` (the large reference)",
+         "PGD-7 at eps 0.3 (5-epoch ramp), 15 epochs")], 10000)) + "\n"
 
 
 def beyond_fashion10(results_dir: Path) -> str:
