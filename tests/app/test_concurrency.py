@@ -7,6 +7,7 @@ import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
 from pellucid.app import images, inspector, pullback, rejection
@@ -108,3 +109,23 @@ def test_ten_concurrent_requests_through_the_server(server, authors_dir, diction
         assert expected in status, status
     # the server still answers after the burst
     assert "REJECTED" in client.predict(dic, None, "astronaut", 1.0, api_name="/reject_noise")[-1]
+
+
+def test_many_users_shown_the_same_images_at_once_each_receive_them_whole(server, dictionary_dir):
+    """Twelve identical requests at once: every figure of every answer downloads whole and equals the
+    first answer's. (Gradio writes an array's PNG in place at a path named by its content, so
+    requests that produce the same image would truncate the file under each other's downloads;
+    the page hands Gradio finished files instead.)"""
+    from gradio_client import Client
+    from PIL import Image
+
+    client = Client(server, verbose=False)
+    for _ in range(3):
+        jobs = [client.submit(str(dictionary_dir), None, "astronaut", 1.0, api_name="/reject_noise")
+                for _ in range(12)]
+        answers = [job.result(timeout=120) for job in jobs]
+        figures = [[np.asarray(Image.open(a[i])) for i in (0, 2, 3, 4)] for a in answers]
+        for answer, figs in zip(answers, figures):
+            assert "REJECTED" in answer[-1], answer[-1]
+            for fig, first in zip(figs, figures[0]):
+                assert fig.shape == first.shape and np.array_equal(fig, first)

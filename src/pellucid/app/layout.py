@@ -29,6 +29,7 @@ import torch
 
 from pellucid.app import images, inspector, pullback, rejection
 from pellucid.app.cache import ModelCache
+from pellucid.app.files import ImageFiles
 from pellucid.app.catalog import Catalog
 from pellucid.errors import InvalidInputError, PellucidError
 
@@ -214,25 +215,32 @@ def build(cache: ModelCache, models: Catalog):
     """The ``gr.Blocks`` page (not launched)."""
     import gradio as gr
 
+    files = ImageFiles()  # every image reaches Gradio as a finished file (see pellucid.app.files)
     # delete_cache: the figures Gradio stores for the browser are removed after an hour, hourly
     with gr.Blocks(title="pellucid", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
         gr.Markdown("# pellucid\nWhite-box networks, excitation pullbacks and rejection, interactively. "
                     "See `docs/app.md` for what each number means.")
         with gr.Tabs():
             with gr.Tab("White-box inspector", id="inspector"):
-                _inspector_tab(gr, cache, models)
+                _inspector_tab(gr, cache, models, files)
             with gr.Tab("Pullback explorer", id="pullback"):
-                _pullback_tab(gr, cache, models)
+                _pullback_tab(gr, cache, models, files)
             with gr.Tab("Rejection", id="rejection"):
-                _rejection_tab(gr, cache, models)
+                _rejection_tab(gr, cache, models, files)
     return page
+
+
+def _kinds(gr, components) -> list[str | None]:
+    """What :meth:`ImageFiles.convert` writes for each output component."""
+    return ["image" if isinstance(c, gr.Image) else "pair" if isinstance(c, gr.ImageSlider) else None
+            for c in components]
 
 
 def _status(gr, elem_id: str):
     return gr.Markdown("", elem_id=elem_id)
 
 
-def _inspector_tab(gr, cache: ModelCache, models: Catalog) -> None:
+def _inspector_tab(gr, cache: ModelCache, models: Catalog, files: ImageFiles) -> None:
     if not models.inspector:
         gr.Markdown(TRAIN_WHITEBOX, elem_id="inspector-missing")
         return
@@ -280,22 +288,23 @@ def _inspector_tab(gr, cache: ModelCache, models: Catalog) -> None:
                                 elem_id="inspector-evidence")
 
     outputs = [converted, conversion, reliability, *layers, stored, status]
-    draw_button.click(lambda m, c: inspect_canvas(cache, m, c), [model, canvas], outputs,
-                      api_name="inspect_drawing")
-    upload_button.click(lambda m, p, i: inspect_upload(cache, m, p, i), [model, upload, invert], outputs,
-                        api_name="inspect_upload")
-    upload.upload(lambda m, p, i: inspect_upload(cache, m, p, i), [model, upload, invert], outputs,
-                  api_name=False)
+    kinds = _kinds(gr, outputs)
+    draw_button.click(lambda m, c: files.convert(kinds, inspect_canvas(cache, m, c)), [model, canvas],
+                      outputs, api_name="inspect_drawing")
+    upload_button.click(lambda m, p, i: files.convert(kinds, inspect_upload(cache, m, p, i)),
+                        [model, upload, invert], outputs, api_name="inspect_upload")
+    upload.upload(lambda m, p, i: files.convert(kinds, inspect_upload(cache, m, p, i)),
+                  [model, upload, invert], outputs, api_name=False)
+    attack_outputs = [adversarial, difference, evidence, attack_status]
 
     def attack(m, x, e, s, f, progress=gr.Progress(track_tqdm=True)):
-        return run_attack(cache, m, x, e, s, f, progress)
+        return files.convert(_kinds(gr, attack_outputs), run_attack(cache, m, x, e, s, f, progress))
 
-    event = attack_button.click(attack, [model, stored, eps, steps, flag],
-                                [adversarial, difference, evidence, attack_status], api_name="attack")
+    event = attack_button.click(attack, [model, stored, eps, steps, flag], attack_outputs, api_name="attack")
     stop.click(lambda f: f.event.set(), [flag], None, cancels=[event], queue=False, api_name=False)
 
 
-def _pullback_tab(gr, cache: ModelCache, models: Catalog) -> None:
+def _pullback_tab(gr, cache: ModelCache, models: Catalog, files: ImageFiles) -> None:
     from pellucid.data.images import SKIMAGE_PHOTOS
     from pellucid.explain.methods import EXPLAINERS
 
@@ -341,17 +350,18 @@ def _pullback_tab(gr, cache: ModelCache, models: Catalog) -> None:
             coverage = gr.Textbox(label="coverage report of the rewrite", lines=8, elem_id="pullback-coverage")
             conversion = gr.Markdown()
 
+    outputs = [slider_input, slider_diff, *shown, top, head_note, coverage, conversion, status]
+
     def explain(m, up, ph, k, ci, u, ru, rp, me, t, g, s, a, e, f, progress=gr.Progress()):
-        return run_pullback(cache, m, up, ph, k, ci, u, ru, rp, me, t, g, s, a, e, f, progress)
+        return files.convert(_kinds(gr, outputs),
+                             run_pullback(cache, m, up, ph, k, ci, u, ru, rp, me, t, g, s, a, e, f, progress))
 
     event = run.click(explain, [model, upload, photo, kind, class_index, unit, ref_upload, ref_photo, method,
-                                temperature, gate, steps, alpha, eps, flag],
-                      [slider_input, slider_diff, *shown, top, head_note, coverage, conversion, status],
-                      api_name="explain")
+                                temperature, gate, steps, alpha, eps, flag], outputs, api_name="explain")
     stop.click(lambda f: f.event.set(), [flag], None, cancels=[event], queue=False, api_name=False)
 
 
-def _rejection_tab(gr, cache: ModelCache, models: Catalog) -> None:
+def _rejection_tab(gr, cache: ModelCache, models: Catalog, files: ImageFiles) -> None:
     from pellucid.data.images import SKIMAGE_PHOTOS
 
     if not models.rejection:
@@ -384,9 +394,10 @@ def _rejection_tab(gr, cache: ModelCache, models: Catalog) -> None:
                              elem_id="rejection-curve")
 
     outputs = [converted, conversion, scores, why, curve, stored, status]
+    kinds = _kinds(gr, outputs)
 
     def handler(how):
-        return lambda m, p, ph, fa, st: reject_input(cache, m, how, p, ph, fa, st)
+        return lambda m, p, ph, fa, st: files.convert(kinds, reject_input(cache, m, how, p, ph, fa, st))
 
     inputs = [model, upload, photo, factor, stored]
     upload.upload(handler("upload"), inputs, outputs, api_name="reject_upload")
