@@ -1,4 +1,4 @@
-"""Train a variant of the ten-digit white-box network with the `whitebox-mnist10` recipe's settings.
+"""Train a variant of a ten-class white-box network with its recipe's settings.
 
 Asks one question at a time about the design: does a different split of the affine layer (fewer
 prototypes per class, more poses each), or a changed training setting, make the network more
@@ -8,6 +8,7 @@ Prints ONE JSON line: the variant and its last epoch's row.
 
     python experiments/wb10_variant.py runs/wb10-p40x32 --model '{"n_affine": 40, "n_affine_poses": 32}'
     python experiments/wb10_variant.py runs/wb10-noise35 --train '{"noise_std": 0.35}'
+    python experiments/wb10_variant.py runs/wbf10-noise15 --recipe whitebox-fashion10 --train '{"noise_std": 0.15}'
 """
 
 from __future__ import annotations
@@ -28,14 +29,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("out", help="run directory to write (resumed if it holds an unfinished run)")
     p.add_argument("--model", default="{}", help="JSON: WhiteBoxNet arguments to change")
     p.add_argument("--train", default="{}", help="JSON: training settings to change")
+    p.add_argument("--recipe", default=RECIPE, choices=("whitebox-mnist10", "whitebox-fashion10"),
+                   help="the ten-class recipe to vary")
     args = p.parse_args(argv)
     model_kwargs, overrides = json.loads(args.model), json.loads(args.train)
-    cfg = dataclasses.replace(RECIPES.get(RECIPE).config_type(), **overrides)
-    n_params = sum(t.numel() for t in create_model(RECIPE, **model_kwargs).parameters())
+    cfg = dataclasses.replace(RECIPES.get(args.recipe).config_type(), **overrides)
+    n_params = sum(t.numel() for t in create_model(args.recipe, **model_kwargs).parameters())
     resume = (Path(args.out) / "train_state.safetensors").exists()
-    res = train_registered_classifier(RECIPE, cfg, args.out, progress=False, model_kwargs=model_kwargs,
+    res = train_registered_classifier(args.recipe, cfg, args.out, progress=False, model_kwargs=model_kwargs,
                                       resume=resume)
-    return {"out": args.out, "model_kwargs": model_kwargs, "train_overrides": overrides,
+    return {"out": args.out, "recipe": args.recipe, "model_kwargs": model_kwargs, "train_overrides": overrides,
             "parameters": n_params, "last_epoch": res["epochs"][-1]}
 
 
