@@ -36,7 +36,7 @@ def browser(gradio_installed, chromium_browser):
 
 
 @pytest.fixture(scope="module")
-def server(authors_dir, dictionary_dir, tmp_path_factory):
+def server(authors_dir, dictionary_dir, tmp_path_factory, interruptible):
     """``pellucid app`` in a subprocess, as a user starts it from a project folder holding
     ``runs/demo`` (the white-box network) and ``runs/dict`` (the dictionary); yields its address."""
     work = tmp_path_factory.mktemp("project")
@@ -50,7 +50,7 @@ def server(authors_dir, dictionary_dir, tmp_path_factory):
     with open(log, "w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "pellucid", "app", "--model", "runs/demo", "runs/dict",
                                  "--port", str(port)], cwd=work, env=env, stdout=subprocess.DEVNULL,
-                                stderr=stderr, text=True)
+                                stderr=stderr, text=True, **interruptible)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:

@@ -94,7 +94,7 @@ def test_cuda_without_cuda_is_refused_before_the_server_starts(authors_dir, caps
 
 
 def test_app_starts_within_the_budget_and_answers(authors_dir, dictionary_dir, tmp_path,
-                                                  gradio_installed):
+                                                  gradio_installed, interruptible):
     """Command start to HTTP 200 (the page), then Ctrl-C stops it cleanly."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -103,7 +103,7 @@ def test_app_starts_within_the_budget_and_answers(authors_dir, dictionary_dir, t
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "pellucid", "app", "--model", str(authors_dir),
                              str(dictionary_dir), "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **interruptible)
     try:
         elapsed = None
         while time.perf_counter() - start < 60 and proc.poll() is None:
@@ -127,7 +127,7 @@ def test_app_starts_within_the_budget_and_answers(authors_dir, dictionary_dir, t
     assert "Traceback" not in err
 
 
-def test_ctrl_c_while_the_server_starts_stops_it_cleanly(authors_dir, tmp_path, gradio_installed):
+def test_ctrl_c_while_the_server_starts_stops_it_cleanly(authors_dir, tmp_path, gradio_installed, interruptible):
     """A Ctrl-C that arrives during start-up (Gradio is still checking its own server) once left
     the process hung for ever inside httpcore's connection pool; it must stop the app promptly."""
     with socket.socket() as s:
@@ -137,7 +137,7 @@ def test_ctrl_c_while_the_server_starts_stops_it_cleanly(authors_dir, tmp_path, 
     for delay in (0.0, 0.3):  # straight after the address is printed, and a moment later
         proc = subprocess.Popen([sys.executable, "-m", "pellucid", "app", "--model", str(authors_dir),
                                  "--port", str(port)], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, **interruptible)
         try:
             assert "serving on" in proc.stdout.readline()  # printed just before the server starts
             time.sleep(delay)
