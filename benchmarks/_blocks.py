@@ -108,6 +108,10 @@ def readme(results_dir: Path) -> str:
               same_model=True)
     model_row("`whitebox-mnist10` (no adversarial training)", "MNIST, all 10,000, L-inf 0.3",
               "wb10-noise15", 10000, [("native-standard budget", "native-standard", 10000)])
+    for seed in (1, 2):
+        model_row(f"the same recipe, `--seed {seed}` (`wb10-noise15-s{seed}`)", "MNIST, all 10,000, L-inf 0.3",
+                  f"wb10-noise15-s{seed}", 10000, [("native-standard budget", "native-standard", 10000)],
+                  same_model=True)
     model_row("`whitebox-mnist10` with the earlier noise std 0.25 (`wb10-cos`)", "MNIST, all 10,000, L-inf 0.3",
               "wb10-cos", 10000, [("standard-native budget", "standard-native", 10000)], same_model=True)
     model_row("the same, trained again (`wb10-retrain`)", "MNIST, all 10,000, L-inf 0.3",
@@ -246,6 +250,8 @@ def beyond_mnist10(results_dir: Path) -> str:
     """docs/beyond-3v5.md: ten-digit MNIST, PGD-40 at eps 0.3 on all 10,000 test images."""
     return "\n".join(_pgd_rows(results_dir, [
         ("wb10-noise15", "`whitebox-mnist10`", "20 cosine epochs, noise augmentation (std 0.15)"),
+        ("wb10-noise15-s1", "`whitebox-mnist10 --seed 1`", "the same, seed 1"),
+        ("wb10-noise15-s2", "`whitebox-mnist10 --seed 2`", "the same, seed 2"),
         ("wb10-cos", "`whitebox-mnist10 --noise-std 0.25`", "20 cosine epochs, noise augmentation (std 0.25)"),
         ("wb10-retrain", "`whitebox-mnist10 --noise-std 0.25`, trained again on another CPU", "the same"),
         ("wb10", "`whitebox-mnist10 --noise-std 0.25 --epochs 15 --schedule constant`", "the 3-vs-5 schedule"),
