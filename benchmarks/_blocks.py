@@ -112,10 +112,7 @@ def readme(results_dir: Path) -> str:
         model_row(f"the same recipe, `--seed {seed}` (`wb10-noise15-s{seed}`)", "MNIST, all 10,000, L-inf 0.3",
                   f"wb10-noise15-s{seed}", 10000, [("native-standard budget", "native-standard", 10000)],
                   same_model=True)
-    model_row("`whitebox-mnist10` with the earlier noise std 0.25 (`wb10-cos`)", "MNIST, all 10,000, L-inf 0.3",
-              "wb10-cos", 10000, [("standard-native budget", "standard-native", 10000)], same_model=True)
-    model_row("the same, trained again (`wb10-retrain`)", "MNIST, all 10,000, L-inf 0.3",
-              "wb10-retrain", 10000, [("native-standard budget", "native-standard", 10000)], same_model=True)
+    # the earlier recipe (noise std 0.25, wb10-cos, wb10-retrain): docs/beyond-3v5.md
     model_row("`lenet-mnist10` (plain training)", "MNIST, all 10,000, L-inf 0.3", "lenet10", 10000, [])
     model_row("`lenet-mnist10-adv` (PGD adversarial training)", "MNIST, all 10,000, L-inf 0.3", "lenet10-adv",
               10000, [("standard-native budget", "standard-native", 10000)])
