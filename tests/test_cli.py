@@ -142,3 +142,32 @@ def test_help_states_real_defaults_only(capsys):
             # attacks whose defaults differ each state their own (Adam-PGD's L2 step, L2-BIM's)
             assert ("PGD/APGD step (default: pgd eps / 3, adam-pgd eps / 3; l2: eps / 40, l2-bim eps / 5"
                     in text and "(default eps / 3) (default" not in text)
+
+
+def test_evaluate_no_progress_silences_stage_lines_but_not_results(authors_dir, capsys):
+    argv = ["evaluate", str(authors_dir), "--attack", "fgsm", "--limit", "8", "--no-checks", "--json"]
+    assert main(argv) == 0
+    loud = capsys.readouterr()
+    assert "fgsm (linf eps 0.3) on 8 test images" in loud.err  # the stage line, by default
+    assert main([*argv, "--no-progress"]) == 0
+    quiet = capsys.readouterr()
+    assert quiet.err == ""
+    same = ("clean_accuracy", "robust_accuracy", "n")
+    assert {k: json.loads(quiet.out.splitlines()[-1])[k] for k in same} == \
+        {k: json.loads(loud.out.splitlines()[-1])[k] for k in same}
+
+
+def test_evaluate_no_progress_turns_the_attack_bars_off(authors_dir, capsys, monkeypatch):
+    import pellucid.report.evaluation as evaluation
+
+    seen = []
+    real = evaluation.evaluate_robustness
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["progress"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_robustness", spy)
+    base = ["evaluate", str(authors_dir), "--attack", "fgsm", "--limit", "4", "--no-checks"]
+    assert main(base) == 0 and main([*base, "--no-progress"]) == 0
+    assert seen == [True, False]

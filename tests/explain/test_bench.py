@@ -109,6 +109,16 @@ def test_cli_writes_table_and_figure(authors_dir, tmp_path, capsys):
     assert fig.read_bytes()[:4] == b"\x89PNG"
 
 
+
+def test_explain_bench_no_progress_prints_no_rows_on_stderr(authors_dir, capsys):
+    argv = ["explain-bench", "--model", str(authors_dir), "--n", "2", "--methods", "gradient",
+            "--metrics", "max_sensitivity", "--json"]
+    assert main(argv) == 0
+    assert "gradient" in capsys.readouterr().err  # one line per finished row, by default
+    assert main([*argv, "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and json.loads(captured.out.splitlines()[-1])["n"] == 2
+
 def test_cli_lists_methods_and_metrics(capsys):
     assert main(["explain-bench", "--list", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

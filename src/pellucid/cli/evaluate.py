@@ -139,6 +139,8 @@ def add_parser(sub, argv: Sequence[str] = ()) -> None:
     p.add_argument("--report", action="store_true",
                    help="(re)write DIR/report.html with every evaluation recorded in DIR")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars or stage lines on stderr (warnings and errors still show)")
     p.add_argument("--rejection", action="store_true",
                    help="also the epsilon-neuron rejection figures (models that can reject, e.g. "
                         "dictionary-mlp; attack directions from --attack, alpha in {1, 3, 9})")
@@ -221,14 +223,15 @@ def run(args: argparse.Namespace) -> int:
         from pellucid.report.html import check_report_writable
 
         check_report_writable(Path(args.model_dir) / "report.html")
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    progress = not args.no_progress
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else None  # noqa: E731
     # under torchrun every process runs this; process 0 alone writes and prints
     with start_job(args.device) as job:
         done = evaluate_run(args.model_dir, attack=args.attack, eps=args.eps, norm=args.norm,
                             seed=args.seed, options=options, limit=args.limit, checks=args.checks,
                             check_limit=args.check_limit or None, data_dir=args.data_dir,
                             report=args.report and not args.rejection, log=log, device=job.device,
-                            chunk_size=args.chunk_size, job=job)
+                            chunk_size=args.chunk_size, job=job, progress=progress)
     if done is None:  # another process of the job holds the results
         return 0
     summary = done.summary
@@ -239,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
         summary["rejection"] = rejection_report(done.model, done.test.images.to(job.device),
                                                 done.test.labels.to(job.device),
                                                 attack=args.attack, seed=args.seed,
-                                                attack_kwargs={"eps": args.eps, "progress": True, **options},
+                                                attack_kwargs={"eps": args.eps, "progress": progress, **options},
                                                 min_noise_rejection=args.min_noise_rejection)
         if args.report:
             from pellucid.report.evaluation import write_run_report

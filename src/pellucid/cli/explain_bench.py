@@ -50,6 +50,7 @@ def add_parser(sub, argv: Sequence[str] = ()) -> None:
     p.add_argument("--figure", default=None, metavar="FILE", help="draw the table (.png, .pdf, .svg)")
     p.add_argument("--list", action="store_true", help="list the methods and metrics and exit")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--no-progress", action="store_true", help="no line per finished row on stderr")
     add_device_option(p)
     p.set_defaults(func=run)
 
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [r.to_dict() for r in explain_bench(model, x, target, methods=methods, metrics=metrics,
                                                labels=labels, n_mosaics=args.mosaics,
                                                seed=args.seed, value_range=value_range,
-                                               on_row=progress)]
+                                               on_row=None if args.no_progress else progress)]
     if args.out:
         write_table(rows, Path(args.out))
     if args.figure:

@@ -80,7 +80,7 @@ def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, 
                  checks: bool = True, check_limit: int | None = 500, data_dir: str | None = None,
                  report: bool = False, log: Callable[[str], None] | None = None,
                  device: torch.device | str = "cpu", chunk_size: int = CHUNK_SIZE,
-                 job: Job | None = None) -> RunEvaluation | None:
+                 job: Job | None = None, progress: bool = True) -> RunEvaluation | None:
     """Attack the test set of the model in ``run_dir`` and record the evaluation there.
 
     ``options`` are the attack's own options (steps, step_size, restarts, queries, budget; see
@@ -99,7 +99,8 @@ def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, 
     of the record's identity, and so is a device other than the CPU. ``job``: the processes of a
     ``torchrun`` launch (:mod:`pellucid.distributed`), which share the chunks out; process 0
     alone runs the checks and writes the record and the report, the others return ``None``
-    once the results are gathered.
+    once the results are gathered. ``progress``: the attacks' progress bars on stderr (process 0
+    only, and only on a terminal); ``log`` gets the stage lines.
     """
     run_dir = Path(run_dir)
     checked_options = ATTACKS.get(attack).check_options(options)
@@ -115,7 +116,7 @@ def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, 
     say(f"{attack} ({norm} eps {eps:g}) on {len(test)} test images"
         + (f", {job.world_size} processes" if job is not None and job.world_size > 1 else ""))
     result = evaluate_robustness(model, x, y, attack=attack, eps=eps, norm=norm, seed=seed,
-                                 chunk_size=chunk_size, job=job, progress=main,
+                                 chunk_size=chunk_size, job=job, progress=progress and main,
                                  log=log if main else None, **options)
     if not main:
         return None
