@@ -19,9 +19,9 @@ from pellucid.robust.catalogue import ATTACKS
 from pellucid.robust.options import COMMON_ARGS, AttackOptions
 
 if TYPE_CHECKING:  # what __getattr__ imports on first use, for type checkers and the API reference
-    from pellucid.robust.attacks import (Attack, AttackRun, adam_pgd, eval_mode, fgm, fgsm, l2_bim,
-                                         perturbation_norm, pgd, register_attack, run_attack,
-                                         within_budget)
+    from pellucid.robust.attacks import (Attack, AttackRun, adam_pgd, attack_mode, eval_mode, fgm,
+                                         fgsm, l2_bim, perturbation_norm, pgd, register_attack,
+                                         run_attack, within_budget)
     from pellucid.robust.square import square_native
     from pellucid.robust.fab import fab_t_native
     from pellucid.robust.autoattack import autoattack
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # what __getattr__ imports on first use, for type checkers an
 
 __all__ = ["ATTACKS", "COMMON_ARGS", "AdaptiveBudget", "Attack", "AttackOptions", "AttackRun",
            "BUDGETS", "Check", "GradientMaskingWarning", "ReliabilityCurve", "RobustnessResult",
-           "accuracy_vs_eps", "autoattack", "eval_mode", "evaluate_robustness", "fgsm",
+           "accuracy_vs_eps", "autoattack", "attack_mode", "eval_mode", "evaluate_robustness", "fgsm",
            "perturbation_norm", "pgd", "precision_at_recall_interval", "predict_logits",
            "register_attack", "reliability_curve", "run_attack", "run_checks", "square_native",
            "fab_t_native", "within_budget", "coverage_curve", "rejection_counts", "rejection_search", "adam_pgd", "fgm",
@@ -44,7 +44,7 @@ __all__ = ["ATTACKS", "COMMON_ARGS", "AdaptiveBudget", "Attack", "AttackOptions"
 
 # names whose modules import torch -> the module (under pellucid.robust) that defines them
 _LAZY_IN = {
-    **dict.fromkeys(("Attack", "AttackRun", "adam_pgd", "eval_mode", "fgm", "fgsm", "l2_bim",
+    **dict.fromkeys(("Attack", "AttackRun", "adam_pgd", "attack_mode", "eval_mode", "fgm", "fgsm", "l2_bim",
                      "perturbation_norm", "pgd", "register_attack", "run_attack", "within_budget"),
                     "attacks"),
     "square_native": "square",

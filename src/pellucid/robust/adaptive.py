@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pellucid.errors import InvalidInputError
-from pellucid.models.inference import eval_mode, predict_logits, predict_margins
+from pellucid.models.inference import attack_mode, predict_logits, predict_margins
 from pellucid.robust.apgd import Objective, apgd_objective
 from pellucid.robust.attacks import AttackRun, check_eps, within_budget
 from pellucid.robust.budgets import BUDGETS, AdaptiveBudget
@@ -144,7 +144,7 @@ def load_transfer_source(path: str | Path, model: nn.Module, x: torch.Tensor) ->
     source = source.to(x.device, x.dtype).eval()
     for p in source.parameters():
         p.requires_grad_(False)
-    with torch.no_grad(), eval_mode(model):
+    with torch.no_grad(), attack_mode(model):
         want, got = model(x[:1]).shape[-1], source(x[:1]).shape[-1]
     if want != got:
         raise InvalidInputError(f"--transfer-from {path}: the model has {got} outputs, the attacked "
@@ -335,7 +335,7 @@ def adaptive_cascade(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps:
     check_eps(eps)
     if budget.transfer_from is not None and budget.transfer_steps:
         load_transfer_source(budget.transfer_from, model, x)  # a bad directory fails before any work
-    with eval_mode(model):
+    with attack_mode(model):
         base = run_stages(model, x, y, BUDGETS[budget.base_budget], eps=eps, norm=norm, step_size=step_size,
                           value_range=value_range, generator=generator, progress=progress,
                           batch_size=batch_size, log=log, name=f"adaptive/{budget.base_budget}")

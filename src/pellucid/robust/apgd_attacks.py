@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pellucid.errors import ConfigError, InvalidInputError
-from pellucid.models.inference import eval_mode, margin, predict_logits
+from pellucid.models.inference import attack_mode, margin, predict_logits
 from pellucid.robust.apgd import Objective, apgd_objective
 from pellucid.robust.attacks import AttackRun, check_attack_inputs, check_eps, check_options, register_attack
 from pellucid.robust.options import APGDNativeOptions, APGDTargetedOptions, AttackOptions
@@ -140,7 +140,7 @@ def _apgd_untargeted(name: str, loss, model: nn.Module, x: torch.Tensor, y: torc
         return x.detach().clone()
     x = x.detach()
     out = x.clone()
-    with eval_mode(model):
+    with attack_mode(model):
         # only the images the model gets right are attacked (the others are broken already)
         idx = torch.nonzero(_decision_margin(predict_logits(model, x, batch_size), y) > 0).squeeze(1)
         if len(idx):
@@ -206,7 +206,7 @@ def apgd_t_native(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
         return AttackRun(x.detach().clone(), [{**row, "seconds": 0.0}])
     x = x.detach()
     out = x.clone()
-    with eval_mode(model):
+    with attack_mode(model):
         clean = predict_logits(model, x, batch_size)
         best = _decision_margin(clean, y)
         targets = target_classes(clean, y, n_target_classes)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from pellucid.errors import InvalidInputError, PellucidError
-from pellucid.robust.attacks import eval_mode, register_attack
+from pellucid.robust.attacks import attack_mode, register_attack
 from pellucid.robust.options import APGDOptions, BoundaryOptions, DeepFoolOptions, SquareOptions
 
 PAD_LOGIT = -100.0  # the constant third logit of binary models (reference protocol)
@@ -73,7 +73,7 @@ def _import_art():
 def frozen(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and ``requires_grad=False`` on every parameter; both restored on exit."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    with eval_mode(model):
+    with attack_mode(model):
         try:
             for p, _ in flags:
                 p.requires_grad_(False)

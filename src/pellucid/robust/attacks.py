@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from pellucid.data.validation import check_labels, check_model_input
 from pellucid.errors import InvalidInputError
-from pellucid.models.inference import eval_mode
+from pellucid.models.inference import attack_mode, eval_mode  # noqa: F401 (both public here)
 # The registry, the options and their declarations import no torch (pellucid evaluate --help).
 from pellucid.robust.catalogue import ATTACKS
 from pellucid.robust.options import (COMMON_ARGS, AdamPGDOptions, AttackOptions, FGMOptions,  # noqa: F401
@@ -178,7 +178,7 @@ def check_attack_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     if x.dim() < 2 or x.shape[0] == 0:
         raise InvalidInputError(f"images must be a non-empty batch (B, ...), got shape {tuple(x.shape)}")
     y = check_labels(y, n=x.shape[0], device=x.device)  # shape and dtype before the forward pass
-    with torch.no_grad(), eval_mode(model):
+    with torch.no_grad(), attack_mode(model):
         out = model(x[:1])
     n_classes = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
     return check_labels(y, n=x.shape[0], n_classes=n_classes)
@@ -249,7 +249,7 @@ def _iterative_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
     out = []
     bar = tqdm(total=len(x) * steps, desc=desc, unit="img-step", leave=False,
                disable=None if progress else True, file=sys.stderr)  # None: off when not a TTY
-    with eval_mode(model), bar:
+    with attack_mode(model), bar:
         for x0, yb in zip(x.split(batch_size), y.split(batch_size)):
             x0 = x0.detach()
             if random_start and eps > 0:
@@ -372,7 +372,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
     if norm != "linf":
         raise InvalidInputError(f"fgsm is an L-inf attack; got norm {norm!r} (use pgd for l2)")
     y = check_attack_inputs(model, x, y)
-    with eval_mode(model):
+    with attack_mode(model):
         out = [(xb + eps * _input_grad(model, xb, yb).sign()).clamp(*value_range).detach()
                for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
     return torch.cat(out)
@@ -392,7 +392,7 @@ def fgm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
     if math.isinf(eps):
         raise InvalidInputError("fgm: eps must be finite (its step is eps long)")
     y = check_attack_inputs(model, x, y)
-    with eval_mode(model):
+    with attack_mode(model):
         out = []
         for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
             g = _input_grad(model, xb, yb)

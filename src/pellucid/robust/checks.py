@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pellucid.models.inference import eval_mode, predict_logits
+from pellucid.models.inference import attack_mode, predict_logits
 from pellucid.robust.attacks import pgd
 
 # stand-alone black-box attacks: their result is checked against PGD-40 on the same images
@@ -52,7 +52,7 @@ class GradientMaskingWarning(UserWarning):
 def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> Check:
     """Cross-entropy input gradients at the clean inputs: none NaN, none identically zero."""
     n_zero = n_nan = 0
-    with eval_mode(model), torch.enable_grad():
+    with attack_mode(model), torch.enable_grad():
         for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
             xb = xb.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(F.cross_entropy(model(xb), yb, reduction="sum"), xb,

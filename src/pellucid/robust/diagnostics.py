@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pellucid.models.inference import eval_mode, predict_logits
+from pellucid.models.inference import attack_mode, predict_logits
 from pellucid.robust.apgd import apgd_objective
 from pellucid.robust.budgets import AdaptiveBudget
 from pellucid.robust.checks import Check
@@ -53,7 +53,7 @@ def _histogram(norms: torch.Tensor) -> dict:
 def gradient_norm_histograms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, dict]:
     """Per layer output, the histogram of per-image :math:`\\|\\partial L / \\partial h\\|_2`,
     :math:`L` the cross-entropy (module docstring)."""
-    with eval_mode(model), torch.enable_grad():
+    with attack_mode(model), torch.enable_grad():
         leaf = x.detach().clone().requires_grad_(True)
         if is_whitebox(model):
             parts = whitebox_parts(model, leaf)
@@ -76,7 +76,7 @@ def gate_fractions(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     (an empty dict for a model without the white-box layers)."""
     if not is_whitebox(model):
         return {}
-    with eval_mode(model), torch.enable_grad():
+    with attack_mode(model), torch.enable_grad():
         leaf = x.detach().clone().requires_grad_(True)
         pixels = model.twostep(leaf)
         (slope,) = torch.autograd.grad(pixels.sum(), leaf)  # elementwise: the diagonal
@@ -98,7 +98,7 @@ def adaptive_accuracy_vs_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     budget = budget or AdaptiveBudget()
     steps = steps or min(_CURVE_STEPS, budget.steps)
-    with eval_mode(model):
+    with attack_mode(model):
         clean_ok = decision_margin(predict_logits(model, x), y) > 0
         points = []
         for eps in eps_values:

@@ -65,7 +65,7 @@ from tqdm.auto import tqdm
 
 from pellucid.data.validation import check_images, check_value_range
 from pellucid.errors import ConfigError, InvalidInputError
-from pellucid.models.inference import batched_logits, eval_mode, predict_logits
+from pellucid.models.inference import attack_mode, batched_logits, predict_logits
 from pellucid.robust.apgd import _Batch as _State, project_linf
 from pellucid.robust.apgd_attacks import _decision_margin, target_classes
 from pellucid.robust.attacks import AttackRun, check_attack_inputs, check_eps, check_options, register_attack
@@ -287,7 +287,7 @@ def fab_t_native(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: flo
         return AttackRun(x.detach().clone(), [{**row, "broken_by_projection": 0, "seconds": 0.0}])
     x, eps = x.detach(), float(eps)
     out = x.clone()
-    with eval_mode(model):
+    with attack_mode(model):
         clean = predict_logits(model, x, batch_size)
         clean_margin = _decision_margin(clean, y)
         targets = target_classes(clean, y, n_target_classes)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pellucid.models.inference import batched_logits, eval_mode
+from pellucid.models.inference import attack_mode, batched_logits
 
 __all__ = ["other_class_images", "ray_search"]
 
@@ -84,7 +84,7 @@ def ray_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, toward: torch
     n = len(x)
     d = torch.where(toward.flatten(1) >= x.flatten(1), 1.0, -1.0).to(x.dtype)
     radius = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
-    with eval_mode(model):
+    with attack_mode(model):
         rays = _Rays(model, x, y, value_range, batch_size)
         everyone = torch.arange(n, device=x.device)
         full = torch.full((n,), span, dtype=x.dtype, device=x.device)

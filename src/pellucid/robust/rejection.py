@@ -36,7 +36,7 @@ from torch import nn
 
 from pellucid.data.validation import check_images
 from pellucid.errors import InvalidInputError
-from pellucid.models.inference import eval_mode, predict_logits
+from pellucid.models.inference import attack_mode, predict_logits
 from pellucid.robust.attacks import ATTACKS, run_attack
 
 __all__ = ["MaxProbabilityRejector", "PROTOCOL_ALPHAS", "PROTOCOL_BOUNDS", "RejectionCounts", "coverage_curve",
@@ -124,7 +124,7 @@ def rejection_counts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: 
     """Counts at the model's current epsilon (see module doc); ``x_rejected``: the clean count if
     already known at this epsilon (a search reuses it across its cells)."""
     _check_rejecting(model)
-    with eval_mode(model):
+    with attack_mode(model):
         if x_rejected is None:
             x_rejected = int(torch.cat([model.rejects(b) for b in x.split(batch_size)]).sum())
         rej_adv = torch.cat([model.rejects(b) for b in x_adv.split(batch_size)])
@@ -239,7 +239,7 @@ def _uniform_noise(like: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _noise_rejection_rate(model: nn.Module, like: torch.Tensor, n: int, seed: int) -> float:
-    with eval_mode(model):
+    with attack_mode(model):
         return float(model.rejects(_uniform_noise(like, n, seed)).float().mean())
 
 
@@ -247,7 +247,7 @@ def _noise_rejection_rate(model: nn.Module, like: torch.Tensor, n: int, seed: in
 def _confidence(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """``(B,)``: the model's ``confidence(x)`` if it has one (rejected below a threshold), else
     ``-min_j d_j`` (an epsilon-neuron model rejects above a distance threshold)."""
-    with eval_mode(model):
+    with attack_mode(model):
         if hasattr(model, "confidence"):
             return torch.cat([model.confidence(b) for b in x.split(batch_size)])
         return torch.cat([-model.distances(b).min(1).values for b in x.split(batch_size)])
@@ -261,7 +261,7 @@ def rejection_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, atta
     the trained epsilon, the selective-accuracy-vs-coverage area, and :func:`rejection_search`."""
     check_images(x)
     _check_rejecting(model)
-    with eval_mode(model), torch.no_grad():
+    with attack_mode(model), torch.no_grad():
         rejected = torch.cat([model.rejects(b) for b in x.split(1024)])
         correct = predict_logits(model, x, 1024).argmax(1) == y
     curve = coverage_curve(_confidence(model, x), correct)

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from pellucid.errors import InvalidInputError
 from pellucid.models.inference import WindowQueries, batched_logits, margin, window_index
-from pellucid.robust.attacks import AttackRun, check_eps, check_options, eval_mode, register_attack
+from pellucid.robust.attacks import AttackRun, attack_mode, check_eps, check_options, register_attack
 from pellucid.robust.options import SquareOptions
 
 __all__ = ["margin", "square_fraction", "square_native"]  # margin: pellucid.models.inference
@@ -76,7 +76,7 @@ def square_native(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
     x = x.detach()
     rand = lambda *shape: torch.rand(shape, generator=generator).to(x.device, x.dtype)  # noqa: E731
     used = torch.zeros(n, dtype=torch.long, device=x.device)  # queries spent per image
-    with eval_mode(model), torch.no_grad():
+    with attack_mode(model), torch.no_grad():
         best_margin = margin(batched_logits(model, x, batch_size), y)
         broken = best_margin < 0  # already misclassified: no queries
         # the current best points; a model may score local changes cheaply (window_queries)
