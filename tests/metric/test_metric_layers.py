@@ -268,6 +268,77 @@ def test_invex_distance_split_first_layer_equals_the_flow_on_every_difference(co
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("contractive", [True, False])
+def test_invex_factored_output_is_the_same_function_and_gradient(contractive):
+    # ||g - r||^2 = ||p||^2 + 2 (W~^T p).a + a^T Q a: values, the input gradient and every
+    # parameter gradient equal the literal flow on every difference, through the first training
+    # call (the ActNorms' initialisation runs the direct path), training steps and eval mode
+    import copy
+    torch.manual_seed(1)
+    layer = InvexDistance(12, 5, hidden=9, contractive=contractive, factored_output=True).double()
+    literal = copy.deepcopy(layer)
+    calls = []
+    factored_norm = layer._factored_norm
+    layer._factored_norm = lambda *a: calls.append(1) or factored_norm(*a)
+    x = torch.randn(7, 12, dtype=torch.float64, requires_grad=True)
+
+    def flow_on_differences(m):
+        diff = (x[:, None, :] - m.centres[None]).reshape(-1, 12)
+        return (m.flow(diff) - m.reference).norm(dim=1).view(7, 5) * m.log_scale.exp()
+
+    for step, train in enumerate((True, True, True, False)):
+        layer.train(train), literal.train(train)
+        ours, reference = layer(x), flow_on_differences(literal)
+        assert len(calls) == step  # the first call initialised the ActNorms directly
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+        for a, b in zip(torch.autograd.grad(ours.square().sum(), [x, *layer.parameters()]),
+                        torch.autograd.grad(reference.square().sum(), [x, *literal.parameters()])):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        with torch.no_grad():  # move the weights, as training does, so later calls differ
+            for p, q in zip(layer.parameters(), literal.parameters()):
+                noise = torch.randn_like(p) * 0.05
+                p.add_(noise), q.add_(noise)
+
+
+def test_invex_factored_output_in_float32_and_at_a_neurons_minimum():
+    torch.manual_seed(2)
+    layer = InvexDistance(40, 6, hidden=30)
+    x = torch.rand(16, 40) * 2 - 1
+    layer(x)  # initialise the ActNorms
+    layer.eval()
+    direct = layer(x)
+    layer.factored_output = True
+    torch.testing.assert_close(layer(x), direct, rtol=1e-4, atol=1e-5)
+    # at x = c_j + g^{-1}(r) the direct norm is ~0; the sum of three terms is the square root of
+    # the rounding there: small, finite, never NaN, with a finite gradient
+    best = (layer.centres.detach() + layer.argmin_offset(iterations=300)).requires_grad_()
+    values = layer.invex_value(best).diagonal()
+    assert values.isfinite().all() and (values >= 0).all() and values.max() < 0.05
+    assert torch.autograd.grad(values.sum(), best)[0].isfinite().all()
+    # an exact hit of neuron 0's minimum in float32 (r = g(x_0 - c_0)): small, with a finite gradient
+    layer.reference.data = layer.flow(layer.centres.detach()[:1] * 0 + x[:1] - layer.centres.detach()[:1])[0]
+    hit = x[:1].clone().requires_grad_()
+    value = layer.invex_value(hit)[0, 0]
+    assert 0 <= value < 0.05
+    assert torch.autograd.grad(value, hit)[0].isfinite().all()
+
+
+def test_quadratic_form_backward_matches_autograd_of_the_literal_form():
+    from pellucid.nn.metric.invex import _QuadraticForm
+    torch.manual_seed(3)
+    a = torch.randn(11, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda a, w: _QuadraticForm.apply(a, w.t() @ w), (a, w))  # Q symmetric
+    literal = torch.einsum("ni,ij,nj->n", a, w.t() @ w, a)
+    ours = _QuadraticForm.apply(a, w.t() @ w)
+    torch.testing.assert_close(ours, literal)
+    g = torch.randn(11, dtype=torch.float64)
+    ours = torch.autograd.grad(ours, [a, w], g)
+    reference = torch.autograd.grad(literal, [a, w], g)
+    for x, y in zip(ours, reference):
+        torch.testing.assert_close(x, y)
+
+
 def test_soft_spectral_norm_caps_only_large_weights_and_ordinary_is_unconstrained():
     from pellucid.nn.metric.invex import SoftSpectralNorm
     torch.manual_seed(0)

@@ -38,6 +38,7 @@ from pellucid.errors import InvalidInputError
 from pellucid.models.inference import predict_logits
 from pellucid.models.registry import MODELS, create_model
 from pellucid.nn.metric.distance import ConvexDistance, LpDistance
+from pellucid.nn.metric.invex import InvexDistance
 # the settings live in a torch-free module (pellucid train RECIPE --help reads them)
 from pellucid.train.config import (DictionaryMLPConfig, LocalMLPConfig, MetricMLPConfig,  # noqa: F401
                                    MetricResNetConfig, MetricResNetFashionConfig, PlainMLPConfig,
@@ -111,6 +112,8 @@ def train_metric_mlp(cfg: MetricMLPConfig, out, *, resume: bool = False, progres
     for m in model.modules():
         if isinstance(m, (LpDistance, ConvexDistance)):
             m.compiled = cfg.compiled_kernels
+        if isinstance(m, InvexDistance):
+            m.factored_output = cfg.factored_output
     return _run("metric-mlp", model, kwargs, cfg, out, train, test, data, resume=resume, progress=progress)
 
 
