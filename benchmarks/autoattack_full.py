@@ -60,9 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
                                        seed=args.seed)
     checks_s = time.perf_counter() - t1
     if args.save:
-        from safetensors.torch import save_file
-        save_file({"adversarial": res.adversarial.contiguous(), "robust": res.robust.to(torch.uint8)},
-                  args.save)
+        from pellucid._io import save_tensors_atomic
+        save_tensors_atomic(args.save, {"adversarial": res.adversarial, "robust": res.robust.to(torch.uint8)})
     res.checks = checks
     s = res.summary()
     summary = {"model": config["model"], "model_dir": args.model_dir, **s}

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from pellucid.errors import PellucidError
 
@@ -161,7 +161,10 @@ def save_tensors_atomic(path: Path | str, tensors: Mapping[str, torch.Tensor],
                         metadata: Mapping[str, str] | None = None) -> None:
     # safetensors refuses non-contiguous tensors and tensors that share memory
     flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    _atomic_write(Path(path), lambda tmp: save_file(flat, tmp, metadata=dict(metadata or {})))
+    # Serialised in memory and written by us: safetensors' save_file (0.6+) writes through a
+    # temporary file of its own (.tmpXXXXXX) beside the target, which a kill -9 leaves behind
+    # under a name no process can be matched to.
+    save_bytes_atomic(path, safetensors_bytes(flat, metadata=dict(metadata or {})))
 
 
 def save_bytes_atomic(path: Path | str, data: bytes) -> None:

@@ -310,6 +310,37 @@ def test_item06_writes_fsync_the_file_and_its_directory(tmp_path, monkeypatch):
     assert str(tmp_path.resolve()) in synced  # the rename
 
 
+def test_item06_a_tensor_file_is_written_under_pellucids_temp_name_only(tmp_path):
+    """No other name ever appears beside the target: a temporary file named by a library
+    (safetensors' save_file writes a .tmpXXXXXX of its own) would be orphaned by a kill -9 with no
+    PID to tell whether its writer is gone, so the next write could not remove it."""
+    import threading
+
+    from pellucid._io import save_tensors_atomic
+
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.update(os.listdir(tmp_path))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        big = torch.arange(20_000_000, dtype=torch.float32)  # 80 MB: each write takes a while
+        for i in range(3):
+            save_tensors_atomic(tmp_path / "model.safetensors", {"w": big + i}, {"i": str(i)})
+    finally:
+        done.set()
+        watcher.join()
+    foreign = {n for n in seen if n != "model.safetensors" and not n.startswith(".model.safetensors.")}
+    assert not foreign, foreign
+    assert any(n.startswith(f".model.safetensors.{os.getpid()}.") for n in seen)  # the watcher saw writes
+    assert torch.equal(load_file(str(tmp_path / "model.safetensors"))["w"], big + 2)
+    assert sorted(os.listdir(tmp_path)) == ["model.safetensors"]
+
+
 def test_item06_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
     from pellucid._io import _atomic_write
 
