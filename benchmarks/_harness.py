@@ -22,10 +22,11 @@ def benchmark_name(module_name: str) -> str:
 
 
 def parser(module_name: str, doc: str | None, *, threads: Any = OMIT, seed: Any = OMIT,
-           seed_help: str = "random seed") -> argparse.ArgumentParser:
+           seed_help: str = "random seed", device: Any = OMIT) -> argparse.ArgumentParser:
     """The benchmark's parser: ``prog`` ``python -m benchmarks NAME``, the docstring's first
     paragraph as its description, and the common options: ``--threads`` (torch CPU threads; an
-    int default, or ``None`` for torch's own) and ``--seed``, each only where a default is given."""
+    int default, or ``None`` for torch's own), ``--seed`` and ``--device`` (``auto|cpu|cuda|cuda:N|
+    mps``, resolved by :func:`parse`), each only where a default is given."""
     description = (doc or "").strip().split("\n\n")[0]
     p = argparse.ArgumentParser(prog=f"python -m benchmarks {benchmark_name(module_name)}",
                                 description=description,
@@ -35,17 +36,41 @@ def parser(module_name: str, doc: str | None, *, threads: Any = OMIT, seed: Any 
                        help="torch CPU threads (default: " + ("torch's" if threads is None else "%(default)s") + ")")
     if seed is not OMIT:
         p.add_argument("--seed", type=int, default=seed, help=f"{seed_help} (default: %(default)s)")
+    if device is not OMIT:
+        p.add_argument("--device", default=device,
+                       help="where to compute: auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     return p
 
 
 def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """``p.parse_args(argv)``, then torch's thread count from ``--threads`` where one is given."""
+    """``p.parse_args(argv)``, then torch's thread count from ``--threads`` where one is given, and
+    ``--device`` as a :class:`torch.device` (one the host lacks: a usage error, exit 2, before any
+    work)."""
     args = p.parse_args(argv)
     if getattr(args, "threads", None):
         import torch
 
         torch.set_num_threads(args.threads)
+    if hasattr(args, "device"):
+        from pellucid._device import resolve_device
+        from pellucid.errors import InvalidInputError
+
+        try:
+            args.device = resolve_device(args.device)
+        except InvalidInputError as e:
+            p.error(str(e))
     return args
+
+
+def synchronize(device: Any) -> None:
+    """Wait for ``device``'s queued work (CUDA and MPS run asynchronously), so a timer stops when
+    the work is done; nothing on the CPU."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def preload(*modules: str) -> None:

@@ -71,7 +71,7 @@ def environment(name: str, argv: Sequence[str], config: dict, wall_seconds: floa
         version = pellucid.__version__
     except ImportError:
         version = None
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    device = compute_device(config)
     return {"pellucid": version, "torch": torch.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(),
@@ -79,6 +79,20 @@ def environment(name: str, argv: Sequence[str], config: dict, wall_seconds: floa
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": command(name, argv), "argv": list(sys.argv),
             "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1)}
+
+
+def compute_device(config: dict) -> str:
+    """The device a result was computed on: the benchmark's ``--device`` where it has one (a GPU
+    by its name); for a benchmark without one, the host's first GPU if it has one, else the CPU."""
+    import torch
+
+    spec = config.get("device")
+    if spec is None:
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    from pellucid._device import resolve_device
+
+    device = resolve_device(str(spec))
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def config_of(module: ModuleType, argv: Sequence[str]) -> dict:
@@ -143,4 +157,24 @@ def run(name: str, argv: Sequence[str], *, module: ModuleType | None = None,
         if results_dir is not None:
             append_line(Path(results_dir) / f"{name}.jsonl", line)
         print(line, file=out, flush=True)
+    if results_dir is not None and Path(results_dir).resolve() == RESULTS_DIR.resolve():
+        rerender()
     return 0
+
+
+def rerender() -> None:
+    """Regenerate ``docs/results.md`` and the docs' generated blocks after a line was appended to
+    the repository's results, so that they never lag behind it. Renders run one at a time (an
+    exclusive lock): the last one starts after every line appended before it, whatever order
+    concurrent runs finish in. A render that fails says why on stderr; the line stays recorded."""
+    from benchmarks._render import main as render
+
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    fd = os.open(RESULTS_DIR / ".render.lock", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if render([]) != 0:
+            print("the results line is recorded; fix the above and run python -m benchmarks render",
+                  file=sys.stderr)
+    finally:
+        os.close(fd)

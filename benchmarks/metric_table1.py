@@ -42,13 +42,17 @@ HIDDEN = [5, 10, 20, 100, 500]
 
 
 def run_cell(metric: str, hidden: int, seed: int, epochs: int, runs_dir: Path | None = None,
-             compiled: bool = False, factored: bool = False) -> dict:
-    """One run through the recipe: in ``runs_dir`` (checkpointed every epoch, resumed if
-    interrupted) or in a temporary directory."""
+             compiled: bool = False, factored: bool = False, device=None) -> dict:
+    """One run through the recipe on ``device`` (default: the CPU): in ``runs_dir`` (checkpointed
+    every epoch, resumed if interrupted) or in a temporary directory."""
+    import torch
+
+    from pellucid.distributed import Job
     from pellucid.train.checkpointing import STATE_FILE
     from pellucid.train.metric_recipes import MetricMLPConfig, train_metric_mlp
+    from pellucid.train.trainer import training_job
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, training_job(Job(device=device or torch.device("cpu"))):
         out = (runs_dir or Path(tmp)) / f"{metric}_{hidden}_s{seed}"
         cfg = MetricMLPConfig(metric=metric, hidden=hidden, epochs=epochs, seed=seed, compiled_kernels=compiled,
                               factored_output=factored)
@@ -59,19 +63,21 @@ def run_cell(metric: str, hidden: int, seed: int, epochs: int, runs_dir: Path | 
 
 
 def cost_estimate(cells: list[str], steps: int, epochs: int, threads: int, compiled: bool = False,
-                  factored: bool = False) -> dict:
-    """Seconds per training step (batch 50, after one warm-up step) and the projected run length.
-    With ``compiled`` or ``factored``, every cell is also timed without them (eager, direct) in the
-    same process, for the ratio."""
+                  factored: bool = False, device=None) -> dict:
+    """Seconds per training step (batch 50, after one warm-up step) on ``device`` (default: the
+    CPU) and the projected run length. With ``compiled`` or ``factored``, every cell is also timed
+    without them (eager, direct) in the same process, for the ratio."""
     import torch
 
     from pellucid.models import create_model
 
-    x, y = torch.rand(50, 1, 28, 28) * 2 - 1, torch.randint(0, 10, (50,))
+    device = device or torch.device("cpu")
+    x = (torch.rand(50, 1, 28, 28) * 2 - 1).to(device)
+    y = torch.randint(0, 10, (50,)).to(device)
 
     def seconds_per_step(metric: str, hidden: int, compiled_now: bool, factored_now: bool) -> float:
         torch.manual_seed(0)
-        model = create_model("metric-mlp", metric=metric, hidden=hidden)
+        model = create_model("metric-mlp", metric=metric, hidden=hidden).to(device)
         for m in model.modules():
             if hasattr(m, "compiled"):
                 m.compiled = compiled_now
@@ -86,9 +92,11 @@ def cost_estimate(cells: list[str], steps: int, epochs: int, threads: int, compi
             opt.step()
 
         step()  # warm-up (and compilation)
+        h.synchronize(device)
         t = time.perf_counter()
         for _ in range(steps):
             step()
+        h.synchronize(device)
         return (time.perf_counter() - t) / steps
 
     out = {}
@@ -102,11 +110,11 @@ def cost_estimate(cells: list[str], steps: int, epochs: int, threads: int, compi
             out[cell].update(ms_per_step_eager=round(1000 * eager, 1), speedup=round(eager / per_step, 2))
     return {"cost_only": True, "steps": steps, "epochs": epochs, "threads": threads,
             "compiled_kernels": compiled, "factored_output": factored, "steps_per_epoch": 1200,
-            "cells": out, "device": "cpu"}
+            "cells": out, "device": device.type}
 
 
 def parser():
-    p = h.parser(__name__, __doc__, threads=1)
+    p = h.parser(__name__, __doc__, threads=1, device="cpu")
     p.add_argument("--cells", default="l2:100", help="comma list of metric:H")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--epochs", type=int, default=50)
@@ -125,18 +133,43 @@ def parser():
     return p
 
 
+def parse_cells(p, text: str, table: bool) -> list[tuple[str, int]]:
+    """``metric:H,...`` as pairs; a usage error (exit 2, before any work) names a bad one. A
+    training run takes the table's own cells (its published value is looked up at the end);
+    ``--cost-only`` any metric of the table at any H."""
+    cells = []
+    for cell in text.split(","):
+        metric, _, hidden = cell.strip().partition(":")
+        if metric not in PUBLISHED:
+            p.error(f"--cells: unknown metric {metric!r} in {cell!r}; one of {', '.join(PUBLISHED)}")
+        if not hidden.isdigit() or int(hidden) < 1:
+            p.error(f"--cells: {cell!r} is not metric:H with H a positive whole number")
+        if table and int(hidden) not in HIDDEN:
+            p.error(f"--cells: H = {hidden} is not a Table 1 column ({', '.join(map(str, HIDDEN))}); "
+                    "--cost-only times any H")
+        cells.append((metric, int(hidden)))
+    return cells
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = h.parse(parser(), argv)
+    p = parser()
+    args = h.parse(p, argv)
+    for name in ("seeds", "epochs"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1 (got {getattr(args, name)})")
+    if args.cost_only < 0 or args.first_seed < 0:
+        p.error("--cost-only and --first-seed cannot be negative")
+    cells_asked = parse_cells(p, args.cells, table=not args.cost_only)
     h.preload("torch", "pellucid.models", "pellucid.train.checkpointing", "pellucid.train.metric_recipes")
     if args.cost_only:
-        return cost_estimate(args.cells.split(","), args.cost_only, args.epochs, args.threads,
-                             args.compiled_kernels, args.factored_output)
+        return cost_estimate([f"{m}:{n}" for m, n in cells_asked], args.cost_only, args.epochs, args.threads,
+                             args.compiled_kernels, args.factored_output, args.device)
     t0 = time.perf_counter()
     cells = {}
-    for cell in args.cells.split(","):
-        metric, hidden = cell.split(":")
+    for metric, hidden in cells_asked:
+        cell = f"{metric}:{hidden}"
         runs = [run_cell(metric, int(hidden), s, args.epochs, args.runs_dir, args.compiled_kernels,
-                         args.factored_output)
+                         args.factored_output, args.device)
                 for s in range(args.first_seed, args.first_seed + args.seeds)]
         best = [r["best"] for r in runs]
         pub = PUBLISHED[metric][HIDDEN.index(int(hidden))]
@@ -149,7 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     return {"epochs": args.epochs, "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
             "protocol": f"Adam 1e-4, cosine over {args.epochs} epochs, batch 50, 60k train, best test acc",
             "cells": cells, "seconds": h.seconds_since(t0), "threads": args.threads,
-            "compiled_kernels": args.compiled_kernels, "factored_output": args.factored_output, "device": "cpu"}
+            "compiled_kernels": args.compiled_kernels, "factored_output": args.factored_output,
+            "device": args.device.type}
 
 
 if __name__ == "__main__":

@@ -377,3 +377,74 @@ def test_explain_table_bolds_the_best_by_direction_and_marks_missing_values():
     assert lines[0] == "| method | INFD ↓ | INS ↑ |"
     assert lines[2] == "| a | 0.5 | **2** |" and lines[3] == "| b | **0.25** | n/a |"
     assert lines[-1] == "Note (b): no conv layer."
+
+
+def test_a_run_recorded_in_the_repository_results_renders_the_docs_and_others_do_not(fake, tmp_path,
+                                                                                       monkeypatch):
+    """After a line lands in benchmarks/results/, docs/results.md and the generated blocks are
+    rendered again (the docs never lag behind the lines); a run recording elsewhere, or nothing,
+    renders nothing."""
+    import benchmarks._render as render_module
+
+    renders = []
+    repo_results = tmp_path / "repo-results"
+    monkeypatch.setattr(_runner, "RESULTS_DIR", repo_results)
+    monkeypatch.setattr(render_module, "main", lambda argv: renders.append(
+        sorted(p.name for p in repo_results.glob("*.jsonl"))) or 0)
+    out = io.StringIO()
+    assert _runner.run("fake_bench", [], module=fake, results_dir=tmp_path / "elsewhere", out=out) == 0
+    assert _runner.run("fake_bench", [], module=fake, results_dir=None, out=out) == 0
+    assert renders == []
+    assert _runner.run("fake_bench", ["--rows", "2"], module=fake, results_dir=repo_results, out=out) == 0
+    assert renders == [["fake_bench.jsonl"]]  # once, after both lines were appended
+    assert len((repo_results / "fake_bench.jsonl").read_text().splitlines()) == 2
+    assert _runner.run("fake_bench", ["--nothing"], module=fake, results_dir=repo_results, out=out) == 0
+    assert len(renders) == 1  # no measurement, no line, no render
+
+
+def test_a_failed_render_keeps_the_line_and_says_what_to_run(fake, tmp_path, monkeypatch, capsys):
+    import benchmarks._render as render_module
+
+    monkeypatch.setattr(_runner, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(render_module, "main", lambda argv: 2)
+    assert _runner.run("fake_bench", [], module=fake, results_dir=tmp_path, out=io.StringIO()) == 0
+    assert len((tmp_path / "fake_bench.jsonl").read_text().splitlines()) == 1
+    assert "python -m benchmarks render" in capsys.readouterr().err
+
+
+def test_benchmark_device_option_is_resolved_and_recorded(tmp_path, capsys):
+    """--device (metric_table1): a device the host lacks or an unknown name is a usage error
+    before any work; the CPU is recorded as such in the result and the environment."""
+    import torch
+
+    from benchmarks import metric_table1
+
+    for bad, needle in (("cuda:7", "CUDA"), ("gpu", "unknown device")):
+        if bad == "cuda:7" and torch.cuda.device_count() > 7:  # a host with eight GPUs has it
+            continue
+        with pytest.raises(SystemExit) as exit_:
+            _runner.run("metric_table1", ["--cost-only", "1", "--cells", "l2:5", "--device", bad],
+                        module=metric_table1, results_dir=tmp_path)
+        assert exit_.value.code == 2 and needle in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    out = io.StringIO()
+    assert _runner.run("metric_table1", ["--cost-only", "1", "--cells", "l2:5", "--device", "cpu"],
+                       module=metric_table1, results_dir=tmp_path, out=out) == 0
+    line = json.loads(out.getvalue())
+    assert line["result"]["device"] == "cpu" and line["environment"]["device"] == "cpu"
+    assert line["config"]["device"] == "cpu" and line["result"]["cells"]["l2:5"]["ms_per_step"] > 0
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--cells", "foo:5"], "unknown metric 'foo'"), (["--cells", "l2:7"], "not a Table 1 column"),
+    (["--cells", "l2"], "positive whole number"), (["--cells", "l2:0"], "positive whole number"),
+    (["--cells", "l2:-5"], "positive whole number"), (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--epochs", "0"], "--epochs must be at least 1"), (["--cost-only", "-1"], "cannot be negative")])
+def test_metric_table1_bad_cells_and_counts_fail_before_any_work(argv, needle, tmp_path, capsys):
+    from benchmarks import metric_table1
+
+    with pytest.raises(SystemExit) as exit_:
+        _runner.run("metric_table1", argv, module=metric_table1, results_dir=tmp_path)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and needle in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())

@@ -226,3 +226,30 @@ def test_whitebox_layers_give_float64_outputs_that_match_float32(device, authors
         out32 = authors_model(x)
     assert out64.dtype == torch.float64 and out64.device.type == device
     assert torch.allclose(out64.cpu().float(), out32, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("factored", [False, True], ids=["direct", "factored"])
+def test_invex_distance_trains_on_each_device_with_the_cpu_float64_numbers(device, factored):
+    """The Table 1 invex layer (both execution paths) computes on the input's device: after the
+    ActNorms' data initialisation and an Adam step there, values and gradients equal the same steps
+    run on the CPU in float64 (the only differences are rounding)."""
+    from pellucid.nn import InvexDistance
+
+    def run(dev, dtype):
+        torch.manual_seed(0)
+        layer = InvexDistance(16, 6, hidden=12, factored_output=factored).to(dev, dtype)
+        x = torch.randn(5, 16, generator=torch.Generator().manual_seed(1)).to(dev, dtype)
+        opt = torch.optim.Adam(layer.parameters(), lr=1e-2)
+        layer(x).sum().backward()  # initialises both ActNorms from the data
+        opt.step()
+        opt.zero_grad()
+        x.requires_grad_(True)
+        y = layer(x)
+        y.square().sum().backward()
+        assert y.device.type == dev.type and x.grad.device.type == dev.type
+        return y.detach().cpu().double(), x.grad.cpu().double(), layer.centres.grad.cpu().double()
+
+    ref = run(torch.device("cpu"), torch.float64)
+    for got, want in zip(run(torch.device(device), torch.float32), ref):
+        torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-5)
