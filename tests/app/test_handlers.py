@@ -4,6 +4,7 @@ simpler computation written here."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -229,6 +230,31 @@ def test_threshold_moves_the_decision_and_the_tradeoff_matches_a_count(cache, di
     assert accuracy == pytest.approx(float(curve.correct[kept].double().mean()))
     assert noise_rate == pytest.approx(float((curve.noise_min_distance > t).double().mean()))
     assert loose.tradeoff_figure is not None and "uniform noise" in loose.summary()
+
+
+def test_tradeoff_curve_equals_counting_at_every_threshold():
+    """The vectorised curve against a count per threshold, written out: ties at a threshold are
+    kept, below every distance nothing is kept (accuracy None / NaN), above every one all are."""
+    gen = torch.Generator().manual_seed(0)
+    d = torch.randint(0, 20, (300,), generator=gen).double() / 4  # many ties
+    correct = torch.rand(300, generator=gen) < 0.7
+    noise = torch.randint(0, 40, (50,), generator=gen).double() / 4
+    curve = rejection.Tradeoff(d, correct, noise, "toy")
+    ts = torch.cat([torch.linspace(-1, 11, 97, dtype=torch.float64), d[:10], noise[:5]])
+    coverage, accuracy, rejected = curve.curve(ts)
+    for i, t in enumerate(ts.tolist()):
+        kept = [k for k in range(300) if float(d[k]) <= t]
+        want_acc = sum(bool(correct[k]) for k in kept) / len(kept) if kept else None
+        want = (len(kept) / 300, want_acc, sum(float(n) > t for n in noise) / 50)
+        assert float(coverage[i]) == pytest.approx(want[0], abs=1e-15)
+        assert float(rejected[i]) == pytest.approx(want[2], abs=1e-15)
+        if want_acc is None:
+            assert math.isnan(float(accuracy[i])) and curve.at(t)[1] is None
+        else:
+            assert float(accuracy[i]) == pytest.approx(want_acc, abs=1e-15)
+        got = curve.at(t)  # one threshold: the same numbers, None for no image kept
+        assert got == (float(coverage[i]), None if want_acc is None else float(accuracy[i]), float(rejected[i]))
+    assert float(coverage[0]) == 0.0 and float(coverage[96]) == 1.0
 
 
 def test_cache_builds_each_key_once_and_forgets_the_oldest():

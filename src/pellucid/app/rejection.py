@@ -16,6 +16,7 @@ different thresholds never see each other's.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,9 +49,21 @@ class Tradeoff:
 
     def at(self, threshold: float) -> tuple[float, float | None, float]:
         """``(coverage, accuracy on the kept images or None, noise rejection rate)``."""
-        kept = self.min_distance <= threshold
-        accuracy = float(self.correct[kept].double().mean()) if bool(kept.any()) else None
-        return float(kept.double().mean()), accuracy, float((self.noise_min_distance > threshold).double().mean())
+        coverage, accuracy, noise = (float(v) for v in self.curve([threshold]))
+        return coverage, None if math.isnan(accuracy) else accuracy, noise
+
+    def curve(self, thresholds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`at` for every threshold at once, as float64 tensors (accuracy NaN where no image
+        is kept): an image is kept at ``t`` when its distance is ``<= t``, so the number kept is a
+        ``searchsorted`` in the sorted distances and the number right among them a prefix sum."""
+        t = torch.as_tensor(thresholds, dtype=torch.float64).reshape(-1)
+        distances, order = self.min_distance.double().sort()
+        kept = torch.searchsorted(distances, t, right=True)
+        right = torch.cat([distances.new_zeros(1), self.correct[order].double().cumsum(0)])[kept]
+        noise = self.noise_min_distance.double().sort().values
+        noise_kept = torch.searchsorted(noise, t, right=True)
+        accuracy = torch.where(kept > 0, right / kept.clamp_min(1).double(), torch.nan)
+        return kept.double() / max(len(distances), 1), accuracy, 1 - noise_kept.double() / max(len(noise), 1)
 
 
 @dataclass
@@ -245,19 +258,20 @@ def _tradeoff(loaded: LoadedModel) -> Tradeoff | str:
 def tradeoff_figure(curve: Tradeoff, threshold: float, trained: float) -> np.ndarray:
     """Coverage vs accuracy over thresholds, the chosen one marked."""
     lo, hi = FACTOR_RANGE
-    ts = torch.linspace(lo * trained, hi * trained, 200).tolist()
-    points = [curve.at(t) for t in ts]
+    ts = torch.linspace(lo * trained, hi * trained, 200, dtype=torch.float64)
+    kept, accuracy_at, rejected = (v.numpy() for v in curve.curve(ts))
+    ts = ts.numpy()
     fig = figure(7.0, 3.0)
     left, right = fig.subplots(1, 2)
-    left.plot([p[0] for p in points], [p[1] if p[1] is not None else np.nan for p in points], color="tab:blue")
+    left.plot(kept, accuracy_at, color="tab:blue")
     coverage, accuracy, noise = curve.at(threshold)
     if accuracy is not None:
         left.plot([coverage], [accuracy], "o", color="tab:red", ms=8, label="chosen threshold")
         left.legend(fontsize=7, loc="lower left")
     left.set(xlabel="coverage (share of test images kept)", ylabel="accuracy on the kept images", xlim=(0, 1.02))
     left.set_title("coverage / accuracy trade-off", fontsize=8)
-    right.plot([t / trained for t in ts], [p[0] for p in points], label="test images kept", color="tab:blue")
-    right.plot([t / trained for t in ts], [p[2] for p in points], label="noise rejected", color="tab:orange")
+    right.plot(ts / trained, kept, label="test images kept", color="tab:blue")
+    right.plot(ts / trained, rejected, label="noise rejected", color="tab:orange")
     right.axvline(threshold / trained, color="tab:red", ls="--", lw=1, label="chosen")
     right.set(xlabel="threshold / trained epsilon", ylabel="share", ylim=(-0.02, 1.02))
     right.legend(fontsize=7)
