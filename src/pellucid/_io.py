@@ -29,6 +29,9 @@ from pellucid.errors import PellucidError
 
 LOCK_FILE = ".pellucid.lock"
 _TEMP = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")  # .NAME.PID.RANDOM.tmp
+# safetensors' save_file (0.6+) writes through .tmpXXXXXX beside the target; versions of pellucid
+# that called it could leave one behind when killed mid-write
+_SAFETENSORS_TEMP = re.compile(r"^\.tmp[A-Za-z0-9]{6}$")
 
 
 class RunDirectoryBusyError(PellucidError):
@@ -74,6 +77,44 @@ def remove_orphan_temps(directory: Path) -> list[Path]:
     for entry in entries:
         m = _TEMP.match(entry.name)
         if m and entry.is_file(follow_symlinks=False) and not pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _is_safetensors_prefix(path: str) -> bool:
+    """Whether the file at ``path`` is empty or begins as a safetensors file does: an 8-byte
+    little-endian header length below 100 MB, then the header's opening ``{``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    if not head:
+        return True
+    if len(head) < 8:  # a kill between the writes of the length's bytes
+        return True
+    size = int.from_bytes(head[:8], "little")
+    return 0 < size < 100_000_000 and (len(head) == 8 or head[8:9] == b"{")
+
+
+def remove_orphan_safetensors_temps(directory: Path) -> list[Path]:
+    """Delete the temporary files safetensors' ``save_file`` left in run directory ``directory``.
+
+    Only called with the directory's :class:`RunLock` held: every pellucid version writes a run
+    directory under that lock, so no live process is writing such a file. A file is removed only
+    if its name is ``.tmp`` + 6 letters or digits and its content is empty or starts like a
+    safetensors file; anything else is left alone.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if (_SAFETENSORS_TEMP.match(entry.name) and entry.is_file(follow_symlinks=False)
+                and _is_safetensors_prefix(entry.path)):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
@@ -182,8 +223,9 @@ class RunLock:
     dies, even by ``kill -9``) and holding the holder's pid and command. A second process is
     refused at once with :class:`RunDirectoryBusyError` naming that pid. A lock file still holding
     a pid when the lock is free was left by a process that died: it is taken over with a message
-    on stderr. Releasing empties the file rather than deleting it, so that two processes can never
-    hold locks on two different files of the same name.
+    on stderr. Taking the lock also removes the ``.tmpXXXXXX`` files safetensors' ``save_file``
+    left there (:func:`remove_orphan_safetensors_temps`). Releasing empties the file rather than
+    deleting it, so that two processes can never hold locks on two different files of the same name.
 
     Re-entrant within one process (a command that trains, then evaluates, holds it once).
     """
@@ -224,6 +266,10 @@ class RunLock:
                 print(f"pellucid: taking over the lock of {self.directory} left by pid "
                       f"{previous.get('pid')} ({previous.get('command', '?')}), which is no longer "
                       "running", file=sys.stderr)
+            orphans = remove_orphan_safetensors_temps(self.directory)
+            if orphans:
+                print(f"pellucid: removed {len(orphans)} unfinished temporary file(s) from "
+                      f"{self.directory}: {', '.join(sorted(p.name for p in orphans))}", file=sys.stderr)
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": self.what}).encode() + b"\n", 0)
             os.fsync(fd)
