@@ -67,36 +67,43 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def remove_orphan_temps(directory: Path) -> list[Path]:
-    """Delete temporary files of :func:`_atomic_write` whose writing process no longer runs."""
+def _remove_files(directory: Path, orphaned: Callable[[os.DirEntry], bool]) -> list[Path]:
+    """Delete the regular files of ``directory`` for which ``orphaned(entry)`` holds."""
     removed = []
     try:
         entries = list(os.scandir(directory))
     except OSError:
         return removed
     for entry in entries:
-        m = _TEMP.match(entry.name)
-        if m and entry.is_file(follow_symlinks=False) and not pid_alive(int(m.group(1))):
+        if entry.is_file(follow_symlinks=False) and orphaned(entry):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
     return removed
 
 
+def remove_orphan_temps(directory: Path) -> list[Path]:
+    """Delete temporary files of :func:`_atomic_write` whose writing process no longer runs."""
+    def orphaned(entry: os.DirEntry) -> bool:
+        m = _TEMP.match(entry.name)
+        return bool(m) and not pid_alive(int(m.group(1)))
+
+    return _remove_files(directory, orphaned)
+
+
 def _is_safetensors_prefix(path: str) -> bool:
-    """Whether the file at ``path`` is empty or begins as a safetensors file does: an 8-byte
-    little-endian header length below 100 MB, then the header's opening ``{``."""
+    """Whether the file at ``path`` could be a safetensors file cut short: fewer than 8 bytes (a
+    kill before its header length was written whole), or an 8-byte little-endian header length
+    below 100 MB, then the header's opening ``{``."""
     try:
         with open(path, "rb") as f:
             head = f.read(9)
     except OSError:
         return False
-    if not head:
-        return True
-    if len(head) < 8:  # a kill between the writes of the length's bytes
+    if len(head) < 8:
         return True
     size = int.from_bytes(head[:8], "little")
-    return 0 < size < 100_000_000 and (len(head) == 8 or head[8:9] == b"{")
+    return 0 < size < 100_000_000 and head[8:9] in (b"", b"{")
 
 
 def remove_orphan_safetensors_temps(directory: Path) -> list[Path]:
@@ -107,18 +114,8 @@ def remove_orphan_safetensors_temps(directory: Path) -> list[Path]:
     if its name is ``.tmp`` + 6 letters or digits and its content is empty or starts like a
     safetensors file; anything else is left alone.
     """
-    removed = []
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return removed
-    for entry in entries:
-        if (_SAFETENSORS_TEMP.match(entry.name) and entry.is_file(follow_symlinks=False)
-                and _is_safetensors_prefix(entry.path)):
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
-    return removed
+    return _remove_files(directory, lambda e: bool(_SAFETENSORS_TEMP.match(e.name))
+                         and _is_safetensors_prefix(e.path))
 
 
 def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
