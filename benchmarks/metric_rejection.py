@@ -72,9 +72,9 @@ def positive(text: str) -> float:
 def trained(train, cfg, out: Path):
     """Train (or resume) ``cfg`` into ``out``; the loaded model and the last epoch's record."""
     from pellucid.models import load_model
-    from pellucid.train.checkpointing import STATE_FILE
+    from pellucid.train.checkpointing import has_training_state
 
-    hist = train(cfg, out, resume=(out / STATE_FILE).is_file(), progress=False)["epochs"]
+    hist = train(cfg, out, resume=has_training_state(out), progress=False)["epochs"]
     return load_model(out)[0].eval(), hist[-1]
 
 

@@ -48,7 +48,7 @@ def run_cell(metric: str, hidden: int, seed: int, epochs: int, runs_dir: Path | 
     import torch
 
     from pellucid.distributed import Job
-    from pellucid.train.checkpointing import STATE_FILE
+    from pellucid.train.checkpointing import has_training_state
     from pellucid.train.metric_recipes import MetricMLPConfig, train_metric_mlp
     from pellucid.train.trainer import training_job
 
@@ -57,7 +57,7 @@ def run_cell(metric: str, hidden: int, seed: int, epochs: int, runs_dir: Path | 
         cfg = MetricMLPConfig(metric=metric, hidden=hidden, epochs=epochs, seed=seed, compiled_kernels=compiled,
                               factored_output=factored)
         t = time.perf_counter()
-        hist = train_metric_mlp(cfg, out, resume=(out / STATE_FILE).is_file(), progress=False)["epochs"]
+        hist = train_metric_mlp(cfg, out, resume=has_training_state(out), progress=False)["epochs"]
     return {"best": 100 * hist[-1]["best_test_accuracy"], "final": 100 * hist[-1]["test_accuracy"],
             "seconds": sum(r["epoch_seconds"] for r in hist), "resumed_run_seconds": time.perf_counter() - t}
 

@@ -126,8 +126,11 @@ def integrity(run_dir: Path) -> list[str]:
 
 
 def next_command(kind: str, argv: list[str], run_dir: Path) -> list[str]:
-    """What a user runs after a kill: ``--resume`` when a training state was committed."""
-    if kind == "train" and (run_dir / "train_state.safetensors").is_file():
+    """What a user runs after a kill: ``--resume`` when a training state (of a finished epoch or
+    within one) was committed, as the refusal of a plain re-run says."""
+    from pellucid.train.checkpointing import has_training_state
+
+    if kind == "train" and has_training_state(run_dir):
         return argv + ["--resume"]
     return argv
 

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from pellucid.data import DATASETS, ImageDataset
 from pellucid.errors import CheckpointError, InvalidInputError
 from pellucid.models import create_model, save_model
 from pellucid.train import RECIPES, TrainConfig
-from pellucid.train.checkpointing import save_epoch
+from pellucid.train.checkpointing import PARTIAL_FILE, STATE_FILE, save_epoch
 from pellucid.train.optim import Adam
 from pellucid.train.trainer import best_so_far, lr_factor, resumable_changes
 
@@ -66,8 +67,8 @@ def rows(run: Path) -> list[dict]:
 
 def test_trainer_defaults_leave_existing_recipes_as_they_were():
     cfg = TrainConfig()
-    assert (cfg.schedule, cfg.augment, cfg.EXECUTION_OPTIONS) == ("constant", "noise", ())
-    assert resumable_changes(cfg) == ("epochs",)
+    assert (cfg.schedule, cfg.augment, cfg.EXECUTION_OPTIONS) == ("constant", "noise", ("checkpoint_minutes",))
+    assert resumable_changes(cfg) == ("checkpoint_minutes", "epochs")
     assert all(lr_factor(cfg, s, 10) == 1.0 for s in range(10))
 
 
@@ -78,7 +79,7 @@ def test_cosine_factor_is_the_per_step_half_cosine():
     assert lr_factor(cfg, 8, 8) == pytest.approx(0.0, abs=1e-15)
     for s in range(8):
         assert lr_factor(cfg, s, 8) == 0.5 * (1 + math.cos(math.pi * s / 8))
-    assert resumable_changes(cfg) == ()  # the schedule spans the epochs: they may not change
+    assert resumable_changes(cfg) == ("checkpoint_minutes",)  # the schedule spans the epochs
 
 
 def test_best_so_far_takes_the_first_epoch_of_the_maximum():
@@ -256,6 +257,132 @@ def test_local_recipes_train_and_resume_bit_for_bit(recipe, blobs, tmp_path, run
     assert rows(tmp_path / "whole") == rows(tmp_path / "killed")
 
 
+# -- partial-epoch states: a kill within an epoch loses at most --checkpoint-minutes of work -----------
+
+EVERY_BATCH = 1e-9  # minutes: a partial state after every batch but an epoch's last
+
+
+def partial_cfg(**changes):
+    """metric-mlp on the blobs: 6 batches per epoch, cosine rate per step, noise drawn per batch."""
+    entry = RECIPES.get("metric-mlp")
+    base = dict(dataset="synthetic-blobs", metric="l2", hidden=6, epochs=3, batch_size=15, lr=0.01,
+                seed=5, augment="noise", noise_p=0.5, checkpoint_minutes=EVERY_BATCH)
+    return entry, entry.config_type(**{**base, **changes})
+
+
+def interrupt_at_step(monkeypatch, entry, cfg, out: Path, step: int) -> None:
+    """Run into ``out`` and raise KeyboardInterrupt in training step ``step`` (1-based, counted over
+    the whole run), before that step's update."""
+    from pellucid.train import trainer
+
+    real, calls = trainer.check_loss, []
+
+    def dies(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "check_loss", dies)
+    with pytest.raises(KeyboardInterrupt):
+        entry.run(cfg, out, progress=False)
+    monkeypatch.setattr(trainer, "check_loss", real)
+
+
+def test_partial_epoch_states_resume_bit_for_bit_from_inside_any_epoch(blobs, tmp_path, monkeypatch, capsys):
+    entry, cfg = partial_cfg()
+    entry.run(cfg, tmp_path / "whole", progress=False)
+    assert not (tmp_path / "whole" / PARTIAL_FILE).exists()  # each epoch's commit removes it
+    # steps 3 (epoch 1: no epoch state yet), 10 (epoch 2) and 18 (epoch 3's last batch)
+    for step in (3, 10, 18):
+        out = tmp_path / f"stop{step}"
+        interrupt_at_step(monkeypatch, entry, cfg, out, step)
+        part = load_file(str(out / PARTIAL_FILE))
+        epoch, batches = (step - 1) // 6 + 1, (step - 1) % 6
+        with safe_open(str(out / PARTIAL_FILE), "pt") as f:
+            info = json.loads(f.metadata()["info"])
+        assert info["epoch"] == epoch - 1
+        assert (info["partial"]["epoch"], info["partial"]["batches"]) == (epoch, batches)
+        if epoch > 1:  # the model files hold the last finished epoch's weights, not the partial ones
+            state = load_file(str(out / STATE_FILE))
+            saved = load_file(str(out / "model.safetensors"))
+            assert all(torch.equal(saved[k], state[f"model.{k}"]) for k in saved)
+            assert not all(torch.equal(saved[k], part[f"model.{k}"]) for k in saved)
+        else:
+            assert not (out / STATE_FILE).exists() and not (out / "model.safetensors").exists()
+        capsys.readouterr()
+        entry.run(cfg, out, resume=True, progress=True)
+        assert same_weights(out, tmp_path / "whole"), step
+        assert rows(out) == rows(tmp_path / "whole"), step
+        assert f"resuming epoch {epoch} after batch {batches} of 6" in capsys.readouterr().err
+        assert not (out / PARTIAL_FILE).exists()
+    # without partial states (0 minutes) the run is the same, and the interrupted epoch restarts
+    entry0, cfg0 = partial_cfg(checkpoint_minutes=0.0)
+    interrupt_at_step(monkeypatch, entry0, cfg0, tmp_path / "none", 10)
+    assert not (tmp_path / "none" / PARTIAL_FILE).exists()
+    entry0.run(cfg, tmp_path / "none", resume=True, progress=False)  # the option may change on resume
+    assert same_weights(tmp_path / "none", tmp_path / "whole")
+
+
+def test_stale_and_unreadable_partial_states(blobs, tmp_path, monkeypatch, capsys):
+    entry, cfg = partial_cfg(schedule="constant")
+    entry.run(cfg, tmp_path / "whole", progress=False)
+
+    # unreadable beside an epoch state: reported, and the epoch restarts from that state
+    interrupt_at_step(monkeypatch, entry, cfg, tmp_path / "bad", 10)
+    kept = tmp_path / PARTIAL_FILE
+    kept.write_bytes((tmp_path / "bad" / PARTIAL_FILE).read_bytes())  # within epoch 2
+    (tmp_path / "bad" / PARTIAL_FILE).write_bytes(b"\x00" * 100)
+    capsys.readouterr()
+    entry.run(cfg, tmp_path / "bad", resume=True, progress=False)
+    err = capsys.readouterr().err
+    assert "ignoring the unreadable partial-epoch state" in err and "epoch 2 restarts" in err
+    assert same_weights(tmp_path / "bad", tmp_path / "whole")
+
+    # a kill between epoch 3's commit and the removal: the partial of an earlier epoch is ignored
+    (tmp_path / "bad" / PARTIAL_FILE).write_bytes(kept.read_bytes())
+    longer = replace_cfg(cfg, epochs=4)  # a constant-rate run may grow
+    entry.run(longer, tmp_path / "bad", resume=True, progress=False)
+    entry.run(longer, tmp_path / "whole", resume=True, progress=False)
+    assert same_weights(tmp_path / "bad", tmp_path / "whole")
+    assert rows(tmp_path / "bad") == rows(tmp_path / "whole")
+    assert not (tmp_path / "bad" / PARTIAL_FILE).exists()
+
+    # unreadable and alone (killed in epoch 1, then damaged): one line, nothing written
+    interrupt_at_step(monkeypatch, entry, cfg, tmp_path / "alone", 3)
+    with open(tmp_path / "alone" / PARTIAL_FILE, "r+b") as f:
+        f.truncate(50)
+    with pytest.raises(CheckpointError, match="the only state") as caught:
+        entry.run(cfg, tmp_path / "alone", resume=True, progress=False)
+    assert "\n" not in str(caught.value)
+    assert sorted(p.name for p in (tmp_path / "alone").iterdir() if not p.name.startswith(".")) == [PARTIAL_FILE]
+    # a partial state alone is a run: a new run there is refused, not overwritten
+    with pytest.raises(CheckpointError, match="already holds a training run"):
+        entry.run(cfg, tmp_path / "alone", progress=False)
+
+
+@pytest.mark.parametrize("minutes", [-1.0, float("nan"), float("inf"), "10"])
+def test_checkpoint_minutes_bad_values_are_refused(minutes):
+    from pellucid.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="checkpoint_minutes"):
+        TrainConfig(checkpoint_minutes=minutes)
+
+
+@pytest.mark.parametrize("minutes", ["-1", "nan", "inf", "ten"])
+def test_cli_checkpoint_minutes_bad_values_exit_2_before_any_work(minutes, tmp_path, capsys):
+    from pellucid.cli.main import main
+
+    code = main(["train", "metric-mlp", "--out", str(tmp_path / "run"), "--checkpoint-minutes", minutes])
+    err = capsys.readouterr().err
+    assert code == 2 and "--checkpoint-minutes" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def replace_cfg(cfg, **changes):
+    return type(cfg)(**{**asdict(cfg), **changes})
+
+
 # -- the command line, killed with SIGKILL -------------------------------------------------------------
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -299,6 +426,36 @@ def test_cli_metric_mlp_killed_then_resumed_gives_the_uninterrupted_weights(tmp_
         assert o["finish"] == [] or o["finish"][-1]["code"] == 0, o
         assert same_weights(run, ref), o["dir"]
         assert rows(run) == rows(ref), o["dir"]
+
+
+def test_cli_killed_within_epochs_resumes_from_the_partial_state(tmp_path):
+    """SIGKILL around the partial-epoch writes (a state after every batch: 5 per epoch, then the
+    epoch's 4 writes): resumed, the weights and rows are the uninterrupted run's."""
+    data = tiny_idx_dir(tmp_path / "data")
+    argv = ["train", "metric-mlp", "--data-dir", str(data), "--out", "{dir}", "--metric", "l2",
+            "--hidden", "6", "--epochs", "2", "--batch-size", "15", "--lr", "0.01", "--seed", "3",
+            "--noise-p", "0.5", "--augment", "noise", "--no-progress"]
+    fine = argv + ["--checkpoint-minutes", str(EVERY_BATCH)]
+    # write 3: epoch 1's third partial (no epoch state yet); 6: epoch 1's commit, its partial not
+    # yet removed (stale on resume); 12: epoch 2's third partial
+    kills = [{"write": 3, "phase": "before"}, {"write": 3, "phase": "after"},
+             {"write": 6, "phase": "after"}, {"write": 12, "phase": "after"}]
+    scenarios = [{"kind": "train", "dir": str(tmp_path / "ref"), "argv": argv}]
+    scenarios += [{"kind": "train", "dir": str(tmp_path / f"kill{i}"), "argv": fine, "kill": k}
+                  for i, k in enumerate(kills)]
+    (tmp_path / "plan.json").write_text(json.dumps({"scenarios": scenarios}))
+    done = subprocess.run([sys.executable, str(KILL_DRIVER), str(tmp_path / "plan.json"),
+                           str(tmp_path / "result.json")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcomes = json.loads((tmp_path / "result.json").read_text())
+    assert outcomes[0]["code"] == 0
+    for o in outcomes[1:]:
+        run = Path(o["dir"])
+        assert o["killed"] and o["integrity"] == [], o
+        assert o["finish"][-1]["code"] == 0 and len(o["finish"]) == 1, o
+        assert same_weights(run, tmp_path / "ref"), o["dir"]
+        assert rows(run) == rows(tmp_path / "ref"), o["dir"]
+        assert not (run / PARTIAL_FILE).exists()
 
 
 def test_the_trainer_options_work_for_a_metric_recipe_too(blobs, tmp_path):

@@ -58,10 +58,13 @@ class TrainConfig(CheckedConfig):
                                  "after zero padding by 4 pixels, and a horizontal flip with "
                                  "probability 1/2, per image) or none (no augmentation and no random "
                                  "draw for it)", choices=("noise", "crop-flip", "none"))
+    checkpoint_minutes: float = _opt(10.0, "within an epoch, also save the resumable state every this "
+                                           "many minutes (0: at epoch ends only), so a kill loses at "
+                                           "most that much work; may change on resume", min=0)
 
     # Settings that choose how the same math is computed, not what is computed: a resumed run may
-    # change them (a subclass names its own, e.g. a compiled kernel).
-    EXECUTION_OPTIONS: ClassVar[tuple[str, ...]] = ()
+    # change them (a subclass adds its own, e.g. a compiled kernel).
+    EXECUTION_OPTIONS: ClassVar[tuple[str, ...]] = ("checkpoint_minutes",)
 
 
 def classifier_config(recipe: str, **defaults: Any) -> type:
@@ -122,7 +125,8 @@ class MetricMLPConfig(_ProtocolDefaults):
                                         "norm as one quadratic form (the same function, about 1.5x "
                                         "faster at H >= 100, equal up to rounding); may change on resume")
 
-    EXECUTION_OPTIONS: ClassVar[tuple[str, ...]] = ("compiled_kernels", "factored_output")
+    EXECUTION_OPTIONS: ClassVar[tuple[str, ...]] = TrainConfig.EXECUTION_OPTIONS + (
+        "compiled_kernels", "factored_output")
 
 
 @dataclass

@@ -20,13 +20,14 @@ from tqdm.auto import tqdm
 from pellucid._io import RunLock
 from pellucid.data.datasets import ImageDataset
 from pellucid.distributed import Job
-from pellucid.errors import InvalidInputError
+from pellucid.errors import CheckpointError, InvalidInputError
 from pellucid.models.checkpoint import save_model
 from pellucid.models.inference import predict_logits
 from pellucid.nn.semantic.base import project_constraints_
 from pellucid.robust.attacks import pgd
 from pellucid.robust.evaluate import advance_generator
-from pellucid.train.checkpointing import check_loss, check_run_dir, save_epoch, start_or_resume
+from pellucid.train.checkpointing import (PartialEpoch, check_loss, check_run_dir, save_epoch,
+                                          save_partial_epoch, start_or_resume)
 from pellucid.train.config import TrainConfig  # torch-free, so that --help needs no torch
 from pellucid.train.optim import SGD, Adam
 
@@ -201,22 +202,37 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
     optimizer = (SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
                  if cfg.optimizer == "sgd" else Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a resume loads the last lr
-    start, history = start_or_resume(out, resume, cfg, model, optimizer, gen,
-                                     may_change=resumable_changes(cfg), write=job.is_main)
+    start, history, partial = start_or_resume(out, resume, cfg, model, optimizer, gen,
+                                              may_change=resumable_changes(cfg), write=job.is_main)
     job.broadcast_(list(model.state_dict().values()))  # the same start everywhere, by construction
     config = {**(extra_config or {}), "train": asdict(cfg)}
-    # a kill after the state's commit may have left the model files one epoch behind
-    if start and job.is_main:
+    # a kill after the state's commit may have left the model files one epoch behind (a partial
+    # state's weights are mid-epoch: the model files keep the last finished epoch's)
+    if start and partial is None and job.is_main:
         save_model(model, out, model_name, model_kwargs, config)
     n, bs = len(train), cfg.batch_size
     n_batches = math.ceil(n / bs)
+    if partial is not None and (partial.epoch != start + 1 or not 0 < partial.batches < n_batches):
+        raise CheckpointError(f"cannot resume {out}: its partial-epoch state stops after batch "
+                              f"{partial.batches} of epoch {partial.epoch}, which this training split "
+                              f"({n_batches} batches per epoch) does not have")
     show = progress and job.is_main
+    save_every = cfg.checkpoint_minutes * 60
     for epoch in range(start + 1, cfg.epochs + 1):
         model.train()
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen)
-        total_loss, total_correct = 0.0, 0
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+        t0 = last_save = time.perf_counter()
+        if partial is None:
+            epoch_start, first, total_loss, total_correct, done_seconds = gen.get_state(), 0, 0.0, 0, 0.0
+            perm = torch.randperm(n, generator=gen)
+        else:  # the interrupted epoch's data order, drawn again; then the generator as it was
+            epoch_start, first = partial.epoch_start, partial.batches
+            total_loss, total_correct, done_seconds = partial.loss_sum, partial.correct, partial.train_seconds
+            perm = torch.randperm(n, generator=torch.Generator().set_state(epoch_start))
+            if show:
+                tqdm.write(f"resuming epoch {epoch} after batch {first} of {n_batches}", file=sys.stderr)
+            partial = None
+        bar = tqdm(range(first, n_batches), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+                   initial=first, total=n_batches,
                    disable=None if show else True, file=sys.stderr, unit="batch")  # None: no TTY, no bar
         for b in bar:
             rows = perm[b * bs:(b + 1) * bs]
@@ -242,14 +258,20 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
             total_loss += loss * len(y)
             total_correct += correct
             bar.set_postfix(loss=f"{loss:.4f}")
-        train_seconds = time.perf_counter() - t0
+            if save_every > 0 and b + 1 < n_batches and time.perf_counter() - last_save >= save_every:
+                if job.is_main:  # the others' state is the same: process 0's file resumes them all
+                    save_partial_epoch(out, model, optimizer, gen, cfg, history, PartialEpoch(
+                        epoch, b + 1, total_loss, total_correct,
+                        done_seconds + time.perf_counter() - t0, epoch_start))
+                last_save = time.perf_counter()
+        train_seconds = done_seconds + time.perf_counter() - t0
         if not job.is_main:  # process 0 validates and writes; the others go on to the next epoch
             continue
         row = _epoch_row(epoch, history, model, val, cfg, evaluate,
                          {"epoch": epoch, "train_loss": total_loss / n,
                           "train_accuracy": total_correct / n, "train_seconds": round(train_seconds, 3)},
                          job.device)
-        row["epoch_seconds"] = round(time.perf_counter() - t0, 3)
+        row["epoch_seconds"] = round(done_seconds + time.perf_counter() - t0, 3)
         history.append(row)
         save_epoch(out, model, optimizer, gen, cfg, history)  # the commit point of the epoch
         save_model(model, out, model_name, model_kwargs, config)
