@@ -23,7 +23,9 @@ TRAIN = ["train", "whitebox-mnist35", "--out", "{dir}", "--epochs", "2", "--val-
          "--val-pgd-steps", "0", "--no-progress"]
 EVALUATE = ["evaluate", "{dir}", "--attack", "pgd", "--steps", "5", "--limit", "40", "--check-limit", "40"]
 DEMO = ["demo", "--out", "{dir}", "--epochs", "1", "--limit", "24"]
-TIMING = {"seconds", "train_seconds", "epoch_seconds", "model_dir", "record", "report"}
+# how long and where a command ran, and how much of an evaluation an earlier, killed run had
+# finished: not part of the result
+TIMING = {"seconds", "train_seconds", "epoch_seconds", "model_dir", "record", "report", "reused_chunks"}
 
 
 def without_timing(obj):
@@ -49,12 +51,14 @@ def plans(tmp: Path) -> list[list[dict]]:
     # fraction of the uninterrupted run's duration)
     train = [("train", {"write": n, "phase": ("before", "after")[n % 2]}) for n in range(1, 9)]
     train += [("train", {"after_fraction": rng.uniform(0.1, 0.8)}) for _ in range(3)]
-    # evaluate: before and after its record is published, then at random times
-    evaluate = [("evaluate", {"write": 1, "phase": "before"}), ("evaluate", {"write": 1, "phase": "after"})]
-    evaluate += [("evaluate", {"after_fraction": rng.uniform(0.1, 0.8)}) for _ in range(3)]
-    # demo: in its training, at its record, in its figures and report
-    demo = [("demo", {"write": 1, "phase": "after"}), ("demo", {"write": 5, "phase": "before"}),
-            ("demo", {"write": 9, "phase": "after"}), ("demo", {"after_fraction": rng.uniform(0.1, 0.8)})]
+    # evaluate: once its chunk of images is kept (write 1), before and after its record is
+    # published (write 2), then at random times
+    evaluate = [("evaluate", {"write": 1, "phase": "after"}), ("evaluate", {"write": 2, "phase": "before"}),
+                ("evaluate", {"write": 2, "phase": "after"})]
+    evaluate += [("evaluate", {"after_fraction": rng.uniform(0.1, 0.8)}) for _ in range(2)]
+    # demo: in its training (4 writes), at its record (after its chunk), in its figures and report
+    demo = [("demo", {"write": 1, "phase": "after"}), ("demo", {"write": 6, "phase": "before"}),
+            ("demo", {"write": 10, "phase": "after"}), ("demo", {"after_fraction": rng.uniform(0.1, 0.8)})]
     first = [{"kind": "train", "dir": ref_train, "argv": TRAIN},
              {"kind": "evaluate", "dir": str(tmp / "ref-eval"), "argv": EVALUATE, "copy_from": ref_train},
              *scenarios(train + evaluate, 0)]

@@ -23,12 +23,14 @@ from pellucid.data.datasets import ImageDataset, load_dataset
 from pellucid.errors import InvalidInputError
 from pellucid.models.checkpoint import load_model
 from pellucid.models.inference import predict_logits
-from pellucid.report.records import save_record
+from pellucid.report.records import RECORDS_DIR, save_record
 from pellucid.robust.attacks import ATTACKS, option_values
 from pellucid.robust.budgets import AdaptiveBudget
 from pellucid.robust.checks import evaluation_checks
 from pellucid.robust.diagnostics import adaptive_diagnostics
-from pellucid.robust.evaluate import CHUNK_SIZE, RobustnessResult, evaluate_robustness, minimal_perturbations
+from pellucid.robust.chunk_store import ChunkStore
+from pellucid.robust.evaluate import (CHUNK_SIZE, RobustnessResult, chunk_bounds, evaluate_robustness,
+                                      minimal_perturbations)
 
 if TYPE_CHECKING:
     from pellucid.distributed import Job
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 MINIMISING_ATTACKS = ("boundary", "deepfool")
 # flipped predictions shown in the minimal-perturbation figure
 MINIMAL_EXAMPLES = 8
+# where an evaluation keeps its finished chunks until it is recorded (robust.chunk_store)
+UNFINISHED_DIR = ".unfinished"
 
 
 @dataclass
@@ -115,9 +119,20 @@ def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, 
     check_outputs(model, x)
     say(f"{attack} ({norm} eps {eps:g}) on {len(test)} test images"
         + (f", {job.world_size} processes" if job is not None and job.world_size > 1 else ""))
+    store = ChunkStore(run_dir / RECORDS_DIR / UNFINISHED_DIR, {
+        "attack": attack, "norm": norm, "eps": eps, "seed": seed,
+        "options": dataclasses.asdict(checked_options), "chunk_size": chunk_size,
+        "weights_sha256": weights_sha256, "dataset": (config.get("data") or {}).get("dataset"),
+        "data_sha256": tensors_sha256({"images": test.images, "labels": test.labels}),
+        "device": device.type, "dtype": str(x.dtype)})
+    bounds = chunk_bounds(len(x), chunk_size)
+    reused = sum(store.has(a, b) for a, b in bounds)
+    if reused:
+        say(f"{reused} of {len(bounds)} chunks were finished by an earlier, interrupted run of this "
+            "evaluation: their results are reused")
     result = evaluate_robustness(model, x, y, attack=attack, eps=eps, norm=norm, seed=seed,
                                  chunk_size=chunk_size, job=job, progress=progress and main,
-                                 log=log if main else None, **options)
+                                 log=log if main else None, chunk_store=store, **options)
     if not main:
         return None
     # per-image results go to the record, not to the summary (one line); so does the adaptive
@@ -137,6 +152,8 @@ def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, 
                "device": device_name(device), "processes": 1 if job is None else job.world_size}
     if chunk_size != CHUNK_SIZE:
         summary["chunk_size"] = chunk_size
+    if reused:  # not part of the identity: the results are the same
+        summary["reused_chunks"] = reused
     if "steps" in options:
         summary["steps"] = options["steps"]
     minimal = points = None
@@ -168,6 +185,7 @@ def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, 
             _save_examples(run_dir, *_on_cpu(model, result), test, minimal)
         record = save_record(run_dir, summary, result, eps_points=points, minimal=minimal,
                              per_image=per_image)
+        store.discard()  # recorded: the finished chunks are no longer needed
         if report:
             say("figures and report")
             summary["report"] = str(write_run_report(run_dir, model, test, result))

@@ -18,6 +18,7 @@ from pellucid.robust.reliability import ReliabilityCurve, precision_at_recall_in
 
 if TYPE_CHECKING:
     from pellucid.distributed import Job
+    from pellucid.robust.chunk_store import ChunkStore
 
 __all__ = ["CHUNK_SIZE", "RobustnessResult", "accuracy_vs_eps", "advance_generator", "chunk_bounds",
            "check_processes", "chunk_generator", "evaluate_robustness", "merge_info", "merge_stage_rows",
@@ -122,7 +123,7 @@ def advance_generator(generator: torch.Generator, draws: int, dtype: torch.dtype
 
 
 @dataclass
-class _Chunk:
+class ChunkResult:
     """What the attack produced on one chunk of images (its tensors on the images' device)."""
 
     index: int
@@ -136,13 +137,13 @@ class _Chunk:
 
 def _attack_chunk(index: int, model: nn.Module, x: torch.Tensor, y: torch.Tensor, runner, *,
                   eps: float, norm: str, value_range: tuple[float, float], generator: torch.Generator,
-                  attack_kwargs: dict) -> _Chunk:
+                  attack_kwargs: dict) -> ChunkResult:
     clean = predict_logits(model, x)
     run = runner(model, x, y, eps=eps, norm=norm, value_range=value_range, generator=generator,
                  **attack_kwargs)
     inside = within_budget(run.adversarial - x, eps, norm)
     x_eval = torch.where(inside.view(-1, *[1] * (x.dim() - 1)), run.adversarial, x)
-    return _Chunk(index, run.adversarial, clean, predict_logits(model, x_eval), inside, run.stages,
+    return ChunkResult(index, run.adversarial, clean, predict_logits(model, x_eval), inside, run.stages,
                   run.info)
 
 
@@ -211,7 +212,7 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, a
                         eps: float = 0.3, norm: str = "linf",
                         value_range: tuple[float, float] = (0.0, 1.0),
                         seed: int = 0, chunk_size: int = CHUNK_SIZE, job: "Job | None" = None,
-                        **attack_kwargs) -> RobustnessResult:
+                        chunk_store: "ChunkStore | None" = None, **attack_kwargs) -> RobustnessResult:
     """Attack ``x`` with the true labels ``y`` and score clean, robust accuracy and reliability.
 
     ``x``: images in ``value_range`` with the dtype and device of the model's parameters; ``y``:
@@ -226,6 +227,10 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, a
     chunks out (rank ``r`` takes chunks ``r, r + W, ...``) and gather them with results identical,
     image by image, to one process's. Every process returns the whole result. Per-stage log rows
     add up over chunks (``seconds``: the compute time summed over chunks).
+
+    ``chunk_store`` (a :class:`pellucid.robust.chunk_store.ChunkStore` for this evaluation's
+    identity) keeps every finished chunk and supplies the chunks an earlier, interrupted run of
+    the same evaluation finished, which are then not attacked again: the result is the same.
     """
     check_images(x, value_range=value_range)
     check_model_input(model, x)
@@ -244,12 +249,17 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, a
     chunks = []
     for k in mine:
         a, b = bounds[k]
-        kwargs = dict(attack_kwargs)
-        if log is not None and len(bounds) > 1:
-            kwargs["log"] = lambda msg, k=k: log(f"chunk {k + 1}/{len(bounds)}: {msg}")
-        chunks.append(_attack_chunk(k, model, x[a:b], y[a:b], runner, eps=eps, norm=norm,
-                                    value_range=value_range, attack_kwargs=kwargs,
-                                    generator=chunk_generator(seed, a, x)))
+        chunk = chunk_store.load(k, a, b, x) if chunk_store is not None else None
+        if chunk is None:
+            kwargs = dict(attack_kwargs)
+            if log is not None and len(bounds) > 1:
+                kwargs["log"] = lambda msg, k=k: log(f"chunk {k + 1}/{len(bounds)}: {msg}")
+            chunk = _attack_chunk(k, model, x[a:b], y[a:b], runner, eps=eps, norm=norm,
+                                  value_range=value_range, attack_kwargs=kwargs,
+                                  generator=chunk_generator(seed, a, x))
+            if chunk_store is not None:
+                chunk_store.save(a, b, chunk)
+        chunks.append(chunk)
     if job is not None and job.world_size > 1:
         chunks = _gather_chunks(job, chunks, bounds)
     sizes = [b - a for a, b in bounds]
@@ -291,7 +301,7 @@ def _n_classes(model: nn.Module, x: torch.Tensor) -> int | None:
     return out.shape[1] if out.dim() == 2 else None
 
 
-def _gather_chunks(job: "Job", chunks: list[_Chunk], bounds: list[tuple[int, int]]) -> list[_Chunk]:
+def _gather_chunks(job: "Job", chunks: list[ChunkResult], bounds: list[tuple[int, int]]) -> list[ChunkResult]:
     """Every process's chunks, in chunk order, on every process."""
     owned = [list(range(r, len(bounds), job.world_size)) for r in range(job.world_size)]
     counts = [sum(bounds[k][1] - bounds[k][0] for k in ks) for ks in owned]
@@ -299,13 +309,13 @@ def _gather_chunks(job: "Job", chunks: list[_Chunk], bounds: list[tuple[int, int
              ("adversarial", "clean_logits", "adversarial_logits", "inside")}
     gathered = {name: job.all_gather_rows(t, counts) for name, t in local.items()}
     logs = job.all_gather_objects([(c.index, c.stages, c.info) for c in chunks])
-    out: dict[int, _Chunk] = {}
+    out: dict[int, ChunkResult] = {}
     for rank, ks in enumerate(owned):
         offset = 0
         for (k, stages, info) in logs[rank]:
             n = bounds[k][1] - bounds[k][0]
             rows = {name: g[rank][offset:offset + n] for name, g in gathered.items()}
-            out[k] = _Chunk(k, rows["adversarial"], rows["clean_logits"], rows["adversarial_logits"],
+            out[k] = ChunkResult(k, rows["adversarial"], rows["clean_logits"], rows["adversarial_logits"],
                             rows["inside"], stages, info)
             offset += n
         assert [k for k, _, _ in logs[rank]] == ks
