@@ -4,17 +4,15 @@ the rest and records what an uninterrupted run records, image by image."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from interruptions import interrupted_at_call, run_kill_plan
 
 from pellucid.report.evaluation import UNFINISHED_DIR, evaluate_run
 from pellucid.robust import evaluate as evaluate_module
 from pellucid.robust import chunk_store as chunk_store_module
 
-KILL_DRIVER = Path(__file__).parent / "faults" / "kill_driver.py"
 # 24 images in 3 chunks of 8; PGD's random start makes every chunk's result depend on its stream
 SETTINGS = dict(attack="pgd", eps=0.4, seed=4, options={"steps": 3}, limit=24, chunk_size=8, checks=False)
 HOW_IT_RAN = {"model_dir", "seconds", "stages", "reused_chunks"}
@@ -59,18 +57,8 @@ def reference(authors_dir, tmp_path):
 def interrupt_at_chunk(monkeypatch, run: Path, chunk: int, **changes) -> None:
     """Evaluate ``run`` (``SETTINGS`` with ``changes``) and raise KeyboardInterrupt when chunk
     ``chunk`` (1-based) starts."""
-    real, calls = evaluate_module._attack_chunk, []
-
-    def dies(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == chunk:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(evaluate_module, "_attack_chunk", dies)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_call(monkeypatch, evaluate_module, "_attack_chunk", chunk):
         evaluate_run(run, **{**SETTINGS, **changes})
-    monkeypatch.setattr(evaluate_module, "_attack_chunk", real)
 
 
 def count_attacks(monkeypatch) -> list:
@@ -167,12 +155,7 @@ def test_killed_by_sigkill_after_a_chunk_the_same_command_finishes_it(authors_di
     # write n is the n-th chunk kept; write 4 would be the record
     scenarios += [{"kind": "evaluate", "dir": str(tmp_path / f"kill{n}"), "argv": argv, "copy_from": str(authors_dir),
                    "kill": {"write": n, "phase": phase}} for n, phase in ((1, "before"), (2, "after"), (3, "after"))]
-    (tmp_path / "plan.json").write_text(json.dumps({"scenarios": scenarios}))
-    done = subprocess.run([sys.executable, str(KILL_DRIVER), str(tmp_path / "plan.json"),
-                           str(tmp_path / "result.json")], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    outcomes = json.loads((tmp_path / "result.json").read_text())
-    assert outcomes[0]["code"] == 0
+    outcomes = run_kill_plan(tmp_path, scenarios)
     ref = record(tmp_path / "ref")
     for o, reused in zip(outcomes[1:], (0, 2, 3)):
         run = Path(o["dir"])

@@ -17,17 +17,9 @@ def _run_interrupted(entry, cfg, out: Path, monkeypatch, at_call: int) -> None:
     """Run recipe ``entry`` into ``out`` and interrupt it (KeyboardInterrupt) at the ``at_call``-th
     test-set evaluation, i.e. during epoch ``at_call`` after ``at_call - 1`` epochs were
     checkpointed; the evaluation is restored afterwards."""
+    from interruptions import interrupted_at_call
+
     from pellucid.train import metric_recipes
 
-    real, calls = metric_recipes.predict_logits, []
-
-    def dies(model, images):
-        calls.append(1)
-        if len(calls) == at_call:
-            raise KeyboardInterrupt
-        return real(model, images)
-
-    monkeypatch.setattr(metric_recipes, "predict_logits", dies)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_call(monkeypatch, metric_recipes, "predict_logits", at_call):
         entry.run(cfg, out, progress=False)
-    monkeypatch.setattr(metric_recipes, "predict_logits", real)

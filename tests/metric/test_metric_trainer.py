@@ -7,7 +7,6 @@ import copy
 import gzip
 import json
 import math
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,9 +26,9 @@ from pellucid.train.checkpointing import PARTIAL_FILE, STATE_FILE, save_epoch
 from pellucid.train.optim import Adam
 from pellucid.train.trainer import best_so_far, lr_factor, resumable_changes
 
+from interruptions import interrupted_at_call, run_kill_plan
 from test_metric_models import synthetic_images
 
-KILL_DRIVER = Path(__file__).parents[1] / "faults" / "kill_driver.py"
 TIMING = {"epoch_seconds", "train_seconds"}
 
 
@@ -275,18 +274,8 @@ def interrupt_at_step(monkeypatch, entry, cfg, out: Path, step: int) -> None:
     the whole run), before that step's update."""
     from pellucid.train import trainer
 
-    real, calls = trainer.check_loss, []
-
-    def dies(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == step:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "check_loss", dies)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_call(monkeypatch, trainer, "check_loss", step):
         entry.run(cfg, out, progress=False)
-    monkeypatch.setattr(trainer, "check_loss", real)
 
 
 def test_partial_epoch_states_resume_bit_for_bit_from_inside_any_epoch(blobs, tmp_path, monkeypatch, capsys):
@@ -412,12 +401,7 @@ def test_cli_metric_mlp_killed_then_resumed_gives_the_uninterrupted_weights(tmp_
     scenarios = [{"kind": "train", "dir": str(tmp_path / "ref"), "argv": argv}]
     scenarios += [{"kind": "train", "dir": str(tmp_path / f"kill{i}"), "argv": argv, "kill": k}
                   for i, k in enumerate(kills)]
-    (tmp_path / "plan.json").write_text(json.dumps({"scenarios": scenarios}))
-    done = subprocess.run([sys.executable, str(KILL_DRIVER), str(tmp_path / "plan.json"),
-                           str(tmp_path / "result.json")], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    outcomes = json.loads((tmp_path / "result.json").read_text())
-    assert outcomes[0]["code"] == 0
+    outcomes = run_kill_plan(tmp_path, scenarios)
     ref = tmp_path / "ref"
     for o in outcomes[1:]:
         run = Path(o["dir"])
@@ -443,12 +427,7 @@ def test_cli_killed_within_epochs_resumes_from_the_partial_state(tmp_path):
     scenarios = [{"kind": "train", "dir": str(tmp_path / "ref"), "argv": argv}]
     scenarios += [{"kind": "train", "dir": str(tmp_path / f"kill{i}"), "argv": fine, "kill": k}
                   for i, k in enumerate(kills)]
-    (tmp_path / "plan.json").write_text(json.dumps({"scenarios": scenarios}))
-    done = subprocess.run([sys.executable, str(KILL_DRIVER), str(tmp_path / "plan.json"),
-                           str(tmp_path / "result.json")], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    outcomes = json.loads((tmp_path / "result.json").read_text())
-    assert outcomes[0]["code"] == 0
+    outcomes = run_kill_plan(tmp_path, scenarios)
     for o in outcomes[1:]:
         run = Path(o["dir"])
         assert o["killed"] and o["integrity"] == [], o
