@@ -232,6 +232,22 @@ def test_threshold_moves_the_decision_and_the_tradeoff_matches_a_count(cache, di
     assert loose.tradeoff_figure is not None and "uniform noise" in loose.summary()
 
 
+def test_the_tradeoff_figure_is_drawn_once_per_threshold_and_shared_read_only(cache, dictionary_dir):
+    source = str(dictionary_dir)
+    noise = rejection.classify(cache, source, rejection.noise_input((1, 28, 28)), factor=1.25)
+    blank = rejection.classify(cache, source, rejection.blank_input((1, 28, 28)), factor=1.25)
+    assert blank.tradeoff_figure is noise.tradeoff_figure  # the same picture for every image
+    assert not noise.tradeoff_figure.flags.writeable
+    with pytest.raises(ValueError):
+        noise.tradeoff_figure[0, 0, 0] = 0
+    curve = rejection.tradeoff(cache, cache.get(source))
+    fresh = rejection.tradeoff_figure(curve, noise.threshold, noise.trained_epsilon)
+    assert np.array_equal(fresh, noise.tradeoff_figure)  # what drawing it again gives
+    other = rejection.classify(cache, source, rejection.noise_input((1, 28, 28)), factor=1.5)
+    assert other.tradeoff_figure is not noise.tradeoff_figure
+    assert not np.array_equal(other.tradeoff_figure, noise.tradeoff_figure)  # the marker moved
+
+
 def test_tradeoff_curve_equals_counting_at_every_threshold():
     """The vectorised curve against a count per threshold, written out: ties at a threshold are
     kept, below every distance nothing is kept (accuracy None / NaN), above every one all are."""

@@ -160,10 +160,19 @@ def classify(cache: ModelCache, source: str | None, image: ModelInput, factor: f
         acc = "no image kept" if accuracy is None else f"accuracy on them {accuracy:.1%}"
         result.tradeoff_note = (f"At this threshold the model keeps {coverage:.1%} of {curve.source} "
                                 f"({acc}) and rejects {noise:.1%} of uniform noise.")
-        result.tradeoff_figure = tradeoff_figure(curve, threshold, trained)
+        # the same for every image at this threshold: drawn once per (model, threshold), about half
+        # of a request's time otherwise
+        result.tradeoff_figure = cache.derived(("tradeoff-figure", loaded.source, threshold, trained),
+                                               lambda: _read_only(tradeoff_figure(curve, threshold, trained)))
     else:
         result.tradeoff_note = curve
     return result
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """``array``, shared between requests, made read-only so that no request can change another's."""
+    array.flags.writeable = False
+    return array
 
 
 def _votes(model, n_classes: int) -> torch.Tensor | None:
