@@ -67,8 +67,9 @@ def image_grid(images: torch.Tensor, rows: int, cols: int, path: Path, title: st
 
     The grid is one picture in one Axes: every image is coloured (``bwr``, ``-m .. m`` with ``m``
     its largest magnitude) and placed with a white gap, then drawn once with nearest-pixel
-    interpolation. One Axes per image, as ``plt.subplots`` gives, spent about 20 ms per image in
-    matplotlib's Axes set-up and layout: 13 s of the 3-vs-5 report's 16 s for its 372 images.
+    interpolation (see :func:`grid_canvas`). One Axes per image, as ``plt.subplots`` gives, spends
+    most of its time in matplotlib's Axes set-up and layout: the 3-vs-5 report's three grids (328
+    images) took 6.8 s that way and take 1.2 s so (medians of 3, one process, one thread).
     """
     h, w = images.shape[-2:]
     gap_x = max(2, round(w * 0.25))
