@@ -82,28 +82,29 @@ def run(args: argparse.Namespace) -> int:
 
     page = build(ModelCache(device), models)
     shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
-    print(f"pellucid app: serving on http://{shown}:{args.port} (Ctrl-C stops it)", flush=True)
-    with _ctrl_c_deferred() as pressed:
-        launch(page, args.host, args.port, block=False)  # returns once the server answers
-    try:
-        while not pressed:
-            threading.Event().wait(0.2)  # a Ctrl-C from now on lands here, in pellucid's own code
-    except KeyboardInterrupt:
-        pass
-    finally:
-        page.close()
+    # from the moment the address is shown, a Ctrl-C is recorded, never raised: it stops the app
+    # cleanly whenever it comes (raised before the loop below, it would end the process with 130)
+    with _ctrl_c_recorded() as pressed:
+        print(f"pellucid app: serving on http://{shown}:{args.port} (Ctrl-C stops it)", flush=True)
+        try:
+            launch(page, args.host, args.port, block=False)  # returns once the server answers
+            while not pressed:
+                threading.Event().wait(0.2)
+        finally:
+            page.close()
     print("pellucid app: stopped", flush=True)
     return 0
 
 
 @contextlib.contextmanager
-def _ctrl_c_deferred() -> Iterator[list[bool]]:
-    """Hold a Ctrl-C (SIGINT) back until the block ends, recording it in the list yielded.
+def _ctrl_c_recorded() -> Iterator[list[bool]]:
+    """While the block runs, a Ctrl-C (SIGINT) appends to the list yielded instead of raising
+    KeyboardInterrupt; the previous handler is restored afterwards.
 
     Why: while the server starts, Gradio checks it with an HTTP request, and a KeyboardInterrupt
     raised inside httpcore's connection pool leaves its lock held; the pool's own clean-up then
     waits on that lock for ever, and the process ignores every later Ctrl-C. Outside the main
-    thread (where signal handlers cannot be set) nothing is deferred.
+    thread (where signal handlers cannot be set) nothing is recorded.
     """
     pressed: list[bool] = []
     if threading.current_thread() is not threading.main_thread():
