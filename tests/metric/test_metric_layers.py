@@ -339,6 +339,71 @@ def test_quadratic_form_backward_matches_autograd_of_the_literal_form():
         torch.testing.assert_close(x, y)
 
 
+def _invex_value_by_subtraction(layer, x):
+    """``InvexDistance.invex_value`` written with plain broadcast subtractions and ``2 a Q g`` as
+    the quadratic form's input gradient: the formulation the Table 1 runs started with."""
+    import torch.nn.functional as F
+
+    class Quadratic(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, q):
+            aq = a @ q
+            ctx.save_for_backward(a, aq)
+            return (aq * a).sum(-1)
+
+        @staticmethod
+        def backward(ctx, grad):
+            a, aq = ctx.saved_tensors
+            return 2 * aq * grad[:, None], (a * grad[:, None]).t() @ a
+
+    first_norm, block, last_norm = layer.flow
+    (b, d), h = x.shape, layer.out_features
+    first, scale = block.layers[0], (-first_norm.log_scale).exp()
+    u = (F.linear((x - first_norm.shift) * scale, first.weight, first.bias)[:, None]
+         - F.linear(layer.centres * scale, first.weight)[None])
+    hidden = block.hidden_after_first(u.reshape(b * h, -1)).view(b, h, -1)
+    if not layer.factored_output:
+        z = first_norm((x[:, None, :] - layer.centres[None]).reshape(-1, d))
+        g = last_norm(z + block.layers[2](hidden.reshape(b * h, -1)))
+        return (g - layer.reference).norm(dim=1).view(b, h)
+    last, out_scale = block.layers[2], (-last_norm.log_scale).exp()
+    scaled = last.weight * out_scale[:, None]
+    k = out_scale * (-first_norm.log_scale).exp()
+    p_x = (x - first_norm.shift) * k + (last.bias - last_norm.shift) * out_scale - layer.reference
+    p_c = layer.centres * k
+    p_sq = p_x.square().sum(-1)[:, None] + p_c.square().sum(-1)[None] - 2 * p_x @ p_c.t()
+    cross = ((p_x @ scaled)[:, None] - (p_c @ scaled)[None]) * hidden
+    gram = scaled.t() @ scaled
+    squared = p_sq + 2 * cross.sum(-1) + Quadratic.apply(hidden.reshape(b * h, -1), (gram + gram.t()) / 2).view_as(p_sq)
+    return torch.where(squared > 0, squared.clamp_min(torch.finfo(squared.dtype).tiny).sqrt(), 0)
+
+
+@pytest.mark.parametrize("factored", [False, True])
+@pytest.mark.parametrize("contractive", [True, False])
+def test_invex_training_step_is_bit_identical_to_the_subtraction_form(factored, contractive):
+    """float32, as trained: the value and every gradient equal the literal formulation's bit for
+    bit, so a run resumed across the change continues exactly as it would have."""
+    from pellucid.nn.metric.invex import InvexDistance
+    torch.manual_seed(5)
+    layer = InvexDistance(40, 30, hidden=24, contractive=contractive, factored_output=factored)
+    x = torch.randn(16, 40)
+    layer(x)  # training mode: the ActNorms initialise from this batch (the direct path)
+    with torch.no_grad():  # move the parameters off their initial values
+        for param in layer.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    layer.eval()  # no power iteration: both read the same capped weights
+    x = torch.randn(16, 40, requires_grad=True)
+    g = torch.randn(16, 30)
+    names, params = zip(*((n, p) for n, p in layer.named_parameters() if n != "log_scale"))
+    ours = layer.invex_value(x)
+    grads = torch.autograd.grad(ours, [x, *params], g)
+    theirs = _invex_value_by_subtraction(layer, x)
+    reference = torch.autograd.grad(theirs, [x, *params], g)
+    assert torch.equal(ours, theirs)
+    for name, a, b in zip(["x", *names], grads, reference):
+        assert torch.equal(a, b), name
+
+
 def test_soft_spectral_norm_caps_only_large_weights_and_ordinary_is_unconstrained():
     from pellucid.nn.metric.invex import SoftSpectralNorm
     torch.manual_seed(0)

