@@ -4,6 +4,7 @@ pixel by hand, and the figure it is drawn in."""
 from __future__ import annotations
 
 import matplotlib.image
+import numpy as np
 import matplotlib.pyplot as plt
 import pytest
 import torch
@@ -53,3 +54,37 @@ def test_image_grid_draws_the_canvas_with_labels_and_refuses_too_many_images(tmp
     with pytest.raises(ValueError, match="do not fit"):
         image_grid(torch.zeros(5, 3, 3), 2, 2, tmp_path / "x.png", None)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_overlay_colours_compose_as_matplotlib_draws_two_images_with_alpha():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from pellucid.viz.style import overlay_colours
+
+    g = torch.Generator().manual_seed(4)
+    back, front = torch.rand(12, 10, generator=g) * 3 - 1, torch.randn(12, 10, generator=g)
+    ours = overlay_colours(back, front, alpha=0.6)[0, :, :, :3].numpy()
+    fig = Figure(figsize=(10 / 100, 12 / 100), dpi=100)  # one screen pixel per image pixel
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.axis("off")
+    ax.imshow(back.numpy(), cmap="Greys", interpolation="nearest")
+    lim = float(front.abs().max())
+    ax.imshow(front.numpy(), cmap=DIVERGING, vmin=-lim, vmax=lim, alpha=0.6, interpolation="nearest")
+    canvas.draw()
+    drawn = np.asarray(canvas.buffer_rgba())[..., :3] / 255
+    assert drawn.shape == ours.shape
+    assert abs(drawn - ours).max() < 3 / 255  # 8-bit rounding of each layer
+
+
+def test_how_the_model_sees_is_one_tiled_picture_with_a_row_per_stage_and_class(tmp_path, authors_model):
+    from pellucid.viz.whitebox import plot_how_model_sees
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 28, 28, generator=g)
+    path = plot_how_model_sees(authors_model, x, torch.tensor([0, 1, 0]), ["3", "5"], tmp_path / "sees.png", "t")
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[1] == round(3 * 1.25 * 110)  # 3 columns of 1.25 inch at 110 dpi
+    # 5 rows (input, TwoStep, conv, one per class) of 1.25-inch images and their labels
+    assert 5 * 1.25 * 110 < pixels.shape[0] < 5 * 2.0 * 110

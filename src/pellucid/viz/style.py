@@ -32,30 +32,55 @@ def show_signed(ax, image: torch.Tensor, vmax: float | None = None, title: str |
     return handle
 
 
-def grid_canvas(images: torch.Tensor, rows: int, cols: int, gap_x: int, gap_y: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The images ``(N, H, W)`` coloured and tiled row by row: an RGBA canvas and the
-    ``(column, row)`` pixel of each image's top-left corner, ``(N, 2)``.
-
-    Image ``i`` maps ``[-m_i, m_i]`` (``m_i`` its largest magnitude, 1 if it is all 0) onto the
-    diverging colormap, so 0 is white. Each cell is ``gap_y`` white rows above the image (room
-    for a label) and ``gap_x`` white columns split around it; cells without an image, and
-    ``gap_x // 2`` rows below the grid, are white."""
+def signed_colours(images: torch.Tensor, vmax: float | None = None) -> torch.Tensor:
+    """``(N, H, W)`` images as ``(N, H, W, 4)`` RGBA on the diverging colormap, as
+    :func:`show_signed` draws them: ``[-m_i, m_i]`` onto the colormap, 0 white, ``m_i`` the image's
+    largest magnitude (1 if it is all 0) or ``vmax``."""
     imgs = images.detach().cpu().float().reshape(-1, *images.shape[-2:])
-    n, h, w = imgs.shape
+    if vmax is None:
+        lim = imgs.abs().flatten(1).amax(1)
+        lim = torch.where(lim > 0, lim, torch.ones_like(lim))
+    else:
+        lim = torch.full((len(imgs),), float(vmax) if vmax > 0 else 1.0)
+    return torch.from_numpy(plt.get_cmap(DIVERGING)(((imgs / lim[:, None, None] + 1) / 2).numpy()))
+
+
+def overlay_colours(background: torch.Tensor, signed: torch.Tensor, alpha: float = 0.6) -> torch.Tensor:
+    """``signed`` (:func:`signed_colours`) drawn with opacity ``alpha`` over ``background`` on the
+    ``Greys`` colormap (each image from its own minimum to maximum), as two ``imshow`` calls with
+    ``alpha`` on the second compose them: ``(N, H, W)`` each, ``(N, H, W, 4)`` RGBA out."""
+    back = background.detach().cpu().float().reshape(-1, *background.shape[-2:])
+    low = back.flatten(1).amin(1)[:, None, None]
+    span = back.flatten(1).amax(1)[:, None, None] - low
+    grey = torch.from_numpy(plt.get_cmap("Greys")(((back - low) / torch.where(span > 0, span, 1)).numpy()))
+    return alpha * signed_colours(signed) + (1 - alpha) * grey
+
+
+def tile_canvas(cells: torch.Tensor, rows: int, cols: int, gap_x: int, gap_y: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """RGBA images ``(N, H, W, 4)`` tiled row by row: a canvas and the ``(column, row)`` pixel of
+    each image's top-left corner, ``(N, 2)``.
+
+    Each cell is ``gap_y`` white rows above the image (room for a label) and ``gap_x`` white
+    columns split around it; cells without an image, and ``gap_x // 2`` rows below the grid, are
+    white."""
+    n, h, w = cells.shape[:3]
     if n > rows * cols:
         raise ValueError(f"{n} images do not fit a {rows} x {cols} grid")
-    lim = imgs.abs().flatten(1).amax(1)
-    lim = torch.where(lim > 0, lim, torch.ones_like(lim))
-    coloured = torch.from_numpy(plt.get_cmap(DIVERGING)(((imgs / lim[:, None, None] + 1) / 2).numpy()))
-    cells = torch.ones(rows * cols, gap_y + h, gap_x + w, 4, dtype=coloured.dtype)
-    cells[:n, gap_y:, gap_x // 2:gap_x // 2 + w] = coloured
-    canvas = cells.view(rows, cols, gap_y + h, gap_x + w, 4).permute(0, 2, 1, 3, 4) \
+    out = torch.ones(rows * cols, gap_y + h, gap_x + w, 4, dtype=cells.dtype)
+    out[:n, gap_y:, gap_x // 2:gap_x // 2 + w] = cells
+    canvas = out.view(rows, cols, gap_y + h, gap_x + w, 4).permute(0, 2, 1, 3, 4) \
         .reshape(rows * (gap_y + h), cols * (gap_x + w), 4)
     canvas = torch.cat([canvas, torch.ones(gap_x // 2, *canvas.shape[1:], dtype=canvas.dtype)])
     index = torch.arange(n)
     corners = torch.stack([index % cols * (gap_x + w) + gap_x // 2, index // cols * (gap_y + h) + gap_y], 1)
     return canvas, corners
+
+
+def grid_canvas(images: torch.Tensor, rows: int, cols: int, gap_x: int, gap_y: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images ``(N, H, W)`` coloured (:func:`signed_colours`) and tiled (:func:`tile_canvas`)."""
+    return tile_canvas(signed_colours(images), rows, cols, gap_x, gap_y)
 
 
 def image_grid(images: torch.Tensor, rows: int, cols: int, path: Path, title: str | None,
@@ -71,11 +96,19 @@ def image_grid(images: torch.Tensor, rows: int, cols: int, path: Path, title: st
     most of its time in matplotlib's Axes set-up and layout: the 3-vs-5 report's three grids (328
     images) took 6.8 s that way and take 1.2 s so (medians of 3, one process, one thread).
     """
-    h, w = images.shape[-2:]
+    return tile_grid(signed_colours(images), rows, cols, path, title, labels, cell, label_size)
+
+
+def tile_grid(cells: torch.Tensor, rows: int, cols: int, path: Path, title: str | None,
+              labels: list[str] | None = None, cell: float = 0.8, label_size: float = 7):
+    """Save RGBA images ``(N, H, W, 4)`` on a framed grid in one Axes (see :func:`image_grid`);
+    ``labels`` may have several lines (the room above every cell fits the longest)."""
+    h, w = cells.shape[1:3]
     gap_x = max(2, round(w * 0.25))
     px_per_inch = (w + gap_x) / cell  # image pixels per inch of the figure
-    gap_y = gap_x + (round(label_size * 1.6 / 72 * px_per_inch) if labels else 0)
-    canvas, corners = grid_canvas(images, rows, cols, gap_x, gap_y)
+    lines = max((label.count("\n") + 1 for label in labels or [] if label), default=0)
+    gap_y = gap_x + round((0.35 + 1.25 * lines) * label_size / 72 * px_per_inch) if lines else gap_x
+    canvas, corners = tile_canvas(cells, rows, cols, gap_x, gap_y)
     width_in, grid_in = cols * cell, cell * canvas.shape[0] / (gap_x + w)
     title_in = 0.4 if title else 0.0
     fig = plt.figure(figsize=(width_in, grid_in + title_in + 0.05))

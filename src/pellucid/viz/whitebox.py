@@ -8,7 +8,7 @@ import torch
 
 from pellucid.models.whitebox import WhiteBoxNet
 from pellucid.nn.semantic.twostep import TwoStep
-from pellucid.viz.style import image_grid, plt, save, show_signed
+from pellucid.viz.style import image_grid, overlay_colours, plt, save, signed_colours, tile_grid
 
 
 @torch.no_grad()
@@ -65,27 +65,32 @@ def plot_how_model_sees(model: WhiteBoxNet, x: torch.Tensor, labels: torch.Tenso
     ``title``: the figure's title (``None``: none).
 
     The class rows show, for the class's block of affine features, the feature with the highest
-    match in its best pose, overlaid (colour) on the conv output (grey), titled with the match.
+    match in its best pose, overlaid (colour, 60 %) on the conv output (grey), titled with the
+    match. One tiled picture (:func:`~pellucid.viz.style.tile_grid`): with one Axes per image the
+    3-vs-5 report's 8 images took 1.3 s.
     """
     t = model.trace(x)
     posed = model.affine.posed_weights()  # (F, P, H, W)
-    n_cls = model.logical.n_classes
+    n, n_cls = len(x), model.logical.n_classes
     block = t["affine"].shape[1] // n_cls
-    rows = 3 + n_cls
-    fig, axes = plt.subplots(rows, len(x), figsize=(len(x) * 1.25, rows * 1.3), squeeze=False)
-    for j in range(len(x)):
-        probs = " ".join(f"{class_names[c]}:{float(t['probs'][j, c]):.2f}" for c in range(n_cls))
-        show_signed(axes[0, j], x[j], vmax=1.0, title=f"true {class_names[int(labels[j])]}\n{probs}")
-        show_signed(axes[1, j], t["twostep"][j], vmax=1.0, title="TwoStep")
-        show_signed(axes[2, j], t["conv"][j], title="conv")
-        for c in range(n_cls):
-            feats = t["affine"][j, c * block:(c + 1) * block]
-            f = c * block + int(feats.argmax())
-            g = posed[f, int(t["affine_pose"][j, f])]
-            ax = axes[3 + c, j]
-            ax.imshow(t["conv"][j, 0].numpy(), cmap="Greys")
-            show_signed(ax, g, title=f"class {class_names[c]}: f{f} m={float(t['affine'][j, f]):.2f}")
-            ax.images[-1].set_alpha(0.6)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return save(fig, path)
+    best = torch.stack([t["affine"][:, c * block:(c + 1) * block].argmax(1) + c * block
+                        for c in range(n_cls)], 1)  # (N, C): each class's best feature per image
+    pose = t["affine_pose"].gather(1, best)  # (N, C)
+    conv = t["conv"][:, 0]
+    if posed.shape[-2:] != conv.shape[-2:]:
+        raise ValueError(f"affine features {tuple(posed.shape[-2:])} and conv output "
+                         f"{tuple(conv.shape[-2:])} differ in size")
+    h, w = conv.shape[-2:]
+
+    def fit(img: torch.Tensor) -> torch.Tensor:  # input-sized rows, centred in conv-sized cells
+        top, left = (h - img.shape[-2]) // 2, (w - img.shape[-1]) // 2
+        return torch.nn.functional.pad(img, (left, w - img.shape[-1] - left, top, h - img.shape[-2] - top))
+
+    overlays = [overlay_colours(conv, posed[best[:, c], pose[:, c]]) for c in range(n_cls)]
+    rows = [signed_colours(fit(x[:, 0]), vmax=1.0), signed_colours(fit(t["twostep"][:, 0]), vmax=1.0),
+            signed_colours(conv), *overlays]
+    probs = [" ".join(f"{class_names[c]}:{float(t['probs'][j, c]):.2f}" for c in range(n_cls)) for j in range(n)]
+    labels_ = ([f"true {class_names[int(labels[j])]}\n{probs[j]}" for j in range(n)] + ["TwoStep"] * n
+               + ["conv"] * n + [f"class {class_names[c]}: f{int(best[j, c])} m={float(t['affine'][j, best[j, c]]):.2f}"
+                                 for c in range(n_cls) for j in range(n)])
+    return tile_grid(torch.cat(rows), len(rows), n, path, title, labels_, cell=1.25)
