@@ -26,9 +26,10 @@ def figure(width: float, height: float) -> Figure:
     return fig
 
 
-def render(fig: Figure) -> np.ndarray:
-    """``fig`` as an ``(H, W, 3)`` uint8 array."""
-    fig.tight_layout()
+def render(fig: Figure, tight: bool = True) -> np.ndarray:
+    """``fig`` as an ``(H, W, 3)`` uint8 array; ``tight``: lay it out with ``tight_layout`` first."""
+    if tight:
+        fig.tight_layout()
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 

@@ -31,7 +31,7 @@ from pellucid.app.images import ModelInput, preview
 from pellucid.errors import InvalidInputError, PellucidError
 from pellucid.explain.base import model_lock
 from pellucid.robust.reliability import ReliabilityCurve
-from pellucid.viz.style import show_signed
+from pellucid.viz.style import overlay_colours, show_signed, signed_colours, tile_figure
 
 __all__ = ["AttackResult", "Inspection", "ReliabilityPoint", "attack", "inspect", "load_classifier",
            "reliability_for"]
@@ -298,28 +298,19 @@ def _affine_columns(t, n_classes: int) -> list[int]:
 
 
 def _affine_figure(t, prototypes, posed, names) -> np.ndarray:
+    """Each shown prototype (top) and its best pose over the conv output (bottom), one tiled
+    picture (:func:`~pellucid.viz.style.tile_figure`): 0.36 s with an Axes per image, 0.1 s so."""
     n_classes = len(names)
     block = t["affine"].shape[1] // n_classes
     cols = _affine_columns(t, n_classes)
     winners = {c * block + int(t["affine"][0, c * block:(c + 1) * block].argmax()) for c in range(n_classes)}
-    fig = figure(1.35 * len(cols) + 0.4, 3.2)
-    axes = fig.subplots(2, len(cols), squeeze=False)
-    conv = t["conv"][0, 0].cpu().numpy()
-    for j, f in enumerate(cols):
-        m = float(t["affine"][0, f])
-        star = " *" if f in winners else ""
-        show_signed(axes[0, j], prototypes[f], title=f"f{f} class {names[f // block]}{star}")
-        ax = axes[1, j]
-        ax.imshow(conv, cmap="Greys")
-        show_signed(ax, posed[f, int(t["affine_pose"][0, f])], title=f"match {m:.2f}")
-        ax.images[-1].set_alpha(0.6)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.title.set_fontsize(7)
-    fig.suptitle("prototype (top) and its best pose over the conv output (bottom); * = the class's "
-                 "best match", fontsize=8)
-    return render(fig)
+    best_pose = posed[cols, t["affine_pose"][0, cols]]  # (len(cols), H, W)
+    cells = torch.cat([signed_colours(prototypes[cols]),
+                       overlay_colours(t["conv"][0, :1].expand(len(cols), -1, -1), best_pose)])
+    labels = ([f"f{f} class {names[f // block]}{' *' if f in winners else ''}" for f in cols]
+              + [f"match {float(t['affine'][0, f]):.2f}" for f in cols])
+    return render(tile_figure(cells, 2, len(cols), "prototype (top) and its best pose over the conv output "
+                              "(bottom); * = the class's best match", labels, cell=1.35), tight=False)
 
 
 def _logical_contributions(t, posed_logical: torch.Tensor, n_classes: int) -> torch.Tensor:

@@ -10,7 +10,10 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures are files
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib import colormaps  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.collections import PatchCollection  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from pellucid._io import save_bytes_atomic  # noqa: E402
@@ -42,7 +45,7 @@ def signed_colours(images: torch.Tensor, vmax: float | None = None) -> torch.Ten
         lim = torch.where(lim > 0, lim, torch.ones_like(lim))
     else:
         lim = torch.full((len(imgs),), float(vmax) if vmax > 0 else 1.0)
-    return torch.from_numpy(plt.get_cmap(DIVERGING)(((imgs / lim[:, None, None] + 1) / 2).numpy()))
+    return torch.from_numpy(colormaps[DIVERGING](((imgs / lim[:, None, None] + 1) / 2).numpy()))
 
 
 def overlay_colours(background: torch.Tensor, signed: torch.Tensor, alpha: float = 0.6) -> torch.Tensor:
@@ -52,7 +55,7 @@ def overlay_colours(background: torch.Tensor, signed: torch.Tensor, alpha: float
     back = background.detach().cpu().float().reshape(-1, *background.shape[-2:])
     low = back.flatten(1).amin(1)[:, None, None]
     span = back.flatten(1).amax(1)[:, None, None] - low
-    grey = torch.from_numpy(plt.get_cmap("Greys")(((back - low) / torch.where(span > 0, span, 1)).numpy()))
+    grey = torch.from_numpy(colormaps["Greys"](((back - low) / torch.where(span > 0, span, 1)).numpy()))
     return alpha * signed_colours(signed) + (1 - alpha) * grey
 
 
@@ -101,8 +104,15 @@ def image_grid(images: torch.Tensor, rows: int, cols: int, path: Path, title: st
 
 def tile_grid(cells: torch.Tensor, rows: int, cols: int, path: Path, title: str | None,
               labels: list[str] | None = None, cell: float = 0.8, label_size: float = 7):
-    """Save RGBA images ``(N, H, W, 4)`` on a framed grid in one Axes (see :func:`image_grid`);
-    ``labels`` may have several lines (the room above every cell fits the longest)."""
+    """Save RGBA images ``(N, H, W, 4)`` on a framed grid in one Axes (:func:`tile_figure`)."""
+    return save(tile_figure(cells, rows, cols, title, labels, cell, label_size), path, tight=False)
+
+
+def tile_figure(cells: torch.Tensor, rows: int, cols: int, title: str | None,
+                labels: list[str] | None = None, cell: float = 0.8, label_size: float = 7) -> Figure:
+    """RGBA images ``(N, H, W, 4)`` on a framed grid in one Axes (see :func:`image_grid`), ``cell``
+    inches wide each; ``labels`` may have several lines (the room above every cell fits the
+    longest). A figure of its own, outside pyplot's global state: safe in any thread."""
     h, w = cells.shape[1:3]
     gap_x = max(2, round(w * 0.25))
     px_per_inch = (w + gap_x) / cell  # image pixels per inch of the figure
@@ -111,7 +121,8 @@ def tile_grid(cells: torch.Tensor, rows: int, cols: int, path: Path, title: str 
     canvas, corners = tile_canvas(cells, rows, cols, gap_x, gap_y)
     width_in, grid_in = cols * cell, cell * canvas.shape[0] / (gap_x + w)
     title_in = 0.4 if title else 0.0
-    fig = plt.figure(figsize=(width_in, grid_in + title_in + 0.05))
+    fig = Figure(figsize=(width_in, grid_in + title_in + 0.05))
+    FigureCanvasAgg(fig)
     ax = fig.add_axes((0.0, 0.0, 1.0, grid_in / (grid_in + title_in + 0.05)))
     ax.imshow(canvas.numpy(), interpolation="nearest", aspect="auto")
     ax.set_xlim(-0.5, canvas.shape[1] - 0.5)
@@ -125,7 +136,7 @@ def tile_grid(cells: torch.Tensor, rows: int, cols: int, path: Path, title: str 
             ax.text(x + w / 2, y - 1, label, ha="center", va="bottom", fontsize=label_size)
     if title:
         fig.suptitle(title, fontsize=9, y=1 - 0.1 / (grid_in + title_in + 0.05))
-    return save(fig, path, tight=False)
+    return fig
 
 
 def save(fig, path: Path | str, tight: bool = True) -> Path:
