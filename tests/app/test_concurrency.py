@@ -129,3 +129,34 @@ def test_many_users_shown_the_same_images_at_once_each_receive_them_whole(server
             assert "REJECTED" in answer[-1], answer[-1]
             for fig, first in zip(figs, figures[0]):
                 assert fig.shape == first.shape and np.array_equal(fig, first)
+
+
+def test_a_client_gone_in_the_middle_of_an_upload_is_one_line_in_the_log(server):
+    """A browser that closes the connection before its upload arrives whole: the server logs one
+    warning line, no traceback, and answers the next request."""
+    import logging
+    import time
+    import urllib.parse
+    import urllib.request
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("uvicorn.error")
+    log.addHandler(handler)
+    try:
+        url = urllib.parse.urlsplit(server)
+        with socket.create_connection((url.hostname, url.port), timeout=10) as conn:
+            conn.sendall(b"POST /gradio_api/upload HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+                         b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\nabc")
+        deadline = time.time() + 20
+        while not records and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        log.removeHandler(handler)
+    assert records, "the server logged nothing about the cut-off upload"
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in records), \
+        [r.getMessage() for r in records]
+    assert any("client disconnected" in r.getMessage() for r in records)
+    assert urllib.request.urlopen(server, timeout=10).status == 200

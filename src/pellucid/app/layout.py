@@ -408,9 +408,26 @@ def _rejection_tab(gr, cache: ModelCache, models: Catalog, files: ImageFiles) ->
     factor.change(handler("again"), inputs, outputs, api_name=False, trigger_mode="always_last")
 
 
+class ClientGoneFilter(logging.Filter):
+    """The server's log: a browser that went away in the middle of a request (a closed tab, an
+    upload cut off) is one warning line instead of the ASGI stack's traceback. Nothing of
+    pellucid's ran for that request, and a traceback in the log reads as a server fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if type(error).__name__ == "ClientDisconnect":  # starlette.requests.ClientDisconnect
+            record.msg, record.args = "a client disconnected before its request was read", ()
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return True
+
+
 def launch(page, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True):
     """Serve ``page`` on ``host:port`` (no share link, no analytics); ``block=False`` returns once
     the server answers (tests)."""
+    server_log = logging.getLogger("uvicorn.error")  # the logger uvicorn reports request failures to
+    if not any(isinstance(f, ClientGoneFilter) for f in server_log.filters):
+        server_log.addFilter(ClientGoneFilter())
     page.queue(default_concurrency_limit=4)
     return page.launch(server_name=host, server_port=port, share=False, theme=theme(), quiet=True,
                        show_error=False, max_file_size="50mb", footer_links=["api", "settings"],
