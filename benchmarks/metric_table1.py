@@ -57,7 +57,11 @@ def run_cell(metric: str, hidden: int, seed: int, epochs: int, runs_dir: Path | 
         cfg = MetricMLPConfig(metric=metric, hidden=hidden, epochs=epochs, seed=seed, compiled_kernels=compiled,
                               factored_output=factored)
         t = time.perf_counter()
-        hist = train_metric_mlp(cfg, out, resume=has_training_state(out), progress=False)["epochs"]
+        resume = has_training_state(out)
+        # a cell takes minutes to hours: say which one runs, then a line per epoch (stderr)
+        h.log(f"metric_table1: {metric} H = {hidden}, seed {seed}, {epochs} epochs"
+              f"{', resuming ' + str(out) if resume else ''}")
+        hist = train_metric_mlp(cfg, out, resume=resume, progress=True)["epochs"]
     return {"best": 100 * hist[-1]["best_test_accuracy"], "final": 100 * hist[-1]["test_accuracy"],
             "seconds": sum(r["epoch_seconds"] for r in hist), "resumed_run_seconds": time.perf_counter() - t}
 
