@@ -374,7 +374,8 @@ def _invex_value_by_subtraction(layer, x):
     p_sq = p_x.square().sum(-1)[:, None] + p_c.square().sum(-1)[None] - 2 * p_x @ p_c.t()
     cross = ((p_x @ scaled)[:, None] - (p_c @ scaled)[None]) * hidden
     gram = scaled.t() @ scaled
-    squared = p_sq + 2 * cross.sum(-1) + Quadratic.apply(hidden.reshape(b * h, -1), (gram + gram.t()) / 2).view_as(p_sq)
+    quadratic = Quadratic.apply(hidden.reshape(b * h, -1), (gram + gram.t()) / 2).view_as(p_sq)
+    squared = p_sq + 2 * cross.sum(-1) + quadratic
     return torch.where(squared > 0, squared.clamp_min(torch.finfo(squared.dtype).tiny).sqrt(), 0)
 
 

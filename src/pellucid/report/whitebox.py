@@ -88,7 +88,7 @@ def whitebox_sections(run_dir: Path | str, model: WhiteBoxNet, test: ImageDatase
             model, result.adversarial[pick], test.labels[pick], names,
             run_dir / "how_model_sees.png", None)
         sections.append(Section(
-            "How the model sees", "Rows: adversarial input with class probabilities; TwoStep "
+            "How the model sees", "Rows: adversarial input with its two likeliest classes' probabilities; TwoStep "
             "output; conv output; for each class, its best affine feature in its best pose "
             "(colour) over the conv output (grey), with the match value.",
             [Figure(sees, f"Adversarial test images ({result.attack}, {norm_label(result.norm)} eps "

@@ -61,7 +61,8 @@ def plot_affine_features(model: WhiteBoxNet, path: Path | str, posed_path: Path 
 @torch.no_grad()
 def plot_how_model_sees(model: WhiteBoxNet, x: torch.Tensor, labels: torch.Tensor,
                         class_names: list[str], path: Path | str, title: str | None) -> Path:
-    """Columns = images; rows = input (+ probabilities), TwoStep, conv, best affine feature per class.
+    """Columns = images; rows = input (+ the two likeliest classes' probabilities), TwoStep, conv,
+    best affine feature per class.
     ``title``: the figure's title (``None``: none).
 
     The class rows show, for the class's block of affine features, the feature with the highest
@@ -89,7 +90,8 @@ def plot_how_model_sees(model: WhiteBoxNet, x: torch.Tensor, labels: torch.Tenso
     overlays = [overlay_colours(conv, posed[best[:, c], pose[:, c]]) for c in range(n_cls)]
     rows = [signed_colours(fit(x[:, 0]), vmax=1.0), signed_colours(fit(t["twostep"][:, 0]), vmax=1.0),
             signed_colours(conv), *overlays]
-    probs = [" ".join(f"{class_names[c]}:{float(t['probs'][j, c]):.2f}" for c in range(n_cls)) for j in range(n)]
+    top = t["probs"].topk(min(n_cls, 2), dim=1).indices  # the two likeliest classes fit a cell's width
+    probs = [" ".join(f"{class_names[c]}:{float(t['probs'][j, c]):.2f}" for c in top[j].tolist()) for j in range(n)]
     labels_ = ([f"true {class_names[int(labels[j])]}\n{probs[j]}" for j in range(n)] + ["TwoStep"] * n
                + ["conv"] * n + [f"class {class_names[c]}: f{int(best[j, c])} m={float(t['affine'][j, best[j, c]]):.2f}"
                                  for c in range(n_cls) for j in range(n)])
