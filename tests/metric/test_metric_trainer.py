@@ -447,3 +447,29 @@ def test_the_trainer_options_work_for_a_metric_recipe_too(blobs, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["n_train"] == 70
     with pytest.raises(InvalidInputError, match="val_size"):
         entry.run(entry.config_type(**{**asdict(cfg), "val_size": 90}), tmp_path / "bad", progress=False)
+
+
+def test_each_epoch_line_says_how_long_the_rest_takes_at_that_epochs_pace(blobs, tmp_path, capsys):
+    from pellucid._text import duration
+
+    entry, cfg = partial_cfg(checkpoint_minutes=0.0)
+    capsys.readouterr()
+    entry.run(cfg, tmp_path / "run", progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch=")]
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == len(history) == 3
+    for line, row in zip(lines, history):
+        if row["epoch"] < 3:
+            left = (3 - row["epoch"]) * row["epoch_seconds"]
+            assert line.endswith(f"(epoch {row['epoch']} of 3; about {duration(left, ' ')} left at this "
+                                 "epoch's pace)"), line
+        else:
+            assert "left" not in line  # the run is over
+
+
+def test_durations_read_as_people_write_them():
+    from pellucid._text import duration
+
+    assert [duration(s, " ") for s in (0.42, 2.84, 24.2, 96, 7500, 61_200)] == [
+        "420 ms", "2.8 s", "24 s", "1 min 36 s", "2 h 05 min", "17 h 00 min"]
+    assert duration(float("nan")) == "–"

@@ -36,7 +36,8 @@ def add_parser(sub, argv: Sequence[str] = ()) -> None:
         r.add_argument("--out", required=True, metavar="DIR", help="run directory")
         r.add_argument("--resume", action="store_true",
                        help="continue an interrupted run in DIR from its last finished epoch")
-        r.add_argument("--no-progress", action="store_true", help="no progress bar")
+        r.add_argument("--no-progress", action="store_true",
+                       help="no progress on stderr (no bar, no line per epoch)")
         r.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
         add_device_option(r)
         add_data_dir(r)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from pellucid._io import save_bytes_atomic
+from pellucid._text import duration
 from pellucid.errors import PellucidError
 
 
@@ -110,22 +111,6 @@ _LABELS = {"precision_at_recall_0.8": "precision at 80 % recall",
 def percent(v: float, digits: int = 2) -> str:
     """``0.9253`` -> ``"92.53 %"`` (no-break space: the sign never wraps alone)."""
     return f"{v * 100:.{digits}f}\u00a0%"
-
-
-def duration(seconds: float) -> str:
-    """A human duration: ``420 ms``, ``2.8 s``, ``24 s``, ``1 min 36 s``, ``2 h 05 min``."""
-    if seconds != seconds:
-        return "–"
-    if seconds < 0.9995:
-        return f"{seconds * 1000:.0f}\u00a0ms"
-    if seconds < 9.95:
-        return f"{seconds:.1f}\u00a0s"
-    if seconds < 59.5:
-        return f"{seconds:.0f}\u00a0s"
-    s = int(round(seconds))
-    if s < 3600:
-        return f"{s // 60}\u00a0min {s % 60}\u00a0s"
-    return f"{s // 3600}\u00a0h {s % 3600 // 60:02d}\u00a0min"
 
 
 def count(n: int) -> str:

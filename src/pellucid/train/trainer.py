@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pellucid._io import RunLock
+from pellucid._text import duration
 from pellucid.data.datasets import ImageDataset
 from pellucid.distributed import Job
 from pellucid.errors import CheckpointError, InvalidInputError
@@ -277,6 +278,10 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
         save_model(model, out, model_name, model_kwargs, config)
         if progress:
             msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+            if epoch < cfg.epochs:  # long runs (hours of epochs): when to come back
+                left = (cfg.epochs - epoch) * row["epoch_seconds"]
+                msg += (f" (epoch {epoch} of {cfg.epochs}; about {duration(left, ' ')} left at this "
+                        "epoch's pace)")
             tqdm.write(msg, file=sys.stderr)
         if on_epoch is not None:
             on_epoch(model, dict(row))
