@@ -1,10 +1,11 @@
-"""Interrupting work in tests: at the n-th call of a function (in process), or with SIGKILL
-(``faults/kill_driver.py`` in a fresh interpreter)."""
+"""Interrupting work in tests: at the n-th call of a function (in process), with SIGKILL
+(``faults/kill_driver.py`` in a fresh interpreter), or with a signal a person sends (Ctrl-C)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,17 @@ from typing import Any
 import pytest
 
 KILL_DRIVER = Path(__file__).parent / "faults" / "kill_driver.py"
+
+
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# ``subprocess.Popen`` keyword arguments that give the child Ctrl-C's default disposition. A process
+# started in the background by a non-interactive shell (``cmd &``, as some CI runners and ``nohup``
+# do) inherits SIGINT ignored, and so would the command under test, which keeps it ignored: a test
+# that presses Ctrl-C would wait on a process that cannot hear it. A user's terminal never ignores it.
+INTERRUPTIBLE = {"preexec_fn": _sigint_default}
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from interruptions import INTERRUPTIBLE
 
 
 @pytest.fixture(scope="session")
@@ -59,18 +60,7 @@ def cache():
     return ModelCache()
 
 
-def _sigint_default() -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.fixture(scope="session")
 def interruptible():
-    """``subprocess.Popen`` keyword arguments that give the child Ctrl-C's default disposition.
-
-    A process started in the background by a non-interactive shell (``cmd &``, as some CI runners
-    and ``nohup`` do) inherits SIGINT ignored, and so would the app under test: the tests that
-    press Ctrl-C would then wait on a process that cannot hear it. A user's terminal never ignores
-    it."""
-    return {"preexec_fn": _sigint_default}
+    """``subprocess.Popen`` keyword arguments that let a test press Ctrl-C (see ``interruptions``)."""
+    return INTERRUPTIBLE

@@ -129,19 +129,21 @@ def test_app_starts_within_the_budget_and_answers(authors_dir, dictionary_dir, t
 
 def test_ctrl_c_while_the_server_starts_stops_it_cleanly(authors_dir, tmp_path, gradio_installed, interruptible):
     """A Ctrl-C that arrives during start-up (Gradio is still checking its own server) once left
-    the process hung for ever inside httpcore's connection pool; it must stop the app promptly."""
+    the process hung for ever inside httpcore's connection pool; it must stop the app promptly.
+    A ``kill`` (SIGTERM) stops it the same way."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
-    for delay in (0.0, 0.3):  # straight after the address is printed, and a moment later
+    # straight after the address is printed, and a moment later
+    for delay, signum in ((0.0, signal.SIGINT), (0.3, signal.SIGINT), (0.3, signal.SIGTERM)):
         proc = subprocess.Popen([sys.executable, "-m", "pellucid", "app", "--model", str(authors_dir),
                                  "--port", str(port)], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, **interruptible)
         try:
             assert "serving on" in proc.stdout.readline()  # printed just before the server starts
             time.sleep(delay)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signum)
             out, err = proc.communicate(timeout=60)
         finally:
             proc.kill()

@@ -3,10 +3,12 @@ bit-for-bit parity with a separately written reference loop, old run directories
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gzip
 import json
 import math
+import signal
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -473,3 +475,156 @@ def test_durations_read_as_people_write_them():
     assert [duration(s, " ") for s in (0.42, 2.84, 24.2, 96, 7500, 61_200)] == [
         "420 ms", "2.8 s", "24 s", "1 min 36 s", "2 h 05 min", "17 h 00 min"]
     assert duration(float("nan")) == "–"
+
+
+# -- a signal (Ctrl-C, kill) stops training at the end of its batch, with the work so far saved -----
+
+@contextlib.contextmanager
+def signal_at_step(monkeypatch, step: int, signum: int, times: int = 1):
+    """While the block runs, deliver ``signum`` (``times`` times) to this process in training step
+    ``step`` (1-based over the block), before that step's update, as a person's Ctrl-C or ``kill``
+    would."""
+    from pellucid.train import trainer
+
+    real, calls = trainer.check_loss, []
+
+    def signalled(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:
+            for _ in range(times):
+                signal.raise_signal(signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "check_loss", signalled)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(trainer, "check_loss", real)
+
+
+@pytest.mark.parametrize("minutes", [EVERY_BATCH, 0.0])
+def test_a_signal_mid_epoch_saves_the_epoch_so_far_and_resume_continues_it(blobs, tmp_path, monkeypatch,
+                                                                           capfd, minutes):
+    """Steps 1-6 are epoch 1: a Ctrl-C in step 3 finishes that step, saves the state after batch 3
+    (also with partial states switched off: the signal asks for it), and stops; --resume then gives
+    the uninterrupted run's weights and rows."""
+    from pellucid._signals import Stopped
+
+    entry, cfg = partial_cfg(checkpoint_minutes=minutes)
+    entry.run(cfg, tmp_path / "whole", progress=False)
+    before = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "stopped"
+    with signal_at_step(monkeypatch, 3, signal.SIGINT), pytest.raises(Stopped) as stopped:
+        entry.run(cfg, out, progress=False)
+    assert signal.getsignal(signal.SIGINT) is before  # the trainer's handlers are gone again
+    assert stopped.value.signum == signal.SIGINT
+    assert str(stopped.value) == (f"epoch 1 of 3 stopped after batch 3 of 6; the run so far is saved in "
+                                  f"{out}, and --resume continues it")
+    assert "SIGINT (Ctrl-C): stopping at the end of this batch" in capfd.readouterr().err
+    with safe_open(str(out / PARTIAL_FILE), "pt") as f:
+        assert json.loads(f.metadata()["info"])["partial"]["batches"] == 3
+    entry.run(cfg, out, resume=True, progress=False)
+    assert same_weights(out, tmp_path / "whole") and rows(out) == rows(tmp_path / "whole")
+
+
+def test_a_signal_in_an_epochs_last_batch_stops_after_its_commit(blobs, tmp_path, monkeypatch):
+    """SIGTERM in step 12 (epoch 2's last batch): no partial state can hold a finished epoch, so
+    epoch 2 is validated and committed, then the run stops; in the run's last step it just ends."""
+    from pellucid._signals import Stopped
+
+    entry, cfg = partial_cfg()
+    entry.run(cfg, tmp_path / "whole", progress=False)
+    out = tmp_path / "stopped"
+    with (signal_at_step(monkeypatch, 12, signal.SIGTERM),
+          pytest.raises(Stopped, match=r"^stopped after epoch 2 of 3; the run so far is saved") as stopped):
+        entry.run(cfg, out, progress=False)
+    assert stopped.value.signum == signal.SIGTERM
+    assert len(rows(out)) == 2 and not (out / PARTIAL_FILE).exists()
+    entry.run(cfg, out, resume=True, progress=False)
+    assert same_weights(out, tmp_path / "whole") and rows(out) == rows(tmp_path / "whole")
+
+    with signal_at_step(monkeypatch, 18, signal.SIGINT):  # the run's last step: nothing left to stop
+        entry.run(cfg, tmp_path / "done", progress=False)
+    assert same_weights(tmp_path / "done", tmp_path / "whole")
+
+
+def test_a_second_signal_stops_at_once_without_saving(blobs, tmp_path, monkeypatch):
+    """Ctrl-C twice in step 9 (epoch 2): the second raises before the step ends, so the state on
+    disk is the last one saved (epoch 1's commit, partial states off), and resume redoes epoch 2."""
+    from pellucid._signals import Stopped
+
+    entry, cfg = partial_cfg(checkpoint_minutes=0.0)
+    entry.run(cfg, tmp_path / "whole", progress=False)
+    out = tmp_path / "stopped"
+    with signal_at_step(monkeypatch, 9, signal.SIGINT, times=2), pytest.raises(Stopped) as stopped:
+        entry.run(cfg, out, progress=False)
+    assert str(stopped.value) == ""  # nothing was saved for it: the CLI says "interrupted"
+    assert len(rows(out)) == 1 and not (out / PARTIAL_FILE).exists()
+    entry.run(cfg, out, resume=True, progress=False)
+    assert same_weights(out, tmp_path / "whole")
+
+
+_WAIT_AT_STEP = """
+import sys, time
+from pathlib import Path
+from pellucid.train import trainer
+from pellucid.cli.main import main
+
+marker, step, argv = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+real, calls = trainer.check_loss, []
+
+def waits(*args, **kwargs):  # in step `step`: say so, then wait until the test has sent its signals
+    calls.append(1)
+    if len(calls) == step:
+        marker.write_text("waiting")
+        while marker.exists():
+            time.sleep(0.01)
+    return real(*args, **kwargs)
+
+trainer.check_loss = waits
+sys.exit(main(argv))
+"""
+
+
+@pytest.mark.parametrize("step, signals, code, said", [
+    (4, [signal.SIGINT], 130, "stopped: epoch 1 of 2 stopped after batch 4 of 6; the run so far is saved in"),
+    (6, [signal.SIGTERM], 143, "stopped: stopped after epoch 1 of 2; the run so far is saved in"),
+    (8, [signal.SIGINT, signal.SIGINT], 130, "interrupted"),
+])
+def test_cli_train_answers_a_real_signal_and_resume_continues(tmp_path, step, signals, code, said):
+    """``pellucid train`` in its own process gets the signal from outside, as from a terminal or
+    ``kill``: exit 128 + the signal's number, one line that says what was kept, no traceback; the
+    same command with --resume then ends with the uninterrupted run's weights and rows."""
+    import os
+    import subprocess
+    import time
+
+    from interruptions import INTERRUPTIBLE
+    from pellucid.cli.main import main
+
+    data = tiny_idx_dir(tmp_path / "data")
+    argv = ["train", "metric-mlp", "--data-dir", str(data), "--metric", "l2", "--hidden", "6",
+            "--epochs", "2", "--batch-size", "15", "--lr", "0.01", "--seed", "3", "--noise-p", "0.5",
+            "--augment", "noise", "--checkpoint-minutes", "0", "--no-progress", "--out"]
+    assert main(argv + [str(tmp_path / "ref")]) == 0
+    out, marker = tmp_path / "run", tmp_path / "marker"
+    proc = subprocess.Popen([sys.executable, "-c", _WAIT_AT_STEP, str(marker), str(step), *argv, str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **INTERRUPTIBLE)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert marker.exists(), proc.communicate(timeout=10)
+        for signum in signals:
+            os.kill(proc.pid, signum)
+            time.sleep(0.2)  # each is handled before the next arrives
+        marker.unlink()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith(f"pellucid train: {said}"), err
+    assert main(argv + [str(out), "--resume"]) == 0
+    assert same_weights(out, tmp_path / "ref") and rows(out) == rows(tmp_path / "ref")

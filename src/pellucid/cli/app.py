@@ -17,13 +17,13 @@ line. The page needs no network: no analytics, no share link, no web fonts.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import signal
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
+from pellucid._signals import signals_recorded
 from pellucid.cli._common import DefaultsHelpFormatter, add_device_option, checked
 
 # One line for `pellucid --help` (which imports no subcommand's dependencies).
@@ -82,9 +82,12 @@ def run(args: argparse.Namespace) -> int:
 
     page = build(ModelCache(device), models)
     shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
-    # from the moment the address is shown, a Ctrl-C is recorded, never raised: it stops the app
-    # cleanly whenever it comes (raised before the loop below, it would end the process with 130)
-    with _ctrl_c_recorded() as pressed:
+    # From the moment the address is shown, a Ctrl-C (or a kill's SIGTERM) is recorded, never
+    # raised: it stops the app cleanly whenever it comes. Raised, it would end the process with 130
+    # before the loop below, or inside httpcore's connection pool while Gradio checks the server,
+    # whose lock it then leaves held: the pool's clean-up waits on it for ever and the process
+    # ignores every later Ctrl-C.
+    with signals_recorded(signal.SIGINT, signal.SIGTERM) as pressed:
         print(f"pellucid app: serving on http://{shown}:{args.port} (Ctrl-C stops it)", flush=True)
         try:
             launch(page, args.host, args.port, block=False)  # returns once the server answers
@@ -94,24 +97,3 @@ def run(args: argparse.Namespace) -> int:
             page.close()
     print("pellucid app: stopped", flush=True)
     return 0
-
-
-@contextlib.contextmanager
-def _ctrl_c_recorded() -> Iterator[list[bool]]:
-    """While the block runs, a Ctrl-C (SIGINT) appends to the list yielded instead of raising
-    KeyboardInterrupt; the previous handler is restored afterwards.
-
-    Why: while the server starts, Gradio checks it with an HTTP request, and a KeyboardInterrupt
-    raised inside httpcore's connection pool leaves its lock held; the pool's own clean-up then
-    waits on that lock for ever, and the process ignores every later Ctrl-C. Outside the main
-    thread (where signal handlers cannot be set) nothing is recorded.
-    """
-    pressed: list[bool] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield pressed
-        return
-    previous = signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
-    try:
-        yield pressed
-    finally:
-        signal.signal(signal.SIGINT, previous)

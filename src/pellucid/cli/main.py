@@ -60,9 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pellucid {args.command}: error: {e.strerror or e}"
               + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"pellucid {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C; or pellucid._signals.Stopped: a signal, answered
+        kept = _one_line(e)
+        print(f"pellucid {args.command}: {'stopped' if kept else 'interrupted'}"
+              + (f": {kept}" if kept else ""), file=sys.stderr)
+        return 128 + getattr(e, "signum", 2)  # the shell's convention: 130 for SIGINT, 143 SIGTERM
 
 
 def _one_line(error: Exception) -> str:

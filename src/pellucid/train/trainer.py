@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import os
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -18,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pellucid._io import RunLock
+from pellucid._signals import Stopped, signal_name, signals_recorded
 from pellucid._text import duration
 from pellucid.data.datasets import ImageDataset
 from pellucid.distributed import Job
@@ -161,16 +164,33 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConf
     process's up to the order of float additions (BatchNorm statistics are the share's own).
     Process 0 validates, calls ``on_epoch`` and ``evaluate``, writes the run directory and
     returns the metrics; the other processes write nothing and return ``[]``.
+
+    In one process on the main thread, a Ctrl-C (SIGINT) or SIGTERM stops training at the end of
+    the batch: the state after it is saved as a partial-epoch state (in an epoch's last batch, the
+    epoch is validated and committed instead), and :class:`~pellucid._signals.Stopped` (a
+    ``KeyboardInterrupt`` whose text says what was kept) is raised; ``resume=True`` continues bit
+    for bit. A second signal raises at once.
     """
     out = Path(out)
     job = current_job()
     check_run_dir(out, resume)  # before the lock creates the directory
     job.barrier()  # every process has checked before process 0 writes
-    with RunLock(out) if job.is_main else contextlib.nullcontext():
+    # One process answers Ctrl-C / SIGTERM at the end of the batch, with the epoch so far saved.
+    # (Under torchrun the processes would stop at different batches: there a signal acts at once.)
+    stops = (signals_recorded(signal.SIGINT, signal.SIGTERM, escalate=True, notice=_say_stopping)
+             if job.world_size == 1 else contextlib.nullcontext([]))
+    with RunLock(out) if job.is_main else contextlib.nullcontext(), stops as stop:
         return _fit_locked(model, train, val, cfg, out, model_name=model_name,
                            model_kwargs=model_kwargs, extra_config=extra_config, resume=resume,
                            progress=progress, on_epoch=on_epoch, param_groups=param_groups,
-                           evaluate=evaluate, job=job)
+                           evaluate=evaluate, job=job, stop=stop)
+
+
+def _say_stopping(signum: int) -> None:
+    # os.write: called from a signal handler, which may interrupt a print to stderr (reentrant
+    # calls into a buffered stream raise)
+    os.write(2, f"pellucid: {signal_name(signum)}: stopping at the end of this batch, with the work so "
+                f"far saved (Ctrl-C again stops at once and loses what is not saved)\n".encode())
 
 
 def _epoch_row(epoch: int, history: list[dict[str, Any]], model: nn.Module, val: ImageDataset,
@@ -192,7 +212,7 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
                 on_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None,
                 param_groups: Sequence[dict[str, Any]] | None = None,
                 evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-                job: Job | None = None) -> list[dict[str, Any]]:
+                job: Job | None = None, stop: Sequence[int] = ()) -> list[dict[str, Any]]:
     if len(train) == 0:
         raise InvalidInputError("no training images (is --val-size as large as the train split?)")
     job = job or Job()
@@ -259,12 +279,17 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
             total_loss += loss * len(y)
             total_correct += correct
             bar.set_postfix(loss=f"{loss:.4f}")
-            if save_every > 0 and b + 1 < n_batches and time.perf_counter() - last_save >= save_every:
+            if b + 1 < n_batches and (stop or save_every > 0 and time.perf_counter() - last_save >= save_every):
                 if job.is_main:  # the others' state is the same: process 0's file resumes them all
                     save_partial_epoch(out, model, optimizer, gen, cfg, history, PartialEpoch(
                         epoch, b + 1, total_loss, total_correct,
                         done_seconds + time.perf_counter() - t0, epoch_start))
                 last_save = time.perf_counter()
+                if stop:
+                    bar.close()
+                    raise Stopped(stop[0], f"epoch {epoch} of {cfg.epochs} stopped after batch {b + 1} "
+                                           f"of {n_batches}; the run so far is saved in {out}, and "
+                                           "--resume continues it")
         train_seconds = done_seconds + time.perf_counter() - t0
         if not job.is_main:  # process 0 validates and writes; the others go on to the next epoch
             continue
@@ -285,6 +310,9 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
             tqdm.write(msg, file=sys.stderr)
         if on_epoch is not None:
             on_epoch(model, dict(row))
+        if stop and epoch < cfg.epochs:  # asked during the epoch's last batch or its validation
+            raise Stopped(stop[0], f"stopped after epoch {epoch} of {cfg.epochs}; the run so far is "
+                                   f"saved in {out}, and --resume continues it")
     job.barrier()  # the others return once process 0 has written the last epoch (they may read it)
     return history if job.is_main else []
 

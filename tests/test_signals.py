@@ -1,0 +1,73 @@
+"""pellucid._signals: a signal recorded instead of acting, a second one escalating, handlers
+restored, ignored signals left ignored, nothing installed outside the main thread."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import pytest
+
+from pellucid._signals import Stopped, signal_name, signals_recorded
+
+
+def test_a_signal_is_recorded_instead_of_raising_and_the_handler_comes_back():
+    before = signal.getsignal(signal.SIGINT)
+    notices = []
+    with signals_recorded(signal.SIGINT, signal.SIGTERM, notice=notices.append) as received:
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGINT)  # without escalate, a second one is recorded too
+        assert received == [signal.SIGTERM, signal.SIGINT]
+        assert notices == [signal.SIGTERM]  # said once, for the first
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt):  # Python's own Ctrl-C again
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_the_handlers_come_back_when_the_block_raises():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(ValueError):
+        with signals_recorded(signal.SIGTERM):
+            raise ValueError("boom")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_second_signal_escalates_to_stopped_at_once():
+    with signals_recorded(signal.SIGINT, signal.SIGTERM, escalate=True) as received:
+        signal.raise_signal(signal.SIGINT)
+        assert received == [signal.SIGINT]
+        with pytest.raises(Stopped) as stopped:
+            signal.raise_signal(signal.SIGTERM)
+    assert stopped.value.signum == signal.SIGTERM and str(stopped.value) == ""
+    assert isinstance(stopped.value, KeyboardInterrupt)  # what a caller that catches Ctrl-C expects
+
+
+def test_an_ignored_signal_stays_ignored():
+    """A background job of a non-interactive shell ignores SIGINT: recording it would un-ignore it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with signals_recorded(signal.SIGINT, signal.SIGTERM) as received:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+            assert received == []
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_outside_the_main_thread_nothing_is_installed():
+    seen, before = [], signal.getsignal(signal.SIGINT)
+
+    def body():
+        with signals_recorded(signal.SIGINT) as received:
+            seen.append((received, signal.getsignal(signal.SIGINT)))
+
+    worker = threading.Thread(target=body)
+    worker.start()
+    worker.join()
+    assert seen == [([], before)]
+
+
+def test_signal_names_say_what_a_person_pressed():
+    assert signal_name(signal.SIGINT) == "SIGINT (Ctrl-C)"
+    assert signal_name(signal.SIGTERM) == "SIGTERM"
