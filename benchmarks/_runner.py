@@ -146,7 +146,13 @@ def run(name: str, argv: Sequence[str], *, module: ModuleType | None = None,
     argv = list(argv)
     config = config_of(module, argv)
     start = time.perf_counter()
-    result = module.main(argv)
+    try:
+        result = module.main(argv)
+    except KeyboardInterrupt as e:  # Ctrl-C; or pellucid._signals.Stopped, a training run's answer
+        kept = " ".join(str(e).split())
+        print(f"benchmark {name}: {'stopped: ' + kept if kept else 'interrupted'}; nothing recorded",
+              file=sys.stderr)
+        return 128 + getattr(e, "signum", 2)  # 130 for Ctrl-C, 143 for SIGTERM, as pellucid's CLI
     wall = time.perf_counter() - start
     if result is None:  # not a measurement (e.g. metric_rejection --render)
         return 0

@@ -160,6 +160,30 @@ def test_help_through_the_runner_records_nothing(fake, tmp_path, capsys):
     assert capsys.readouterr().out.startswith("usage: python -m benchmarks fake_bench")
 
 
+@pytest.mark.parametrize("raised, code, said", [
+    (KeyboardInterrupt(), 130, "benchmark fake_bench: interrupted; nothing recorded"),
+    ("stopped", 143, "benchmark fake_bench: stopped: epoch 2 of 50 stopped after batch 7 of 1200; the run "
+                     "so far is saved in runs/x, and --resume continues it; nothing recorded"),
+])
+def test_a_stopped_benchmark_says_so_in_one_line_and_records_nothing(fake, tmp_path, capsys, monkeypatch,
+                                                                     raised, code, said):
+    import signal
+
+    from pellucid._signals import Stopped
+
+    if raised == "stopped":  # what a training run raises when it answered a SIGTERM
+        raised = Stopped(signal.SIGTERM, "epoch 2 of 50 stopped after batch 7 of 1200; the run so far "
+                                         "is saved in runs/x, and --resume continues it")
+
+    def stops(argv):
+        raise raised
+
+    monkeypatch.setattr(fake, "main", stops)
+    assert _runner.run("fake_bench", [], module=fake, results_dir=tmp_path / "results") == code
+    assert capsys.readouterr().err.splitlines() == [said]
+    assert not (tmp_path / "results").exists()
+
+
 def test_git_commit_is_none_when_git_cannot_answer(monkeypatch, tmp_path):
     def timeout(*args, **kwargs):
         raise subprocess.TimeoutExpired("git", 5)
