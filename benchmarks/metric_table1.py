@@ -47,6 +47,7 @@ def run_cell(metric: str, hidden: int, seed: int, epochs: int, runs_dir: Path | 
     every epoch, resumed if interrupted) or in a temporary directory."""
     import torch
 
+    from pellucid._signals import Stopped
     from pellucid.distributed import Job
     from pellucid.train.checkpointing import has_training_state
     from pellucid.train.metric_recipes import MetricMLPConfig, train_metric_mlp
@@ -61,7 +62,13 @@ def run_cell(metric: str, hidden: int, seed: int, epochs: int, runs_dir: Path | 
         # a cell takes minutes to hours: say which one runs, then a line per epoch (stderr)
         h.log(f"metric_table1: {metric} H = {hidden}, seed {seed}, {epochs} epochs"
               f"{', resuming ' + str(out) if resume else ''}")
-        hist = train_metric_mlp(cfg, out, resume=resume, progress=True)["epochs"]
+        try:
+            hist = train_metric_mlp(cfg, out, resume=resume, progress=True)["epochs"]
+        except Stopped as stopped:
+            if runs_dir is None:
+                raise Stopped(stopped.signum, "the cell ran in a temporary directory, so nothing of it is "
+                                              "kept (--runs-dir keeps runs)") from None
+            raise stopped.continued_by("the same command continues it") from None
     return {"best": 100 * hist[-1]["best_test_accuracy"], "final": 100 * hist[-1]["test_accuracy"],
             "seconds": sum(r["epoch_seconds"] for r in hist), "resumed_run_seconds": time.perf_counter() - t}
 

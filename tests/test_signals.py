@@ -71,3 +71,35 @@ def test_outside_the_main_thread_nothing_is_installed():
 def test_signal_names_say_what_a_person_pressed():
     assert signal_name(signal.SIGINT) == "SIGINT (Ctrl-C)"
     assert signal_name(signal.SIGTERM) == "SIGTERM"
+
+
+def test_continued_by_adds_how_to_continue_only_when_something_was_kept():
+    kept = Stopped(signal.SIGTERM, "epoch 2 of 5 stopped after batch 3 of 9; the run so far is saved in d")
+    assert str(kept.continued_by("the same command continues it")) == (
+        "epoch 2 of 5 stopped after batch 3 of 9; the run so far is saved in d; the same command continues it")
+    assert kept.continued_by("x").signum == signal.SIGTERM
+    assert str(Stopped(signal.SIGINT).continued_by("x")) == ""  # nothing kept: nothing to continue
+
+
+def test_demo_stopped_by_ctrl_c_says_that_running_it_again_continues(tmp_path, monkeypatch, capsys):
+    """`pellucid demo` has no --resume: running it again continues its run."""
+    from pellucid.cli.main import main
+    from pellucid.train import trainer
+    from pellucid.train.checkpointing import PARTIAL_FILE
+
+    real, calls = trainer.check_loss, []
+
+    def ctrl_c_in_step_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "check_loss", ctrl_c_in_step_2)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "1"]) == 130
+    err = capsys.readouterr().err.splitlines()
+    # 11,552 MNIST 3/5 training images less the 1,000 held out for validation, in batches of 200: 53
+    assert err[-1] == (f"pellucid demo: stopped: epoch 1 of 1 stopped after batch 2 of 53; the run so far is "
+                       f"saved in {out}; the same command continues it")
+    assert (out / PARTIAL_FILE).is_file()

@@ -24,6 +24,10 @@ class Stopped(KeyboardInterrupt):
         super().__init__(kept)
         self.signum = signum
 
+    def continued_by(self, how: str) -> Stopped:
+        """The same stop, its text ending with how the caller's user continues the work."""
+        return Stopped(self.signum, f"{self}; {how}" if str(self) else "")
+
 
 def signal_name(signum: int) -> str:
     """``SIGINT (Ctrl-C)``, ``SIGTERM``: how a person recognises the signal they sent."""

@@ -37,6 +37,7 @@ def add_parser(sub, argv: Sequence[str] = ()) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pellucid._io import check_writable_dir
+    from pellucid._signals import Stopped
     from pellucid.distributed import start_job
     from pellucid.report.evaluation import evaluate_run
     from pellucid.report.html import check_report_writable
@@ -60,8 +61,11 @@ def run(args: argparse.Namespace) -> int:
             check_processes(job.world_size, min(n, args.limit or n), args.chunk_size)
         say = print if job.is_main else (lambda *a, **k: None)  # under torchrun process 0 reports
         say(f"[1/4] training whitebox-mnist35 -> {out}" + (" (resuming)" if resume else ""), flush=True)
-        train_registered_classifier("whitebox-mnist35", cfg, out, resume=resume,
-                                    progress=job.is_main, data_dir=args.data_dir)
+        try:
+            train_registered_classifier("whitebox-mnist35", cfg, out, resume=resume,
+                                        progress=job.is_main, data_dir=args.data_dir)
+        except Stopped as stopped:
+            raise stopped.continued_by("the same command continues it") from None
         train_seconds = time.perf_counter() - t0
         stage = iter(("[2/4]", "[3/4]", "[4/4]"))  # evaluate_run logs: attack, checks, report
         done = evaluate_run(out, attack="pgd", eps=0.3, seed=0, options={"step_size": 0.1, "steps": 40},

@@ -47,6 +47,7 @@ def add_parser(sub, argv: Sequence[str] = ()) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pellucid._io import check_writable_dir
+    from pellucid._signals import Stopped
     from pellucid.distributed import start_job
     from pellucid.train.catalogue import RECIPES
     from pellucid.train.checkpointing import check_run_dir
@@ -56,9 +57,12 @@ def run(args: argparse.Namespace) -> int:
     check_writable_dir(args.out, "--out")  # before any data is loaded or epoch trained
     check_run_dir(Path(args.out), args.resume)
     with start_job(args.device) as job, training_job(job):
-        result = RECIPES.get(args.recipe).run(cfg, args.out, resume=args.resume,
-                                              progress=not args.no_progress and job.is_main,
-                                              data_dir=args.data_dir)
+        try:
+            result = RECIPES.get(args.recipe).run(cfg, args.out, resume=args.resume,
+                                                  progress=not args.no_progress and job.is_main,
+                                                  data_dir=args.data_dir)
+        except Stopped as stopped:
+            raise stopped.continued_by("the same command with --resume continues it") from None
     if not job.is_main:  # process 0 reports
         return 0
     last = result["epochs"][-1] if result["epochs"] else {}

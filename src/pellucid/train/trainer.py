@@ -169,7 +169,8 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConf
     the batch: the state after it is saved as a partial-epoch state (in an epoch's last batch, the
     epoch is validated and committed instead), and :class:`~pellucid._signals.Stopped` (a
     ``KeyboardInterrupt`` whose text says what was kept) is raised; ``resume=True`` continues bit
-    for bit. A second signal raises at once.
+    for bit (:meth:`~pellucid._signals.Stopped.continued_by` adds how a command's user says so).
+    A second signal raises at once.
     """
     out = Path(out)
     job = current_job()
@@ -288,8 +289,7 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
                 if stop:
                     bar.close()
                     raise Stopped(stop[0], f"epoch {epoch} of {cfg.epochs} stopped after batch {b + 1} "
-                                           f"of {n_batches}; the run so far is saved in {out}, and "
-                                           "--resume continues it")
+                                           f"of {n_batches}; the run so far is saved in {out}")
         train_seconds = done_seconds + time.perf_counter() - t0
         if not job.is_main:  # process 0 validates and writes; the others go on to the next epoch
             continue
@@ -312,7 +312,7 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
             on_epoch(model, dict(row))
         if stop and epoch < cfg.epochs:  # asked during the epoch's last batch or its validation
             raise Stopped(stop[0], f"stopped after epoch {epoch} of {cfg.epochs}; the run so far is "
-                                   f"saved in {out}, and --resume continues it")
+                                   f"saved in {out}")
     job.barrier()  # the others return once process 0 has written the last epoch (they may read it)
     return history if job.is_main else []
 
