@@ -60,6 +60,18 @@ def test_user_errors_exit_nonzero_with_one_line(authors_dir, capsys, argv, match
     assert len(err.splitlines()) == 1 and match in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("argv, hint", [
+    (["train", "metric-mlp", "--out", "o", "--epsilon", "nan"], "pellucid train metric-mlp"),
+    (["evaluate", "d", "--bogus", "3"], "pellucid evaluate"),
+    (["demo", "--zzz"], "pellucid demo"),
+])
+def test_an_unrecognised_argument_points_to_the_help_of_the_command_it_was_given_to(capsys, argv, hint):
+    """argparse reports extra arguments from the top-level parser; the hint names the innermost one."""
+    assert main(argv) == 2
+    extras = " ".join(argv[-2:] if argv[0] != "demo" else argv[-1:])
+    assert capsys.readouterr().err == f"{hint}: error: unrecognized arguments: {extras} (see {hint} --help)\n"
+
+
 def test_train_cli_tiny_run_then_resume(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "whitebox-mnist35", "--out", str(out), "--epochs", "1", "--val-size", "11000",

@@ -35,7 +35,24 @@ def print_json(obj: Any) -> None:
 
 
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line (exit 2), like every other user error."""
+    """An argument parser whose usage errors are one line (exit 2), like every other user error.
+
+    An unrecognised argument is reported by the top-level parser; the innermost parser that ran
+    (the recipe's, for ``pellucid train metric-mlp --bogus``) is named in its help hint instead.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        namespace, extras = super().parse_known_args(args, namespace)
+        if not hasattr(namespace, "_innermost_prog"):  # a subcommand's parser ran first
+            namespace._innermost_prog = self.prog
+        return namespace, extras
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        namespace, extras = self.parse_known_args(args, namespace)
+        prog = vars(namespace).pop("_innermost_prog", self.prog)
+        if extras:
+            self.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)} (see {prog} --help)\n")
+        return namespace
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
