@@ -4,6 +4,7 @@ the rest and records what an uninterrupted run records, image by image."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,26 @@ def test_killed_by_sigkill_after_a_chunk_the_same_command_finishes_it(authors_di
         assert_same_record(again, ref)
         assert again["summary"].get("reused_chunks", 0) == reused
         assert not (run / "evaluations" / UNFINISHED_DIR).exists()
+
+
+def test_killed_by_sigterm_in_a_chunk_it_unwinds_and_the_same_command_finishes_it(authors_dir, tmp_path, capsys):
+    """``kill`` (SIGTERM) unwinds like Ctrl-C: exit 143 with one line, the run directory's lock
+    released (the next command has nothing to take over), the finished chunk kept."""
+    from interruptions import signalled_command
+    from pellucid.cli.main import main
+
+    argv = ["evaluate", "{dir}", "--attack", "pgd", "--steps", "3", "--eps", "0.4", "--seed", "4",
+            "--limit", "24", "--chunk-size", "8", "--no-checks"]
+    ref, run = copy_model(authors_dir, tmp_path / "ref"), copy_model(authors_dir, tmp_path / "run")
+    assert main([a.format(dir=ref) for a in argv]) == 0
+    done = signalled_command(tmp_path, "pellucid.robust.evaluate", "_attack_chunk", 2,
+                             [a.format(dir=run) for a in argv], [signal.SIGTERM])
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.splitlines()[-1] == "pellucid evaluate: interrupted by SIGTERM"
+    assert "Traceback" not in done.stderr and len(unfinished(run)) == 1
+    capsys.readouterr()
+    assert main([a.format(dir=run) for a in argv]) == 0
+    assert "taking over the lock" not in capsys.readouterr().err
+    again = record(run)
+    assert_same_record(again, record(ref))
+    assert again["summary"]["reused_chunks"] == 1

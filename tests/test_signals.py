@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from pellucid._signals import Stopped, signal_name, signals_recorded
+from pellucid._signals import Stopped, signal_name, signals_recorded, terminate_raises
 
 
 def test_a_signal_is_recorded_instead_of_raising_and_the_handler_comes_back():
@@ -103,3 +103,22 @@ def test_demo_stopped_by_ctrl_c_says_that_running_it_again_continues(tmp_path, m
     assert err[-1] == (f"pellucid demo: stopped: epoch 1 of 1 stopped after batch 2 of 53; the run so far is "
                        f"saved in {out}; the same command continues it")
     assert (out / PARTIAL_FILE).is_file()
+
+
+def test_sigterm_raises_stopped_inside_terminate_raises_and_acts_as_before_outside():
+    before, unwound = signal.getsignal(signal.SIGTERM), []
+    with pytest.raises(Stopped) as stopped:
+        with terminate_raises():
+            try:
+                signal.raise_signal(signal.SIGTERM)
+            finally:
+                unwound.append(True)  # a finally runs, which Python's default SIGTERM skips
+    assert stopped.value.signum == signal.SIGTERM and unwound == [True]
+    assert signal.getsignal(signal.SIGTERM) is before
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with terminate_raises():  # ignored at the start: stays ignored
+            signal.raise_signal(signal.SIGTERM)
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)

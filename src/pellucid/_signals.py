@@ -13,7 +13,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 
-__all__ = ["Stopped", "signal_name", "signals_recorded"]
+__all__ = ["Stopped", "signal_name", "signals_recorded", "terminate_raises"]
 
 
 class Stopped(KeyboardInterrupt):
@@ -69,3 +69,27 @@ def signals_recorded(*signums: int, escalate: bool = False,
     finally:
         for signum, handler in previous.items():  # None: a handler set outside Python
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+@contextlib.contextmanager
+def terminate_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM (``kill``, a scheduler's stop) raises :class:`Stopped` in the
+    main thread, as Ctrl-C raises ``KeyboardInterrupt``; the previous handler is restored after.
+
+    Python's default for SIGTERM ends the process where it stands, so no ``finally`` runs: a run
+    directory's lock is left to be taken over, a temporary model change is never undone. Raised,
+    the work unwinds as it does on Ctrl-C. Ignored at the start, or outside the main thread: as is.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN):
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Stopped(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

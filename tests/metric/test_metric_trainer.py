@@ -563,28 +563,6 @@ def test_a_second_signal_stops_at_once_without_saving(blobs, tmp_path, monkeypat
     assert same_weights(out, tmp_path / "whole")
 
 
-_WAIT_AT_STEP = """
-import sys, time
-from pathlib import Path
-from pellucid.train import trainer
-from pellucid.cli.main import main
-
-marker, step, argv = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-real, calls = trainer.check_loss, []
-
-def waits(*args, **kwargs):  # in step `step`: say so, then wait until the test has sent its signals
-    calls.append(1)
-    if len(calls) == step:
-        marker.write_text("waiting")
-        while marker.exists():
-            time.sleep(0.01)
-    return real(*args, **kwargs)
-
-trainer.check_loss = waits
-sys.exit(main(argv))
-"""
-
-
 @pytest.mark.parametrize("step, signals, code, said", [
     (4, [signal.SIGINT], 130, "stopped: epoch 1 of 2 stopped after batch 4 of 6; the run so far is saved in {out}; "
                               "the same command with --resume continues it"),
@@ -596,11 +574,7 @@ def test_cli_train_answers_a_real_signal_and_resume_continues(tmp_path, step, si
     """``pellucid train`` in its own process gets the signal from outside, as from a terminal or
     ``kill``: exit 128 + the signal's number, one line that says what was kept, no traceback; the
     same command with --resume then ends with the uninterrupted run's weights and rows."""
-    import os
-    import subprocess
-    import time
-
-    from interruptions import INTERRUPTIBLE
+    from interruptions import signalled_command
     from pellucid.cli.main import main
 
     data = tiny_idx_dir(tmp_path / "data")
@@ -608,23 +582,10 @@ def test_cli_train_answers_a_real_signal_and_resume_continues(tmp_path, step, si
             "--epochs", "2", "--batch-size", "15", "--lr", "0.01", "--seed", "3", "--noise-p", "0.5",
             "--augment", "noise", "--checkpoint-minutes", "0", "--no-progress", "--out"]
     assert main(argv + [str(tmp_path / "ref")]) == 0
-    out, marker = tmp_path / "run", tmp_path / "marker"
-    proc = subprocess.Popen([sys.executable, "-c", _WAIT_AT_STEP, str(marker), str(step), *argv, str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **INTERRUPTIBLE)
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert marker.exists(), proc.communicate(timeout=10)
-        for signum in signals:
-            os.kill(proc.pid, signum)
-            time.sleep(0.2)  # each is handled before the next arrives
-        marker.unlink()
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == code, err
+    out = tmp_path / "run"
+    done = signalled_command(tmp_path, "pellucid.train.trainer", "check_loss", step, [*argv, str(out)], signals)
+    err = done.stderr
+    assert done.returncode == code, err
     assert "Traceback" not in err
     assert err.splitlines()[-1] == f"pellucid train: {said.format(out=out)}", err
     assert main(argv + [str(out), "--resume"]) == 0

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
+from pellucid._signals import signal_name, terminate_raises
 from pellucid.errors import PellucidError
 
 # Subcommand modules under pellucid.cli, in help order.
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version (0) or a usage error (2, message printed)
         return exit_.code if isinstance(exit_.code, int) else 2
     try:
-        return int(args.func(args) or 0)
+        with terminate_raises():  # a kill unwinds like Ctrl-C: locks released, files cleaned up
+            return int(args.func(args) or 0)
     except PellucidError as e:
         print(f"pellucid {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -61,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
               + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C; or pellucid._signals.Stopped: a signal, answered
-        kept = _one_line(e)
-        print(f"pellucid {args.command}: {'stopped' if kept else 'interrupted'}"
-              + (f": {kept}" if kept else ""), file=sys.stderr)
-        return 128 + getattr(e, "signum", 2)  # the shell's convention: 130 for SIGINT, 143 SIGTERM
+        kept, signum = _one_line(e), getattr(e, "signum", signal.SIGINT)
+        said = (f"stopped: {kept}" if kept else
+                "interrupted" if signum == signal.SIGINT else f"interrupted by {signal_name(signum)}")
+        print(f"pellucid {args.command}: {said}", file=sys.stderr)
+        return 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 def _one_line(error: Exception) -> str:
