@@ -169,8 +169,8 @@ def test_killed_by_sigkill_after_a_chunk_the_same_command_finishes_it(authors_di
 
 
 def test_killed_by_sigterm_in_a_chunk_it_unwinds_and_the_same_command_finishes_it(authors_dir, tmp_path, capsys):
-    """``kill`` (SIGTERM) unwinds like Ctrl-C: exit 143 with one line, the run directory's lock
-    released (the next command has nothing to take over), the finished chunk kept."""
+    """``kill`` (SIGTERM) unwinds like Ctrl-C: exit 143 with one line that says what is kept, the
+    run directory's lock released (the next command has nothing to take over)."""
     from interruptions import signalled_command
     from pellucid.cli.main import main
 
@@ -181,11 +181,28 @@ def test_killed_by_sigterm_in_a_chunk_it_unwinds_and_the_same_command_finishes_i
     done = signalled_command(tmp_path, "pellucid.robust.evaluate", "_attack_chunk", 2,
                              [a.format(dir=run) for a in argv], [signal.SIGTERM])
     assert done.returncode == 143, done.stderr
-    assert done.stderr.splitlines()[-1] == "pellucid evaluate: interrupted by SIGTERM"
-    assert "Traceback" not in done.stderr and len(unfinished(run)) == 1
+    [kept] = unfinished(run)
+    assert done.stderr.splitlines()[-1] == (
+        f"pellucid evaluate: stopped: 1 of 3 chunks of up to 8 images are finished and kept in "
+        f"{kept.parent}; the same command attacks only the rest")
+    assert "Traceback" not in done.stderr
     capsys.readouterr()
     assert main([a.format(dir=run) for a in argv]) == 0
     assert "taking over the lock" not in capsys.readouterr().err
     again = record(run)
     assert_same_record(again, record(ref))
     assert again["summary"]["reused_chunks"] == 1
+
+
+def test_ctrl_c_before_any_chunk_is_finished_just_says_interrupted(authors_dir, tmp_path, monkeypatch, capsys):
+    from pellucid.cli.main import main
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    run = copy_model(authors_dir, tmp_path / "run")
+    monkeypatch.setattr(evaluate_module, "_attack_chunk", ctrl_c)  # in the first chunk
+    assert main(["evaluate", str(run), "--attack", "pgd", "--steps", "3", "--limit", "24",
+                 "--chunk-size", "8", "--no-checks"]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "pellucid evaluate: interrupted"
+    assert unfinished(run) == []

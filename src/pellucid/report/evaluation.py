@@ -7,9 +7,12 @@ the records, figures and report are written under the directory's :class:`pelluc
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -19,6 +22,7 @@ from torch import nn
 
 from pellucid._device import device_name
 from pellucid._io import RunLock, tensors_sha256
+from pellucid._signals import Stopped
 from pellucid.data.datasets import ImageDataset, load_dataset
 from pellucid.errors import InvalidInputError
 from pellucid.models.checkpoint import load_model
@@ -126,71 +130,88 @@ def evaluate_run(run_dir: Path | str, *, attack: str = "pgd", eps: float = 0.3, 
         "data_sha256": tensors_sha256({"images": test.images, "labels": test.labels}),
         "device": device.type, "dtype": str(x.dtype)})
     bounds = chunk_bounds(len(x), chunk_size)
-    reused = sum(store.has(a, b) for a, b in bounds)
-    if reused:
-        say(f"{reused} of {len(bounds)} chunks were finished by an earlier, interrupted run of this "
-            "evaluation: their results are reused")
-    result = evaluate_robustness(model, x, y, attack=attack, eps=eps, norm=norm, seed=seed,
-                                 chunk_size=chunk_size, job=job, progress=progress and main,
-                                 log=log if main else None, chunk_store=store, **options)
-    if not main:
-        return None
-    # per-image results go to the record, not to the summary (one line); so does the adaptive
-    # budget's stage per image
-    per_image = result.per_image()
-    if "broken_by_image" in result.info:
-        per_image["broken_by"] = result.info.pop("broken_by_image")
-    summary = {"model": config["model"], "model_dir": str(run_dir), **result.summary(),
-               "dataset": (config.get("data") or {}).get("dataset"), "seed": seed,
-               "options": dataclasses.asdict(checked_options),  # JSON-ready: stages as dicts
-               "weights_sha256": weights_sha256,
-               # which gradient-masking checks the record holds: None, or on how many images
-               "checked_images": min(len(test), check_limit or len(test))
-               if checks or attack == "autoattack" else None,
-               # where it ran; neither the device nor the processes are part of the identity
-               # unless they change the results (records.record_identity)
-               "device": device_name(device), "processes": 1 if job is None else job.world_size}
-    if chunk_size != CHUNK_SIZE:
-        summary["chunk_size"] = chunk_size
-    if reused:  # not part of the identity: the results are the same
-        summary["reused_chunks"] = reused
-    if "steps" in options:
-        summary["steps"] = options["steps"]
-    minimal = points = None
-    if attack in MINIMISING_ATTACKS:
-        minimal = minimal_perturbations(model, x, result.adversarial, y)
-        summary["minimal_perturbation"] = {k: v for k, v in minimal.items() if k not in ("l2", "linf")}
-    found: list = []
-    if checks or attack == "autoattack":
-        say(f"gradient-masking checks and accuracy vs eps (first {check_limit or len(test)} images)")
-        found, curve = evaluation_checks(model, result, x, y, limit=check_limit, seed=seed, warn=False)
-        result.checks = found
-        summary["checks"] = {c.name: c.summary() for c in found}
-        points = {"points": curve, "n": min(len(test), check_limit or len(test))}
-    if "broken_by" in per_image:  # the adaptive budget
-        n_check = min(len(test), check_limit or len(test))
-        say(f"adaptive-budget diagnostics: gradient norms, gates, accuracy vs eps (first {n_check} "
-            "images)")
-        extra, summary["adaptive_diagnostics"] = adaptive_diagnostics(
-            model, x[:n_check], y[:n_check], result.adversarial[:n_check],
-            budget=_adaptive_budget(checked_options), seed=seed)
-        found = [*found, *extra]
-        result.checks = found
-        summary["checks"] = {c.name: c.summary() for c in found}
-    for c in found:
-        if c.passed is False:
-            print(f"WARNING: gradient-masking check '{c.name}' failed: {c.detail}", file=sys.stderr)
-    with RunLock(run_dir):
-        if minimal is not None:
-            _save_examples(run_dir, *_on_cpu(model, result), test, minimal)
-        record = save_record(run_dir, summary, result, eps_points=points, minimal=minimal,
-                             per_image=per_image)
-        store.discard()  # recorded: the finished chunks are no longer needed
-        if report:
-            say("figures and report")
-            summary["report"] = str(write_run_report(run_dir, model, test, result))
-    summary["record"] = str(record)  # after saving: where the record lies is not part of it
-    return RunEvaluation(summary, model, config, test, result, record, found)
+    with _what_is_kept_on_interrupt(store, bounds, chunk_size, main):
+        reused = sum(store.has(a, b) for a, b in bounds)
+        if reused:
+            say(f"{reused} of {len(bounds)} chunks were finished by an earlier, interrupted run of this "
+                "evaluation: their results are reused")
+        result = evaluate_robustness(model, x, y, attack=attack, eps=eps, norm=norm, seed=seed,
+                                     chunk_size=chunk_size, job=job, progress=progress and main,
+                                     log=log if main else None, chunk_store=store, **options)
+        if not main:
+            return None
+        # per-image results go to the record, not to the summary (one line); so does the adaptive
+        # budget's stage per image
+        per_image = result.per_image()
+        if "broken_by_image" in result.info:
+            per_image["broken_by"] = result.info.pop("broken_by_image")
+        summary = {"model": config["model"], "model_dir": str(run_dir), **result.summary(),
+                   "dataset": (config.get("data") or {}).get("dataset"), "seed": seed,
+                   "options": dataclasses.asdict(checked_options),  # JSON-ready: stages as dicts
+                   "weights_sha256": weights_sha256,
+                   # which gradient-masking checks the record holds: None, or on how many images
+                   "checked_images": min(len(test), check_limit or len(test))
+                   if checks or attack == "autoattack" else None,
+                   # where it ran; neither the device nor the processes are part of the identity
+                   # unless they change the results (records.record_identity)
+                   "device": device_name(device), "processes": 1 if job is None else job.world_size}
+        if chunk_size != CHUNK_SIZE:
+            summary["chunk_size"] = chunk_size
+        if reused:  # not part of the identity: the results are the same
+            summary["reused_chunks"] = reused
+        if "steps" in options:
+            summary["steps"] = options["steps"]
+        minimal = points = None
+        if attack in MINIMISING_ATTACKS:
+            minimal = minimal_perturbations(model, x, result.adversarial, y)
+            summary["minimal_perturbation"] = {k: v for k, v in minimal.items() if k not in ("l2", "linf")}
+        found: list = []
+        if checks or attack == "autoattack":
+            say(f"gradient-masking checks and accuracy vs eps (first {check_limit or len(test)} images)")
+            found, curve = evaluation_checks(model, result, x, y, limit=check_limit, seed=seed, warn=False)
+            result.checks = found
+            summary["checks"] = {c.name: c.summary() for c in found}
+            points = {"points": curve, "n": min(len(test), check_limit or len(test))}
+        if "broken_by" in per_image:  # the adaptive budget
+            n_check = min(len(test), check_limit or len(test))
+            say(f"adaptive-budget diagnostics: gradient norms, gates, accuracy vs eps (first {n_check} "
+                "images)")
+            extra, summary["adaptive_diagnostics"] = adaptive_diagnostics(
+                model, x[:n_check], y[:n_check], result.adversarial[:n_check],
+                budget=_adaptive_budget(checked_options), seed=seed)
+            found = [*found, *extra]
+            result.checks = found
+            summary["checks"] = {c.name: c.summary() for c in found}
+        for c in found:
+            if c.passed is False:
+                print(f"WARNING: gradient-masking check '{c.name}' failed: {c.detail}", file=sys.stderr)
+        with RunLock(run_dir):
+            if minimal is not None:
+                _save_examples(run_dir, *_on_cpu(model, result), test, minimal)
+            record = save_record(run_dir, summary, result, eps_points=points, minimal=minimal,
+                                 per_image=per_image)
+            store.discard()  # recorded: the finished chunks are no longer needed
+            if report:
+                say("figures and report")
+                summary["report"] = str(write_run_report(run_dir, model, test, result))
+        summary["record"] = str(record)  # after saving: where the record lies is not part of it
+        return RunEvaluation(summary, model, config, test, result, record, found)
+
+
+@contextlib.contextmanager
+def _what_is_kept_on_interrupt(store: ChunkStore, bounds: list[tuple[int, int]], chunk_size: int,
+                               main: bool) -> Iterator[None]:
+    """A Ctrl-C or SIGTERM in the block, once chunks are kept, becomes :class:`Stopped` saying how
+    many and that the same command goes on from them (process 0 says it; the others re-raise)."""
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        kept = sum(store.has(a, b) for a, b in bounds) if main else 0
+        if not kept:
+            raise
+        raise Stopped(getattr(stop, "signum", signal.SIGINT),
+                      f"{kept} of {len(bounds)} chunks of up to {chunk_size} images are finished and kept "
+                      f"in {store.directory}; the same command attacks only the rest") from None
 
 
 def _on_cpu(model: nn.Module, result: RobustnessResult) -> tuple[nn.Module, RobustnessResult]:
