@@ -206,3 +206,21 @@ def test_ctrl_c_before_any_chunk_is_finished_just_says_interrupted(authors_dir, 
                  "--chunk-size", "8", "--no-checks"]) == 130
     assert capsys.readouterr().err.splitlines()[-1] == "pellucid evaluate: interrupted"
     assert unfinished(run) == []
+
+
+def test_each_attacked_chunk_says_its_robust_accuracy_the_total_so_far_and_the_time_left(
+        authors_dir, tmp_path, monkeypatch, reference):
+    """Hours-long evaluations are seen progressing without a terminal: one line per chunk attacked
+    (none for a reused one), its figures recomputed here from the record's per-image results."""
+    run = copy_model(authors_dir, tmp_path / "run")
+    interrupt_at_chunk(monkeypatch, run, 2)  # chunk 1 is kept
+    lines: list[str] = []
+    evaluate_run(run, **SETTINGS, log=lines.append)
+    robust = record(run)["per_image"]["robust"]
+    done = [line for line in lines if " done: " in line]
+    assert [line.split(" done:")[0] for line in done] == ["chunk 2/3", "chunk 3/3"]
+    for line, k in zip(done, (2, 3)):
+        own = sum(robust[8 * (k - 1):8 * k])
+        so_far = sum(robust[:8 * k])
+        assert f"robust {100 * own / 8:.2f} % of its 8 images, {100 * so_far / (8 * k):.2f} % of the {8 * k} so far" in line
+    assert done[0].endswith("left at this pace") and "left" not in done[1]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from pellucid._text import duration
 from pellucid.data.validation import check_images, check_labels, check_model_input
 from pellucid.errors import InvalidInputError
 from pellucid.models.inference import predict_logits
@@ -247,19 +248,28 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, a
     mine = job.share(len(bounds)) if job is not None else range(len(bounds))
     log = attack_kwargs.get("log")
     chunks = []
+    pace = _Pace(sum(bounds[k][1] - bounds[k][0] for k in mine))
     for k in mine:
         a, b = bounds[k]
         chunk = chunk_store.load(k, a, b, x) if chunk_store is not None else None
-        if chunk is None:
+        attacked = chunk is None
+        if attacked:
             kwargs = dict(attack_kwargs)
             if log is not None and len(bounds) > 1:
                 kwargs["log"] = lambda msg, k=k: log(f"chunk {k + 1}/{len(bounds)}: {msg}")
+            t0 = time.perf_counter()
             chunk = _attack_chunk(k, model, x[a:b], y[a:b], runner, eps=eps, norm=norm,
                                   value_range=value_range, attack_kwargs=kwargs,
                                   generator=chunk_generator(seed, a, x))
             if chunk_store is not None:
                 chunk_store.save(a, b, chunk)
+            pace.attacked(b - a, time.perf_counter() - t0)
         chunks.append(chunk)
+        robust_here = int(((chunk.clean_logits.argmax(1) == y[a:b])
+                           & (chunk.adversarial_logits.argmax(1) == y[a:b])).sum())
+        pace.done(b - a, robust_here)
+        if log is not None and len(bounds) > 1 and attacked:  # hours-long runs: a line per chunk
+            log(f"chunk {k + 1}/{len(bounds)} done: {pace.summary(robust_here, b - a)}")
     if job is not None and job.world_size > 1:
         chunks = _gather_chunks(job, chunks, bounds)
     sizes = [b - a for a, b in bounds]
@@ -275,6 +285,32 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, a
                             float(robust.float().mean()), reliability_curve(adv, y),
                             time.perf_counter() - start, adversarial, adv, clean, robust,
                             inside, stages, info, precision_at_recall_ci=ci)
+
+
+class _Pace:
+    """What the per-chunk progress line says: robust accuracy so far, and the time left at the pace
+    of the chunks attacked so far (loaded ones cost nothing)."""
+
+    def __init__(self, images: int) -> None:
+        self.left, self.finished, self.robust = images, 0, 0
+        self.attacked_images, self.attacked_seconds = 0, 0.0
+
+    def attacked(self, images: int, seconds: float) -> None:
+        self.attacked_images += images
+        self.attacked_seconds += seconds
+
+    def done(self, images: int, robust: int) -> None:
+        self.left -= images
+        self.finished += images
+        self.robust += robust
+
+    def summary(self, robust: int, images: int) -> str:
+        text = (f"robust {100 * robust / images:.2f} % of its {images} images, "
+                f"{100 * self.robust / self.finished:.2f} % of the {self.finished} so far")
+        if self.left:
+            per_image = self.attacked_seconds / self.attacked_images
+            text += f"; about {duration(self.left * per_image, ' ')} left at this pace"
+        return text
 
 
 def _count(n: int, one: str, many: str) -> str:
