@@ -189,9 +189,10 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConf
 
 def _say_stopping(signum: int) -> None:
     # os.write: called from a signal handler, which may interrupt a print to stderr (reentrant
-    # calls into a buffered stream raise)
-    os.write(2, f"pellucid: {signal_name(signum)}: stopping at the end of this batch, with the work so "
-                f"far saved (Ctrl-C again stops at once and loses what is not saved)\n".encode())
+    # calls into a buffered stream raise); on a terminal, below the progress bar's line
+    os.write(2, f"{chr(10) if os.isatty(2) else ''}pellucid: {signal_name(signum)}: stopping at the end "
+                "of this batch, with the work so far saved (Ctrl-C again stops at once and loses what "
+                "is not saved)\n".encode())
 
 
 def _epoch_row(epoch: int, history: list[dict[str, Any]], model: nn.Module, val: ImageDataset,
