@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -130,24 +131,39 @@ def test_app_starts_within_the_budget_and_answers(authors_dir, dictionary_dir, t
 def test_ctrl_c_while_the_server_starts_stops_it_cleanly(authors_dir, tmp_path, gradio_installed, interruptible):
     """A Ctrl-C that arrives during start-up (Gradio is still checking its own server) once left
     the process hung for ever inside httpcore's connection pool; it must stop the app promptly.
-    A ``kill`` (SIGTERM) stops it the same way."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    A ``kill`` (SIGTERM) stops it the same way. The three apps start at once, each on its own
+    port, and each gets its signal from its own thread the moment its address is printed (plus
+    the delay), so the timing is each one's own."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
     # straight after the address is printed, and a moment later
-    for delay, signum in ((0.0, signal.SIGINT), (0.3, signal.SIGINT), (0.3, signal.SIGTERM)):
+    cases = ((0.0, signal.SIGINT), (0.3, signal.SIGINT), (0.3, signal.SIGTERM))
+    ended: dict[int, tuple] = {}
+
+    def start_then_signal(i: int, delay: float, signum: int) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
         proc = subprocess.Popen([sys.executable, "-m", "pellucid", "app", "--model", str(authors_dir),
                                  "--port", str(port)], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, **interruptible)
         try:
-            assert "serving on" in proc.stdout.readline()  # printed just before the server starts
+            first = proc.stdout.readline()  # printed just before the server starts
             time.sleep(delay)
             proc.send_signal(signum)
             out, err = proc.communicate(timeout=60)
+            ended[i] = (first, proc.returncode, out, err)
         finally:
             proc.kill()
             proc.wait()
-        assert proc.returncode == 0, err[-2000:]
+
+    workers = [threading.Thread(target=start_then_signal, args=(i, *case)) for i, case in enumerate(cases)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert sorted(ended) == [0, 1, 2]
+    for first, code, out, err in ended.values():
+        assert "serving on" in first
+        assert code == 0, err[-2000:]
         assert "Traceback" not in err
         assert "pellucid app: stopped" in out
