@@ -590,3 +590,21 @@ def test_cli_train_answers_a_real_signal_and_resume_continues(tmp_path, step, si
     assert err.splitlines()[-1] == f"pellucid train: {said.format(out=out)}", err
     assert main(argv + [str(out), "--resume"]) == 0
     assert same_weights(out, tmp_path / "ref") and rows(out) == rows(tmp_path / "ref")
+
+
+def test_without_a_terminal_one_early_line_says_the_pace(blobs, tmp_path, monkeypatch, capsys):
+    """No bar off a terminal: the first epoch run says, once, how long an epoch takes at its pace
+    (here after 0 s instead of 60, so after its first batch; 6 batches per epoch)."""
+    from pellucid.train import trainer
+
+    monkeypatch.setattr(trainer, "FIRST_PACE_SECONDS", 0.0)
+    entry, cfg = partial_cfg(checkpoint_minutes=0.0)
+    capsys.readouterr()
+    entry.run(cfg, tmp_path / "run", progress=True)
+    said = [line for line in capsys.readouterr().err.splitlines() if "at this pace" in line]
+    assert len(said) == 1, said
+    assert said[0].startswith("epoch 1 of 3: 1 of 6 batches; training takes about ")
+    assert said[0].endswith(" left in this one)")
+    capsys.readouterr()
+    entry.run(cfg, tmp_path / "quiet", progress=False)
+    assert "at this pace" not in capsys.readouterr().err

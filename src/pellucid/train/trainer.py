@@ -36,6 +36,9 @@ from pellucid.train.config import TrainConfig  # torch-free, so that --help need
 from pellucid.train.optim import SGD, Adam
 
 
+# Without a terminal (no progress bar), the pace is said once, this long into the first epoch.
+FIRST_PACE_SECONDS = 60.0
+
 # The job every fit() in the context trains in (see training_job); unset: one process on the CPU.
 _JOB: contextvars.ContextVar[Job | None] = contextvars.ContextVar("pellucid_training_job", default=None)
 
@@ -241,6 +244,9 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
                               f"({n_batches} batches per epoch) does not have")
     show = progress and job.is_main
     save_every = cfg.checkpoint_minutes * 60
+    # without a terminal there is no bar: one early line says the pace, instead of nothing until
+    # the first epoch ends (20 minutes and more for the large metric cells)
+    pace_said = not show or sys.stderr.isatty()
     for epoch in range(start + 1, cfg.epochs + 1):
         model.train()
         t0 = last_save = time.perf_counter()
@@ -281,6 +287,12 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
             total_loss += loss * len(y)
             total_correct += correct
             bar.set_postfix(loss=f"{loss:.4f}")
+            if not pace_said and b + 1 < n_batches and time.perf_counter() - t0 >= FIRST_PACE_SECONDS:
+                per_batch = (time.perf_counter() - t0) / (b + 1 - first)
+                tqdm.write(f"epoch {epoch} of {cfg.epochs}: {b + 1} of {n_batches} batches; training takes "
+                           f"about {duration(per_batch * n_batches, ' ')} per epoch at this pace "
+                           f"({duration(per_batch * (n_batches - b - 1), ' ')} left in this one)", file=sys.stderr)
+                pace_said = True
             if b + 1 < n_batches and (stop or save_every > 0 and time.perf_counter() - last_save >= save_every):
                 if job.is_main:  # the others' state is the same: process 0's file resumes them all
                     save_partial_epoch(out, model, optimizer, gen, cfg, history, PartialEpoch(
