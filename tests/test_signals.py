@@ -79,6 +79,7 @@ def test_continued_by_adds_how_to_continue_only_when_something_was_kept():
         "epoch 2 of 5 stopped after batch 3 of 9; the run so far is saved in d; the same command continues it")
     assert kept.continued_by("x").signum == signal.SIGTERM
     assert str(Stopped(signal.SIGINT).continued_by("x")) == ""  # nothing kept: nothing to continue
+    assert Stopped(signal.SIGINT, "done", finished=True).continued_by("x").finished
 
 
 def test_demo_stopped_by_ctrl_c_says_that_running_it_again_continues(tmp_path, monkeypatch, capsys):

@@ -18,15 +18,16 @@ __all__ = ["Stopped", "signal_name", "signals_recorded", "terminate_raises"]
 
 class Stopped(KeyboardInterrupt):
     """Work stopped on a signal: ``signum`` says which (the CLI exits with ``128 + signum``),
-    ``str()`` what was kept (may be empty)."""
+    ``str()`` what was kept (may be empty), ``finished`` that the work itself was done when it
+    could stop (its caller, with more to do, stops instead)."""
 
-    def __init__(self, signum: int, kept: str = "") -> None:
+    def __init__(self, signum: int, kept: str = "", finished: bool = False) -> None:
         super().__init__(kept)
-        self.signum = signum
+        self.signum, self.finished = signum, finished
 
     def continued_by(self, how: str) -> Stopped:
         """The same stop, its text ending with how the caller's user continues the work."""
-        return Stopped(self.signum, f"{self}; {how}" if str(self) else "")
+        return Stopped(self.signum, f"{self}; {how}" if str(self) else "", self.finished)
 
 
 def signal_name(signum: int) -> str:

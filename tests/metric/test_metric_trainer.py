@@ -528,7 +528,7 @@ def test_a_signal_mid_epoch_saves_the_epoch_so_far_and_resume_continues_it(blobs
 
 def test_a_signal_in_an_epochs_last_batch_stops_after_its_commit(blobs, tmp_path, monkeypatch):
     """SIGTERM in step 12 (epoch 2's last batch): no partial state can hold a finished epoch, so
-    epoch 2 is validated and committed, then the run stops; in the run's last step it just ends."""
+    epoch 2 is validated and committed, then the run stops; in the run's last step it finishes."""
     from pellucid._signals import Stopped
 
     entry, cfg = partial_cfg()
@@ -542,9 +542,12 @@ def test_a_signal_in_an_epochs_last_batch_stops_after_its_commit(blobs, tmp_path
     entry.run(cfg, out, resume=True, progress=False)
     assert same_weights(out, tmp_path / "whole") and rows(out) == rows(tmp_path / "whole")
 
-    with signal_at_step(monkeypatch, 18, signal.SIGINT):  # the run's last step: nothing left to stop
+    # the run's last step: it finishes, then says so, so that a caller with more to do stops too
+    with signal_at_step(monkeypatch, 18, signal.SIGINT), pytest.raises(Stopped) as stopped:
         entry.run(cfg, tmp_path / "done", progress=False)
-    assert same_weights(tmp_path / "done", tmp_path / "whole")
+    assert stopped.value.finished and stopped.value.signum == signal.SIGINT
+    assert str(stopped.value) == f"training finished: all 3 epochs are saved in {tmp_path / 'done'}"
+    assert same_weights(tmp_path / "done", tmp_path / "whole") and rows(tmp_path / "done") == rows(tmp_path / "whole")
 
 
 def test_a_second_signal_stops_at_once_without_saving(blobs, tmp_path, monkeypatch):
@@ -569,6 +572,7 @@ def test_a_second_signal_stops_at_once_without_saving(blobs, tmp_path, monkeypat
     (6, [signal.SIGTERM], 143, "stopped: stopped after epoch 1 of 2; the run so far is saved in {out}; the same "
                                "command with --resume continues it"),
     (8, [signal.SIGINT, signal.SIGINT], 130, "interrupted"),
+    (12, [signal.SIGINT], 130, "stopped: training finished: all 2 epochs are saved in {out}"),
 ])
 def test_cli_train_answers_a_real_signal_and_resume_continues(tmp_path, step, signals, code, said):
     """``pellucid train`` in its own process gets the signal from outside, as from a terminal or

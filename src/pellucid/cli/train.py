@@ -61,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
             result = RECIPES.get(args.recipe).run(cfg, args.out, resume=args.resume,
                                                   progress=not args.no_progress and job.is_main,
                                                   data_dir=args.data_dir)
-        except Stopped as stopped:
-            raise stopped.continued_by("the same command with --resume continues it") from None
+        except Stopped as stopped:  # a finished run has nothing to continue
+            raise (stopped if stopped.finished else
+                   stopped.continued_by("the same command with --resume continues it")) from None
     if not job.is_main:  # process 0 reports
         return 0
     last = result["epochs"][-1] if result["epochs"] else {}

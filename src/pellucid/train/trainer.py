@@ -172,7 +172,8 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConf
     the batch: the state after it is saved as a partial-epoch state (in an epoch's last batch, the
     epoch is validated and committed instead), and :class:`~pellucid._signals.Stopped` (a
     ``KeyboardInterrupt`` whose text says what was kept) is raised; ``resume=True`` continues bit
-    for bit (:meth:`~pellucid._signals.Stopped.continued_by` adds how a command's user says so).
+    for bit. A signal in the last epoch's last batch lets the run finish, then raises ``Stopped``
+    with ``finished=True``, so that a caller with more work to do stops too (:meth:`~pellucid._signals.Stopped.continued_by` adds how a command's user says so).
     A second signal raises at once.
     """
     out = Path(out)
@@ -184,10 +185,14 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConf
     stops = (signals_recorded(signal.SIGINT, signal.SIGTERM, escalate=True, notice=_say_stopping)
              if job.world_size == 1 else contextlib.nullcontext([]))
     with RunLock(out) if job.is_main else contextlib.nullcontext(), stops as stop:
-        return _fit_locked(model, train, val, cfg, out, model_name=model_name,
-                           model_kwargs=model_kwargs, extra_config=extra_config, resume=resume,
-                           progress=progress, on_epoch=on_epoch, param_groups=param_groups,
-                           evaluate=evaluate, job=job, stop=stop)
+        history = _fit_locked(model, train, val, cfg, out, model_name=model_name,
+                              model_kwargs=model_kwargs, extra_config=extra_config, resume=resume,
+                              progress=progress, on_epoch=on_epoch, param_groups=param_groups,
+                              evaluate=evaluate, job=job, stop=stop)
+        if stop:  # asked in the last epoch's last batch or after: not swallowed, the caller stops
+            raise Stopped(stop[0], f"training finished: all {cfg.epochs} epochs are saved in {out}",
+                          finished=True)
+        return history
 
 
 def _say_stopping(signum: int) -> None:
