@@ -172,9 +172,10 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConf
     the batch: the state after it is saved as a partial-epoch state (in an epoch's last batch, the
     epoch is validated and committed instead), and :class:`~pellucid._signals.Stopped` (a
     ``KeyboardInterrupt`` whose text says what was kept) is raised; ``resume=True`` continues bit
-    for bit. A signal in the last epoch's last batch lets the run finish, then raises ``Stopped``
-    with ``finished=True``, so that a caller with more work to do stops too (:meth:`~pellucid._signals.Stopped.continued_by` adds how a command's user says so).
-    A second signal raises at once.
+    for bit (:meth:`~pellucid._signals.Stopped.continued_by` adds how a command's user says so).
+    A signal in the last epoch's last batch lets the run finish, then raises ``Stopped`` with
+    ``finished=True``, so that a caller with more work to do stops too. A second signal raises at
+    once.
     """
     out = Path(out)
     job = current_job()
@@ -296,7 +297,8 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
                 per_batch = (time.perf_counter() - t0) / (b + 1 - first)
                 tqdm.write(f"epoch {epoch} of {cfg.epochs}: {b + 1} of {n_batches} batches; training takes "
                            f"about {duration(per_batch * n_batches, ' ')} per epoch at this pace "
-                           f"({duration(per_batch * (n_batches - b - 1), ' ')} left in this one)", file=sys.stderr)
+                           f"({duration(per_batch * (n_batches - b - 1), ' ')} left in this one)",
+                           file=sys.stderr)
                 pace_said = True
             if b + 1 < n_batches and (stop or save_every > 0 and time.perf_counter() - last_save >= save_every):
                 if job.is_main:  # the others' state is the same: process 0's file resumes them all
