@@ -140,6 +140,10 @@ def test_sharded_evaluation_equals_one_process_image_by_image(authors_dir, tmp_p
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         assert len(lines) == 1  # process 0 alone prints
         assert json.loads(lines[0])["processes"] == 2
+        # process 0 says its chunks (1, 3, 5 of 5), and that its totals are of its share
+        chunk_lines = [line for line in done.stderr.splitlines() if " done: robust " in line]
+        assert [line.split(" done:")[0] for line in chunk_lines] == ["chunk 1/5", "chunk 3/5", "chunk 5/5"]
+        assert all("of this process's share so far" in line for line in chunk_lines)
     single, sharded = _records(one), _records(two)
     assert len(sharded) == len(ATTACKS) and sorted(single) == sorted(sharded)  # one record each, same names
     for name in single:

@@ -248,7 +248,8 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, a
     mine = job.share(len(bounds)) if job is not None else range(len(bounds))
     log = attack_kwargs.get("log")
     chunks = []
-    pace = _Pace(sum(bounds[k][1] - bounds[k][0] for k in mine))
+    pace = _Pace(sum(bounds[k][1] - bounds[k][0] for k in mine),
+                 "" if job is None or job.world_size == 1 else " of this process's share")
     for k in mine:
         a, b = bounds[k]
         chunk = chunk_store.load(k, a, b, x) if chunk_store is not None else None
@@ -291,8 +292,8 @@ class _Pace:
     """What the per-chunk progress line says: robust accuracy so far, and the time left at the pace
     of the chunks attacked so far (loaded ones cost nothing)."""
 
-    def __init__(self, images: int) -> None:
-        self.left, self.finished, self.robust = images, 0, 0
+    def __init__(self, images: int, whose: str = "") -> None:
+        self.left, self.finished, self.robust, self.whose = images, 0, 0, whose
         self.attacked_images, self.attacked_seconds = 0, 0.0
 
     def attacked(self, images: int, seconds: float) -> None:
@@ -306,7 +307,7 @@ class _Pace:
 
     def summary(self, robust: int, images: int) -> str:
         text = (f"robust {100 * robust / images:.2f} % of its {images} images, "
-                f"{100 * self.robust / self.finished:.2f} % of the {self.finished} so far")
+                f"{100 * self.robust / self.finished:.2f} % of the {self.finished}{self.whose} so far")
         if self.left:
             per_image = self.attacked_seconds / self.attacked_images
             text += f"; about {duration(self.left * per_image, ' ')} left at this pace"
