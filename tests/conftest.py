@@ -13,6 +13,22 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 
 
+@pytest.fixture
+def ctrl_c_heard():
+    """SIGINT raises KeyboardInterrupt in this process, as in a terminal's Python, for the test.
+
+    A suite started in the background by a non-interactive shell (``make test &``, some CI runners,
+    ``nohup``) inherits SIGINT ignored, and pellucid keeps an ignored signal ignored: a test that
+    presses Ctrl-C in process would then test nothing."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="session")
 def mnist35_test():
     from pellucid.data import load_dataset

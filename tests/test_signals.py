@@ -10,6 +10,8 @@ import pytest
 
 from pellucid._signals import Stopped, signal_name, signals_recorded, terminate_raises
 
+pytestmark = pytest.mark.usefixtures("ctrl_c_heard")  # Ctrl-C acts here even if the suite ignores it
+
 
 def test_a_signal_is_recorded_instead_of_raising_and_the_handler_comes_back():
     before = signal.getsignal(signal.SIGINT)
