@@ -616,3 +616,14 @@ def test_without_a_terminal_one_early_line_says_the_pace(blobs, tmp_path, monkey
     capsys.readouterr()
     entry.run(cfg, tmp_path / "quiet", progress=False)
     assert "at this pace" not in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_left_to_train(blobs, tmp_path, capsys):
+    entry, cfg = partial_cfg(checkpoint_minutes=0.0)
+    entry.run(cfg, tmp_path / "run", progress=False)
+    entry.run(cfg, tmp_path / "same", progress=False)
+    capsys.readouterr()
+    history = entry.run(cfg, tmp_path / "run", resume=True, progress=True)["epochs"]
+    assert f"{tmp_path / 'run'} has finished its 3 epochs: nothing left to train" in capsys.readouterr().err
+    assert len(history) == 3 and same_weights(tmp_path / "run", tmp_path / "same")
+    assert rows(tmp_path / "run") == rows(tmp_path / "same")

@@ -249,6 +249,8 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
                               f"{partial.batches} of epoch {partial.epoch}, which this training split "
                               f"({n_batches} batches per epoch) does not have")
     show = progress and job.is_main
+    if show and start >= cfg.epochs:
+        tqdm.write(f"{out} has finished its {cfg.epochs} epochs: nothing left to train", file=sys.stderr)
     save_every = cfg.checkpoint_minutes * 60
     # without a terminal there is no bar: one early line says the pace, instead of nothing until
     # the first epoch ends (20 minutes and more for the large metric cells)
