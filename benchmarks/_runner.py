@@ -148,7 +148,7 @@ def run(name: str, argv: Sequence[str], *, module: ModuleType | None = None,
     start = time.perf_counter()
     try:
         result = module.main(argv)
-    except KeyboardInterrupt as e:  # Ctrl-C; or pellucid._signals.Stopped, a training run's answer
+    except KeyboardInterrupt as e:  # Ctrl-C; or pellucid.errors.Stopped, a training run's answer
         kept = " ".join(str(e).split())
         print(f"benchmark {name}: {'stopped: ' + kept if kept else 'interrupted'}; nothing recorded",
               file=sys.stderr)

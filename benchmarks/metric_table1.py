@@ -47,7 +47,7 @@ def run_cell(metric: str, hidden: int, seed: int, epochs: int, runs_dir: Path | 
     every epoch, resumed if interrupted) or in a temporary directory."""
     import torch
 
-    from pellucid._signals import Stopped
+    from pellucid.errors import Stopped
     from pellucid.distributed import Job
     from pellucid.train.checkpointing import has_training_state
     from pellucid.train.metric_recipes import MetricMLPConfig, train_metric_mlp

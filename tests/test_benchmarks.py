@@ -169,7 +169,7 @@ def test_a_stopped_benchmark_says_so_in_one_line_and_records_nothing(fake, tmp_p
                                                                      raised, code, said):
     import signal
 
-    from pellucid._signals import Stopped
+    from pellucid.errors import Stopped
 
     if raised == "stopped":  # what a training run raises when it answered a SIGTERM
         raised = Stopped(signal.SIGTERM, "epoch 2 of 50 stopped after batch 7 of 1200; the run so far "

@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from pellucid._signals import Stopped, signal_name, signals_recorded, terminate_raises
+from pellucid._signals import signal_name, signals_recorded, terminate_raises
+from pellucid.errors import Stopped
 
 pytestmark = pytest.mark.usefixtures("ctrl_c_heard")  # Ctrl-C acts here even if the suite ignores it
 

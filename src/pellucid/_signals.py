@@ -13,21 +13,9 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 
-__all__ = ["Stopped", "signal_name", "signals_recorded", "terminate_raises"]
+from pellucid.errors import Stopped
 
-
-class Stopped(KeyboardInterrupt):
-    """Work stopped on a signal: ``signum`` says which (the CLI exits with ``128 + signum``),
-    ``str()`` what was kept (may be empty), ``finished`` that the work itself was done when it
-    could stop (its caller, with more to do, stops instead)."""
-
-    def __init__(self, signum: int, kept: str = "", finished: bool = False) -> None:
-        super().__init__(kept)
-        self.signum, self.finished = signum, finished
-
-    def continued_by(self, how: str) -> Stopped:
-        """The same stop, its text ending with how the caller's user continues the work."""
-        return Stopped(self.signum, f"{self}; {how}" if str(self) else "", self.finished)
+__all__ = ["signal_name", "signals_recorded", "terminate_raises"]
 
 
 def signal_name(signum: int) -> str:
@@ -43,7 +31,7 @@ def signals_recorded(*signums: int, escalate: bool = False,
     taking its usual effect; the previous handlers are restored afterwards, even on an exception.
 
     ``notice(signum)`` is called on the first one (to say what will happen). With ``escalate``, a
-    signal that arrives when one is already recorded raises :class:`Stopped` at once: a second
+    signal that arrives when one is already recorded raises :class:`~pellucid.errors.Stopped` at once: a second
     Ctrl-C means "now". A signal that is ignored when the block starts stays ignored (a job started
     in the background of a non-interactive shell ignores SIGINT, and ``nohup`` SIGHUP: that was
     somebody's choice). Outside the main thread, where handlers cannot be set, nothing is installed
@@ -74,7 +62,7 @@ def signals_recorded(*signums: int, escalate: bool = False,
 
 @contextlib.contextmanager
 def terminate_raises() -> Iterator[None]:
-    """While the block runs, SIGTERM (``kill``, a scheduler's stop) raises :class:`Stopped` in the
+    """While the block runs, SIGTERM (``kill``, a scheduler's stop) raises :class:`~pellucid.errors.Stopped` in the
     main thread, as Ctrl-C raises ``KeyboardInterrupt``; the previous handler is restored after.
 
     Python's default for SIGTERM ends the process where it stands, so no ``finally`` runs: a run

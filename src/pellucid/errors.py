@@ -1,9 +1,11 @@
-"""User-facing errors.
+"""User-facing errors, and :class:`Stopped` (work stopped on a signal, what it had done kept).
 
 Every error a user can cause (bad input, missing data, a broken checkpoint) raises a subclass of
 :class:`PellucidError` whose message says what is wrong and how to fix it. The CLI prints that
 message on one line and exits non-zero; ``assert`` is kept for internal invariants only.
 """
+
+from __future__ import annotations
 
 
 class PellucidError(Exception):
@@ -39,3 +41,20 @@ class UnknownNameError(PellucidError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class Stopped(KeyboardInterrupt):
+    """Work stopped on a signal (Ctrl-C, ``kill``) at a point where what it had done was kept.
+
+    ``signum`` says which signal (the CLI exits with ``128 + signum``), ``str()`` what was kept
+    (may be empty), ``finished`` that the work itself was done when it could stop (its caller,
+    with more to do, stops instead). A ``KeyboardInterrupt``, so that code which catches Ctrl-C
+    catches it too; not a :class:`PellucidError`: nothing was wrong."""
+
+    def __init__(self, signum: int, kept: str = "", finished: bool = False) -> None:
+        super().__init__(kept)
+        self.signum, self.finished = signum, finished
+
+    def continued_by(self, how: str) -> Stopped:
+        """The same stop, its text ending with how the caller's user continues the work."""
+        return Stopped(self.signum, f"{self}; {how}" if str(self) else "", self.finished)

@@ -512,7 +512,7 @@ def test_a_signal_mid_epoch_saves_the_epoch_so_far_and_resume_continues_it(blobs
     """Steps 1-6 are epoch 1: a Ctrl-C in step 3 finishes that step, saves the state after batch 3
     (also with partial states switched off: the signal asks for it), and stops; --resume then gives
     the uninterrupted run's weights and rows."""
-    from pellucid._signals import Stopped
+    from pellucid.errors import Stopped
 
     entry, cfg = partial_cfg(checkpoint_minutes=minutes)
     entry.run(cfg, tmp_path / "whole", progress=False)
@@ -533,7 +533,7 @@ def test_a_signal_mid_epoch_saves_the_epoch_so_far_and_resume_continues_it(blobs
 def test_a_signal_in_an_epochs_last_batch_stops_after_its_commit(blobs, tmp_path, monkeypatch):
     """SIGTERM in step 12 (epoch 2's last batch): no partial state can hold a finished epoch, so
     epoch 2 is validated and committed, then the run stops; in the run's last step it finishes."""
-    from pellucid._signals import Stopped
+    from pellucid.errors import Stopped
 
     entry, cfg = partial_cfg()
     entry.run(cfg, tmp_path / "whole", progress=False)
@@ -557,7 +557,7 @@ def test_a_signal_in_an_epochs_last_batch_stops_after_its_commit(blobs, tmp_path
 def test_a_second_signal_stops_at_once_without_saving(blobs, tmp_path, monkeypatch):
     """Ctrl-C twice in step 9 (epoch 2): the second raises before the step ends, so the state on
     disk is the last one saved (epoch 1's commit, partial states off), and resume redoes epoch 2."""
-    from pellucid._signals import Stopped
+    from pellucid.errors import Stopped
 
     entry, cfg = partial_cfg(checkpoint_minutes=0.0)
     entry.run(cfg, tmp_path / "whole", progress=False)

@@ -37,7 +37,7 @@ def add_parser(sub, argv: Sequence[str] = ()) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pellucid._io import check_writable_dir
-    from pellucid._signals import Stopped
+    from pellucid.errors import Stopped
     from pellucid.distributed import start_job
     from pellucid.report.evaluation import evaluate_run
     from pellucid.report.html import check_report_writable

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pellucid {args.command}: error: {e.strerror or e}"
               + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # Ctrl-C; or pellucid._signals.Stopped: a signal, answered
+    except KeyboardInterrupt as e:  # Ctrl-C; or pellucid.errors.Stopped: a signal, answered
         kept, signum = _one_line(e), getattr(e, "signum", signal.SIGINT)
         said = (f"stopped: {kept}" if kept else
                 "interrupted" if signum == signal.SIGINT else f"interrupted by {signal_name(signum)}")

@@ -47,7 +47,7 @@ def add_parser(sub, argv: Sequence[str] = ()) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pellucid._io import check_writable_dir
-    from pellucid._signals import Stopped
+    from pellucid.errors import Stopped
     from pellucid.distributed import start_job
     from pellucid.train.catalogue import RECIPES
     from pellucid.train.checkpointing import check_run_dir

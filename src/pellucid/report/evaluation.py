@@ -22,9 +22,8 @@ from torch import nn
 
 from pellucid._device import device_name
 from pellucid._io import RunLock, tensors_sha256
-from pellucid._signals import Stopped
 from pellucid.data.datasets import ImageDataset, load_dataset
-from pellucid.errors import InvalidInputError
+from pellucid.errors import InvalidInputError, Stopped
 from pellucid.models.checkpoint import load_model
 from pellucid.models.inference import predict_logits
 from pellucid.report.records import RECORDS_DIR, save_record

@@ -20,11 +20,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pellucid._io import RunLock
-from pellucid._signals import Stopped, signal_name, signals_recorded
+from pellucid._signals import signal_name, signals_recorded
 from pellucid._text import duration
 from pellucid.data.datasets import ImageDataset
 from pellucid.distributed import Job
-from pellucid.errors import CheckpointError, InvalidInputError
+from pellucid.errors import CheckpointError, InvalidInputError, Stopped
 from pellucid.models.checkpoint import save_model
 from pellucid.models.inference import predict_logits
 from pellucid.nn.semantic.base import project_constraints_
@@ -170,9 +170,9 @@ def fit(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: TrainConf
 
     In one process on the main thread, a Ctrl-C (SIGINT) or SIGTERM stops training at the end of
     the batch: the state after it is saved as a partial-epoch state (in an epoch's last batch, the
-    epoch is validated and committed instead), and :class:`~pellucid._signals.Stopped` (a
+    epoch is validated and committed instead), and :class:`~pellucid.errors.Stopped` (a
     ``KeyboardInterrupt`` whose text says what was kept) is raised; ``resume=True`` continues bit
-    for bit (:meth:`~pellucid._signals.Stopped.continued_by` adds how a command's user says so).
+    for bit (:meth:`~pellucid.errors.Stopped.continued_by` adds how a command's user says so).
     A signal in the last epoch's last batch lets the run finish, then raises ``Stopped`` with
     ``finished=True``, so that a caller with more work to do stops too. A second signal raises at
     once.
