@@ -113,9 +113,10 @@ def test_euclidean_distance_is_exact_near_zero_and_matches_the_difference_elsewh
     reference = (x.detach()[:, None, :].double() - centres[None].double()).norm(dim=-1)
     # The matrix-multiply form alone is off by ~1e-2 here (sqrt of its rounding); the near pairs
     # must come out at the difference's value.
-    assert float(d[0, 7]) < 1e-6 and float(d[1, 42]) < 1e-6
-    assert float(d[2, 5]) == pytest.approx(float(reference[2, 5]), rel=1e-4)
-    torch.testing.assert_close(d.double(), reference, rtol=1e-5, atol=1e-4)
+    values = d.detach()
+    assert float(values[0, 7]) < 1e-6 and float(values[1, 42]) < 1e-6
+    assert float(values[2, 5]) == pytest.approx(float(reference[2, 5]), rel=1e-4)
+    torch.testing.assert_close(values.double(), reference, rtol=1e-5, atol=1e-4)
     # Gradients: (x - c) / d on both paths, 0 at d = 0 (no NaN).
     d[:, [5, 7, 42]].sum().backward()
     expected = torch.zeros_like(x, dtype=torch.float64)
@@ -549,3 +550,113 @@ def test_bad_parameters_raise():
         EpsilonSoftmax(1.0, mode="fixed").set_epsilon(0.0)
     with pytest.raises(InvalidInputError):
         L2DistanceConv2d(3, 4, 3)(torch.randn(1, 2, 8, 8))
+
+
+def _icnn_on_each_difference(layer, x, weights):
+    """The notebook's network written out on every difference ``u = x_b - c_j``, ``(B, H)``, with
+    the layer weights ``weights`` used as they are (no split, no abs)."""
+    u = (x[:, None, :] - layer.centres[None]).reshape(-1, x.shape[1])
+    z = F.leaky_relu(u @ weights[0].T + layer.layers[0].bias, 0.01)
+    last = len(layer.layers) - 1
+    for k in range(1, last + 1):
+        skip = layer.skips[k - 1]
+        z = z @ weights[k].T + layer.layers[k].bias + u @ skip.weight.T + skip.bias
+        if k < last:
+            z = F.leaky_relu(z, 0.01)
+    return z.reshape(x.shape[0], -1)
+
+
+@pytest.mark.parametrize("widths", [(6,), (6, 5), (4, 7, 3)])
+def test_input_convex_distance_equals_the_network_on_every_difference_values_and_gradients(widths):
+    from pellucid.nn import InputConvexDistance
+
+    torch.manual_seed(0)
+    layer = InputConvexDistance(3, 4, widths=widths).double()
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 4, dtype=torch.float64)
+    (layer(x) * w).sum().backward()
+    ours = [x.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
+    value = layer(x).detach()
+    layer.zero_grad()
+    x.grad = None
+    reference = -_icnn_on_each_difference(layer, x, [m.weight for m in layer.layers]) * layer.log_scale.exp()
+    (reference * w).sum().backward()
+    torch.testing.assert_close(value, reference.detach())
+    for a, b in zip(ours, [x.grad] + [p.grad for p in layer.parameters()]):
+        torch.testing.assert_close(a, b)
+    assert len(ours) == 1 + len(list(layer.parameters()))
+
+
+def test_input_convex_distance_is_convex_whatever_the_sign_of_its_stored_weights():
+    from pellucid.nn import InputConvexDistance
+
+    torch.manual_seed(1)
+    layer = InputConvexDistance(3, 2, widths=(8, 6)).double()
+    assert all(bool((m.weight >= 0).all()) for m in layer.layers)  # projected at construction
+    assert any(bool((m.weight < 0).any()) for m in layer.skips)  # the skips keep their sign
+    with torch.no_grad():
+        for m in layer.layers:
+            m.weight.normal_()  # e.g. a state dict written by hand: the forward still uses |W|
+    a, b = torch.randn(300, 3, dtype=torch.float64), torch.randn(300, 3, dtype=torch.float64)
+    for t in (0.5, 0.2):
+        fa, fb, ft = layer.convex_value(a), layer.convex_value(b), layer.convex_value(t * a + (1 - t) * b)
+        assert bool((ft <= t * fa + (1 - t) * fb + 1e-10).all())
+    plain = _icnn_on_each_difference(layer, a, [m.weight.detach() for m in layer.layers]).detach()
+    fa, fb = plain, _icnn_on_each_difference(layer, b, [m.weight.detach() for m in layer.layers]).detach()
+    fm = _icnn_on_each_difference(layer, (a + b) / 2, [m.weight.detach() for m in layer.layers]).detach()
+    assert bool((fm > (fa + fb) / 2 + 1e-9).any())  # the same network with signed weights is not convex
+    layer.project_()
+    assert all(bool((m.weight >= 0).all()) for m in layer.layers)
+
+
+def test_input_convex_distance_trains_as_the_notebooks_in_place_abs_does():
+    # the notebook replaces every layer's weight by its absolute value before each forward; pellucid
+    # uses |W| in the forward and stores |W| after each step: the same weights, step after step
+    from pellucid.nn import InputConvexDistance
+    from pellucid.nn.semantic import project_constraints_
+
+    torch.manual_seed(2)
+    ours = InputConvexDistance(4, 3, widths=(5, 4)).double()
+    notebook = InputConvexDistance(4, 3, widths=(5, 4)).double()
+    notebook.load_state_dict(ours.state_dict())
+    opt_ours = torch.optim.Adam(ours.parameters(), lr=0.3)  # large steps, so weights cross zero
+    opt_notebook = torch.optim.Adam(notebook.parameters(), lr=0.3)
+    crossed = 0
+    for step in range(6):
+        x, w = torch.randn(7, 4, dtype=torch.float64), torch.randn(7, 3, dtype=torch.float64)
+        opt_ours.zero_grad()
+        (ours(x) * w).sum().backward()
+        opt_ours.step()
+        crossed += sum(int((m.weight < 0).sum()) for m in ours.layers)
+        project_constraints_(ours)
+        opt_notebook.zero_grad()
+        with torch.no_grad():
+            for m in notebook.layers:
+                m.weight.abs_()
+        y = -_icnn_on_each_difference(notebook, x, [m.weight for m in notebook.layers]) * notebook.log_scale.exp()
+        (y * w).sum().backward()
+        opt_notebook.step()
+    with torch.no_grad():
+        for m in notebook.layers:
+            m.weight.abs_()
+    assert crossed > 0
+    for (name, a), b in zip(ours.state_dict().items(), notebook.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_input_convex_distance_rejects_bad_arguments_and_inputs():
+    from pellucid.nn import InputConvexDistance
+
+    for kwargs in ({"widths": ()}, {"widths": (0,)}, {"widths": (3, -1)}, {"widths": (True,)}, {"widths": (2.5,)},
+                   {"negative_slope": 1.0}, {"negative_slope": -0.1}, {"negative_slope": float("nan")},
+                   {"negative_slope": "0.01"}):
+        with pytest.raises(InvalidInputError):
+            InputConvexDistance(4, 3, **kwargs)
+    for shape in ((0, 3), (4, 0), (4.0, 3), (4, True)):
+        with pytest.raises(InvalidInputError):
+            InputConvexDistance(*shape)
+    layer = InputConvexDistance(4, 3, widths=(5,))
+    for bad in (torch.randn(2, 5), torch.randn(2, 4, 1), torch.full((2, 4), float("inf")),
+                torch.zeros(2, 4, dtype=torch.long)):
+        with pytest.raises(InvalidInputError):
+            layer(bad)

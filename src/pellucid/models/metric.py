@@ -21,7 +21,8 @@ from torch import nn
 
 from pellucid.errors import InvalidInputError
 from pellucid.models.registry import register_model
-from pellucid.nn.metric.distance import ConvexDistance, CosineSimilarity, LpDistance, StereoAngle, check_features, lp_distance
+from pellucid.nn.metric.distance import (ConvexDistance, CosineSimilarity, InputConvexDistance, LpDistance, StereoAngle,
+                                         check_features, lp_distance)
 from pellucid.nn.metric.invex import InvexDistance
 from pellucid.nn.metric.conv import L2DistanceConv2d, MetricConv2d
 from pellucid.nn.metric.similarity import EpsilonSoftmax
@@ -33,7 +34,8 @@ __all__ = ["DictionaryMLP", "EpsilonHighway", "LocalMLP", "LocalResidual", "METR
 # cannot), so traced copies (e.g. for excitation pullbacks) still check every input.
 torch.fx.wrap("check_features")
 
-METRICS = ("l0.5", "l1", "l2", "l20", "stereo", "cosine", "linear", "convex", "invex", "ordinary", "ordinary-mlp")
+METRICS = ("l0.5", "l1", "l2", "l20", "stereo", "cosine", "linear", "convex", "convex-icnn", "invex", "ordinary",
+           "ordinary-mlp")
 
 
 def lp_order(name: str) -> float:
@@ -58,9 +60,10 @@ def check_hidden(hidden: int, name: str = "hidden") -> None:
 def metric_layer(metric: str, in_features: int, out_features: int, variant: str = "standardised",
                  inner_hidden: int = 500) -> nn.Module:
     """A ``(B, D) -> (B, H)`` layer by name: ``l<p>`` (any p > 0, e.g. ``l0.5``, ``l2``, ``l20``),
-    ``stereo``, ``cosine``, ``linear`` (``nn.Linear``), ``convex``, ``invex``, ``ordinary`` (the invex
-    network without its spectral-norm cap) and ``ordinary-mlp`` (the convex network without its
-    constraints)."""
+    ``stereo``, ``cosine``, ``linear`` (``nn.Linear``), ``convex`` (:class:`ConvexDistance`),
+    ``convex-icnn`` (:class:`InputConvexDistance` with the author's notebook's widths
+    ``inner_hidden + 2, inner_hidden + 1``), ``invex``, ``ordinary`` (the invex network without its
+    spectral-norm cap) and ``ordinary-mlp`` (the convex network without its constraints)."""
     check_hidden(out_features, "out_features")
     if isinstance(metric, str) and metric.startswith("l") and metric != "linear":
         return LpDistance(in_features, out_features, p=lp_order(metric), variant=variant)
@@ -69,6 +72,7 @@ def metric_layer(metric: str, in_features: int, out_features: int, variant: str 
         "cosine": lambda: CosineSimilarity(in_features, out_features),
         "linear": lambda: nn.Linear(in_features, out_features),
         "convex": lambda: ConvexDistance(in_features, out_features, inner_hidden),
+        "convex-icnn": lambda: InputConvexDistance(in_features, out_features, (inner_hidden + 2, inner_hidden + 1)),
         "invex": lambda: InvexDistance(in_features, out_features, inner_hidden, contractive=True),
         "ordinary": lambda: InvexDistance(in_features, out_features, inner_hidden, contractive=False),
         # another reading of the paper's "ordinary" row: the convex network without its constraints

@@ -114,7 +114,7 @@ class MetricMLPConfig(_ProtocolDefaults):
     lr: float = _same("lr", 1e-4, "Adam learning rate (cosine-annealed to 0 over all steps)", above=0)
     schedule: str = _same("schedule", "cosine", choices=("constant", "cosine"))
     metric: str = _opt("l2", "l<p> (l0.5, l1, l2, l20, ...), stereo, cosine, linear, convex, "
-                             "invex or ordinary")
+                             "convex-icnn, invex, ordinary or ordinary-mlp")
     hidden: int = _opt(100, "H, metric neurons", min=1)
     variant: str = _opt("standardised", "lp only: standardised (paper) or simple",
                         choices=("standardised", "simple"))

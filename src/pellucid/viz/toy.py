@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pellucid.models.metric import metric_layer
-from pellucid.nn.metric.distance import ConvexDistance, CosineSimilarity, LpDistance, StereoAngle
+from pellucid.nn.metric.distance import ConvexDistance, CosineSimilarity, InputConvexDistance, LpDistance, StereoAngle
 from pellucid.nn.metric.invex import InvexDistance
 from pellucid.nn.metric.similarity import EpsilonSoftmax
 from pellucid.train.optim import Adam
@@ -85,7 +85,7 @@ def dissimilarity(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return cosine.clamp(-1.0, 1.0).acos()
     if isinstance(layer, InvexDistance):
         return layer(x)
-    if isinstance(layer, (ConvexDistance, nn.Linear)):
+    if isinstance(layer, (ConvexDistance, InputConvexDistance, nn.Linear)):
         return -layer(x)
     raise TypeError(f"no toy distance for {type(layer).__name__}")
 

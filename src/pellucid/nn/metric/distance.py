@@ -11,7 +11,8 @@ Layers (all map ``(B, D) -> (B, H)``):
                              ``y = (1 - d) exp(s)``  ("simple"); any ``p > 0``.
 * :class:`StereoAngle`       inverse stereographic projection onto ``S^D``, then unit-row linear.
 * :class:`CosineSimilarity`  ``cos angle(x, c_j)``.
-* :class:`ConvexDistance`    ``y = -f(x - c_j) exp(t)``, ``f`` an input-convex network.
+* :class:`ConvexDistance`    ``y = -f(x - c_j) exp(t)``, ``f`` a one-hidden-layer input-convex network.
+* :class:`InputConvexDistance` the same with ``f`` a deep input-convex network (the author's notebook's).
 * :class:`InvexDistance` (in :mod:`pellucid.nn.metric.invex`) learnable invex / "ordinary" distance.
 
 Convolutional forms (:mod:`pellucid.nn.metric.conv`) apply any of them to image patches.
@@ -30,7 +31,7 @@ from torch.autograd.function import once_differentiable
 
 from pellucid.errors import InvalidInputError
 
-__all__ = ["ConvexDistance", "CosineSimilarity", "LpDistance", "StereoAngle", "check_features",
+__all__ = ["ConvexDistance", "CosineSimilarity", "InputConvexDistance", "LpDistance", "StereoAngle", "check_features",
            "euclidean_distance", "inverse_stereographic", "lp_distance", "standardise_negated"]
 
 
@@ -429,6 +430,83 @@ class ConvexDistance(nn.Module):
             return hidden_term + linear_term
         sq = lp_distance(x, self.centres, 2.0).pow(2)
         return hidden_term + linear_term + 0.5 * sq * self.log_quadratic.exp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.convex_value(x) * self.log_scale.exp()
+
+
+class InputConvexDistance(nn.Module):
+    r"""Learnable convex distance ``y_j = -f(x - c_j) e^{t}`` with ``f`` a deep input-convex network.
+
+    With ``u = x - c_j``, widths ``n_1 .. n_L`` and ``\sigma`` = LeakyReLU (slope 0.01):
+
+    ``z_1 = \sigma(W_0 u + b_0)``, ``z_{k+1} = \sigma(W_k z_k + S_k u + b_k)``,
+    ``f(u) = W_L z_L + S_L u + b_L``, every ``W_k >= 0`` (``b_k`` is the sum of the layer's and the
+    skip's bias).
+
+    ``\sigma`` is convex and non-decreasing, so each ``z_k`` and ``f`` are convex in ``u`` (Amos et al.,
+    "Input convex neural networks"); the skips ``S_k`` from the input may take any sign. This is the
+    network of the author's Table 1 notebook (``[784, 502, 501, 1]`` for a "500-unit" network): two
+    hidden layers, the skips and ``W_1 .. W_L`` initialised at a tenth of ``nn.Linear``'s scale,
+    and *every* ``W_k`` kept non-negative, ``W_0`` too (not needed for convexity, but part of that
+    construction). :class:`ConvexDistance` is pellucid's lighter reading (one hidden layer and a
+    quadratic term).
+
+    The constraint: the forward uses ``|W_k|``, and :meth:`project_` (which pellucid's trainer
+    calls after every optimizer step) stores ``|W_k|``, so the parameters stay what the forward
+    uses and an optimizer steps them as the notebook's in-place ``abs`` does. Every affine map
+    of ``u`` is split, ``A(x - c_j) = Ax - Ac_j``, so only the hidden activations are ``(B, H, n_k)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, widths: tuple[int, ...] = (502, 501),
+                 negative_slope: float = 0.01) -> None:
+        super().__init__()
+        def count(v):
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+        if not count(in_features) or not count(out_features):
+            raise InvalidInputError(f"in_features and out_features must be ints >= 1, got {in_features!r}, "
+                                    f"{out_features!r}")
+        widths = tuple(widths) if isinstance(widths, (tuple, list)) else (widths,)
+        if not widths or not all(count(w) for w in widths):
+            raise InvalidInputError(f"widths must be one or more ints >= 1, got {widths!r}")
+        if (not isinstance(negative_slope, (int, float)) or isinstance(negative_slope, bool)
+                or not 0 <= negative_slope < 1):
+            raise InvalidInputError(f"negative_slope must be in [0, 1) for a convex activation, got {negative_slope!r}")
+        self.in_features, self.out_features, self.widths = in_features, out_features, widths
+        self.negative_slope = negative_slope
+        dims = (in_features, *widths, 1)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))  # W_k, b_k
+        # S_k. Each skip carries a bias of its own, as the notebook's do: redundant with b_k as a
+        # function, but an optimizer steps both, so the sum moves as the notebook's does.
+        self.skips = nn.ModuleList(nn.Linear(in_features, b) for b in dims[2:])
+        with torch.no_grad():
+            for m in (*self.layers[1:], *self.skips):
+                m.weight.mul_(0.1)
+        self.project_()
+        self.centres = nn.Parameter(torch.randn(out_features, in_features) / 3)
+        self.log_scale = nn.Parameter(torch.zeros(()))  # t
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Store ``|W_k|`` for every layer (the skips keep their sign)."""
+        for layer in self.layers:
+            layer.weight.abs_()
+
+    def _split(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``A(x_b - c_j) + a`` as ``(B, H, n)`` from ``Ax_b`` and ``Ac_j``."""
+        return F.linear(x, weight, bias)[:, None, :] - F.linear(self.centres, weight)[None]
+
+    def convex_value(self, x: torch.Tensor) -> torch.Tensor:
+        """``f(x - c_j)`` for every pair, ``(B, H)``."""
+        check_features(x, self.in_features)
+        first = self.layers[0]
+        z = F.leaky_relu(self._split(x, first.weight.abs(), first.bias), self.negative_slope)
+        for k, (layer, skip) in enumerate(zip(self.layers[1:], self.skips), start=1):
+            z = F.linear(z, layer.weight.abs(), layer.bias) + self._split(x, skip.weight, skip.bias)
+            if k < len(self.widths):
+                z = F.leaky_relu(z, self.negative_slope)
+        return z.squeeze(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return -self.convex_value(x) * self.log_scale.exp()
