@@ -43,10 +43,14 @@ def parser(module_name: str, doc: str | None, *, threads: Any = OMIT, seed: Any 
 
 
 def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """``p.parse_args(argv)``, then torch's thread count from ``--threads`` where one is given, and
+    """``p.parse_args(argv)``, then :func:`pellucid._memory.keep_freed_memory` (as the command line
+    does), torch's thread count from ``--threads`` where one is given, and
     ``--device`` as a :class:`torch.device` (one the host lacks: a usage error, exit 2, before any
     work)."""
     args = p.parse_args(argv)
+    from pellucid._memory import keep_freed_memory
+
+    keep_freed_memory()  # as pellucid's command line does: large activations reuse the heap
     if getattr(args, "threads", None):
         import torch
 

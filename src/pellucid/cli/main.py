@@ -12,6 +12,7 @@ import importlib
 import signal
 import sys
 
+from pellucid._memory import keep_freed_memory
 from pellucid._signals import signal_name, terminate_raises
 from pellucid.errors import PellucidError
 
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version (0) or a usage error (2, message printed)
         return exit_.code if isinstance(exit_.code, int) else 2
+    keep_freed_memory()  # large activations reuse the heap instead of page faults every step
     try:
         with terminate_raises():  # a kill unwinds like Ctrl-C: locks released, files cleaned up
             return int(args.func(args) or 0)
