@@ -15,16 +15,17 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or platform
                                 reason="the setting exists on Linux with glibc only")
 
 # Allocates, fills and frees a 64 MiB tensor (above any mmap threshold glibc takes on its own)
-# twelve times; counts the minor page faults of the last six, once the heap has grown to hold it
-# (it takes a few rounds of 64-byte-aligned requests to get there).
+# twenty times; counts the minor page faults of the last eight. By default every block comes
+# fresh from the kernel; kept, a freed block is reused once neighbours have merged (a few rounds
+# of 64-byte-aligned requests: at most a block or two faults after the twelfth).
 _PROBE = textwrap.dedent("""
     import json, resource, sys
     import torch
     from pellucid._memory import keep_freed_memory
     applied = keep_freed_memory() if sys.argv[1] == "keep" else None
     sums = []
-    for i in range(12):
-        if i == 6:
+    for i in range(20):
+        if i == 12:
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t = torch.empty(16 * 1024 * 1024).fill_(i + 0.5)
         sums.append(float(t[::4096].sum()))
@@ -44,15 +45,15 @@ def test_freed_blocks_are_reused_without_page_faults_and_the_values_are_the_same
     default, kept = _probe("default"), _probe("keep")
     assert kept["applied"] is True
     pages = 64 * 1024 * 1024 // os.sysconf("SC_PAGE_SIZE")
-    assert default["faults"] >= 6 * pages * 0.9  # every 64 MiB block comes back from the kernel
-    assert kept["faults"] < pages * 0.05  # the same memory, reused
+    assert default["faults"] >= 8 * pages * 0.9  # every 64 MiB block comes back from the kernel
+    assert kept["faults"] <= 2 * pages  # the same memory, reused
     assert kept["sums"] == default["sums"]
 
 
 def test_the_environment_variable_turns_it_off():
     off = _probe("keep", **{ENV_VAR: "0"})
     assert off["applied"] is False
-    assert off["faults"] >= 6 * 64 * 1024 * 1024 // os.sysconf("SC_PAGE_SIZE") * 0.9
+    assert off["faults"] >= 8 * 64 * 1024 * 1024 // os.sysconf("SC_PAGE_SIZE") * 0.9
 
 
 def test_the_command_line_applies_it_once_a_command_runs(monkeypatch, tmp_path):

@@ -44,5 +44,6 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    # mallopt returns 1 on success; the trim threshold is an int, so its largest value
+    # mallopt returns 1 on success; the trim threshold is an int, so its largest value. A repeated
+    # 64-byte-aligned large request fits a freed block once neighbours have merged: a few steps in.
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
