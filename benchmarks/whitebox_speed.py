@@ -1,11 +1,13 @@
 """Speed of the white-box model on the CPU it runs on: seconds per training epoch and PGD-40 images/s.
 
 One epoch = the full 11,552-image MNIST 3/5 train split, batch 200, the paper's optimiser and noise
-augmentation, no validation. Two baselines run in the same process: the same network with the
-conv layer's C loops switched off (``PELLUCID_CPU_KERNELS=0``: the PyTorch formulation, the same
-numbers), and with the conv layer computed the straightforward way (dense conv2d over all 64 posed
-kernels, then max, with autograd's dense backward), so the ratios show what the C loops and the
-fused max-correlation kernel buy.
+augmentation, no validation. Three baselines run in the same process: the conv layer's forward
+unfused (``conv2d`` over the 64 posed kernels, then the C max: the code before the fused
+forward, the same numbers), the conv layer's C loops switched off (``PELLUCID_CPU_KERNELS=0``:
+the PyTorch formulation, the same numbers), and the conv layer computed the straightforward way
+(dense conv2d over all 64 posed kernels, then max, with autograd's dense backward), so the ratios
+show what the fused forward, the C loops and the sparse max-correlation backward buy. The fused
+and unfused epochs alternate (two each), so a slow spell of a shared host hits both.
 ``--whole-run`` also times the default ``pellucid train whitebox-mnist35`` (15 epochs with
 validation, start-up and exit included) as a fresh process. Prints ONE JSON line.
 
@@ -48,6 +50,19 @@ def dense_conv_baseline():
         yield
     finally:
         RotationConvFeatures.forward = original
+
+
+@contextlib.contextmanager
+def unfused_forward():
+    """Temporarily turn the fused C forward off: ``conv2d`` + the C max, as before it (same bits)."""
+    from pellucid.nn.semantic import kernels
+
+    original = kernels._fused_forward
+    kernels._fused_forward = lambda x, weight, lib: None
+    try:
+        yield
+    finally:
+        kernels._fused_forward = original
 
 
 @contextlib.contextmanager
@@ -115,6 +130,13 @@ def whole_run_seconds() -> float:
         return time.perf_counter() - t0
 
 
+def kernels_fused() -> bool:
+    """Whether the fused C forward ran for the white-box conv layer (probe passed)."""
+    from pellucid.nn.semantic import kernels
+
+    return any(kernels._FUSED_AGREES.values())
+
+
 def parser():
     p = h.parser(__name__, __doc__)
     p.add_argument("--whole-run", action="store_true", help="also time the default training run")
@@ -133,8 +155,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     c_loops = _cpu_kernels.library() is not None
     epoch_seconds(train.subset(slice(0, 400)))  # warm-up
-    fused = min(epoch_seconds(train, s) for s in range(2))
+    fused_runs, unfused_runs = [], []
+    for s in range(2):  # alternating, so a slow spell of a shared host hits both
+        fused_runs.append(epoch_seconds(train, s))
+        with unfused_forward():
+            unfused_runs.append(epoch_seconds(train, s))
+    fused, unfused = min(fused_runs), min(unfused_runs)
     fused_pgd = pgd_images_per_second(test)
+    with unfused_forward():
+        unfused_pgd = pgd_images_per_second(test)
     with pytorch_path():
         torch_epoch = min(epoch_seconds(train, s) for s in range(2))
         torch_pgd = pgd_images_per_second(test)
@@ -143,11 +172,17 @@ def main(argv: list[str] | None = None) -> dict:
         dense_pgd = pgd_images_per_second(test)
     return {
         "train_images": len(train), "c_loops": c_loops,
-        "epoch_seconds": round(fused, 3), "epoch_seconds_dense_conv_baseline": round(dense, 3),
+        "fused_forward": kernels_fused(),
+        "epoch_seconds": round(fused, 3),
+        "epoch_seconds_unfused_forward": round(unfused, 3),
+        "epoch_speedup_vs_unfused_forward": round(unfused / fused, 2),
+        "epoch_seconds_dense_conv_baseline": round(dense, 3),
         "epoch_speedup_vs_baseline": round(dense / fused, 2),
         "epoch_seconds_pytorch_path": round(torch_epoch, 3),
         "epoch_speedup_vs_pytorch_path": round(torch_epoch / fused, 2),
         "pgd40_images_per_second": round(fused_pgd, 1),
+        "pgd40_images_per_second_unfused_forward": round(unfused_pgd, 1),
+        "pgd40_speedup_vs_unfused_forward": round(fused_pgd / unfused_pgd, 2),
         "pgd40_full_test_seconds": round(len(test) / fused_pgd, 2),
         "pgd40_images_per_second_dense_conv_baseline": round(dense_pgd, 1),
         "pgd40_speedup_vs_baseline": round(fused_pgd / dense_pgd, 2),

@@ -172,3 +172,106 @@ def test_non_contiguous_or_other_dtypes_take_the_pytorch_path(monkeypatch):
     g = torch.randn(3, 1, 10, 10, dtype=torch.float64)
     _same_bits(_run(x.transpose(2, 3), w, g, native=True, monkeypatch=monkeypatch),
                _run(x.transpose(2, 3), w, g, native=False, monkeypatch=monkeypatch))
+
+
+# ---- the fused forward (one input channel, float32, AVX2 + FMA builds) --------------------------
+
+needs_fused = pytest.mark.skipif(LIB is None or not _cpu_kernels.fused_forward_built(LIB),
+                                 reason="no fused forward in this build (needs the C kernels, AVX2 and FMA)")
+
+
+def _reference(x, w):
+    """``conv2d`` + max over kernels, the first kernel attaining it: the PyTorch path's bits."""
+    dense = F.conv2d(x, w, padding=w.shape[-1] // 2)
+    top = dense.amax(1)
+    return top, (dense == top[:, None]).to(torch.int8).argmax(1)
+
+
+@needs_fused
+@pytest.mark.parametrize("shape", [(150, 28, 28, 64, 5), (9, 6, 5, 4, 5), (7, 13, 29, 7, 3),
+                                   (1, 28, 28, 64, 5), (3, 11, 8, 5, 7), (2, 3, 3, 1, 3)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_forward_gives_conv2d_and_max_bits(shape, threads):
+    b, h, w_, k, ks = shape
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.rand(b, 1, h, w_, generator=gen) * 2 - 1
+    x[0, :, : h // 2] = 0.0  # exact zeros: scores of +0 and -0
+    w = torch.randn(k, 1, ks, ks, generator=gen)
+    w[k - 1] = w[0]  # a tie everywhere (for k > 1): the first kernel must win
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        best, idx = _cpu_kernels.max_correlation_forward(x, w, LIB)
+    finally:
+        torch.set_num_threads(before)
+    top, first = _reference(x, w)
+    _same_bits((best[:, 0], idx), (top, first))
+
+
+@needs_fused
+def test_the_layer_runs_the_fused_forward_where_the_probe_agrees(monkeypatch):
+    from pellucid.nn.semantic import kernels
+
+    monkeypatch.setattr(kernels, "_FUSED_AGREES", {})
+    calls = []
+    original = _cpu_kernels.max_correlation_forward
+    monkeypatch.setattr(_cpu_kernels, "max_correlation_forward", lambda *a: calls.append(1) or original(*a))
+    gen = torch.Generator().manual_seed(5)
+    x, w = torch.rand(20, 1, 12, 12, generator=gen), torch.randn(6, 1, 5, 5, generator=gen)
+    with torch.no_grad():
+        best, _ = max_correlation(x, w, return_index=False)
+    assert len(calls) == 2 and list(kernels._FUSED_AGREES.values()) == [True]  # the probe, then the batch
+    _same_bits((best[:, 0],), (_reference(x, w)[0],))
+    max_correlation(x, w)
+    assert len(calls) == 3  # the probe ran once for this shape
+
+
+@needs_fused
+def test_a_probe_that_disagrees_leaves_the_conv2d_path(monkeypatch):
+    """On a CPU whose convolution sums otherwise, the probe sees one ulp and the layer keeps conv2d."""
+    from pellucid.nn.semantic import kernels
+
+    monkeypatch.setattr(kernels, "_FUSED_AGREES", {})
+    original = _cpu_kernels.max_correlation_forward
+
+    def one_ulp_off(x, w, lib):
+        best, idx = original(x, w, lib)
+        return torch.nextafter(best, torch.full_like(best, float("inf"))), idx
+
+    monkeypatch.setattr(_cpu_kernels, "max_correlation_forward", one_ulp_off)
+    gen = torch.Generator().manual_seed(6)
+    x, w = torch.rand(10, 1, 9, 9, generator=gen), torch.randn(4, 1, 3, 3, generator=gen)
+    best, idx = max_correlation(x, w)
+    assert list(kernels._FUSED_AGREES.values()) == [False]
+    _same_bits((best[:, 0], idx), _reference(x, w))
+
+
+@needs_fused
+def test_fused_forward_is_safe_under_threads(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pellucid.nn.semantic import kernels
+
+    monkeypatch.setattr(kernels, "_FUSED_AGREES", {})
+    gen = torch.Generator().manual_seed(7)
+    xs = [torch.rand(16, 1, 14, 14, generator=gen) for _ in range(8)]
+    w = torch.randn(8, 1, 5, 5, generator=gen)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda x: max_correlation(x, w), xs))
+    assert len(kernels._FUSED_AGREES) == 1
+    for x, (best, idx) in zip(xs, results):
+        _same_bits((best[:, 0], idx), _reference(x, w))
+
+
+@needs_fused
+def test_fused_forward_takes_nan_and_inf_like_the_pytorch_path(monkeypatch):
+    gen = torch.Generator().manual_seed(8)
+    x = torch.rand(3, 1, 10, 10, generator=gen)
+    w = torch.randn(5, 1, 3, 3, generator=gen)
+    g = torch.randn(3, 1, 10, 10, generator=gen)
+    x[0, 0, 4, 4], x[1, 0, 0, 0] = float("nan"), float("inf")
+    w[3, 0, 1, 1] = float("nan")  # one kernel NaN at every pixel: best NaN, index 0 everywhere
+    for weights in (w[:3], w):
+        native = _run(x, weights, g, native=True, monkeypatch=monkeypatch, need=(False, False))
+        _same_bits(native, _run(x, weights, g, native=False, monkeypatch=monkeypatch, need=(False, False)))
+    assert native[0].isnan().all() and (native[1] == 0).all()

@@ -22,6 +22,14 @@ fast-math, so no fused multiply-add and no reassociation):
   ``-0``. (A NaN or infinite ``g`` is not skipped: ``0 * g`` is NaN.)
 - max with first index: the first kernel that attains the max; a NaN score makes the pixel's best
   NaN and its index 0, as :func:`~pellucid.nn.semantic.kernels._max_with_first_index` does.
+- the fused forward (one input channel, float32, built only for CPUs with AVX2 and FMA) computes
+  each score as oneDNN's AVX2 convolution does, ``fma(w[t], x[t], acc)`` over the taps in order
+  from ``acc = +0``, and keeps only the max and its first index, so the ``(B, K, H, W)`` scores are
+  never written. Because that order is oneDNN's and not a promise, the layer uses it only after a
+  probe has matched ``conv2d`` + max bit for bit (zeros' signs included) for that shape in this
+  process (:func:`~pellucid.nn.semantic.kernels._fused_forward_agrees`). It runs on
+  ``torch.get_num_threads()`` threads: one call per batch, so PyTorch's spinning OpenMP workers
+  (below) cost little there.
 
 The library is compiled with the system's C compiler (``$CC``, else ``cc``) into pellucid's cache
 (``$PELLUCID_CACHE_DIR``, else ``$XDG_CACHE_HOME/pellucid`` or ``~/.cache/pellucid``), once per
@@ -49,6 +57,7 @@ import torch
 _SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct {
@@ -168,6 +177,83 @@ static void *NAME(void *arg) {                                                  
 GRAD_X(float, grad_x_f32)
 GRAD_X(double, grad_x_f64)
 
+/* ---- forward, fused: best[b, n], idx[b, n] = max_k (x_b * w_k)[n] for one input channel --------
+   Each score is oneDNN's on AVX2: fma(w_t, x_t, acc) over the taps t = (dy, dx) in order, from
+   acc = +0, zero padding included. The scores of a tile of 32 output positions (4 vectors) for
+   two kernels at a time stay in registers; nothing K-sized is written. Positions run over the
+   padded image's rows (width W + kw - 1); those past column W are computed and dropped. */
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define FUSED_TILE 32
+static void fused_image(const float *x, const float *w, float *best, int64_t *idx, int64_t K,
+                        int64_t H, int64_t W, int64_t kh, int64_t kw, float *P, const int64_t *off) {
+    const int64_t Wp = W + kw - 1, T = kh * kw, N = H * Wp;
+    for (int64_t i = 0; i < H; i++) memcpy(P + (i + kh / 2) * Wp + kw / 2, x + i * W, W * sizeof(float));
+    for (int64_t n0 = 0; n0 < N; n0 += FUSED_TILE) {
+        __m256 lb[4], li[4], bad[4];
+        for (int q = 0; q < 4; q++) bad[q] = _mm256_setzero_ps();
+        for (int64_t k = 0; k < K; k += 2) {
+            const int two = k + 1 < K;
+            const float *wa = w + k * T, *wb = w + (two ? k + 1 : k) * T;
+            /* 8 accumulators in registers: enough independent FMAs to keep both FMA units busy */
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, c0 = a0, c1 = a0, c2 = a0, c3 = a0;
+            for (int64_t t = 0; t < T; t++) {
+                const float *xp = P + n0 + off[t];
+                const __m256 x0 = _mm256_loadu_ps(xp), x1 = _mm256_loadu_ps(xp + 8);
+                const __m256 x2 = _mm256_loadu_ps(xp + 16), x3 = _mm256_loadu_ps(xp + 24);
+                const __m256 va = _mm256_broadcast_ss(wa + t), vb = _mm256_broadcast_ss(wb + t);
+                a0 = _mm256_fmadd_ps(va, x0, a0); a1 = _mm256_fmadd_ps(va, x1, a1);
+                a2 = _mm256_fmadd_ps(va, x2, a2); a3 = _mm256_fmadd_ps(va, x3, a3);
+                c0 = _mm256_fmadd_ps(vb, x0, c0); c1 = _mm256_fmadd_ps(vb, x1, c1);
+                c2 = _mm256_fmadd_ps(vb, x2, c2); c3 = _mm256_fmadd_ps(vb, x3, c3);
+            }
+            const __m256 a[4] = {a0, a1, a2, a3}, c[4] = {c0, c1, c2, c3};
+            const __m256 ka = _mm256_set1_ps((float)k), kb = _mm256_set1_ps((float)(k + 1));
+            for (int q = 0; q < 4; q++) {   /* strictly larger: the first kernel keeps a tie */
+                bad[q] = _mm256_or_ps(bad[q], _mm256_cmp_ps(a[q], a[q], _CMP_UNORD_Q));
+                if (k == 0) { lb[q] = a[q]; li[q] = ka; }
+                else {
+                    const __m256 m = _mm256_cmp_ps(a[q], lb[q], _CMP_GT_OQ);
+                    lb[q] = _mm256_blendv_ps(lb[q], a[q], m); li[q] = _mm256_blendv_ps(li[q], ka, m);
+                }
+                if (two) {
+                    bad[q] = _mm256_or_ps(bad[q], _mm256_cmp_ps(c[q], c[q], _CMP_UNORD_Q));
+                    const __m256 m = _mm256_cmp_ps(c[q], lb[q], _CMP_GT_OQ);
+                    lb[q] = _mm256_blendv_ps(lb[q], c[q], m); li[q] = _mm256_blendv_ps(li[q], kb, m);
+                }
+            }
+        }
+        float fb[FUSED_TILE], fi[FUSED_TILE], fn[FUSED_TILE];
+        for (int q = 0; q < 4; q++) {
+            _mm256_storeu_ps(fb + 8 * q, lb[q]); _mm256_storeu_ps(fi + 8 * q, li[q]);
+            _mm256_storeu_ps(fn + 8 * q, bad[q]);
+        }
+        for (int64_t n = 0; n < FUSED_TILE && n0 + n < N; n++) {
+            const int64_t i = (n0 + n) / Wp, j = (n0 + n) % Wp;
+            if (j >= W) continue;
+            int32_t nan_bits; memcpy(&nan_bits, fn + n, sizeof nan_bits);
+            best[i * W + j] = nan_bits ? (float)NAN : fb[n];   /* a NaN score: best NaN, index 0 */
+            idx[i * W + j] = nan_bits ? 0 : (int64_t)fi[n];
+        }
+    }
+}
+
+static void *fused_forward_f32(void *arg) {
+    job_t *a = (job_t *)arg;
+    const int64_t Wp = a->W + a->kw - 1, T = a->kh * a->kw, hw = a->H * a->W;
+    /* the padded image, zero borders, and room for the last tile's reads past the end */
+    float *P = calloc((size_t)((a->H + a->kh - 1) * Wp + FUSED_TILE + Wp), sizeof(float));
+    int64_t *off = malloc((size_t)T * sizeof(int64_t));
+    if (!P || !off) { free(P); free(off); a->N = -1; return 0; }
+    for (int64_t t = 0; t < T; t++) off[t] = (t / a->kw) * Wp + t % a->kw;
+    for (int64_t b = a->lo; b < a->hi; b++)
+        fused_image((const float *)a->x + b * hw, (const float *)a->wt, (float *)a->best + b * hw,
+                    a->best_idx + b * hw, a->K, a->H, a->W, a->kh, a->kw, P, off);
+    free(P); free(off);
+    return 0;
+}
+#endif
+
 /* one thread: the caller's. Splitting the loops over threads measured slower on 2 cores (the
    forward 25-37 ms against 21 ms per 200 images), because PyTorch's OpenMP workers keep spinning
    for a while after each of its parallel regions and compete with them. */
@@ -177,11 +263,55 @@ static int run(void *(*fn)(void *), job_t a, int64_t total) {
     return 0;
 }
 
+/* ``n`` threads, the caller's and n - 1 more, each on a contiguous share of [0, total). Used
+   where no PyTorch op runs in between (the fused forward is one call per batch). */
+#include <pthread.h>
+static int run_threads(void *(*fn)(void *), job_t a, int64_t total, int64_t n) {
+    if (n > total) n = total;
+    if (n < 2) { a.lo = 0; a.hi = total; fn(&a); return a.N < 0 ? -1 : 0; }
+    job_t jobs[n]; pthread_t tid[n]; int started[n];
+    for (int64_t u = 0; u < n; u++) {
+        jobs[u] = a; jobs[u].lo = total * u / n; jobs[u].hi = total * (u + 1) / n;
+        started[u] = u > 0 && pthread_create(&tid[u], 0, fn, &jobs[u]) == 0;
+    }
+    fn(&jobs[0]);
+    for (int64_t u = 1; u < n; u++) {
+        if (started[u]) pthread_join(tid[u], 0); else fn(&jobs[u]);   /* no thread: do it here */
+    }
+    for (int64_t u = 0; u < n; u++) if (jobs[u].N < 0) return -1;
+    return 0;
+}
+
 int pellucid_max_first(const void *scores, void *best, int64_t *idx, int64_t B, int64_t K,
                        int64_t N, int is_double) {
     job_t a; memset(&a, 0, sizeof a);
     a.scores = scores; a.best = best; a.best_idx = idx; a.B = B; a.K = K; a.N = N;
     return run(is_double ? max_first_f64 : max_first_f32, a, B);
+}
+
+/* 1 where this build has the fused forward (compiled for a CPU with AVX2 and FMA), else 0 */
+int pellucid_fused_forward_built(void) {
+#if defined(__AVX2__) && defined(__FMA__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* best (B, H, W) and idx (B, H, W) of x (B, 1, H, W) and w (K, 1, kh, kw), float32; 0 on
+   success, -1 when this build has no fused forward or memory ran out (nothing usable written) */
+int pellucid_max_corr_forward(const void *x, const void *w, void *best, int64_t *idx, int64_t B,
+                              int64_t H, int64_t W, int64_t K, int64_t kh, int64_t kw, int64_t threads) {
+#if defined(__AVX2__) && defined(__FMA__)
+    job_t a; memset(&a, 0, sizeof a);
+    a.x = x; a.wt = w; a.best = best; a.best_idx = idx;
+    a.B = B; a.C = 1; a.H = H; a.W = W; a.K = K; a.kh = kh; a.kw = kw;
+    return run_threads(fused_forward_f32, a, B, threads);
+#else
+    (void)x; (void)w; (void)best; (void)idx; (void)B; (void)H; (void)W; (void)K; (void)kh; (void)kw;
+    (void)threads;
+    return -1;
+#endif
 }
 
 int pellucid_max_corr_backward(const void *x, const void *wt, const int64_t *idx, const void *g,
@@ -196,7 +326,7 @@ int pellucid_max_corr_backward(const void *x, const void *wt, const int64_t *idx
 }
 """
 
-_FLAGS = ("-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-std=gnu99")
+_FLAGS = ("-O3", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-fno-fast-math", "-std=gnu99")
 # tuned to the CPU where it is built, if the compiler can (the library's name records the CPU)
 _NATIVE = ("-march=native",)
 _lock = threading.Lock()
@@ -265,6 +395,8 @@ def _load() -> ctypes.CDLL:
     i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.pellucid_max_first.argtypes = [ptr, ptr, ptr, i64, i64, i64, c_int]
     lib.pellucid_max_corr_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, *[i64] * 7, c_int]
+    lib.pellucid_fused_forward_built.argtypes = []
+    lib.pellucid_max_corr_forward.argtypes = [ptr, ptr, ptr, ptr, *[i64] * 7]
     return lib
 
 
@@ -323,3 +455,23 @@ def max_correlation_backward(x: torch.Tensor, weight: torch.Tensor, idx: torch.T
                                    gw.data_ptr() if gw is not None else None,
                                    b, c, h, w, n_k, kh, kw, int(x.dtype == torch.float64))
     return gx, gw
+
+
+def fused_forward_built(lib: ctypes.CDLL) -> bool:
+    """Whether this build has the fused forward (compiled for a CPU with AVX2 and FMA)."""
+    return bool(lib.pellucid_fused_forward_built())
+
+
+def max_correlation_forward(x: torch.Tensor, weight: torch.Tensor, lib: ctypes.CDLL
+                            ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Fused ``conv2d(x, weight, padding=k // 2).max(dim=1)`` for one input channel, float32:
+    ``best (B, 1, H, W)`` and the first winning kernel ``idx (B, H, W)``, on
+    ``torch.get_num_threads()`` threads; ``None`` when this build has no fused forward or
+    memory ran out. Contiguous CPU float32 ``x (B, 1, H, W)`` and ``weight (K, 1, kh, kw)``."""
+    n_k, _, kh, kw = weight.shape
+    b, _, h, w = x.shape
+    best = x.new_empty(b, 1, h, w)
+    idx = torch.empty(b, h, w, dtype=torch.long)
+    done = lib.pellucid_max_corr_forward(x.data_ptr(), weight.data_ptr(), best.data_ptr(), idx.data_ptr(),
+                                         b, h, w, n_k, kh, kw, torch.get_num_threads())
+    return (best, idx) if done == 0 else None

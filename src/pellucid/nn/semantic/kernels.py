@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +40,68 @@ def _max_with_first_index(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return best.squeeze(1), (k - first).long().clamp_(0, k - 1)
 
 
+# (K, kh, kw, H, W, threads) -> whether the fused C forward gives this process's conv2d + max bits
+_FUSED_AGREES: dict[tuple[int, ...], bool] = {}
+_FUSED_LOCK = threading.Lock()
+
+
+def _fused_forward(x: torch.Tensor, weight: torch.Tensor, lib) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The fused C forward's ``(best, idx)``, or ``None`` where it does not apply.
+
+    It applies to contiguous float32 CPU tensors with one input channel, in a build with AVX2
+    and FMA, and only where a probe has shown it to give this process's own ``conv2d`` + max bits
+    for that kernel and image shape (see :func:`_fused_forward_agrees`). On 2 cores it runs
+    the white-box network's conv layer 2-3x faster than ``conv2d`` + max
+    (``benchmarks/whitebox_speed.py``), because the ``K`` score maps are never written.
+    """
+    if (lib is None or x.dtype != torch.float32 or x.shape[1] != 1 or weight.shape[1] != 1
+            or weight.shape[2] != weight.shape[3] or weight.shape[3] % 2 != 1 or not x.is_contiguous() or not weight.is_contiguous() or x.shape[0] == 0
+            or not _cpu_kernels.fused_forward_built(lib)):
+        return None
+    key = (*weight.shape[:1], *weight.shape[2:], *x.shape[2:], torch.get_num_threads())
+    with _FUSED_LOCK:
+        agrees = _FUSED_AGREES.get(key)
+        if agrees is None:
+            agrees = _FUSED_AGREES[key] = _fused_forward_agrees(lib, weight.shape, x.shape[2:])
+    return _cpu_kernels.max_correlation_forward(x, weight, lib) if agrees else None
+
+
+def _fused_forward_agrees(lib, weight_shape: torch.Size, image_shape: torch.Size) -> bool:
+    """Whether the fused forward gives the bits of ``conv2d`` + max (values with their zeros'
+    signs, and indices) on probe images of this shape.
+
+    The fused loop computes each score as ``fma(w_t, x_t, acc)`` over the taps in order, from
+    ``+0``: what oneDNN's AVX2 convolution does. Another build or CPU may sum otherwise, so
+    this is checked once per shape and thread count, in blocks of ``_FORWARD_BLOCK`` images
+    and of one (the PyTorch path's last block can be shorter), on inputs with exact zeros,
+    ties and negative weights; on any difference the PyTorch path runs.
+    """
+    gen = torch.Generator().manual_seed(0)
+    n_k, _, kh, kw = weight_shape
+    h, w = image_shape
+    x = torch.rand(_FORWARD_BLOCK + 1, 1, h, w, generator=gen) * 2 - 1
+    x[:2, :, : max(1, h // 3)] = 0.0  # zero patches: scores of +-0
+    weight = torch.randn(n_k, 1, kh, kw, generator=gen)
+    weight[-1] = weight[0]  # a tie at every pixel: the first kernel must win
+    fused = _cpu_kernels.max_correlation_forward(x, weight, lib)
+    if fused is None:
+        return False
+    for rows in (slice(0, _FORWARD_BLOCK), slice(_FORWARD_BLOCK, None)):
+        best, idx = _max_with_first_index(F.conv2d(x[rows], weight, padding=kw // 2))
+        got = fused[0][rows, 0]
+        if not (torch.equal(got, best) and torch.equal(torch.signbit(got), torch.signbit(best))
+                and torch.equal(fused[1][rows], idx)):
+            return False
+    return True
+
+
 class _MaxCorrelation(torch.autograd.Function):
     """``y[b, i] = max_k <patch_i(x_b), w_k>`` and its argmax ``k``, with a sparse backward.
 
     Only the winning kernel of each pixel receives gradient, so the backward costs one
     ``k x k`` product per pixel instead of a dense transposed convolution over all ``K`` kernels.
+    On CPU the forward is one fused C loop where it gives ``conv2d`` + max's bits
+    (:func:`_fused_forward`), else ``conv2d`` in cache-sized blocks of images and a max.
     """
 
     @staticmethod
@@ -51,6 +109,11 @@ class _MaxCorrelation(torch.autograd.Function):
         b, _, h, w = x.shape
         pad = weight.shape[-1] // 2
         lib = _cpu_kernels.library() if _cpu_kernels.usable(x, weight) else None
+        fused = _fused_forward(x, weight, lib)
+        if fused is not None:
+            ctx.save_for_backward(x, weight, fused[1])
+            ctx.mark_non_differentiable(fused[1])
+            return fused
         best = x.new_empty(b, 1, h, w)
         idx = torch.empty(b, h, w, dtype=torch.long, device=x.device)
         for start in range(0, b, _FORWARD_BLOCK):
@@ -165,6 +228,10 @@ def max_correlation(x: torch.Tensor, weight: torch.Tensor, return_index: bool = 
         return best, (idx if return_index else None)
     # Inference without poses (attacks' forward passes): amax skips the argmax bookkeeping,
     # which is half the cost of max(dim=1) on CPU. Same values, bit for bit.
+    lib = _cpu_kernels.library() if _cpu_kernels.usable(x, weight) else None
+    fused = _fused_forward(x, weight, lib)
+    if fused is not None:
+        return fused[0], None
     pad = weight.shape[-1] // 2
     return torch.cat([F.conv2d(xb, weight, padding=pad).amax(dim=1, keepdim=True)
                       for xb in x.split(_FORWARD_BLOCK)]), None
