@@ -7,7 +7,9 @@ forward, the same numbers), the conv layer's C loops switched off (``PELLUCID_CP
 the PyTorch formulation, the same numbers), and the conv layer computed the straightforward way
 (dense conv2d over all 64 posed kernels, then max, with autograd's dense backward), so the ratios
 show what the fused forward, the C loops and the sparse max-correlation backward buy. The fused
-and unfused epochs alternate (two each), so a slow spell of a shared host hits both.
+and unfused epochs alternate (two each), so a slow spell of a shared host hits both; 60 pairs of
+training steps, fused and unfused back to back on the same batch, give a median step ratio that
+host drift hardly moves.
 ``--whole-run`` also times the default ``pellucid train whitebox-mnist35`` (15 epochs with
 validation, start-up and exit included) as a fresh process. Prints ONE JSON line.
 
@@ -107,6 +109,42 @@ def epoch_seconds(train, seed: int = 0) -> float:
     return time.perf_counter() - t0
 
 
+def step_ratio_unfused_over_fused(train, pairs: int = 60, seed: int = 0) -> float:
+    """Median over ``pairs`` of (unfused step time) / (fused step time): training steps on the
+    same batch, back to back, the order swapped every pair, so host drift cancels out."""
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from pellucid.models import whitebox_mnist35
+    from pellucid.nn import project_constraints_
+    from pellucid.train.optim import Adam
+
+    torch.manual_seed(seed)
+    model = whitebox_mnist35().train()
+    opt = Adam(model.parameters(), lr=3e-3, weight_decay=3e-6)
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(train), generator=gen)[: pairs * 200]
+
+    def step(rows, unfused: bool) -> float:
+        with unfused_forward() if unfused else contextlib.nullcontext():
+            t0 = time.perf_counter()
+            loss = F.cross_entropy(model(train.images[rows]), train.labels[rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            project_constraints_(model)
+            return time.perf_counter() - t0
+
+    ratios = []
+    for i, rows in enumerate(perm.split(200)):
+        order = (False, True) if i % 2 == 0 else (True, False)
+        times = {unfused: step(rows, unfused) for unfused in order}
+        ratios.append(times[True] / times[False])
+    return statistics.median(ratios)
+
+
 def pgd_images_per_second(test) -> float:
     import torch
 
@@ -161,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         with unfused_forward():
             unfused_runs.append(epoch_seconds(train, s))
     fused, unfused = min(fused_runs), min(unfused_runs)
+    step_ratio = step_ratio_unfused_over_fused(train)
     fused_pgd = pgd_images_per_second(test)
     with unfused_forward():
         unfused_pgd = pgd_images_per_second(test)
@@ -176,6 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epoch_seconds": round(fused, 3),
         "epoch_seconds_unfused_forward": round(unfused, 3),
         "epoch_speedup_vs_unfused_forward": round(unfused / fused, 2),
+        "step_speedup_vs_unfused_forward_median_of_60_pairs": round(step_ratio, 2),
         "epoch_seconds_dense_conv_baseline": round(dense, 3),
         "epoch_speedup_vs_baseline": round(dense / fused, 2),
         "epoch_seconds_pytorch_path": round(torch_epoch, 3),
