@@ -266,3 +266,21 @@ def test_fused_forward_is_safe_under_threads(monkeypatch):
     assert len(kernels._FUSED_AGREES) == 1
     for x, (best, idx) in zip(xs, results):
         _same_bits((best[:, 0], idx), _reference(x, w))
+
+
+@needs_fused
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")  # torch's own note when the flags change
+def test_switching_onednn_off_probes_again(monkeypatch):
+    """With oneDNN off, conv2d sums in another order: the layer must probe again, not reuse the answer."""
+    from pellucid.nn.semantic import kernels
+
+    monkeypatch.setattr(kernels, "_FUSED_AGREES", {})
+    gen = torch.Generator().manual_seed(10)
+    x, w = torch.rand(12, 1, 10, 10, generator=gen), torch.randn(16, 1, 5, 5, generator=gen)
+    on = max_correlation(x, w)
+    with torch.backends.mkldnn.flags(enabled=False):
+        off = max_correlation(x, w)
+        reference = _reference(x, w)
+    assert len(kernels._FUSED_AGREES) == 2
+    _same_bits((off[0][:, 0], off[1]), reference)
+    _same_bits((on[0][:, 0], on[1]), _reference(x, w))

@@ -40,7 +40,7 @@ def _max_with_first_index(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return best.squeeze(1), (k - first).long().clamp_(0, k - 1)
 
 
-# (K, kh, kw, H, W, threads) -> whether the fused C forward gives this process's conv2d + max bits
+# (K, kh, kw, H, W, threads, oneDNN on) -> whether the fused C forward gives this process's conv2d + max bits
 _FUSED_AGREES: dict[tuple[int, ...], bool] = {}
 _FUSED_LOCK = threading.Lock()
 
@@ -58,7 +58,9 @@ def _fused_forward(x: torch.Tensor, weight: torch.Tensor, lib) -> tuple[torch.Te
             or weight.shape[2] != weight.shape[3] or weight.shape[3] % 2 != 1 or not x.is_contiguous() or not weight.is_contiguous() or x.shape[0] == 0
             or not _cpu_kernels.fused_forward_built(lib)):
         return None
-    key = (*weight.shape[:1], *weight.shape[2:], *x.shape[2:], torch.get_num_threads())
+    # conv2d's own algorithm may change with the thread count or with oneDNN switched off
+    key = (*weight.shape[:1], *weight.shape[2:], *x.shape[2:], torch.get_num_threads(),
+           torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
     with _FUSED_LOCK:
         agrees = _FUSED_AGREES.get(key)
         if agrees is None:
