@@ -51,11 +51,13 @@ def _fused_forward(x: torch.Tensor, weight: torch.Tensor, lib) -> tuple[torch.Te
     It applies to contiguous float32 CPU tensors with one input channel, in a build with AVX2
     and FMA, and only where a probe has shown it to give this process's own ``conv2d`` + max bits
     for that kernel and image shape (see :func:`_fused_forward_agrees`). On 2 cores it runs
-    the white-box network's conv layer 2-3x faster than ``conv2d`` + max
-    (``benchmarks/whitebox_speed.py``), because the ``K`` score maps are never written.
+    the white-box network's conv forward about 2x faster than ``conv2d`` + max (7.5-8.3 ms
+    against 15.8-20 ms per 200 images; ``benchmarks/whitebox_speed.py`` times whole steps),
+    because the ``K`` score maps are never written and read back.
     """
-    if (lib is None or x.dtype != torch.float32 or x.shape[1] != 1 or weight.shape[1] != 1
-            or weight.shape[2] != weight.shape[3] or weight.shape[3] % 2 != 1 or not x.is_contiguous() or not weight.is_contiguous() or x.shape[0] == 0
+    if (lib is None or x.dtype != torch.float32 or x.shape[0] == 0 or x.shape[1] != 1
+            or weight.shape[1] != 1 or weight.shape[2] != weight.shape[3] or weight.shape[3] % 2 != 1
+            or not x.is_contiguous() or not weight.is_contiguous()
             or not _cpu_kernels.fused_forward_built(lib)):
         return None
     # conv2d's own algorithm may change with the thread count or with oneDNN switched off
