@@ -21,8 +21,8 @@ sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]
 from benchmarks import _harness as h  # noqa: E402
 
 SUMMARY = "Data-initialised centres, no training: Metric as Transform's data-initialisation table"
-EXPECTED_TIME = ("~14 min: 845 s for 20 seeds, both datasets, every H; 662 s for the --authors-draws "
-                 "replay (one thread; docs/metric.md)")
+EXPECTED_TIME = ("~10-14 min: 602-845 s for 20 seeds, both datasets, every H; 662 s for the "
+                 "--authors-draws replay (one thread; docs/metric.md)")
 
 # Mean and std over 20 seeds, from the paper's table (seeds/003, "Dataset | Acc" table). The
 # paper's text prints the Fashion-MNIST mean at H=10 as 37.75 and the reference page as 32.75;
