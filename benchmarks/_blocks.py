@@ -113,7 +113,8 @@ def readme(results_dir: Path) -> str:
                   f"wb10-noise15-s{seed}", 10000, [("native-standard budget", "native-standard", 10000)],
                   same_model=True)
     # the earlier recipe (noise std 0.25, wb10-cos, wb10-retrain): docs/beyond-3v5.md
-    model_row("`lenet-mnist10` (plain training)", "MNIST, all 10,000, L-inf 0.3", "lenet10", 10000, [])
+    model_row("`lenet-mnist10` (plain training)", "MNIST, all 10,000, L-inf 0.3", "lenet10", 10000,
+              [("native-standard budget", "native-standard", 10000)])
     model_row("`lenet-mnist10-adv` (PGD adversarial training)", "MNIST, all 10,000, L-inf 0.3", "lenet10-adv",
               10000, [("standard-native budget", "standard-native", 10000)])
     model_row("`whitebox-fashion10` (no adversarial training)", "Fashion-MNIST, all 10,000, L-inf 0.1",
