@@ -9,7 +9,8 @@ the PyTorch formulation, the same numbers), and the conv layer computed the stra
 show what the fused forward, the C loops and the sparse max-correlation backward buy. The fused
 and unfused epochs alternate (two each), so a slow spell of a shared host hits both; 60 pairs of
 training steps, fused and unfused back to back on the same batch, give a median step ratio that
-host drift hardly moves.
+host drift hardly moves. The median time of each part of a training step (each layer's forward
+and backward on its own) says where a step goes.
 ``--whole-run`` also times the default ``pellucid train whitebox-mnist35`` (15 epochs with
 validation, start-up and exit included) as a fresh process. Prints ONE JSON line.
 
@@ -145,6 +146,63 @@ def step_ratio_unfused_over_fused(train, pairs: int = 60, seed: int = 0) -> floa
     return statistics.median(ratios)
 
 
+def step_parts_ms(train, repeats: int = 30, seed: int = 0) -> dict:
+    """Median milliseconds of each part of a training step (forward + backward of each layer on its
+    own, on one 200-image batch), and of the whole step, so the docs can say where a step goes.
+    Each layer's input requires a gradient as in the model, except the conv layer's: its
+    input gradient is timed apart (``conv_input_gradient``)."""
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from pellucid.models import whitebox_mnist35
+    from pellucid.nn import project_constraints_
+    from pellucid.train.optim import Adam
+
+    torch.manual_seed(seed)
+    model = whitebox_mnist35().train()
+    opt = Adam(model.parameters(), lr=3e-3, weight_decay=3e-6)
+    x, y = train.images[:200], train.labels[:200]
+    with torch.no_grad():
+        pixels = model.twostep(x)
+        conv = model.conv(pixels)
+        affine = model.affine(conv)
+    pixels_grad, conv_grad, affine_grad = (t.clone().requires_grad_(True) for t in (pixels, conv, affine))
+
+    def whole():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        project_constraints_(model)
+
+    parts = {
+        "whole_step": whole,
+        "twostep": lambda: model.twostep(x).sum().backward(),
+        "conv": lambda: model.conv(pixels).sum().backward(),
+        "conv_input_gradient": lambda: model.conv(pixels_grad).sum().backward(),
+        "affine": lambda: model.affine(conv_grad).sum().backward(),
+        "affine_posed_weights": lambda: model.affine.posed_weights().sum().backward(),
+        "logical_and_loss": lambda: F.cross_entropy(model.logical(affine_grad), y).backward(),
+        "optimizer_and_projection": lambda: (opt.step(), project_constraints_(model)),
+    }
+
+    def median_ms(f) -> float:
+        for _ in range(5):
+            f()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        return round(1e3 * statistics.median(times), 2)
+
+    out = {name: median_ms(f) for name, f in parts.items()}
+    out["conv_input_gradient"] = round(out["conv_input_gradient"] - out["conv"], 2)  # the difference
+    return out
+
+
 def pgd_images_per_second(test) -> float:
     import torch
 
@@ -200,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
             unfused_runs.append(epoch_seconds(train, s))
     fused, unfused = min(fused_runs), min(unfused_runs)
     step_ratio = step_ratio_unfused_over_fused(train)
+    parts = step_parts_ms(train)
     fused_pgd = pgd_images_per_second(test)
     with unfused_forward():
         unfused_pgd = pgd_images_per_second(test)
@@ -216,6 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epoch_seconds_unfused_forward": round(unfused, 3),
         "epoch_speedup_vs_unfused_forward": round(unfused / fused, 2),
         "step_speedup_vs_unfused_forward_median_of_60_pairs": round(step_ratio, 2),
+        "step_parts_ms": parts,
         "epoch_seconds_dense_conv_baseline": round(dense, 3),
         "epoch_speedup_vs_baseline": round(dense / fused, 2),
         "epoch_seconds_pytorch_path": round(torch_epoch, 3),
