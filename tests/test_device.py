@@ -8,6 +8,9 @@ float32.
 
 from __future__ import annotations
 
+import copy
+import inspect
+
 import pytest
 import torch
 
@@ -253,3 +256,138 @@ def test_invex_distance_trains_on_each_device_with_the_cpu_float64_numbers(devic
     ref = run(torch.device("cpu"), torch.float64)
     for got, want in zip(run(torch.device(device), torch.float32), ref):
         torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-5)
+
+
+# --- nothing is built on the default device ------------------------------------------------------
+# A tensor made without naming a device lands on the default device: the CPU, unless the caller
+# set another (``torch.set_default_device("cuda")``). On a CPU-only host such a tensor is
+# invisible, yet on a GPU it meets the model's tensors on another device, and under a caller's
+# default device it breaks draws from CPU generators. With the default device set to "meta"
+# (tensors without data) every such tensor fails loudly: mixed with a CPU tensor, read, or handed
+# to the C loops. The same call must then give exactly what it gives without the default device.
+
+SMALL_OPTIONS = {"steps": 2, "restarts": 1, "queries": 20, "budget": "native"}
+# ImageNet-sized networks are torchvision's code, not pellucid's, and slow to run here
+LARGE_MODELS = {"resnet50", "vgg11_bn", "densenet121", "resnext50_32x4d", "inception_v3", "googlenet",
+                "fid-inception"}
+
+
+def _models() -> list[str]:
+    from pellucid.models.registry import MODELS
+
+    return [name for name in MODELS if name not in LARGE_MODELS]
+
+
+@pytest.mark.parametrize("name", _models())
+def test_models_build_nothing_on_the_default_device(name):
+    from pellucid.models.registry import MODELS, create_model
+
+    torch.manual_seed(0)
+    built = create_model(name)
+    x = torch.rand(2, *MODELS.get(name).input_shape)
+
+    def run(mode: str):
+        model = copy.deepcopy(built).train(mode == "train")  # a first call may set state (ActNorm)
+        leaf = x.clone().requires_grad_(True)
+        out = model(leaf)
+        out.float().sum().backward()
+        return out.detach(), leaf.grad, [p.grad for p in model.parameters()]
+
+    for mode in ("eval", "train"):
+        reference = run(mode)
+        with torch.device("meta"):
+            got = run(mode)
+        assert got[0].device.type == "cpu" and torch.equal(got[0], reference[0]), name
+        assert torch.equal(got[1], reference[1])
+        assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(got[2], reference[2]))
+
+
+L2_ONLY = {"l2-bim", "fgm"}
+UNSEEDED = {"boundary"}  # ART's boundary attack starts from an unseeded NumPy RandomState
+
+
+def _attacks() -> list[str]:
+    from pellucid.robust.catalogue import ATTACKS
+
+    return list(ATTACKS)
+
+
+@pytest.mark.parametrize("attack", _attacks())
+def test_attacks_build_nothing_on_the_default_device(attack, authors_model, few):
+    from pellucid.robust import evaluate_robustness
+    from pellucid.robust.budgets import Stage
+    from pellucid.robust.catalogue import ATTACKS
+
+    fields = set(ATTACKS.get(attack).options.__dataclass_fields__)
+    options = {k: v for k, v in SMALL_OPTIONS.items() if k in fields}
+    if attack in L2_ONLY:
+        options["norm"] = "l2"
+    if attack == "autoattack":  # every native component, briefly
+        options["budget"] = (Stage("apgd-ce-native", {"steps": 2}), Stage("apgd-t-native", {"steps": 2}),
+                             Stage("fab-t-native", {"steps": 2}), Stage("square-native", {"queries": 20}, white_box=False))
+    x, y = few[0][:6], few[1][:6]
+    reference = evaluate_robustness(authors_model, x, y, attack=attack, eps=0.3, seed=1, **options)
+    with torch.device("meta"):
+        got = evaluate_robustness(authors_model, x, y, attack=attack, eps=0.3, seed=1, **options)
+    assert got.adversarial.device.type == "cpu" and got.robust.device.type == "cpu"
+    if attack not in UNSEEDED:
+        assert torch.equal(got.robust, reference.robust)
+        assert torch.equal(got.adversarial, reference.adversarial)
+
+
+def _explainers() -> list[str]:
+    from pellucid.explain.methods import EXPLAINERS
+
+    return list(EXPLAINERS)
+
+
+@pytest.mark.parametrize("method", _explainers())
+def test_explainers_build_nothing_on_the_default_device(method, authors_model, few):
+    from pellucid.explain.methods import create_explainer
+    from pellucid.models import create_model
+
+    torch.manual_seed(0)
+    # Grad-CAM needs a conv layer: the LeNet's; every other method explains the white-box network
+    model = create_model("lenet-mnist35").eval() if "grad-cam" in method else authors_model
+    options = {"value_range": (0.0, 1.0)} if method == "smoothgrad" else {}
+    x = few[0][:3]
+    reference = create_explainer(method, model, **options).attribute(x, target=1)
+    with torch.device("meta"):
+        got = create_explainer(method, model, **options).attribute(x, target=1)
+    assert got.device.type == "cpu" and torch.equal(got, reference), method
+
+
+def _metrics() -> list[str]:
+    from pellucid.explain.metrics import METRICS
+
+    return list(METRICS)
+
+
+@pytest.mark.parametrize("name", _metrics())
+def test_metrics_build_nothing_on_the_default_device(name, authors_model, few):
+    from pellucid.explain.methods import create_explainer
+    from pellucid.explain.metrics import METRICS, create_metric
+
+    x, y = few[0][:3], few[1][:3]
+    attributions = create_explainer("pullback", authors_model).attribute(x, target=y)
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    mask[..., 8:16, 8:16] = True
+    options = {"faithfulness_correlation": dict(subset_size=8, n_draws=4),
+               "faithfulness_estimate": dict(features_in_step=112),
+               "monotonicity_correlation": dict(n_samples=2, features_in_step=112),
+               "infidelity": dict(n_perturbations=4), "max_sensitivity": dict(n_draws=2),
+               "deletion": dict(features_in_step=112), "insertion": dict(features_in_step=112),
+               "pointing_game": dict(mask=mask), "focus": dict(mask=mask),
+               "model_parameter_randomisation": dict(explainer="gradient")}.get(name, {})
+    if "value_range" in inspect.signature(METRICS.get(name)).parameters:  # noisy copies stay images
+        options["value_range"] = (0.0, 1.0)
+
+    def score():
+        out = create_metric(name, **options)(authors_model, x, attributions, y)
+        out = getattr(out, "score", getattr(out, "auc", out))
+        return out
+
+    reference = score()
+    with torch.device("meta"):
+        got = score()
+    assert got.device.type == "cpu" and torch.equal(got, reference), name

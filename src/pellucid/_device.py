@@ -14,7 +14,7 @@ import torch
 
 from pellucid.errors import InvalidInputError
 
-__all__ = ["DEVICE_CHOICES", "device_name", "resolve_device"]
+__all__ = ["DEVICE_CHOICES", "device_name", "draw_device", "resolve_device"]
 
 # what --device accepts, for help texts and error messages ("cuda:N" stands for an index)
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
@@ -64,3 +64,14 @@ def device_name(device: torch.device) -> str:
     """How records and JSON output name ``device``: ``"cpu"``, ``"cuda:0"``, ``"mps"``."""
     device = torch.device(device)
     return device.type if device.index is None else f"{device.type}:{device.index}"
+
+
+def draw_device(generator: torch.Generator | None) -> torch.device:
+    """Where random draws from ``generator`` happen: its own device, or the CPU for the global RNG.
+
+    Every random draw in pellucid names this device explicitly and then moves the numbers to the
+    data's device, so that a default device set by the caller (``torch.set_default_device("cuda")``)
+    neither breaks a draw from a CPU generator nor changes which numbers are drawn: a seeded
+    evaluation draws the same numbers on every device.
+    """
+    return generator.device if generator is not None else torch.device("cpu")

@@ -167,7 +167,9 @@ class CaptumExplainer(Explainer):
             forward = _TargetScore(self.model, resolved, len(x), self.value_range)
             ids = torch.arange(len(x), device=x.device)
             leaf = x.detach().clone().requires_grad_(True)  # never touch the caller's tensor
-            with torch.enable_grad():
+            # Captum builds some tensors (integrated gradients' step sizes) on the default device:
+            # make that the inputs' device for the call, whatever default the caller has set
+            with torch.enable_grad(), torch.device(x.device):
                 attribution = self._attribute(forward, leaf, ids)
         return attribution.detach(), score, resolved
 

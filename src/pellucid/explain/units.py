@@ -31,6 +31,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
 
+from pellucid._device import draw_device
 from pellucid.data.validation import check_model_input, check_value_range
 from pellucid.errors import InvalidInputError
 from pellucid.explain.base import _MODE_DEPENDENT, model_lock, preserved_state
@@ -157,7 +158,8 @@ def noise_inputs(n: int, input_shape: Sequence[int], seed: int = 0, mean: float 
     gives the same noise (up to rounding) on every device and dtype.
     """
     generator = torch.Generator().manual_seed(seed)
-    z = torch.randn((n, *input_shape), generator=generator, dtype=torch.float64) * std + mean
+    z = torch.randn((n, *input_shape), generator=generator, dtype=torch.float64,
+                    device=draw_device(generator)) * std + mean
     if value_range is not None:
         z = z.clamp(*value_range)
     return z.to(dtype=dtype, device=device)

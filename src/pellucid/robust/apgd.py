@@ -30,6 +30,8 @@ import sys
 from typing import Callable
 
 import torch
+
+from pellucid._device import draw_device
 from tqdm.auto import tqdm
 
 __all__ = ["Objective", "apgd_checkpoints", "apgd_objective", "project_linf"]
@@ -160,7 +162,7 @@ def apgd_objective(objective: Objective, x: torch.Tensor, y: torch.Tensor, *, ep
         if r == 0 and start is not None:
             init = start[idx]
         else:
-            noise = torch.rand(x[idx].shape, generator=generator).to(x.device, x.dtype)
+            noise = torch.rand(x[idx].shape, generator=generator, device=draw_device(generator)).to(x.device, x.dtype)
             init = x[idx] + eps * (2 * noise - 1)
         for pos in torch.arange(len(idx), device=x.device).split(batch_size):
             part = idx[pos]

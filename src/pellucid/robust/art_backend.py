@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pellucid._device import draw_device
 from pellucid.errors import InvalidInputError, PellucidError
 from pellucid.robust.attacks import attack_mode, register_attack
 from pellucid.robust.options import APGDOptions, BoundaryOptions, DeepFoolOptions, SquareOptions
@@ -87,7 +88,8 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 def numpy_seed(generator: torch.Generator | None) -> Iterator[None]:
     """Seed NumPy's global RNG (which ART draws from) from ``generator``; restore it on exit."""
     state = np.random.get_state()
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator else None
+    seed = (int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=draw_device(generator)))
+            if generator else None)
     if seed is not None:
         np.random.seed(seed)
     try:
@@ -110,9 +112,10 @@ def art_classifier(model: nn.Module, x: torch.Tensor, value_range: tuple[float, 
     if n_classes < 2:
         raise InvalidInputError(f"a classifier needs >= 2 logits, the model returns {n_classes}")
     net = _CastInput(PadBinaryLogits(model) if n_classes == 2 else model, dtype, device)
-    # ART's "gpu" is the current CUDA device: make it the model's for the duration
+    # ART's "gpu" is the current CUDA device: make it the model's for the duration, and the
+    # default device too (ART builds some tensors without naming a device)
     on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-    with frozen(model), on_device:
+    with frozen(model), on_device, torch.device(device):
         yield PyTorchClassifier(
             model=net, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
             nb_classes=max(n_classes, 3), clip_values=tuple(float(v) for v in value_range),
@@ -198,7 +201,8 @@ def boundary(model, x, y, *, eps: float = 0.0, steps: int = BoundaryOptions.step
              value_range=(0.0, 1.0), generator=None, progress: bool = False) -> torch.Tensor:
     """Brendel et al. 2018, untargeted, ``steps`` iterations (the paper's 1000); one image at a
     time in ART, so slow: use it on a few images for the minimal-perturbation figure. Unbounded,
-    like DeepFool (``eps`` and ``norm`` are not used)."""
+    like DeepFool (``eps`` and ``norm`` are not used). Not reproducible: ART draws each image's
+    starting point from an unseeded NumPy ``RandomState``, which no seed reaches."""
     from art.attacks.evasion import BoundaryAttack
 
     return run_art(lambda clf: BoundaryAttack(clf, targeted=False, max_iter=steps, batch_size=64,

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from pellucid._device import draw_device
 from pellucid.data.validation import check_labels, check_model_input
 from pellucid.errors import InvalidInputError
 from pellucid.models.inference import attack_mode, eval_mode  # noqa: F401 (both public here)
@@ -187,11 +188,11 @@ def check_attack_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
 def _random_delta(x0: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
     """A uniform sample of the ``norm`` ball of radius ``eps`` per image (PGD's random start)."""
     if norm == "linf":
-        noise = torch.rand(x0.shape, generator=generator, dtype=x0.dtype) * 2 - 1
+        noise = torch.rand(x0.shape, generator=generator, dtype=x0.dtype, device=draw_device(generator)) * 2 - 1
         return eps * noise.to(x0.device)
     # uniform in the L2 ball: random direction, radius eps * U^(1/d)
-    d = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype).to(x0.device)
+    d = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=draw_device(generator)).to(x0.device)
+    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=draw_device(generator)).to(x0.device)
     r = eps * u.pow(1.0 / x0[0].numel()).view(-1, *([1] * (x0.dim() - 1)))
     return d / _flat_norm(d) * r
 

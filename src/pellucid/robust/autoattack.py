@@ -91,7 +91,7 @@ def run_stages(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stage_list: S
             robust[idx[broken]] = False
             broken_at[idx[broken]] = number
         else:
-            broken = torch.zeros(0, dtype=torch.bool)
+            broken = torch.zeros(0, dtype=torch.bool, device=x.device)
         row = {"attack": stage.attack, **stage.kwargs, "white_box": stage.white_box,
                "attacked": len(idx), "broken": int(broken.sum()),
                "robust_accuracy_after": float(robust.float().mean()),

@@ -118,7 +118,7 @@ def advance_generator(generator: torch.Generator, draws: int, dtype: torch.dtype
     another, so a long draw equals consecutive short ones)."""
     while draws > 0:  # in blocks: a large image set would not fit one draw
         step = min(draws, 1 << 22)
-        torch.rand(step, generator=generator, dtype=dtype)
+        torch.rand(step, generator=generator, dtype=dtype, device=generator.device)
         draws -= step
     return generator
 

@@ -34,6 +34,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from pellucid._device import draw_device
 from pellucid.data.validation import check_images
 from pellucid.errors import InvalidInputError
 from pellucid.models.inference import attack_mode, predict_logits
@@ -227,14 +228,14 @@ def coverage_curve(confidence: torch.Tensor, correct: torch.Tensor) -> dict[str,
         raise InvalidInputError("confidence and correct must be non-empty 1-D tensors of equal length")
     order = torch.argsort(confidence, descending=True, stable=True)
     kept_correct = correct[order].double().cumsum(0)
-    k = torch.arange(1, len(order) + 1, dtype=torch.float64)
+    k = torch.arange(1, len(order) + 1, dtype=torch.float64, device=confidence.device)
     acc = kept_correct / k
     return {"coverage": k / len(order), "selective_accuracy": acc, "area": acc.mean()}
 
 
 def _uniform_noise(like: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    return torch.rand((n, *like.shape[1:]), generator=gen, dtype=like.dtype).to(like.device)
+    return torch.rand((n, *like.shape[1:]), generator=gen, dtype=like.dtype, device=draw_device(gen)).to(like.device)
 
 
 @torch.no_grad()

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pellucid._device import draw_device
+
 
 @dataclass(frozen=True)
 class ReliabilityCurve:
@@ -33,7 +35,7 @@ class ReliabilityCurve:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ReliabilityCurve":
-        t = lambda k: torch.tensor(d[k], dtype=torch.float64)  # noqa: E731
+        t = lambda k: torch.tensor(d[k], dtype=torch.float64, device="cpu")  # noqa: E731
         return cls(t("precision"), t("recall"), t("thresholds"), float(d["accuracy"]))
 
     @property
@@ -83,9 +85,9 @@ def precision_at_recall_interval(logits: torch.Tensor, labels: torch.Tensor, tar
     # the resampling runs on the CPU, whose generator draws the same replicates for every device
     correct, last = correct.cpu(), last.cpu()
     n = len(correct)
-    draws = torch.randint(n, (n_boot, n), generator=generator)
-    weight = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(
-        1, draws, torch.ones(n_boot, n, dtype=torch.float64))
+    draws = torch.randint(n, (n_boot, n), generator=generator, device=draw_device(generator)).cpu()
+    weight = torch.zeros(n_boot, n, dtype=torch.float64, device="cpu").scatter_add_(
+        1, draws, torch.ones(n_boot, n, dtype=torch.float64, device="cpu"))
     tp, n_pred = torch.cumsum(weight * correct, 1), torch.cumsum(weight, 1)
     recall = tp / tp[:, -1:]
     # operating points: the last index of each tie run (its cumulative sums cover the whole run)
@@ -95,6 +97,6 @@ def precision_at_recall_interval(logits: torch.Tensor, labels: torch.Tensor, tar
     precision = precision[tp[:, -1] > 0]
     if len(precision) == 0:
         return float("nan"), float("nan")
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64, device="cpu")
     lo, hi = torch.quantile(precision, q).tolist()
     return lo, hi

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pellucid._device import draw_device
 from pellucid.errors import InvalidInputError
 from pellucid.models.inference import WindowQueries, batched_logits, margin, window_index
 from pellucid.robust.attacks import AttackRun, attack_mode, check_eps, check_options, register_attack
@@ -74,7 +75,8 @@ def square_native(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
     lo, hi = value_range
     n, c, h, w = x.shape
     x = x.detach()
-    rand = lambda *shape: torch.rand(shape, generator=generator).to(x.device, x.dtype)  # noqa: E731
+    rand = lambda *shape: torch.rand(shape, generator=generator,  # noqa: E731
+                                     device=draw_device(generator)).to(x.device, x.dtype)
     used = torch.zeros(n, dtype=torch.long, device=x.device)  # queries spent per image
     with attack_mode(model), torch.no_grad():
         best_margin = margin(batched_logits(model, x, batch_size), y)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pellucid._device import draw_device
 from pellucid.errors import InvalidInputError
 from pellucid.nn.metric.distance import lp_distance
 from pellucid.nn.metric.similarity import distance_softmax, min_exp_similarity
@@ -92,7 +93,7 @@ def noisy_centre_search(train_x: torch.Tensor, train_y: torch.Tensor, test_x: to
     act = {"similarity": similarity, "scale": scale, "k": k}
     search_activations(torch.zeros(1, 2), **act)  # an unknown similarity fails before any work
     gen = torch.Generator().manual_seed(seed)
-    rows = torch.randperm(len(train_x), generator=gen)[:hidden]  # the centres, as training rows
+    rows = torch.randperm(len(train_x), generator=gen, device=draw_device(gen))[:hidden]  # the centres: rows
     train_d, test_d = _distances(train_x, train_x[rows]), _distances(test_x, train_x[rows])  # (N, H)
 
     def values_of(r):
@@ -100,11 +101,11 @@ def noisy_centre_search(train_x: torch.Tensor, train_y: torch.Tensor, test_x: to
 
     history = [_accuracy_from_distances(test_d, test_y, values_of(rows), **act)]
     for _ in range(rounds):
-        new = torch.randint(len(train_x), (add,), generator=gen)
+        new = torch.randint(len(train_x), (add,), generator=gen, device=draw_device(gen))
         rows = torch.cat([rows, new])
         train_d = torch.cat([train_d, _distances(train_x, train_x[new])], 1)  # (N, H + K)
         test_d = torch.cat([test_d, _distances(test_x, train_x[new])], 1)
-        scored = (torch.randperm(len(train_x), generator=gen)[:score_samples]
+        scored = (torch.randperm(len(train_x), generator=gen, device=draw_device(gen))[:score_samples]
                   if score_samples else slice(None))
         significance = significance_from_distances(train_d[scored], train_y[scored], values_of(rows), **act)
         keep = torch.topk(significance, hidden).indices.sort().values

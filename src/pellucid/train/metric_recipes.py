@@ -61,7 +61,7 @@ def _data(dataset: str, data_dir: str | None, test_limit: int, train_limit: int 
     if test_limit > 0:
         test = test.subset(slice(0, test_limit))
     if 0 < train_limit < len(train):
-        rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:train_limit]
+        rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed), device="cpu")[:train_limit]
         train = train.subset(rows.sort().values)
     data = {"dataset": dataset, "classes": None, "class_names": list(train.classes),
             "n_train": len(train), "n_test": len(test)}
@@ -125,7 +125,7 @@ def build_dictionary_mlp(cfg: DictionaryMLPConfig, train: ImageDataset):
               "epsilon": 1.0 if cfg.epsilon_mode != "running" else None}
     model = create_model("dictionary-mlp", **kwargs)
     if cfg.data_init:
-        rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.hidden]
+        rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed), device="cpu")[:cfg.hidden]
         model.init_from_data_(train.images[rows], train.labels[rows])
     return model, kwargs, centre_groups(model, [model.keys], cfg.lr, cfg.centre_lr_scale)
 

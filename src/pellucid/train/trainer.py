@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from pellucid._device import draw_device
 from pellucid._io import RunLock
 from pellucid._signals import signal_name, signals_recorded
 from pellucid._text import duration
@@ -92,8 +93,8 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torc
     original size, and flip it left-right with probability 1/2. Vectorised: one gather for the
     batch. Draws ``2 B`` offsets, then ``B`` flips, from ``generator``."""
     b, _, h, w = x.shape
-    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
-    flips = torch.rand(b, generator=generator) < 0.5
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator, device=draw_device(generator))
+    flips = torch.rand(b, generator=generator, device=draw_device(generator)) < 0.5
     padded = F.pad(x, (pad, pad, pad, pad))
     cols = offsets[:, 1:] + torch.arange(w)  # (B, W)
     cols = torch.where(flips[:, None], cols.flip(1), cols)  # a flip reads the window right to left
@@ -104,7 +105,7 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torc
 
 def split_train_val(ds: ImageDataset, val_size: int, seed: int) -> tuple[ImageDataset, ImageDataset]:
     """A seeded random split: the same ``seed`` always holds out the same images."""
-    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed), device="cpu")
     return ds.subset(perm[val_size:].sort().values), ds.subset(perm[:val_size].sort().values)
 
 
@@ -260,11 +261,11 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
         t0 = last_save = time.perf_counter()
         if partial is None:
             epoch_start, first, total_loss, total_correct, done_seconds = gen.get_state(), 0, 0.0, 0, 0.0
-            perm = torch.randperm(n, generator=gen)
+            perm = torch.randperm(n, generator=gen, device=draw_device(gen))
         else:  # the interrupted epoch's data order, drawn again; then the generator as it was
             epoch_start, first = partial.epoch_start, partial.batches
             total_loss, total_correct, done_seconds = partial.loss_sum, partial.correct, partial.train_seconds
-            perm = torch.randperm(n, generator=torch.Generator().set_state(epoch_start))
+            perm = torch.randperm(n, generator=torch.Generator().set_state(epoch_start), device="cpu")
             if show:
                 tqdm.write(f"resuming epoch {epoch} after batch {first} of {n_batches}", file=sys.stderr)
             partial = None
@@ -274,8 +275,8 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
         for b in bar:
             rows = perm[b * bs:(b + 1) * bs]
             x, y = train.images[rows], train.labels[rows]
-            if cfg.augment == "noise" and torch.rand((), generator=gen) < cfg.noise_p:
-                noise = torch.randn(x.shape, generator=gen) * cfg.noise_std + cfg.noise_mean
+            if cfg.augment == "noise" and torch.rand((), generator=gen, device=draw_device(gen)) < cfg.noise_p:
+                noise = torch.randn(x.shape, generator=gen, device=draw_device(gen)) * cfg.noise_std + cfg.noise_mean
                 x = (x + noise).clamp(0.0, 1.0)
             elif cfg.augment == "crop-flip":
                 x = crop_flip(x, gen)

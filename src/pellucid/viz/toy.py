@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pellucid._device import draw_device
 from pellucid.models.metric import metric_layer
 from pellucid.nn.metric.distance import ConvexDistance, CosineSimilarity, InputConvexDistance, LpDistance, StereoAngle
 from pellucid.nn.metric.invex import InvexDistance
@@ -41,11 +42,11 @@ def two_moons(n: int = 300, noise: float = 0.1, seed: int = 0) -> tuple[torch.Te
     """Two interleaved half circles, centred at the origin: ``x`` ``(n, 2)``, labels 0 / 1."""
     gen = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % 2
-    t = torch.rand(n, generator=gen) * math.pi
+    t = torch.rand(n, generator=gen, device=draw_device(gen)) * math.pi
     upper = torch.stack([t.cos(), t.sin()], 1)  # label 0
     lower = torch.stack([1 - t.cos(), 0.5 - t.sin()], 1)  # label 1
     x = torch.where(y[:, None] == 0, upper, lower) - torch.tensor([0.5, 0.25])
-    return x + noise * torch.randn(n, 2, generator=gen), y
+    return x + noise * torch.randn(n, 2, generator=gen, device=draw_device(gen)), y
 
 
 def circles(n: int = 300, noise: float = 0.08, factor: float = 0.45, seed: int = 0
@@ -53,10 +54,10 @@ def circles(n: int = 300, noise: float = 0.08, factor: float = 0.45, seed: int =
     """Two concentric circles (radii 1 and ``factor``): ``x`` ``(n, 2)``, label 1 = inner."""
     gen = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % 2
-    t = torch.rand(n, generator=gen) * 2 * math.pi
+    t = torch.rand(n, generator=gen, device=draw_device(gen)) * 2 * math.pi
     radius = torch.where(y == 1, factor, 1.0)
     x = radius[:, None] * torch.stack([t.cos(), t.sin()], 1)
-    return x + noise * torch.randn(n, 2, generator=gen), y
+    return x + noise * torch.randn(n, 2, generator=gen, device=draw_device(gen)), y
 
 
 TOY_DATA = {"moons": two_moons, "circles": circles}
@@ -131,7 +132,7 @@ def fit_toy(name: str, x: torch.Tensor, y: torch.Tensor, *, hidden: int = 8, ste
     training points (one-hot values), as the paper's data initialisation."""
     torch.manual_seed(seed)
     model = ToyClassifier(name, hidden, int(y.max()) + 1)
-    rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:hidden]
+    rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed), device="cpu")[:hidden]
     with torch.no_grad():
         if hasattr(model.layer, "centres"):
             model.layer.centres.copy_(x[rows])

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pellucid._device import draw_device
 from pellucid.errors import InvalidInputError
 
 __all__ = ["IncrementalNeuralHashing", "SIMILARITIES", "THRESHOLD_MODES", "candidate_coverage",
@@ -374,7 +375,8 @@ def fit_inh(layer: IncrementalNeuralHashing, x: torch.Tensor, labels: torch.Tens
     n = len(x)
     # one random split for all passes: once a slot has seen every batch its threshold is final,
     # so the passes converge (new batches every pass would keep raising quantile thresholds)
-    batches = torch.tensor_split(torch.randperm(n, generator=generator), math.ceil(n / batch_size))
+    order = torch.randperm(n, generator=generator, device=draw_device(generator))
+    batches = torch.tensor_split(order, math.ceil(n / batch_size))
     rows = []
     for pass_ in range(1, max_passes + 1):
         t0 = time.perf_counter()
@@ -510,7 +512,7 @@ def tune_inh(layer: IncrementalNeuralHashing, x: torch.Tensor, labels: torch.Ten
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         loss_sum = correct = 0.0
-        for batch in torch.randperm(len(x), generator=generator).split(batch_size):
+        for batch in torch.randperm(len(x), generator=generator, device=draw_device(generator)).split(batch_size):
             z = layer.embed(x[batch].to(device=device, dtype=dtype))
             margins = layer.similarity_of(z, layer.embed(free)) - thresholds
             scores = layer.class_scores(margins, temperature)

@@ -473,7 +473,7 @@ def max_correlation_forward(x: torch.Tensor, weight: torch.Tensor, lib: ctypes.C
     n_k, _, kh, kw = weight.shape
     b, _, h, w = x.shape
     best = x.new_empty(b, 1, h, w)
-    idx = torch.empty(b, h, w, dtype=torch.long)
+    idx = torch.empty(b, h, w, dtype=torch.long, device=x.device)
     done = lib.pellucid_max_corr_forward(x.data_ptr(), weight.data_ptr(), best.data_ptr(), idx.data_ptr(),
                                          b, h, w, n_k, kh, kw, torch.get_num_threads())
     return (best, idx) if done == 0 else None

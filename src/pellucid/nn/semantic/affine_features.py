@@ -40,8 +40,10 @@ class AffineFeatures(SemanticFeatures):
         w = torch.empty_like(self.features)
         nn.init.kaiming_uniform_(w, a=self.init_a)
         self.features.copy_(normalize(w))
-        m = torch.eye(2, 3).repeat(n_features, n_poses, 1, 1) + 0.01 * torch.randn(n_features, n_poses, 2, 3)
-        m[..., 2] += self.init_translation * torch.randn(n_features, n_poses, 2)
+        like = dict(device=self.poses.device, dtype=self.poses.dtype)  # not the default device
+        m = torch.eye(2, 3, **like).repeat(n_features, n_poses, 1, 1) + 0.01 * torch.randn(n_features, n_poses, 2, 3,
+                                                                                           **like)
+        m[..., 2] += self.init_translation * torch.randn(n_features, n_poses, 2, **like)
         self.poses.copy_(m)
 
     def padded_features(self) -> torch.Tensor:

@@ -83,9 +83,10 @@ def _fused_forward_agrees(lib, weight_shape: torch.Size, image_shape: torch.Size
     gen = torch.Generator().manual_seed(0)
     n_k, _, kh, kw = weight_shape
     h, w = image_shape
-    x = torch.rand(_FORWARD_BLOCK + 1, 1, h, w, generator=gen) * 2 - 1
+    # on the CPU explicitly: a default device set by the caller must not move the probe
+    x = torch.rand(_FORWARD_BLOCK + 1, 1, h, w, generator=gen, device="cpu") * 2 - 1
     x[:2, :, : max(1, h // 3)] = 0.0  # zero patches: scores of +-0
-    weight = torch.randn(n_k, 1, kh, kw, generator=gen)
+    weight = torch.randn(n_k, 1, kh, kw, generator=gen, device="cpu")
     weight[-1] = weight[0]  # a tie at every pixel: the first kernel must win
     fused = _cpu_kernels.max_correlation_forward(x, weight, lib)
     if fused is None:

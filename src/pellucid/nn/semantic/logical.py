@@ -34,7 +34,8 @@ class LogicalFeatures(SemanticFeatures):
     def posed_weights(self) -> torch.Tensor:
         c, k = self.n_classes, self.block
         blocks = self.features.view(c, c, k)  # (C, C blocks, k)
-        own = blocks[torch.arange(c), torch.arange(c)]  # (C, k)
+        diagonal = torch.arange(c, device=blocks.device)
+        own = blocks[diagonal, diagonal]  # (C, k)
         top = own * nn.functional.one_hot(own.argmax(dim=1), k).to(own)  # only v_c kept (and trained)
         rolled = top[:, self.roll_index]  # (C, P, k)
         is_own = torch.eye(c, dtype=torch.bool, device=own.device)[:, None, :, None]  # (C, 1, C, 1)
