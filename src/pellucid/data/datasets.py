@@ -83,8 +83,9 @@ def select_classes(ds: ImageDataset, keep: Sequence[int]) -> ImageDataset:
         raise InvalidInputError(
             f"{ds.source}: {len(bad)} labels outside 0..{len(ds.classes) - 1} (values "
             f"{sorted(set(bad.tolist()))[:5]}); each label must index one of its {len(ds.classes)} classes")
-    remap = torch.full((len(ds.classes),), -1, dtype=torch.long)
-    remap[torch.tensor(keep)] = torch.arange(len(keep))
+    on = ds.labels.device
+    remap = torch.full((len(ds.classes),), -1, dtype=torch.long, device=on)
+    remap[torch.tensor(keep, device=on)] = torch.arange(len(keep), device=on)
     new = remap[ds.labels]
     rows = torch.nonzero(new >= 0).squeeze(1)
     return ImageDataset(ds.images[rows], new[rows], tuple(ds.classes[k] for k in keep), ds.source,
