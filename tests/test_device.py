@@ -8,6 +8,7 @@ float32.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 
@@ -266,6 +267,22 @@ def test_invex_distance_trains_on_each_device_with_the_cpu_float64_numbers(devic
 # (tensors without data) every such tensor fails loudly: mixed with a CPU tensor, read, or handed
 # to the C loops. The same call must then give exactly what it gives without the default device.
 
+# The same holds for the dtype: with float64 as the default dtype, a tensor made without the
+# input's dtype promotes float32 work to float64, and the result is no longer the same bits.
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+DEFAULTS = {"meta-device": lambda: torch.device("meta"), "float64-dtype": lambda: _default_dtype(torch.float64)}
+
 SMALL_OPTIONS = {"steps": 2, "restarts": 1, "queries": 20, "budget": "native"}
 # ImageNet-sized networks are torchvision's code, not pellucid's, and slow to run here
 LARGE_MODELS = {"resnet50", "vgg11_bn", "densenet121", "resnext50_32x4d", "inception_v3", "googlenet",
@@ -279,7 +296,8 @@ def _models() -> list[str]:
 
 
 @pytest.mark.parametrize("name", _models())
-def test_models_build_nothing_on_the_default_device(name):
+@pytest.mark.parametrize("default", DEFAULTS)
+def test_models_build_nothing_on_the_default_device(default, name):
     from pellucid.models.registry import MODELS, create_model
 
     torch.manual_seed(0)
@@ -295,7 +313,7 @@ def test_models_build_nothing_on_the_default_device(name):
 
     for mode in ("eval", "train"):
         reference = run(mode)
-        with torch.device("meta"):
+        with DEFAULTS[default]():
             got = run(mode)
         assert got[0].device.type == "cpu" and torch.equal(got[0], reference[0]), name
         assert torch.equal(got[1], reference[1])
@@ -313,7 +331,8 @@ def _attacks() -> list[str]:
 
 
 @pytest.mark.parametrize("attack", _attacks())
-def test_attacks_build_nothing_on_the_default_device(attack, authors_model, few):
+@pytest.mark.parametrize("default", DEFAULTS)
+def test_attacks_build_nothing_on_the_default_device(default, attack, authors_model, few):
     from pellucid.robust import evaluate_robustness
     from pellucid.robust.budgets import Stage
     from pellucid.robust.catalogue import ATTACKS
@@ -327,12 +346,16 @@ def test_attacks_build_nothing_on_the_default_device(attack, authors_model, few)
                              Stage("fab-t-native", {"steps": 2}), Stage("square-native", {"queries": 20}, white_box=False))
     x, y = few[0][:6], few[1][:6]
     reference = evaluate_robustness(authors_model, x, y, attack=attack, eps=0.3, seed=1, **options)
-    with torch.device("meta"):
+    with DEFAULTS[default]():
         got = evaluate_robustness(authors_model, x, y, attack=attack, eps=0.3, seed=1, **options)
     assert got.adversarial.device.type == "cpu" and got.robust.device.type == "cpu"
     if attack not in UNSEEDED:
         assert torch.equal(got.robust, reference.robust)
         assert torch.equal(got.adversarial, reference.adversarial)
+
+
+# Captum draws these methods' noise in the default dtype: under a float64 default, other numbers
+CAPTUM_NOISE = {"smoothgrad", "gradient-shap"}
 
 
 def _explainers() -> list[str]:
@@ -342,7 +365,8 @@ def _explainers() -> list[str]:
 
 
 @pytest.mark.parametrize("method", _explainers())
-def test_explainers_build_nothing_on_the_default_device(method, authors_model, few):
+@pytest.mark.parametrize("default", DEFAULTS)
+def test_explainers_build_nothing_on_the_default_device(default, method, authors_model, few):
     from pellucid.explain.methods import create_explainer
     from pellucid.models import create_model
 
@@ -352,9 +376,13 @@ def test_explainers_build_nothing_on_the_default_device(method, authors_model, f
     options = {"value_range": (0.0, 1.0)} if method == "smoothgrad" else {}
     x = few[0][:3]
     reference = create_explainer(method, model, **options).attribute(x, target=1)
-    with torch.device("meta"):
+    with DEFAULTS[default]():
         got = create_explainer(method, model, **options).attribute(x, target=1)
-    assert got.device.type == "cpu" and torch.equal(got, reference), method
+    assert got.device.type == "cpu" and got.dtype == reference.dtype, method
+    if default == "float64-dtype" and method in CAPTUM_NOISE:
+        assert bool(torch.isfinite(got).all())  # other noise: Captum draws it in the default dtype
+    else:
+        assert torch.equal(got, reference), method
 
 
 def _metrics() -> list[str]:
@@ -364,7 +392,8 @@ def _metrics() -> list[str]:
 
 
 @pytest.mark.parametrize("name", _metrics())
-def test_metrics_build_nothing_on_the_default_device(name, authors_model, few):
+@pytest.mark.parametrize("default", DEFAULTS)
+def test_metrics_build_nothing_on_the_default_device(default, name, authors_model, few):
     from pellucid.explain.methods import create_explainer
     from pellucid.explain.metrics import METRICS, create_metric
 
@@ -388,6 +417,6 @@ def test_metrics_build_nothing_on_the_default_device(name, authors_model, few):
         return out
 
     reference = score()
-    with torch.device("meta"):
+    with DEFAULTS[default]():
         got = score()
     assert got.device.type == "cpu" and torch.equal(got, reference), name

@@ -118,7 +118,7 @@ def load_rejecting(cache: ModelCache, source: str | None) -> LoadedModel:
 
 def noise_input(shape: tuple[int, int, int], seed: int = 0) -> ModelInput:
     """Uniform noise in [0, 1] of the model's input shape."""
-    x = torch.rand((1, *shape), generator=torch.Generator().manual_seed(int(seed)), device="cpu")
+    x = torch.rand((1, *shape), generator=torch.Generator().manual_seed(int(seed)), device="cpu", dtype=torch.float32)
     return ModelInput(x, (f"uniform noise in [0, 1], {shape[1]} x {shape[2]}, seed {int(seed)}",), "noise")
 
 
@@ -255,7 +255,7 @@ def _tradeoff(loaded: LoadedModel) -> Tradeoff | str:
     test = test.subset(slice(0, TRADEOFF_IMAGES))
     model = loaded.model
     noise = torch.rand((NOISE_IMAGES, *loaded.spec.input_shape), generator=torch.Generator().manual_seed(0),
-                       device="cpu")
+                       device="cpu", dtype=torch.float32)
     with model_lock(model), torch.no_grad():
         images = loaded.as_input(test.images)
         correct = predict_logits(model, images).argmax(1).cpu() == test.labels

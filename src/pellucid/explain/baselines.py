@@ -88,14 +88,17 @@ class _TargetScore(nn.Module):
     """
 
     def __init__(self, model: nn.Module, target: torch.Tensor | TargetFn, batch: int,
-                 value_range: tuple[float, float] | None = None) -> None:
+                 value_range: tuple[float, float] | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.model = scored_module(model, target)
+        self.dtype = dtype  # the inputs' (Captum draws its noise in the default dtype)
         object.__setattr__(self, "target", target)  # never registered as a submodule
         self.batch = batch
         self.value_range = value_range
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if self.dtype is not None:
+            x = x.to(self.dtype)
         if self.value_range is not None:  # straight-through clip: the model sees its domain,
             lo, hi = self.value_range     # the gradient passes as if unclipped
             x = x + (x.clamp(lo, hi) - x).detach()
@@ -164,14 +167,14 @@ class CaptumExplainer(Explainer):
                 output = scored_module(self.model, target)(x)
                 resolved = resolve_target(output, target)  # fixed for every copy Captum makes
                 score = select_target(output, resolved)
-            forward = _TargetScore(self.model, resolved, len(x), self.value_range)
+            forward = _TargetScore(self.model, resolved, len(x), self.value_range, x.dtype)
             ids = torch.arange(len(x), device=x.device)
             leaf = x.detach().clone().requires_grad_(True)  # never touch the caller's tensor
             # Captum builds some tensors (integrated gradients' step sizes) on the default device:
             # make that the inputs' device for the call, whatever default the caller has set
             with torch.enable_grad(), torch.device(x.device):
                 attribution = self._attribute(forward, leaf, ids)
-        return attribution.detach(), score, resolved
+        return attribution.detach().to(x.dtype), score, resolved
 
     def _attribute(self, forward: _TargetScore, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -162,7 +162,8 @@ def apgd_objective(objective: Objective, x: torch.Tensor, y: torch.Tensor, *, ep
         if r == 0 and start is not None:
             init = start[idx]
         else:
-            noise = torch.rand(x[idx].shape, generator=generator, device=draw_device(generator)).to(x.device, x.dtype)
+            noise = torch.rand(x[idx].shape, generator=generator, device=draw_device(generator),
+                               dtype=torch.float32).to(x.device, x.dtype)
             init = x[idx] + eps * (2 * noise - 1)
         for pos in torch.arange(len(idx), device=x.device).split(batch_size):
             part = idx[pos]

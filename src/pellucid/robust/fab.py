@@ -234,7 +234,8 @@ def fab_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: tor
             start = x0.clone()
         else:
             radius = best_norm[idx].clamp_max(eps).view(-1, *[1] * (x.dim() - 1)) / 2
-            noise = torch.rand(x0.shape, generator=generator, device=draw_device(generator)).to(x.device, x.dtype)
+            noise = torch.rand(x0.shape, generator=generator, device=draw_device(generator),
+                               dtype=torch.float32).to(x.device, x.dtype)
             start = (x0 + radius * (2 * noise - 1)).clamp(lo, hi)
         state = _State(ids=idx, x0=x0, y=y[idx], t=target[idx], x=start)
         _fab_run(model, state, best, best_norm, eps=float(eps), steps=steps, alpha_max=alpha_max,

@@ -76,7 +76,7 @@ def square_native(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
     n, c, h, w = x.shape
     x = x.detach()
     rand = lambda *shape: torch.rand(shape, generator=generator,  # noqa: E731
-                                     device=draw_device(generator)).to(x.device, x.dtype)
+                                     device=draw_device(generator), dtype=torch.float32).to(x.device, x.dtype)
     used = torch.zeros(n, dtype=torch.long, device=x.device)  # queries spent per image
     with attack_mode(model), torch.no_grad():
         best_margin = margin(batched_logits(model, x, batch_size), y)
@@ -90,7 +90,7 @@ def square_native(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
             if not len(idx):
                 break
             # start: vertical stripes of +-eps, one sign per (image, channel, column)
-            stripes = torch.where(rand(len(idx), c, 1, w) < 0.5, -eps, eps)
+            stripes = torch.where(rand(len(idx), c, 1, w) < 0.5, -eps, eps).to(x.dtype)
             cand = (x[idx] + stripes).clamp(lo, hi)
             m = margin(batched_logits(model, cand, batch_size), y[idx])
             used[idx] += 1
@@ -107,7 +107,7 @@ def square_native(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
                 side = min(max(round(math.sqrt(square_fraction(p_init, q, queries) * h * w)), 1), h, w)
                 top = (rand(k) * (h - side + 1)).long()
                 left = (rand(k) * (w - side + 1)).long()
-                signs = torch.where(rand(k, c, 1, 1) < 0.5, -eps, eps)
+                signs = torch.where(rand(k, c, 1, 1) < 0.5, -eps, eps).to(x.dtype)
                 # the proposal: +-eps around the clean image inside the window, the best point outside
                 rows, cols = window_index(top, left, side)
                 window = (x[idx[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None],

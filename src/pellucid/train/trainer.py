@@ -94,7 +94,7 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torc
     batch. Draws ``2 B`` offsets, then ``B`` flips, from ``generator``."""
     b, _, h, w = x.shape
     offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator, device=draw_device(generator))
-    flips = torch.rand(b, generator=generator, device=draw_device(generator)) < 0.5
+    flips = torch.rand(b, generator=generator, device=draw_device(generator), dtype=torch.float32) < 0.5
     padded = F.pad(x, (pad, pad, pad, pad))
     cols = offsets[:, 1:] + torch.arange(w)  # (B, W)
     cols = torch.where(flips[:, None], cols.flip(1), cols)  # a flip reads the window right to left
@@ -275,8 +275,9 @@ def _fit_locked(model: nn.Module, train: ImageDataset, val: ImageDataset, cfg: T
         for b in bar:
             rows = perm[b * bs:(b + 1) * bs]
             x, y = train.images[rows], train.labels[rows]
-            if cfg.augment == "noise" and torch.rand((), generator=gen, device=draw_device(gen)) < cfg.noise_p:
-                noise = torch.randn(x.shape, generator=gen, device=draw_device(gen)) * cfg.noise_std + cfg.noise_mean
+            on = dict(generator=gen, device=draw_device(gen), dtype=torch.float32)  # as on every host
+            if cfg.augment == "noise" and torch.rand((), **on) < cfg.noise_p:
+                noise = torch.randn(x.shape, **on) * cfg.noise_std + cfg.noise_mean
                 x = (x + noise).clamp(0.0, 1.0)
             elif cfg.augment == "crop-flip":
                 x = crop_flip(x, gen)

@@ -42,11 +42,11 @@ def two_moons(n: int = 300, noise: float = 0.1, seed: int = 0) -> tuple[torch.Te
     """Two interleaved half circles, centred at the origin: ``x`` ``(n, 2)``, labels 0 / 1."""
     gen = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % 2
-    t = torch.rand(n, generator=gen, device=draw_device(gen)) * math.pi
+    t = torch.rand(n, generator=gen, device=draw_device(gen), dtype=torch.float32) * math.pi
     upper = torch.stack([t.cos(), t.sin()], 1)  # label 0
     lower = torch.stack([1 - t.cos(), 0.5 - t.sin()], 1)  # label 1
     x = torch.where(y[:, None] == 0, upper, lower) - torch.tensor([0.5, 0.25])
-    return x + noise * torch.randn(n, 2, generator=gen, device=draw_device(gen)), y
+    return x + noise * torch.randn(n, 2, generator=gen, device=draw_device(gen), dtype=torch.float32), y
 
 
 def circles(n: int = 300, noise: float = 0.08, factor: float = 0.45, seed: int = 0
@@ -54,10 +54,10 @@ def circles(n: int = 300, noise: float = 0.08, factor: float = 0.45, seed: int =
     """Two concentric circles (radii 1 and ``factor``): ``x`` ``(n, 2)``, label 1 = inner."""
     gen = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % 2
-    t = torch.rand(n, generator=gen, device=draw_device(gen)) * 2 * math.pi
+    t = torch.rand(n, generator=gen, device=draw_device(gen), dtype=torch.float32) * 2 * math.pi
     radius = torch.where(y == 1, factor, 1.0)
     x = radius[:, None] * torch.stack([t.cos(), t.sin()], 1)
-    return x + noise * torch.randn(n, 2, generator=gen, device=draw_device(gen)), y
+    return x + noise * torch.randn(n, 2, generator=gen, device=draw_device(gen), dtype=torch.float32), y
 
 
 TOY_DATA = {"moons": two_moons, "circles": circles}

@@ -144,12 +144,12 @@ def make_generator(seed: Seed, device: torch.device) -> torch.Generator:
 
 def rand(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     """``U[0, 1)`` draws, made on the generator's device, returned on ``like``'s device and dtype."""
-    return torch.rand(shape, generator=gen, device=gen.device).to(like.device, like.dtype)
+    return torch.rand(shape, generator=gen, device=gen.device, dtype=torch.float32).to(like.device, like.dtype)
 
 
 def randn(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     """``N(0, 1)`` draws, made on the generator's device, returned like :func:`rand`."""
-    return torch.randn(shape, generator=gen, device=gen.device).to(like.device, like.dtype)
+    return torch.randn(shape, generator=gen, device=gen.device, dtype=torch.float32).to(like.device, like.dtype)
 
 
 def random_subsets(n: int, batch: int, features: int, size: int, gen: torch.Generator,
@@ -159,7 +159,7 @@ def random_subsets(n: int, batch: int, features: int, size: int, gen: torch.Gene
     block = max(1, _DRAW_BLOCK // (batch * features))
     parts = []
     for lo, hi in chunks(n, block):
-        keys = torch.rand((hi - lo, batch, features), generator=gen, device=gen.device)
+        keys = torch.rand((hi - lo, batch, features), generator=gen, device=gen.device, dtype=torch.float32)
         parts.append(keys.topk(size, dim=-1, sorted=False).indices)
     return torch.cat(parts).to(device)
 

@@ -84,9 +84,9 @@ def _fused_forward_agrees(lib, weight_shape: torch.Size, image_shape: torch.Size
     n_k, _, kh, kw = weight_shape
     h, w = image_shape
     # on the CPU explicitly: a default device set by the caller must not move the probe
-    x = torch.rand(_FORWARD_BLOCK + 1, 1, h, w, generator=gen, device="cpu") * 2 - 1
+    x = torch.rand(_FORWARD_BLOCK + 1, 1, h, w, generator=gen, device="cpu", dtype=torch.float32) * 2 - 1
     x[:2, :, : max(1, h // 3)] = 0.0  # zero patches: scores of +-0
-    weight = torch.randn(n_k, 1, kh, kw, generator=gen, device="cpu")
+    weight = torch.randn(n_k, 1, kh, kw, generator=gen, device="cpu", dtype=torch.float32)
     weight[-1] = weight[0]  # a tie at every pixel: the first kernel must win
     fused = _cpu_kernels.max_correlation_forward(x, weight, lib)
     if fused is None:
