@@ -151,8 +151,6 @@ def step_parts_ms(train, repeats: int = 30, seed: int = 0) -> dict:
     own, on one 200-image batch), and of the whole step, so the docs can say where a step goes.
     Each layer's input requires a gradient as in the model, except the conv layer's: its
     input gradient is timed apart (``conv_input_gradient``)."""
-    import statistics
-
     import torch
     import torch.nn.functional as F
 
@@ -188,17 +186,7 @@ def step_parts_ms(train, repeats: int = 30, seed: int = 0) -> dict:
         "optimizer_and_projection": lambda: (opt.step(), project_constraints_(model)),
     }
 
-    def median_ms(f) -> float:
-        for _ in range(5):
-            f()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - t0)
-        return round(1e3 * statistics.median(times), 2)
-
-    out = {name: median_ms(f) for name, f in parts.items()}
+    out = {name: round(1e3 * h.timed(f, repeats), 2) for name, f in parts.items()}
     out["conv_input_gradient"] = round(out["conv_input_gradient"] - out["conv"], 2)  # the difference
     return out
 
