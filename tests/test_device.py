@@ -70,6 +70,21 @@ def test_named_devices_resolve_and_missing_ones_are_one_line_errors(monkeypatch)
         assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_draws_happen_on_the_generators_device_whatever_the_default(device):
+    from pellucid._device import draw_device
+
+    assert draw_device(None) == torch.device("cpu")  # the global CPU generator
+    gen = torch.Generator(device=device)
+    assert draw_device(gen) == gen.device
+    with torch.device("meta"):  # a caller's default device moves nothing
+        assert draw_device(None) == torch.device("cpu") and draw_device(gen) == gen.device
+        gen.manual_seed(0)
+        first = torch.rand(3, generator=gen, device=draw_device(gen), dtype=torch.float32)
+    gen.manual_seed(0)
+    assert torch.equal(first, torch.rand(3, generator=gen, device=gen.device))
+
+
 def test_device_name_is_what_records_show():
     assert device_name(torch.device("cpu")) == "cpu"
     assert device_name(torch.device("cuda", 1)) == "cuda:1"
