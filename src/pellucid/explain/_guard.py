@@ -1,7 +1,8 @@
 """Guards for every forward an explainer runs: one lock per model, and its state restored after.
 
 :func:`model_lock` serialises explainer calls (and temporary module swaps or hooks) on one model;
-:func:`preserved_state` puts back every parameter, buffer and ``training`` flag on exit.
+:func:`preserved_state` puts back every parameter, buffer and ``training`` flag on exit;
+:class:`ThreadSafeTracer` keeps a ``torch.fx`` trace from capturing other threads' forwards.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import weakref
 from typing import Iterator
 
 import torch
+import torch.fx as fx
 from torch import nn
 
-__all__ = ["model_lock", "preserved_state"]
+__all__ = ["ThreadSafeTracer", "model_lock", "preserved_state"]
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
@@ -71,3 +73,47 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
                     t.copy_(old)
         for m, flag in flags:
             m.training = flag
+
+
+# torch.fx patches ``nn.Module.__call__`` and ``nn.Module.__getattr__`` process-wide while it traces,
+# and restores them in the order it patched them; two traces interleaved by threads would restore
+# each other's patches and leave a dead tracer installed. One trace at a time.
+_FX_TRACE_LOCK = threading.Lock()
+
+
+class ThreadSafeTracer(fx.Tracer):
+    """A ``torch.fx.Tracer`` that other threads can run models beside.
+
+    While ``torch.fx`` traces, every ``nn.Module`` call and parameter lookup in the process goes
+    through the tracer, so a forward another thread runs at that moment (the app classifying while
+    an explainer rewrites the same model) would be recorded into the graph or fail with
+    "module is not installed as a submodule". This tracer answers calls from any thread but its
+    own with the untraced module, and :meth:`trace` takes a process-wide lock, since interleaved
+    traces would undo each other's patches. (Traces run by other code with a plain ``fx.Tracer``
+    at the same time are outside its reach.) Subclasses customise :meth:`traced_call_module`.
+    """
+
+    def trace(self, root, concrete_args=None):  # type: ignore[override]
+        with _FX_TRACE_LOCK:
+            self._tracing_thread = threading.get_ident()
+            try:
+                return super().trace(root, concrete_args)
+            finally:
+                self._tracing_thread = None
+
+    def _other_thread(self) -> bool:
+        return getattr(self, "_tracing_thread", None) != threading.get_ident()
+
+    def call_module(self, m, forward, args, kwargs):  # type: ignore[override]
+        if self._other_thread():  # ``forward`` is the real ``nn.Module.__call__`` of ``m``
+            return forward(*args, **kwargs)
+        return self.traced_call_module(m, forward, args, kwargs)
+
+    def traced_call_module(self, m, forward, args, kwargs):
+        """``fx.Tracer.call_module``, for the tracing thread only."""
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):  # type: ignore[override]
+        if self._other_thread():
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)

@@ -33,12 +33,12 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
 from pellucid.data.validation import check_model_input, check_value_range
 from pellucid.errors import InvalidInputError
+from pellucid.explain._guard import ThreadSafeTracer
 from pellucid.explain.base import Explainer, check_inputs, model_lock, preserved_state
 from pellucid.explain.methods import EXPLAINERS
 from pellucid.explain.targets import Target, TargetFn, resolve_target, scored_module, select_target
@@ -340,7 +340,7 @@ def _call_sites(model: nn.Module) -> tuple[Counter, Counter] | None:
     try:
         with preserved_state(model), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            graph = fx.Tracer().trace(model)
+            graph = ThreadSafeTracer().trace(model)
     except Exception:  # fx raises TraceError, TypeError, RuntimeError, user errors, ...
         return None
     functions, modules = Counter(), Counter()

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pellucid.errors import InvalidInputError, PellucidError
+from pellucid.explain._guard import ThreadSafeTracer
 from pellucid.explain.base import model_lock, preserved_state
 from pellucid.explain.gates import (ExcitationAdaptiveMaxPool2d, ExcitationBatchNormReLU,
                                     ExcitationGates, ExcitationMaxPool2d, ExcitationReLU, Gate,
@@ -219,7 +220,7 @@ class CoverageReport:
 # Tracing
 # ----------------------------------------------------------------------------------------------
 
-class _PullbackTracer(fx.Tracer):
+class _PullbackTracer(ThreadSafeTracer):
     """``torch.fx`` tracer that keeps self-rewriting layers as leaves and records, for every module
     path, what its first call returned (a ``Proxy`` for one tensor), for the hidden-layer taps."""
 
@@ -230,8 +231,8 @@ class _PullbackTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return declares_sites(m) or super().is_leaf_module(m, module_qualified_name)
 
-    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
-        out = super().call_module(m, forward, args, kwargs)
+    def traced_call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        out = super().traced_call_module(m, forward, args, kwargs)
         self.layer_outputs.setdefault(self.path_of_module(m), out)
         return out
 
