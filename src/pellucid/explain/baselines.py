@@ -31,11 +31,11 @@ import warnings
 from collections import Counter
 from typing import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pellucid._rng import seeded_global_rng
 from pellucid.data.validation import check_model_input, check_value_range
 from pellucid.errors import InvalidInputError
 from pellucid.explain._guard import ThreadSafeTracer
@@ -214,27 +214,6 @@ def _quiet_captum() -> Iterator[None]:
         for message in _CAPTUM_NOTICES:
             warnings.filterwarnings("ignore", message=message)
         yield
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Seed torch's (CPU and ``device``'s CUDA) and NumPy's global generators with ``seed`` inside
-    the block and restore their previous states after it; ``None`` leaves them as they are."""
-    if seed is None:
-        yield
-        return
-    numpy_state = np.random.get_state()
-    devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.random.default_generator.manual_seed(seed)
-            if devices:
-                with torch.cuda.device(device):
-                    torch.cuda.manual_seed(seed)
-            np.random.seed(seed)  # GradientSHAP draws baselines and scales with NumPy
-            yield
-    finally:
-        np.random.set_state(numpy_state)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -450,7 +429,7 @@ class SmoothGrad(CaptumExplainer):
 
     def _attribute(self, forward, x, ids):
         attr = _captum()
-        with _seeded(self.seed, x.device):
+        with seeded_global_rng(self.seed, [x.device], numpy=True):
             return attr.NoiseTunnel(attr.Saliency(forward)).attribute(
                 x, nt_type="smoothgrad", nt_samples=self.nt_samples, stdevs=self.stdevs, abs=False,
                 additional_forward_args=(ids,))
@@ -482,7 +461,7 @@ class GradientShap(CaptumExplainer):
         self.seed = _seed(seed)
 
     def _attribute(self, forward, x, ids):
-        with _seeded(self.seed, x.device):
+        with seeded_global_rng(self.seed, [x.device], numpy=True):
             return _captum().GradientShap(forward).attribute(
                 x, baselines=_baseline_distribution(self.baselines, x), n_samples=self.n_samples,
                 stdevs=self.stdevs, additional_forward_args=(ids,))

@@ -18,13 +18,14 @@ native PGD. What ART needs is handled once, in :func:`art_classifier`:
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from pellucid._device import draw_device
+from pellucid._rng import seeded_global_rng
 from pellucid.errors import InvalidInputError, PellucidError
 from pellucid.robust.attacks import attack_mode, register_attack
 from pellucid.robust.options import APGDOptions, BoundaryOptions, DeepFoolOptions, SquareOptions
@@ -84,18 +85,13 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
                 p.requires_grad_(flag)
 
 
-@contextlib.contextmanager
-def numpy_seed(generator: torch.Generator | None) -> Iterator[None]:
-    """Seed NumPy's global RNG (which ART draws from) from ``generator``; restore it on exit."""
-    state = np.random.get_state()
+def numpy_seed(generator: torch.Generator | None) -> ContextManager[None]:
+    """NumPy's global RNG (which ART draws from) and torch's CPU default generator seeded from
+    ``generator`` inside, restored on exit (one seeded block at a time: :mod:`pellucid._rng`);
+    ``None`` leaves them as they are."""
     seed = (int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=draw_device(generator)))
             if generator else None)
-    if seed is not None:
-        np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
+    return seeded_global_rng(seed, numpy=True)
 
 
 @contextlib.contextmanager

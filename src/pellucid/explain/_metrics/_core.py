@@ -8,15 +8,15 @@ sample ``b``), and the model sees at most ``batch_size`` rows per call.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, ContextManager, Iterator, Union
 
 import torch
 from torch import nn
 
 from pellucid._registry import Registry
+from pellucid._rng import seeded_global_rng
 from pellucid.data.validation import check_model_input, check_value_range
 from pellucid.errors import InputTypeError, InvalidInputError, UnknownNameError
 from pellucid.explain.base import _MODE_DEPENDENT, Explainer, check_inputs, model_lock, preserved_state
@@ -324,11 +324,7 @@ def explain_rows(fn: ExplainFn, model: nn.Module, rows: torch.Tensor, target: to
     return torch.cat(out) if len(out) > 1 else out[0]
 
 
-@contextlib.contextmanager
-def seeded(seed: int, model: nn.Module) -> Iterator[None]:
-    """``torch.manual_seed(seed)`` inside, the global RNG states (CPU and the model's CUDA
-    devices) restored on exit."""
-    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        yield
+def seeded(seed: int, model: nn.Module) -> ContextManager[None]:
+    """Torch's default generators (CPU and the model's CUDA devices) seeded with ``seed`` inside,
+    restored on exit (one seeded block at a time in the process: :mod:`pellucid._rng`)."""
+    return seeded_global_rng(seed, [p.device for p in model.parameters()])
