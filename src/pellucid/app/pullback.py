@@ -13,13 +13,13 @@ their calls hold the model's lock.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
+from pellucid._warnings import recorded_warnings
 from pellucid.app.cache import LoadedModel, ModelCache, head_names
 from pellucid.app.figures import signed_rgb
 from pellucid.app.images import ModelInput, from_file, from_photo, preview
@@ -173,11 +173,10 @@ def _explainer(cache: ModelCache, loaded: LoadedModel, settings: Settings):
     from pellucid.explain import create_explainer
 
     def build():
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with recorded_warnings() as caught:  # this thread's only: other users' requests run beside
             explainer = create_explainer(settings.method, loaded.model, temperature=settings.temperature,
                                          gate=settings.gate)
-        return explainer, [str(w.message).splitlines()[0] for w in caught]
+        return explainer, [str(w).splitlines()[0] for w in caught]
 
     key = ("explainer", loaded.source, settings.method, float(settings.temperature), settings.gate)
     explainer, notes = cache.derived(key, build)

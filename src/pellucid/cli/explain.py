@@ -24,10 +24,10 @@ import math
 import re
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from pellucid._warnings import recorded_warnings
 from pellucid.cli._common import OUT_SUFFIXES, DefaultsHelpFormatter, add_device_option, check_out_path
 
 _INDEX = re.compile(r"-?[0-9]+")  # ASCII digits only: int() also takes "²"-like digits it cannot parse
@@ -200,11 +200,10 @@ def run(args: argparse.Namespace) -> int:
     if random_init:
         print(f"pellucid explain: warning: {random_init_warning(spec, args.weights)}", file=sys.stderr)
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with recorded_warnings() as caught:
         explainer = create_explainer(args.method, model, temperature=args.temperature, gate=args.gate)
     for w in caught:
-        print(f"pellucid explain: warning: {str(w.message).splitlines()[0]}", file=sys.stderr)
+        print(f"pellucid explain: warning: {str(w).splitlines()[0]}", file=sys.stderr)
     coverage = getattr(explainer, "coverage", None)
     forward_diff = None
     if isinstance(explainer, ExcitationPullback) and explainer.rewritten is not None:

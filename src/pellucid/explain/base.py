@@ -10,12 +10,12 @@ the model's state as it found it (:func:`preserved_state`).
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import ContextManager, Iterator
 
 import torch
 from torch import nn
 
+from pellucid._warnings import warn
 from pellucid.data.validation import check_images, check_model_input
 from pellucid.errors import InvalidInputError
 from pellucid.explain._guard import model_lock, preserved_state
@@ -72,7 +72,7 @@ class Explainer:
         if layer:
             find_module(self.model, layer, "target")  # an unknown path names the close ones
         if any(m.training and isinstance(m, _MODE_DEPENDENT) for m in self.model.modules()):
-            warnings.warn(f"{type(self.model).__name__} has batch-norm/dropout layers in training mode "
+            warn(f"{type(self.model).__name__} has batch-norm/dropout layers in training mode "
                           "(they change the explanation; their statistics are restored afterwards); "
                           "call model.eval() first", stacklevel=3)
         backward_model = self.layer_backward_model((layer,)) if layer else self.backward_model()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import reprlib
 import warnings
 from collections import Counter
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pellucid._rng import seeded_global_rng
+from pellucid._warnings import warn
 from pellucid.data.validation import check_model_input, check_value_range
 from pellucid.errors import InvalidInputError
 from pellucid.explain._guard import ThreadSafeTracer
@@ -62,6 +64,9 @@ _HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_bac
 _CAPTUM_NOTICES = (r"Setting forward, backward hooks", r"Setting backward hooks on ReLU",
                    r"Input Tensor \d+ did not already require gradients",
                    r"Couldn't appropriately interpolate GradCAM")
+_CAPTUM_MODULES = r"captum\."
+_CAPTUM_FILTERS = tuple(("ignore", re.compile(m, re.I), Warning, re.compile(_CAPTUM_MODULES), 0)
+                        for m in _CAPTUM_NOTICES)  # as warnings.filterwarnings stores them
 # Captum's "riemann_trapezoid" is left out: its weights sum to (n - 1) / n, not 1 (captum 0.9)
 _IG_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle")
 _INTERPOLATE_MODES = {3: ("nearest", "area", "linear"), 4: ("nearest", "area", "bilinear", "bicubic"),
@@ -161,8 +166,8 @@ class CaptumExplainer(Explainer):
         ascends along this method's explanation. A ``None`` or index target is resolved on ``x``."""
         check_model_input(self.model, x, name="inputs")
         _warn_if_training(self.model)
-        with model_lock(self.model), preserved_state(self.model), _no_leftovers(self.model), \
-                _quiet_captum():
+        _silence_captum_notices()
+        with model_lock(self.model), preserved_state(self.model), _no_leftovers(self.model):
             with torch.no_grad():
                 output = scored_module(self.model, target)(x)
                 resolved = resolve_target(output, target)  # fixed for every copy Captum makes
@@ -182,7 +187,7 @@ class CaptumExplainer(Explainer):
 
 def _warn_if_training(model: nn.Module) -> None:
     if any(m.training and isinstance(m, _MODE_DEPENDENT) for m in model.modules()):
-        warnings.warn(f"{type(model).__name__} has batch-norm/dropout layers in training mode (they "
+        warn(f"{type(model).__name__} has batch-norm/dropout layers in training mode (they "
                       "change the explanation; their statistics are restored afterwards); call "
                       "model.eval() first", stacklevel=4)
 
@@ -208,12 +213,18 @@ def _no_leftovers(model: nn.Module) -> Iterator[None]:
                     del table[key]
 
 
-@contextlib.contextmanager
-def _quiet_captum() -> Iterator[None]:
-    with warnings.catch_warnings():
-        for message in _CAPTUM_NOTICES:
-            warnings.filterwarnings("ignore", message=message)
-        yield
+def _silence_captum_notices() -> None:
+    """Ignore Captum's per-call notices process-wide: the filters match these messages raised from
+    Captum's own modules only, and are kept at the front of the filter list (moved there again if
+    filters were added since, so a caller's ``simplefilter("always")`` does not bring them back).
+
+    A ``warnings.catch_warnings`` block per call would last only the call, but it swaps the
+    process-wide filter list and restores what it saw on entry: blocks in two threads, left out of
+    order, leave each other's filters installed for good."""
+    if warnings.filters[:len(_CAPTUM_FILTERS)] == list(_CAPTUM_FILTERS):
+        return  # unchanged: no filter mutation (which would reset "once" registries)
+    for message in reversed(_CAPTUM_NOTICES):  # each goes to the front: keep the tuple's order
+        warnings.filterwarnings("ignore", message=message, module=_CAPTUM_MODULES)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,8 +328,7 @@ def _call_sites(model: nn.Module) -> tuple[Counter, Counter] | None:
     """``(functional call kinds, calls per module path)`` of one forward, or None if torch.fx
     cannot trace the model."""
     try:
-        with preserved_state(model), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with preserved_state(model):
             graph = ThreadSafeTracer().trace(model)
     except Exception:  # fx raises TraceError, TypeError, RuntimeError, user errors, ...
         return None
@@ -348,7 +358,7 @@ def _labelled(functions: Counter, table: dict) -> list[str]:
 
 def _warn_unreached(method: str, rule: str, unreached: list[str], stacklevel: int) -> None:
     if unreached:
-        warnings.warn(f"{method}: Captum's hooks only reach nn.Module layers, so these keep the plain "
+        warn(f"{method}: Captum's hooks only reach nn.Module layers, so these keep the plain "
                       f"gradient instead of {rule}: {', '.join(unreached)}; build the model with "
                       "nn.ReLU modules (method 'pullback' reaches functional calls too)",
                       HookCoverageWarning, stacklevel=stacklevel)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import ContextManager, Iterator
 
 from torch import nn
 
 from pellucid._registry import Registry
+from pellucid._warnings import warn
 from pellucid.explain.base import Explainer, model_lock
 from pellucid.explain.gates import Gate, check_temperature
 from pellucid.explain.rewrite import (CoverageReport, PullbackCoverageWarning, UntraceableModelError,
@@ -76,7 +76,7 @@ class ExcitationPullback(Explainer):
             with swap_modules(model, self.temperature, self.gate, self.detach_pool_weights,
                               self.replace_maxpool) as report:
                 self.coverage: CoverageReport = report  # counted, then restored at once
-            warnings.warn(f"{e}; falling back to replacing modules per call ({report.relu_sites} "
+            warn(f"{e}; falling back to replacing modules per call ({report.relu_sites} "
                           f"ReLU and {report.maxpool_sites} max-pool site(s)): functional "
                           "relu/max_pool calls inside forward are not reached", PullbackCoverageWarning,
                           stacklevel=stacklevel)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -51,6 +50,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from pellucid._warnings import warn
 from pellucid.errors import InvalidInputError, PellucidError
 from pellucid.explain._guard import ThreadSafeTracer
 from pellucid.explain.base import model_lock, preserved_state
@@ -498,7 +498,7 @@ def warn_if_nothing_rewritten(report: CoverageReport, stacklevel: int = 2) -> No
     if report.rewritten_sites == 0:
         found = ("ReLU or max-pool call site" if report.method == "fx"
                  else "nn.ReLU or nn.MaxPool2d module")
-        warnings.warn(f"{report.model}: 0 call sites rewritten (no {found} found), so the excitation "
+        warn(f"{report.model}: 0 call sites rewritten (no {found} found), so the excitation "
                       "pullback equals the plain gradient", PullbackCoverageWarning,
                       stacklevel=stacklevel + 1)
 
@@ -625,7 +625,7 @@ def pullback_mode(model: nn.Module, temperature: float = 0.3, gate: str | Gate =
     except UntraceableModelError as e:
         if not fallback:
             raise
-        warnings.warn(f"{e}; falling back to replacing nn.ReLU/nn.MaxPool2d modules: functional "
+        warn(f"{e}; falling back to replacing nn.ReLU/nn.MaxPool2d modules: functional "
                       "calls are not reached", PullbackCoverageWarning, stacklevel=3)
         module = model
         context = swap_modules(model, temperature, gate, detach_pool_weights, replace_maxpool)

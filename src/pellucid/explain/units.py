@@ -23,7 +23,6 @@ are removed also on errors; the caller's tensors are never modified.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -32,6 +31,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import nn
 
 from pellucid._device import draw_device
+from pellucid._warnings import warn
 from pellucid.data.validation import check_model_input, check_value_range
 from pellucid.errors import InvalidInputError
 from pellucid.explain.base import _MODE_DEPENDENT, model_lock, preserved_state
@@ -79,7 +79,7 @@ def model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
 
 def _warn_train_mode(model: nn.Module) -> None:
     if any(m.training and isinstance(m, _MODE_DEPENDENT) for m in model.modules()):
-        warnings.warn(f"{type(model).__name__} has batch-norm/dropout layers in training mode (they "
+        warn(f"{type(model).__name__} has batch-norm/dropout layers in training mode (they "
                       "couple the samples and change the gradients; their statistics are restored "
                       "afterwards); call model.eval() first", stacklevel=3)
 

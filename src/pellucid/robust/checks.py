@@ -15,7 +15,6 @@ the reference AutoAttack's self-checks):
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pellucid._warnings import warn
 from pellucid.models.inference import attack_mode, predict_logits
 from pellucid.robust.attacks import pgd
 
@@ -127,7 +127,7 @@ def warn_failed(checks: Sequence[Check]) -> list[Check]:
     """Issue one :class:`GradientMaskingWarning` naming every failed check; return those."""
     failed = [c for c in checks if c.passed is False]
     if failed:
-        warnings.warn("gradient-masking checks failed, the robust accuracy may be overestimated: "
+        warn("gradient-masking checks failed, the robust accuracy may be overestimated: "
                       + "; ".join(f"{c.name} ({c.detail})" for c in failed),
                       GradientMaskingWarning, stacklevel=2)
     return failed

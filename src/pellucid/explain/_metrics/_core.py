@@ -9,7 +9,6 @@ sample ``b``), and the model sees at most ``batch_size`` rows per call.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Callable, ContextManager, Iterator, Union
 
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 
 from pellucid._registry import Registry
 from pellucid._rng import seeded_global_rng
+from pellucid._warnings import warn
 from pellucid.data.validation import check_model_input, check_value_range
 from pellucid.errors import InputTypeError, InvalidInputError, UnknownNameError
 from pellucid.explain.base import _MODE_DEPENDENT, Explainer, check_inputs, model_lock, preserved_state
@@ -225,7 +225,7 @@ def chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
 
 def warn_if_training(model: nn.Module, stacklevel: int = 3) -> None:
     if any(m.training and isinstance(m, _MODE_DEPENDENT) for m in model.modules()):
-        warnings.warn(f"{type(model).__name__} has batch-norm/dropout layers in training mode (the "
+        warn(f"{type(model).__name__} has batch-norm/dropout layers in training mode (the "
                       "metric's forwards are then random or batch dependent); call model.eval() first",
                       stacklevel=stacklevel)
 
