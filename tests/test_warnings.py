@@ -3,6 +3,7 @@ silenced by narrow filters that survive a caller's ``simplefilter("always")``.""
 
 from __future__ import annotations
 
+import inspect
 import threading
 import warnings
 
@@ -83,3 +84,35 @@ def test_construction_notes_are_recorded_and_captum_notices_stay_silent_under_al
         explainer.attribute(x, target=1)
     captum = [str(w.message) for w in shown if "captum" in w.filename]
     assert captum == [], captum
+
+
+def _train_mode_model():
+    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(3 * 6 * 6, 4)).train()
+
+
+@pytest.mark.parametrize("call", ["gradient", "smoothgrad", "unit-gradients", "representation-check",
+                                  "deletion", "hook-coverage", "nothing-rewritten"])
+def test_each_warning_points_at_the_callers_line_however_deep_it_was_raised(call):
+    from pellucid.explain import gradient_representation_check, unit_gradients_on_noise
+    from pellucid.explain.metrics import deletion
+
+    model, x = _train_mode_model(), torch.rand(2, 1, 6, 6)
+    calls = {
+        "gradient": lambda: create_explainer("gradient", model).attribute(x, target=0),
+        "smoothgrad": lambda: create_explainer("smoothgrad", model, nt_samples=2).attribute(x, target=0),
+        "unit-gradients": lambda: unit_gradients_on_noise(model, "4:1", n=2, input_shape=(1, 6, 6)),
+        "representation-check": lambda: gradient_representation_check(model, x),
+        "deletion": lambda: deletion(model, x, torch.rand_like(x), target=0),
+        "hook-coverage": lambda: create_explainer("guided-backprop", _FunctionalReLU()),
+        "nothing-rewritten": lambda: create_explainer("pullback", nn.Linear(3, 2)),
+    }
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        calls[call]()
+    mine = [w for w in shown if w.category.__module__.startswith("pellucid") or "training mode" in str(w.message)]
+    assert mine, [str(w.message) for w in shown]
+    assert {w.filename for w in mine} == {__file__}
+    lines = inspect.getsource(test_each_warning_points_at_the_callers_line_however_deep_it_was_raised)
+    first = test_each_warning_points_at_the_callers_line_however_deep_it_was_raised.__code__.co_firstlineno
+    assert {lines.splitlines()[w.lineno - first].split(":")[0].strip() for w in mine} == {f'"{call}"'}

@@ -16,7 +16,12 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-__all__ = ["ThreadSafeTracer", "model_lock", "preserved_state"]
+from pellucid._warnings import warn
+
+__all__ = ["MODE_DEPENDENT", "ThreadSafeTracer", "model_lock", "preserved_state", "warn_if_training"]
+
+# layers whose forward depends on ``training``: batch statistics, random masks
+MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
@@ -34,6 +39,16 @@ def model_lock(model: nn.Module) -> threading.RLock:
         if lock is None:
             lock = _LOCKS[model] = threading.RLock()
         return lock
+
+
+def warn_if_training(model: nn.Module,
+                     effect: str = "they change the explanation; their statistics are restored afterwards"
+                     ) -> None:
+    """Warn if some batch-norm or dropout layer of ``model`` is in training mode; ``effect`` says
+    what that does to the result."""
+    if any(m.training and isinstance(m, MODE_DEPENDENT) for m in model.modules()):
+        warn(f"{type(model).__name__} has batch-norm/dropout layers in training mode ({effect}); "
+             "call model.eval() first")
 
 
 @contextlib.contextmanager

@@ -15,17 +15,15 @@ from typing import ContextManager, Iterator
 import torch
 from torch import nn
 
-from pellucid._warnings import warn
 from pellucid.data.validation import check_images, check_model_input
 from pellucid.errors import InvalidInputError
-from pellucid.explain._guard import model_lock, preserved_state
+from pellucid.explain._guard import model_lock, preserved_state, warn_if_training
 from pellucid.explain.layers import find_module, layer_output
 from pellucid.explain.targets import Target, resolve_target, select_target, target_layer
 
 __all__ = ["Explainer", "check_inputs", "model_lock", "preserved_state"]  # (the last two re-exported)
 
 # layers whose forward differs between train and eval mode
-_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
 
 class Explainer:
@@ -71,10 +69,7 @@ class Explainer:
         layer = target_layer(target)
         if layer:
             find_module(self.model, layer, "target")  # an unknown path names the close ones
-        if any(m.training and isinstance(m, _MODE_DEPENDENT) for m in self.model.modules()):
-            warn(f"{type(self.model).__name__} has batch-norm/dropout layers in training mode "
-                          "(they change the explanation; their statistics are restored afterwards); "
-                          "call model.eval() first", stacklevel=3)
+        warn_if_training(self.model)
         backward_model = self.layer_backward_model((layer,)) if layer else self.backward_model()
         with model_lock(self.model), preserved_state(self.model), backward_model as net, \
                 torch.enable_grad():

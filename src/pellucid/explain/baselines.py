@@ -40,7 +40,7 @@ from pellucid._rng import seeded_global_rng
 from pellucid._warnings import warn
 from pellucid.data.validation import check_model_input, check_value_range
 from pellucid.errors import InvalidInputError
-from pellucid.explain._guard import ThreadSafeTracer
+from pellucid.explain._guard import ThreadSafeTracer, warn_if_training
 from pellucid.explain.base import Explainer, check_inputs, model_lock, preserved_state
 from pellucid.explain.methods import EXPLAINERS
 from pellucid.explain.targets import Target, TargetFn, resolve_target, scored_module, select_target
@@ -56,7 +56,6 @@ class HookCoverageWarning(UserWarning):
 
 # options of other explainers that create_explainer passes on to every method (ignored here)
 _OTHER_OPTIONS = frozenset({"temperature", "gate", "detach_pool_weights", "replace_maxpool"})
-_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 _HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
                 "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",
                 "_forward_hooks_always_called")
@@ -165,7 +164,7 @@ class CaptumExplainer(Explainer):
         attribution takes the place of the gradient, so :func:`~pellucid.explain.counterfactual`
         ascends along this method's explanation. A ``None`` or index target is resolved on ``x``."""
         check_model_input(self.model, x, name="inputs")
-        _warn_if_training(self.model)
+        warn_if_training(self.model)
         _silence_captum_notices()
         with model_lock(self.model), preserved_state(self.model), _no_leftovers(self.model):
             with torch.no_grad():
@@ -183,13 +182,6 @@ class CaptumExplainer(Explainer):
 
     def _attribute(self, forward: _TargetScore, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
-
-
-def _warn_if_training(model: nn.Module) -> None:
-    if any(m.training and isinstance(m, _MODE_DEPENDENT) for m in model.modules()):
-        warn(f"{type(model).__name__} has batch-norm/dropout layers in training mode (they "
-                      "change the explanation; their statistics are restored afterwards); call "
-                      "model.eval() first", stacklevel=4)
 
 
 @contextlib.contextmanager
@@ -356,12 +348,11 @@ def _labelled(functions: Counter, table: dict) -> list[str]:
     return [f"{n} {table[f]}" for f, n in functions.items() if f in table]
 
 
-def _warn_unreached(method: str, rule: str, unreached: list[str], stacklevel: int) -> None:
+def _warn_unreached(method: str, rule: str, unreached: list[str]) -> None:
     if unreached:
         warn(f"{method}: Captum's hooks only reach nn.Module layers, so these keep the plain "
-                      f"gradient instead of {rule}: {', '.join(unreached)}; build the model with "
-                      "nn.ReLU modules (method 'pullback' reaches functional calls too)",
-                      HookCoverageWarning, stacklevel=stacklevel)
+             f"gradient instead of {rule}: {', '.join(unreached)}; build the model with "
+             "nn.ReLU modules (method 'pullback' reaches functional calls too)", HookCoverageWarning)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -503,7 +494,7 @@ class DeepLift(CaptumExplainer):
         self.baseline = baseline
         with model_lock(model):
             self.unreached = self._check_layers()
-        _warn_unreached(self.name, "the Rescale rule", self.unreached, stacklevel=3)
+        _warn_unreached(self.name, "the Rescale rule", self.unreached)
 
     def _check_layers(self) -> list[str]:
         from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
@@ -537,7 +528,7 @@ class DeepLift(CaptumExplainer):
 def _relu_coverage(explainer: CaptumExplainer) -> list[str]:
     with model_lock(explainer.model):
         unreached = _unreached_relus(explainer.model, _call_sites(explainer.model))
-    _warn_unreached(explainer.name, "the guided ReLU backward", unreached, stacklevel=4)
+    _warn_unreached(explainer.name, "the guided ReLU backward", unreached)
     return unreached
 
 

@@ -61,9 +61,9 @@ class ExcitationPullback(Explainer):
         self.detach_pool_weights = detach_pool_weights
         self.replace_maxpool = replace_maxpool
         with model_lock(model):
-            self._build(stacklevel=3)
+            self._build()
 
-    def _build(self, stacklevel: int) -> None:
+    def _build(self) -> None:
         """Rewrite the model (or count its modules for the fallback) and remember its fingerprint."""
         model = self.model
         self._fingerprint = model_fingerprint(model)
@@ -77,21 +77,20 @@ class ExcitationPullback(Explainer):
                               self.replace_maxpool) as report:
                 self.coverage: CoverageReport = report  # counted, then restored at once
             warn(f"{e}; falling back to replacing modules per call ({report.relu_sites} "
-                          f"ReLU and {report.maxpool_sites} max-pool site(s)): functional "
-                          "relu/max_pool calls inside forward are not reached", PullbackCoverageWarning,
-                          stacklevel=stacklevel)
-        warn_if_nothing_rewritten(self.coverage, stacklevel=stacklevel)
+                 f"ReLU and {report.maxpool_sites} max-pool site(s)): functional "
+                 "relu/max_pool calls inside forward are not reached", PullbackCoverageWarning)
+        warn_if_nothing_rewritten(self.coverage)
 
-    def _refresh(self, stacklevel: int) -> None:
+    def _refresh(self) -> None:
         """Rebuild if the model changed since the rewritten module was made (caller holds the lock)."""
         if model_fingerprint(self.model) != self._fingerprint:
-            self._build(stacklevel + 1)
+            self._build()
 
     @property
     def rewritten(self) -> nn.Module | None:
         """The fx-rewritten module (shares the model's parameters), or None in the fallback."""
         with model_lock(self.model):
-            self._refresh(stacklevel=3)
+            self._refresh()
             return self._rewritten
 
     def backward_model(self) -> ContextManager[nn.Module]:
@@ -103,7 +102,7 @@ class ExcitationPullback(Explainer):
     @contextlib.contextmanager
     def _backward_model(self, layers: tuple[str, ...]) -> Iterator[nn.Module]:
         with model_lock(self.model):
-            self._refresh(stacklevel=7)
+            self._refresh()
             if self._rewritten is None:  # fallback: hooks find the layers by path in the model
                 with swap_modules(self.model, self.temperature, self.gate, self.detach_pool_weights,
                                   self.replace_maxpool):

@@ -493,14 +493,13 @@ def _insert_taps(gm: fx.GraphModule, graph: fx.Graph, outputs: dict[str, Any], l
     return taps
 
 
-def warn_if_nothing_rewritten(report: CoverageReport, stacklevel: int = 2) -> None:
+def warn_if_nothing_rewritten(report: CoverageReport) -> None:
     """Warn (:class:`PullbackCoverageWarning`) when no call site got a surrogate gate."""
     if report.rewritten_sites == 0:
         found = ("ReLU or max-pool call site" if report.method == "fx"
                  else "nn.ReLU or nn.MaxPool2d module")
         warn(f"{report.model}: 0 call sites rewritten (no {found} found), so the excitation "
-                      "pullback equals the plain gradient", PullbackCoverageWarning,
-                      stacklevel=stacklevel + 1)
+             "pullback equals the plain gradient", PullbackCoverageWarning)
 
 
 def _free_name(gm: nn.Module, base: str) -> str:
@@ -620,13 +619,13 @@ def pullback_mode(model: nn.Module, temperature: float = 0.3, gate: str | Gate =
     try:
         module, report = rewrite_for_pullback(model, temperature, gate, detach_pool_weights,
                                               replace_maxpool)
-        warn_if_nothing_rewritten(report, stacklevel=3)
+        warn_if_nothing_rewritten(report)
         context: contextlib.AbstractContextManager = contextlib.nullcontext(report)
     except UntraceableModelError as e:
         if not fallback:
             raise
         warn(f"{e}; falling back to replacing nn.ReLU/nn.MaxPool2d modules: functional "
-                      "calls are not reached", PullbackCoverageWarning, stacklevel=3)
+             "calls are not reached", PullbackCoverageWarning)
         module = model
         context = swap_modules(model, temperature, gate, detach_pool_weights, replace_maxpool)
     want = None

@@ -31,10 +31,9 @@ import torch.autograd.forward_ad as fwAD
 from torch import nn
 
 from pellucid._device import draw_device
-from pellucid._warnings import warn
 from pellucid.data.validation import check_model_input, check_value_range
 from pellucid.errors import InvalidInputError
-from pellucid.explain.base import _MODE_DEPENDENT, model_lock, preserved_state
+from pellucid.explain._guard import model_lock, preserved_state, warn_if_training
 from pellucid.explain.layers import (UnitAddress, capture_output, find_module, parse_unit,
                                      unit_index)
 
@@ -42,6 +41,10 @@ __all__ = ["LayerCheck", "RepresentationCheck", "UnitAddress", "UnitGradients", 
            "gradient_alignment", "gradient_representation_check", "model_dtype_device",
            "module_output_shapes",
            "noise_gradient_alignment", "noise_inputs", "parse_unit", "unit_gradients_on_noise"]
+
+# what batch-norm/dropout layers in training mode do to unit gradients and Jacobians
+_TRAINING_EFFECT = ("they couple the samples and change the gradients; their statistics are restored "
+                    "afterwards")
 
 
 # --------------------------------------------------------------------------- addresses
@@ -75,13 +78,6 @@ def model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
         if t.is_floating_point():
             return t.dtype, t.device
     return torch.get_default_dtype(), torch.device("cpu")
-
-
-def _warn_train_mode(model: nn.Module) -> None:
-    if any(m.training and isinstance(m, _MODE_DEPENDENT) for m in model.modules()):
-        warn(f"{type(model).__name__} has batch-norm/dropout layers in training mode (they "
-                      "couple the samples and change the gradients; their statistics are restored "
-                      "afterwards); call model.eval() first", stacklevel=3)
 
 
 def module_output_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...] | None]:
@@ -198,7 +194,7 @@ def unit_gradients_on_noise(model: nn.Module, unit: "str | UnitAddress", n: int 
         mean = (bounds[0] + bounds[1]) / 2 if bounds else 0.0
     std, mean = _finite(std, "std", positive=True), _finite(mean, "mean")
     module = find_module(model, address.path, "unit")
-    _warn_train_mode(model)
+    warn_if_training(model, _TRAINING_EFFECT)
     dtype, device = model_dtype_device(model)
     z = noise_inputs(n, shape, seed, mean, std, bounds, dtype, device)
     with model_lock(model), preserved_state(model), torch.enable_grad():
@@ -468,7 +464,7 @@ def gradient_representation_check(model: nn.Module, x: torch.Tensor,
         paths = [p for p, m in modules.items() if p and not any(True for _ in m.children())]
         if not paths:
             paths = [""]  # a model that is one leaf module
-    _warn_train_mode(model)
+    warn_if_training(model, _TRAINING_EFFECT)
     x = x.detach().clone()
     b = x.shape[0]
     with model_lock(model), preserved_state(model):

@@ -128,8 +128,7 @@ def warn_failed(checks: Sequence[Check]) -> list[Check]:
     failed = [c for c in checks if c.passed is False]
     if failed:
         warn("gradient-masking checks failed, the robust accuracy may be overestimated: "
-                      + "; ".join(f"{c.name} ({c.detail})" for c in failed),
-                      GradientMaskingWarning, stacklevel=2)
+             + "; ".join(f"{c.name} ({c.detail})" for c in failed), GradientMaskingWarning)
     return failed
 
 

@@ -16,10 +16,10 @@ from torch import nn
 
 from pellucid._registry import Registry
 from pellucid._rng import seeded_global_rng
-from pellucid._warnings import warn
 from pellucid.data.validation import check_model_input, check_value_range
 from pellucid.errors import InputTypeError, InvalidInputError, UnknownNameError
-from pellucid.explain.base import _MODE_DEPENDENT, Explainer, check_inputs, model_lock, preserved_state
+from pellucid.explain._guard import warn_if_training
+from pellucid.explain.base import Explainer, check_inputs, model_lock, preserved_state
 from pellucid.explain.methods import EXPLAINERS, create_explainer
 from pellucid.explain.targets import (Target, TargetFn, resolve_target, select_target, slice_target,
                                       tile_target)
@@ -27,7 +27,7 @@ from pellucid.explain.targets import (Target, TargetFn, resolve_target, select_t
 __all__ = ["BASELINE_NAMES", "METRICS", "Baseline", "ExplainFn", "Scorer", "Seed", "UnknownOptionError",
            "baseline_draws", "check_batch", "check_count", "clip_to_range", "check_draws", "check_positive", "chunks",
            "explain_fn", "explain_rows", "lookup", "make_generator", "rand", "randn", "random_subsets",
-           "register", "result_dtype", "seeded", "stat_dtype", "take_draws", "warn_if_training"]
+           "register", "result_dtype", "seeded", "stat_dtype", "take_draws"]
 
 METRICS: Registry[Callable[..., Any]] = Registry("metric")
 
@@ -223,13 +223,6 @@ def chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
         yield lo, min(n, lo + size)
 
 
-def warn_if_training(model: nn.Module, stacklevel: int = 3) -> None:
-    if any(m.training and isinstance(m, _MODE_DEPENDENT) for m in model.modules()):
-        warn(f"{type(model).__name__} has batch-norm/dropout layers in training mode (the "
-                      "metric's forwards are then random or batch dependent); call model.eval() first",
-                      stacklevel=stacklevel)
-
-
 class Scorer:
     """The explained score ``f(x)`` of a batch and of many perturbed copies of it.
 
@@ -243,7 +236,7 @@ class Scorer:
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_model_input(model, inputs, name="inputs")
-        warn_if_training(model, stacklevel=4)
+        warn_if_training(model, "the metric's forwards are then random or batch dependent")
         self.model, self.inputs = model, inputs
         self.batch_size = check_count(batch_size, "batch_size")
         self.softmax = softmax
