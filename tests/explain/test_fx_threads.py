@@ -74,35 +74,28 @@ def test_traces_in_two_threads_do_not_interleave():
     a_in, b_in, a_done = threading.Event(), threading.Event(), threading.Event()
     original_call = nn.Module.__call__
 
-    class _A(nn.Module):
-        def __init__(self):
+    class _Waiting(nn.Module):
+        """Says it is in its traced forward, then waits (at most 1 s) for the other thread."""
+
+        def __init__(self, inside: threading.Event, other: threading.Event):
             super().__init__()
-            self.fc = nn.Linear(4, 4)
+            self.fc, self.inside, self.other = nn.Linear(4, 4), inside, other
 
         def forward(self, x):
-            a_in.set()
-            b_in.wait(1)  # with the lock, B cannot start: this times out
-            return self.fc(x)
-
-    class _B(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(4, 4)
-
-        def forward(self, x):
-            b_in.set()
-            a_done.wait(1)
+            self.inside.set()
+            self.other.wait(1)
             return self.fc(x)
 
     graphs = {}
 
     def trace_a():
-        graphs["a"] = ThreadSafeTracer().trace(_A())
+        graphs["a"] = ThreadSafeTracer().trace(_Waiting(a_in, b_in))  # with the lock B cannot
+        # start meanwhile: A's wait times out
         a_done.set()
 
     def trace_b():
         a_in.wait(10)
-        graphs["b"] = ThreadSafeTracer().trace(_B())
+        graphs["b"] = ThreadSafeTracer().trace(_Waiting(b_in, a_done))
 
     threads = [threading.Thread(target=trace_a), threading.Thread(target=trace_b)]
     for t in threads:
