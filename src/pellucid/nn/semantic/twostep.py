@@ -50,48 +50,31 @@ class TwoStep(nn.Module):
     def _sigma(big_t, s):
         return big_t / (s + big_t.abs())
 
-    def _internal(self, xt, big_t, s, a):
-        sigma = self._sigma(big_t, s)
-        return a * (self._u(xt, big_t, s) + sigma) / sigma.abs()
+    @staticmethod
+    def _internal(xt, big_t, s, a):
+        sigma = TwoStep._sigma(big_t, s)
+        return a * (TwoStep._u(xt, big_t, s) + sigma) / sigma.abs()
 
-    def _external_scale(self, big_t, s, a):
+    @staticmethod
+    def _external_scale(big_t, s, a):
         ends = big_t.new_tensor([-1.0, 1.0])
-        return self._u(ends, big_t, s).abs().max() / (1 - a)  # batch-independent max|u|
+        return TwoStep._u(ends, big_t, s).abs().max() / (1 - a)  # batch-independent max|u|
 
-    def _external(self, xt, big_t, s, a):
-        return self._u(xt, big_t, s) / self._external_scale(big_t, s, a) + torch.sign(big_t) * a
+    @staticmethod
+    def _external(xt, big_t, s, a):
+        return TwoStep._u(xt, big_t, s) / TwoStep._external_scale(big_t, s, a) + torch.sign(big_t) * a
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and x.dtype == self.t0.dtype:
             return self._fused(x)
-        xt = 2 * x - 1
-        big_t0, big_t1 = 2 * self.t0 - 1, 2 * self.t1 - 1
-        s0, s1, s2, s3 = self.scales.unbind()
-        # Piece selection by lerp with exact 0/1 weights instead of torch.where: same values and
-        # the same gradients (g * 1, g * 0), but where and its backward run ~5x slower on CPU.
-        with torch.no_grad():
-            neg, below_t0, below_t1 = (_is_negative(v) for v in (xt, xt - big_t0, xt - big_t1))
-        # Pieces built in a fixed order: it sets autograd's order of adding the parameters'
-        # per-piece gradients, so reordering them changes the trained weights' last bits.
-        ext0 = self._external(xt, big_t0, s0, self.a0)
-        int0 = self._internal(xt, big_t0, s1, self.a0)
-        negative_side = torch.lerp(int0, ext0, below_t0)
-        int1 = self._internal(xt, big_t1, s2, self.a1)
-        ext1 = self._external(xt, big_t1, s3, self.a1)
-        positive_side = torch.lerp(ext1, int1, below_t1)
-        return torch.lerp(positive_side, negative_side, neg)
+        params = (self.a0, self.a1, self.t0, self.t1, self.scales)
+        if _TwoStepTraining.applies(x, params):
+            return _TwoStepTraining.apply(x, *params)
+        return _train_graph(x, *params)
 
-    @torch.no_grad()
     def _piece_constants(self) -> dict[str, torch.Tensor]:
         """Per-piece scalars, stacked as ``[negative side, positive side]`` (or 4 pieces for s)."""
-        big_t = torch.stack([2 * self.t0 - 1, 2 * self.t1 - 1])
-        a = torch.stack([self.a0, self.a1])
-        s = self.scales
-        sigma = torch.stack([self._sigma(big_t[0], s[1]), self._sigma(big_t[1], s[2])])
-        scale = torch.stack([self._external_scale(big_t[0], s[0], a[0]),
-                             self._external_scale(big_t[1], s[3], a[1])])
-        return {"T": big_t, "a": a, "sigma": sigma, "sigma_abs": sigma.abs(), "D": scale,
-                "level": torch.sign(big_t) * a, "s": s}
+        return _piece_constants(self.a0, self.a1, self.t0, self.t1, self.scales)
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
         return _TwoStepInference.apply(x, self._piece_constants())
@@ -115,6 +98,41 @@ class TwoStep(nn.Module):
                 f"a1={self.a1.item():.3f}")
 
 
+@torch.no_grad()
+def _piece_constants(a0: torch.Tensor, a1: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor,
+                     scales: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-piece scalars, stacked as ``[negative side, positive side]`` (or 4 pieces for s)."""
+    big_t = torch.stack([2 * t0 - 1, 2 * t1 - 1])
+    a = torch.stack([a0, a1])
+    s = scales
+    sigma = torch.stack([TwoStep._sigma(big_t[0], s[1]), TwoStep._sigma(big_t[1], s[2])])
+    scale = torch.stack([TwoStep._external_scale(big_t[0], s[0], a[0]),
+                         TwoStep._external_scale(big_t[1], s[3], a[1])])
+    return {"T": big_t, "a": a, "sigma": sigma, "sigma_abs": sigma.abs(), "D": scale,
+            "level": torch.sign(big_t) * a, "s": s}
+
+
+def _train_graph(x: torch.Tensor, a0: torch.Tensor, a1: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor,
+                 scales: torch.Tensor) -> torch.Tensor:
+    """TwoStep's train-mode forward as an autograd graph: all four pieces on every pixel."""
+    xt = 2 * x - 1
+    big_t0, big_t1 = 2 * t0 - 1, 2 * t1 - 1
+    s0, s1, s2, s3 = scales.unbind()
+    # Piece selection by lerp with exact 0/1 weights instead of torch.where: same values and
+    # the same gradients (g * 1, g * 0), but where and its backward run ~5x slower on CPU.
+    with torch.no_grad():
+        neg, below_t0, below_t1 = (_is_negative(v) for v in (xt, xt - big_t0, xt - big_t1))
+    # Pieces built in a fixed order: it sets autograd's order of adding the parameters'
+    # per-piece gradients, so reordering them changes the trained weights' last bits.
+    ext0 = TwoStep._external(xt, big_t0, s0, a0)
+    int0 = TwoStep._internal(xt, big_t0, s1, a0)
+    negative_side = torch.lerp(int0, ext0, below_t0)
+    int1 = TwoStep._internal(xt, big_t1, s2, a1)
+    ext1 = TwoStep._external(xt, big_t1, s3, a1)
+    positive_side = torch.lerp(ext1, int1, below_t1)
+    return torch.lerp(positive_side, negative_side, neg)
+
+
 def _is_negative(v: torch.Tensor) -> torch.Tensor:
     """``1.0`` where ``v < 0``, else ``0.0`` (NaN stays NaN), exactly: ceil(clamp(-v, 0, 1))."""
     return v.neg().clamp_(0, 1).ceil_()
@@ -127,6 +145,27 @@ def _pick(neg: torch.Tensor, pos: torch.Tensor, pair: torch.Tensor) -> torch.Ten
     constant: the sum is exact. (``torch.where`` gives the same bits but runs ~5x slower here.)
     """
     return torch.addcmul(neg * pair[0], pos, pair[1])
+
+
+def _own_piece(x: torch.Tensor, c: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """TwoStep's values, each pixel through its own piece only (the train graph's bits), and the
+    tensors :class:`_TwoStepInference` needs for the input gradient."""
+    xt = 2 * x - 1
+    neg = _is_negative(xt)
+    pos = 1 - neg
+    d = xt - _pick(neg, pos, c["T"])
+    # negative side: internal iff xt >= T0 (d >= 0); positive side: internal iff xt < T1 (d < 0)
+    internal = (_is_negative(d) - neg).abs_()
+    external = 1 - internal
+    s = c["s"]
+    s_pix = ((neg * external).mul_(s[0]).addcmul_(neg * internal, s[1])
+             .addcmul_(pos * internal, s[2]).addcmul_(pos * external, s[3]))
+    q = s_pix + d.abs()
+    u = d / q
+    a, sigma_abs, scale = (_pick(neg, pos, c[k]) for k in ("a", "sigma_abs", "D"))
+    y_internal = a * (u + _pick(neg, pos, c["sigma"])) / sigma_abs
+    y_external = u / scale + _pick(neg, pos, c["level"])
+    return torch.lerp(y_external, y_internal, internal), (internal, d, q, a, sigma_abs, scale)  # exact lerp: 0/1
 
 
 class _TwoStepInference(torch.autograd.Function):
@@ -142,23 +181,9 @@ class _TwoStepInference(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, c: dict[str, torch.Tensor]) -> torch.Tensor:
-        xt = 2 * x - 1
-        neg = _is_negative(xt)
-        pos = 1 - neg
-        d = xt - _pick(neg, pos, c["T"])
-        # negative side: internal iff xt >= T0 (d >= 0); positive side: internal iff xt < T1 (d < 0)
-        internal = (_is_negative(d) - neg).abs_()
-        external = 1 - internal
-        s = c["s"]
-        s_pix = ((neg * external).mul_(s[0]).addcmul_(neg * internal, s[1])
-                 .addcmul_(pos * internal, s[2]).addcmul_(pos * external, s[3]))
-        q = s_pix + d.abs()
-        u = d / q
-        a, sigma_abs, scale = (_pick(neg, pos, c[k]) for k in ("a", "sigma_abs", "D"))
-        y_internal = a * (u + _pick(neg, pos, c["sigma"])) / sigma_abs
-        y_external = u / scale + _pick(neg, pos, c["level"])
-        ctx.save_for_backward(internal, d, q, a, sigma_abs, scale)
-        return torch.lerp(y_external, y_internal, internal)  # exact for a 0/1 weight
+        y, saved = _own_piece(x, c)
+        ctx.save_for_backward(*saved)
+        return y
 
     @staticmethod
     @once_differentiable
@@ -167,3 +192,131 @@ class _TwoStepInference(torch.autograd.Function):
         g_u = torch.lerp(g / scale, g / sigma_abs * a, internal)
         g_d = g_u / q + (-g_u * ((d / q) / q)) * d.sgn()
         return g_d * 2, None
+
+
+class _TwoStepTraining(torch.autograd.Function):
+    """TwoStep in training: each pixel's own piece only, the parameters' gradients by hand.
+
+    The train graph (:func:`_train_graph`) runs all four pieces on every pixel, about 30 ops
+    forward and 60 backward over the whole batch, and most of its backward is zeros for the
+    pieces a pixel does not pick. Here the forward is :func:`_own_piece` (the same values) and
+    the backward keeps autograd's arithmetic exactly, so the parameters' gradients are
+    bit-identical:
+
+    - a C loop (``pellucid_twostep_terms``) writes, for every pixel, the terms that autograd sums
+      into each scalar: for each of the four pieces, the gradient reaching its threshold
+      (``-g_d``), its slope (``g_q``), and its level, ``D``, ``sigma``, ``|sigma|`` or ``a`` terms,
+      each from the same chain of ``div`` / ``abs`` / ``mul`` backward formulas as autograd.
+      Pixels of other pieces hold 0 there (autograd's +-0, which leave a sum unchanged);
+    - each term is summed over the whole batch tensor by torch, as autograd reduces a
+      broadcast scalar's gradient;
+    - the scalar part (``sigma``, the external scale ``D`` over the two input ends, the levels)
+      is differentiated by :func:`_side_gradients` with the formulas autograd uses, and each
+      parameter's contributions are added in the order autograd's engine adds them (its nodes
+      run by decreasing sequence number; the order is listed there).
+
+    It applies to CPU float32/float64 inputs without gradient, with finite values and
+    parameters, where the C kernels are available (:meth:`applies`); elsewhere the train graph
+    runs. A non-finite incoming gradient (where autograd's ``0 * inf`` terms of unpicked pieces
+    matter) is handled by differentiating the train graph itself.
+    """
+
+    @staticmethod
+    def applies(x: torch.Tensor, params: tuple[torch.Tensor, ...]) -> bool:
+        from pellucid.nn.semantic import _cpu_kernels
+
+        return (not x.requires_grad and x.numel() > 0 and x.device.type == "cpu"
+                and _cpu_kernels.usable(*params) and x.dtype == params[0].dtype
+                and _cpu_kernels.library() is not None)
+
+    @staticmethod
+    def forward(ctx, x, a0, a1, t0, t1, scales):
+        from pellucid.nn.semantic import _cpu_kernels
+
+        x = x.contiguous()
+        s0, s1, s2, s3 = scales.unbind()
+        sides = _side_scalars(t0, s0, s1, a0), _side_scalars(t1, s3, s2, a1)
+        constants = torch.stack([side[k] for side in sides for k in _C_ORDER])
+        y = (_cpu_kernels.twostep_forward(x, constants, _cpu_kernels.library())
+             if bool(torch.isfinite(constants).all()) else None)
+        ctx.graph = y is None  # a non-finite input or parameter: the train graph itself, both ways
+        if ctx.graph:
+            y = _train_graph(x, a0, a1, t0, t1, scales)
+        ctx.sides, ctx.constants = sides, constants
+        ctx.save_for_backward(x, a0, a1, t0, t1, scales)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        from pellucid.nn.semantic import _cpu_kernels
+
+        x, a0, a1, t0, t1, scales = ctx.saved_tensors
+        params = (a0, a1, t0, t1, scales)
+        terms = None if ctx.graph else _cpu_kernels.twostep_terms(x, g.contiguous(), ctx.constants,
+                                                                  _cpu_kernels.library())
+        if terms is None:  # a non-finite input, parameter or incoming gradient: the train graph's own
+            with torch.enable_grad():
+                leaves = [p.detach().requires_grad_(True) for p in params]
+                grads = torch.autograd.grad(_train_graph(x, *leaves), leaves, g, allow_unused=True)
+            return (None, *grads)
+        sums = [row.sum() for row in terms]  # what autograd reduces: a broadcast scalar's gradient
+        negative, positive = ctx.sides
+        g_t0, g_a0, g_s0, g_s1 = _side_gradients(negative, sums[:9], negative_side=True)
+        g_t1, g_a1, g_s3, g_s2 = _side_gradients(positive, sums[9:], negative_side=False)
+        return None, g_a0, g_a1, g_t0, g_t1, torch.stack([g_s0, g_s1, g_s2, g_s3])
+
+
+# the order of one side's constants for the C loop
+_C_ORDER = ("T", "s_external", "s_internal", "a", "D", "sigma", "sigma_abs", "level")
+
+
+def _side_scalars(t: torch.Tensor, s_external: torch.Tensor, s_internal: torch.Tensor, a: torch.Tensor
+                  ) -> dict[str, torch.Tensor]:
+    """One side's scalar intermediates, by the train graph's own operations (the same values)."""
+    big_t = 2 * t - 1
+    ends = big_t.new_tensor([-1.0, 1.0])
+    d_e = ends - big_t
+    q_e = s_external + d_e.abs()
+    u_e = d_e / q_e
+    abs_u_e = u_e.abs()
+    m = abs_u_e.max()
+    r = 1 - a
+    den = s_internal + big_t.abs()
+    sigma = big_t / den
+    return {"T": big_t, "s_external": s_external, "s_internal": s_internal, "a": a, "D": m / r,
+            "level": torch.sign(big_t) * a, "sigma": sigma, "sigma_abs": sigma.abs(), "d_e": d_e, "q_e": q_e,
+            "u_e": u_e, "abs_u_e": abs_u_e, "m": m, "r": r, "den": den}
+
+
+def _side_gradients(c: dict[str, torch.Tensor], sums: list[torch.Tensor], negative_side: bool
+                    ) -> tuple[torch.Tensor, ...]:
+    """Gradients of one side's ``t``, ``a``, external ``s`` and internal ``s`` from the summed
+    terms (``sums``: external T, s, D, level; internal T, s, |sigma|, a, sigma), by autograd's
+    formulas for each scalar node (div: ``g / o`` and ``-g * ((x / o) / o)``; abs: ``g * sgn``;
+    max: ``g / count`` to each maximum; rsub: ``-g``; sign: 0)."""
+    ext_t, ext_s, ext_d, ext_level, int_t, int_s, int_sigma_abs, int_a, int_sigma = sums
+    big_t = c["T"]
+    # internal piece: sigma = T / (s + |T|), used as |sigma| and in u + sigma
+    g_sigma = int_sigma_abs * c["sigma"].sgn() + int_sigma
+    g_t_sigma = g_sigma / c["den"]
+    g_den = -g_sigma * ((big_t / c["den"]) / c["den"])
+    g_t_den = g_den * big_t.sgn()
+    # external piece: D = max_e |u(e)| / (1 - a) over the input ends e = -1, 1
+    g_m = ext_d / c["r"]
+    g_a_r = -(-ext_d * ((c["m"] / c["r"]) / c["r"]))
+    hit = c["abs_u_e"] == c["m"]
+    g_u_e = torch.zeros_like(c["u_e"]).masked_fill_(hit, g_m / hit.sum()) * c["u_e"].sgn()
+    g_q_e = -g_u_e * ((c["d_e"] / c["q_e"]) / c["q_e"])
+    g_s_ends = g_q_e.sum()
+    g_t_ends = (-(g_u_e / c["q_e"] + g_q_e * c["d_e"].sgn())).sum()
+    g_a_level = ext_level * torch.sign(big_t)  # level = sign(T) a; sign's own gradient is 0
+    zero = torch.zeros_like(big_t)
+    # each scalar's contributions in the order autograd's engine adds them
+    if negative_side:  # nodes: internal piece (built after the external one) first
+        g_t = ((((int_t + g_t_sigma) + g_t_den) + zero) + g_t_ends) + ext_t
+        g_a = (int_a + g_a_level) + g_a_r
+    else:  # external piece (built after the internal one) first
+        g_t = ((((zero + g_t_ends) + ext_t) + int_t) + g_t_sigma) + g_t_den
+        g_a = (g_a_level + g_a_r) + int_a
+    return g_t * 2, g_a, g_s_ends + ext_s, int_s + g_den
