@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -60,15 +62,37 @@ class _AffineGrid(torch.autograd.Function):
     @staticmethod
     def forward(ctx, theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
         ctx.size = [theta.shape[0], 1, height, width]
-        xs = torch.linspace(-1, 1, width, dtype=theta.dtype, device=theta.device).view(1, 1, 1, width)
-        ys = torch.linspace(-1, 1, height, dtype=theta.dtype, device=theta.device).view(1, 1, height, 1)
+        xs = _steps(width, theta.dtype, theta.device).view(1, 1, 1, width)
+        ys = _steps(height, theta.dtype, theta.device).view(1, 1, height, 1)
         a, b, c = (theta[:, :, k, None, None] for k in range(3))  # (N, 2, 1, 1) each
         return ((xs * a + ys * b) + c).permute(0, 2, 3, 1)  # (N, H, W, 2)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        grad_theta = torch.ops.aten.affine_grid_generator_backward(grad.contiguous(), ctx.size, True)
-        return grad_theta, None, None
+        n, _, h, w = ctx.size
+        if grad.device.type != "cpu":
+            return torch.ops.aten.affine_grid_generator_backward(grad.contiguous(), ctx.size, True), None, None
+        # torch's own backward, ``base.view(N, HW, 3).transpose(1, 2).bmm(grad.view(N, HW, 2))``, with
+        # the same (N, H, W, 3) base grid, built once: torch rebuilds it on every call with three
+        # strided copies, 0.3-0.5 ms of the 0.7 ms it takes for the 256 affine poses here
+        base = _base_grid(n, h, w, grad.dtype)
+        grad_theta = base.view(n, h * w, 3).transpose(1, 2).bmm(grad.contiguous().view(n, h * w, 2))
+        return grad_theta.transpose(1, 2), None, None
+
+
+def _steps(n: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """The base grid's coordinates along one axis: ``linspace(-1, 1, n)``, and 0 for ``n = 1`` (as torch)."""
+    return torch.linspace(-1, 1, n, dtype=dtype, device=device) if n > 1 else torch.zeros(n, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _base_grid(n: int, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """``affine_grid``'s base grid ``(N, H, W, 3)`` on CPU: ``(x_j, y_i, 1)`` with ``x = linspace(-1, 1,
+    W)``, ``y = linspace(-1, 1, H)`` (align_corners=True), contiguous as torch builds it. Read only."""
+    xs = _steps(width, dtype, "cpu").expand(height, width)
+    ys = _steps(height, dtype, "cpu").unsqueeze(-1).expand(height, width)
+    one = torch.ones(height, width, dtype=dtype)
+    return torch.stack([xs, ys, one], -1).expand(n, height, width, 3).contiguous()
 
 
 def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
