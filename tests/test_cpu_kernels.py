@@ -68,6 +68,28 @@ def test_c_kernels_give_the_pytorch_paths_bits(dtype, shape, monkeypatch):
 
 
 @needs_lib
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_threaded_backward_gives_the_same_bits_at_any_thread_count(threads, monkeypatch):
+    """The backward's shares (taps for the kernel gradient, images for the input gradient) run on
+    PyTorch's OpenMP workers; each share adds what one thread would, so the count changes nothing."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.rand(37, 1, 28, 28, generator=gen)
+    w = torch.randn(64, 1, 5, 5, generator=gen)
+    g = torch.randn(37, 1, 28, 28, generator=gen) * (torch.rand(37, 1, 28, 28, generator=gen) > 0.3)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _run(x, w, g, native=True, monkeypatch=monkeypatch)
+        torch.set_num_threads(threads)
+        many = _run(x, w, g, native=True, monkeypatch=monkeypatch)
+        pytorch = _run(x, w, g, native=False, monkeypatch=monkeypatch)
+    finally:
+        torch.set_num_threads(before)
+    _same_bits(many, one)
+    _same_bits(many, pytorch)
+
+
+@needs_lib
 def test_c_kernels_match_on_nan_and_inf(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(4, 1, 9, 9, generator=gen)

@@ -268,6 +268,115 @@ def test_twostep_train_graph_has_the_where_graphs_parameter_gradient_bits():
         assert torch.equal(got, ref)
 
 
+def _random_twostep(gen, dtype=torch.float32):
+    """A TwoStep at a random point of its constraint box."""
+    layer = TwoStep().to(dtype)
+    with torch.no_grad():
+        for p, (lo, hi) in ((layer.t0, (0.01, 0.49)), (layer.t1, (0.51, 0.99)), (layer.a0, (0.01, 0.99)),
+                            (layer.a1, (0.01, 0.99)), (layer.scales, (0.001, 2.0))):
+            p.copy_(lo + (hi - lo) * torch.rand(p.shape, generator=gen, dtype=dtype))
+    return layer
+
+
+def _mnist_like(gen, dtype=torch.float32, n=64):
+    """Mostly exact 0 and 1 with the recipe's noise, plus pixels exactly at 0, 0.5 and 1."""
+    x = (torch.rand(n, 1, 28, 28, generator=gen, dtype=dtype) > 0.8).to(dtype)
+    x[n // 2:] = (x[n // 2:] + 0.25 * torch.randn(x[n // 2:].shape, generator=gen, dtype=dtype) + 0.05).clamp(0, 1)
+    x[0, 0, 0, :3] = torch.tensor([0.0, 0.5, 1.0], dtype=dtype)
+    return x
+
+
+def _graph_results(layer, x, g):
+    """Values and parameter gradients of TwoStep's train graph (all four pieces, autograd)."""
+    from pellucid.nn.semantic.twostep import _train_graph
+
+    params = list(layer.parameters())
+    y = _train_graph(x, *params)
+    return y, torch.autograd.grad(y, params, g)
+
+
+needs_c = pytest.mark.skipif(__import__("pellucid.nn.semantic._cpu_kernels", fromlist=["library"]).library() is None,
+                             reason="no C kernels (no compiler)")
+
+
+@needs_c
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_twostep_training_path_has_the_train_graphs_bits(dtype):
+    """Training runs each pixel's own piece and hand-written parameter gradients (one C pass,
+    torch sums, the scalar chain by autograd's formulas in its engine's order): values and every
+    parameter gradient must equal autograd on the four-piece graph bit for bit. A different
+    order of adding any parameter's contributions fails this within a few draws."""
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(12):
+        layer = _random_twostep(gen, dtype)
+        x = _mnist_like(gen, dtype)
+        x[1, 0, 0, :2] = torch.stack([layer.t0, layer.t1]).detach()  # exactly at the thresholds
+        g = torch.randn(x.shape, generator=gen, dtype=dtype)
+        y = layer(x)
+        assert type(y.grad_fn).__name__ == "_TwoStepTrainingBackward"  # the path under test ran
+        y_ref, grads_ref = _graph_results(layer, x, g)
+        assert torch.equal(y.view(-1), y_ref.view(-1))
+        assert torch.equal(torch.signbit(y), torch.signbit(y_ref))
+        for got, ref in zip(torch.autograd.grad(y, list(layer.parameters()), g), grads_ref):
+            assert torch.equal(got, ref)
+
+
+@needs_c
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_twostep_training_gradients_equal_the_graphs_at_any_thread_count(threads):
+    gen = torch.Generator().manual_seed(5)
+    layer = _random_twostep(gen)
+    x, g = _mnist_like(gen, n=200), torch.randn(200, 1, 28, 28, generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # torch's own sums, and so autograd's, depend on the thread count
+    try:
+        grads = torch.autograd.grad(layer(x), list(layer.parameters()), g)
+        reference = _graph_results(layer, x, g)[1]
+    finally:
+        torch.set_num_threads(before)
+    for got, ref in zip(grads, reference):
+        assert torch.equal(got, ref)
+
+
+@needs_c
+def test_twostep_training_with_non_finite_values_gives_the_graphs_results():
+    """A NaN or infinite incoming gradient, input or parameter: the train graph's own numbers
+    (its 0 * inf terms of unpicked pieces make NaN where the own-piece sums would not)."""
+    gen = torch.Generator().manual_seed(9)
+    cases = []
+    layer, x, g = _random_twostep(gen), _mnist_like(gen), torch.randn(64, 1, 28, 28, generator=gen)
+    g_bad = g.clone()
+    g_bad[3, 0, 5, 5], g_bad[4, 0, 1, 1] = float("inf"), float("nan")
+    cases.append((layer, x, g_bad))
+    x_bad = x.clone()
+    x_bad[2, 0, 7, 7], x_bad[5, 0, 0, 0] = float("nan"), -float("inf")
+    cases.append((layer, x_bad, g))
+    layer_bad = _random_twostep(gen)
+    with torch.no_grad():
+        layer_bad.scales[2] = float("inf")
+    cases.append((layer_bad, x, g))
+    for lay, xx, gg in cases:
+        y = lay(xx)
+        got = torch.autograd.grad(y, list(lay.parameters()), gg)
+        y_ref, ref = _graph_results(lay, xx, gg)
+        torch.testing.assert_close(y, y_ref, rtol=0, atol=0, equal_nan=True)
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+        assert any(t.isnan().any() for t in got)  # the cases do reach the gradients
+
+
+def test_twostep_training_takes_the_graph_for_input_gradients_and_without_c(monkeypatch):
+    gen = torch.Generator().manual_seed(4)
+    layer, x = _random_twostep(gen), _mnist_like(gen)
+    xi = x.clone().requires_grad_(True)  # an input gradient (e.g. adversarial training): the graph
+    y = layer(xi)
+    assert type(y.grad_fn).__name__ == "LerpBackward1"
+    assert torch.autograd.grad(y.sum(), xi)[0].abs().sum() > 0
+    monkeypatch.setenv("PELLUCID_CPU_KERNELS", "0")
+    assert type(layer(x).grad_fn).__name__ == "LerpBackward1"
+    assert layer(x[:0]).shape == (0, 1, 28, 28)
+
+
 def test_max_correlation_index_is_max_first_index_with_ties():
     # the fast argmax must return what scores.max(dim=1) returns, including the first of tied
     # kernels (all-zero patches tie every kernel at 0; duplicated kernels tie everywhere)
@@ -282,6 +391,23 @@ def test_max_correlation_index_is_max_first_index_with_ties():
         best, idx = max_correlation(x, w)
         assert torch.equal(best[:, 0], v) and torch.equal(idx, i)
         assert (idx == 0).any() and (idx != 7).all()  # ties went to the first kernel
+
+
+@pytest.mark.filterwarnings("ignore:Since version 1.3.0, affine_grid")  # torch's note on unit-size grids
+@pytest.mark.parametrize("size", [(1, 1, 1), (3, 1, 7), (5, 9, 1), (256, 28, 28), (2, 2, 3)])
+def test_affine_grid_gradient_is_torchs_bit_for_bit(size):
+    """The backward builds torch's base grid once and runs torch's product: theta's gradient must
+    be the one autograd computes for F.affine_grid, unit-size grids (coordinate 0) included."""
+    from pellucid.nn.geometry import affine_grid
+
+    n, h, w = size
+    gen = torch.Generator().manual_seed(n * 100 + h * 10 + w)
+    for dtype in (torch.float32, torch.float64):
+        theta = (torch.eye(2, 3, dtype=dtype) + 0.3 * torch.randn(n, 2, 3, generator=gen, dtype=dtype)).requires_grad_()
+        ours, ref = affine_grid(theta, h, w), F.affine_grid(theta, [n, 1, h, w], align_corners=True)
+        assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
+        g = torch.randn(n, h, w, 2, generator=gen, dtype=dtype)
+        assert torch.equal(torch.autograd.grad(ours, theta, g)[0], torch.autograd.grad(ref, theta, g)[0])
 
 
 def test_affine_grid_matches_torch_values_and_gradient():
