@@ -181,31 +181,36 @@ def whitebox_seeds(results_dir: Path) -> str:
 
 
 def whitebox_speed(results_dir: Path) -> str:
-    """docs/whitebox.md's speed table: pellucid against its conv layer's forward unfused (when
-    the line has it), its PyTorch path (the conv layer's C loops off) and the dense-conv baseline,
-    all run in the same process."""
+    """docs/whitebox.md's speed table: pellucid against TwoStep trained through its autograd graph,
+    its PyTorch path (the C loops off) and the dense-conv baseline, all in the same process, and
+    (when the line has it) against another revision in alternating processes."""
     line = latest_line(results_dir, "whitebox_speed")
     r = line.result
-    unfused = "epoch_seconds_unfused_forward" in r
-    head = "| measure | pellucid |" + (" forward unfused (conv2d + C max) | ratio |" if unfused else "")
-    epoch = (f" {r['epoch_seconds_unfused_forward']:.2f} s | {r['epoch_speedup_vs_unfused_forward']:.2f}x |"
-             if unfused else "")
-    pgd = (f" {r['pgd40_images_per_second_unfused_forward']:.0f} images/s | "
-           f"{r['pgd40_speedup_vs_unfused_forward']:.2f}x |" if unfused else "")
-    rows = [head + " PyTorch path (C loops off) | ratio | dense-conv baseline | ratio |",
-            "|---|---|" + ("---|---|" if unfused else "") + "---|---|---|---|",
-            f"| training epoch, {r['train_images']:,} images, no validation | {r['epoch_seconds']:.2f} s |"
-            f"{epoch} {r['epoch_seconds_pytorch_path']:.2f} s | {r['epoch_speedup_vs_pytorch_path']:.2f}x | "
+    if "epoch_seconds_twostep_graph" not in r:  # a line of the layout before the fused TwoStep
+        return "Re-run `python -m benchmarks whitebox_speed --whole-run --against REV`: the latest line has an older layout.\n"
+    rows = ["| measure | pellucid | TwoStep as autograd graph | ratio | PyTorch path (C loops off) | ratio "
+            "| dense-conv baseline | ratio |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| training epoch, {r['train_images']:,} images, no validation | {r['epoch_seconds']:.2f} s | "
+            f"{r['epoch_seconds_twostep_graph']:.2f} s | {r['epoch_speedup_vs_twostep_graph']:.2f}x | "
+            f"{r['epoch_seconds_pytorch_path']:.2f} s | {r['epoch_speedup_vs_pytorch_path']:.2f}x | "
             f"{r['epoch_seconds_dense_conv_baseline']:.2f} s | {r['epoch_speedup_vs_baseline']:.1f}x |",
             f"| PGD-40 on the full test set | {r['pgd40_full_test_seconds']:.2f} s "
-            f"({r['pgd40_images_per_second']:.0f} images/s) |{pgd} "
+            f"({r['pgd40_images_per_second']:.0f} images/s) | | | "
             f"{r['pgd40_images_per_second_pytorch_path']:.0f} images/s | {r['pgd40_speedup_vs_pytorch_path']:.2f}x | "
             f"{r['pgd40_images_per_second_dense_conv_baseline']:.0f} images/s | "
             f"{r['pgd40_speedup_vs_baseline']:.1f}x |"]
     if "whole_default_run_seconds" in r:
         rows.append(f"| whole default `pellucid train whitebox-mnist35` (fresh process, validation "
-                    f"included) | {r['whole_default_run_seconds']:.1f} s |" + " |" * (6 if unfused else 4))
-    return "\n".join(rows + ["", measured_on(line)]) + "\n"
+                    f"included) | {r['whole_default_run_seconds']:.1f} s |" + " |" * 6)
+    out = rows + [""]
+    if "against" in r:
+        a = r["against"]
+        out += [f"Against commit `{a['revision']}` (alternating fresh processes, the same epoch loop): "
+                f"epochs of {', '.join(f'{t:.2f}' for t in a['epoch_seconds_revision'])} s there and "
+                f"{', '.join(f'{t:.2f}' for t in a['epoch_seconds_checkout'])} s here, "
+                f"**{a['epoch_speedup_vs_revision']:.2f}x** (fastest against fastest).", ""]
+    return "\n".join(out + [measured_on(line)]) + "\n"
 
 
 def parameters(model_name: str) -> str:

@@ -1,20 +1,20 @@
 """Speed of the white-box model on the CPU it runs on: seconds per training epoch and PGD-40 images/s.
 
 One epoch = the full 11,552-image MNIST 3/5 train split, batch 200, the paper's optimiser and noise
-augmentation, no validation. Three baselines run in the same process: the conv layer's forward
-unfused (``conv2d`` over the 64 posed kernels, then the C max: the code before the fused
-forward, the same numbers), the conv layer's C loops switched off (``PELLUCID_CPU_KERNELS=0``:
-the PyTorch formulation, the same numbers), and the conv layer computed the straightforward way
-(dense conv2d over all 64 posed kernels, then max, with autograd's dense backward), so the ratios
-show what the fused forward, the C loops and the sparse max-correlation backward buy. The fused
-and unfused epochs alternate (two each), so a slow spell of a shared host hits both; 60 pairs of
-training steps, fused and unfused back to back on the same batch, give a median step ratio that
-host drift hardly moves. The median time of each part of a training step (each layer's forward
-and backward on its own) says where a step goes.
+augmentation, no validation. Baselines in the same process, each giving the same numbers bit for
+bit: TwoStep trained through its autograd graph (all four pieces on every pixel) instead of its
+fused training path, the conv layer's C loops switched off (``PELLUCID_CPU_KERNELS=0``: the
+PyTorch formulation of the conv layer and TwoStep's graph), and the conv layer computed the
+straightforward way (dense conv2d over all 64 posed kernels, then max, with autograd's dense
+backward). Epochs alternate with their baselines, so a slow spell of a shared host hits both.
+The median time of each part of a training step (each layer's forward and backward on its own)
+says where a step goes.
 ``--whole-run`` also times the default ``pellucid train whitebox-mnist35`` (15 epochs with
-validation, start-up and exit included) as a fresh process. Prints ONE JSON line.
+validation, start-up and exit included) as a fresh process. ``--against REV`` times the epoch of
+another git revision of pellucid (a temporary worktree), alternating fresh processes of that
+revision and of this checkout, three of each, the same epoch loop in both. Prints ONE JSON line.
 
-    python -m benchmarks whitebox_speed [--whole-run]
+    python -m benchmarks whitebox_speed [--whole-run] [--against REV]
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]
 from benchmarks import _harness as h  # noqa: E402
 
 SUMMARY = "Speed of the white-box model: seconds per training epoch and PGD-40 images/s, against a dense-conv baseline"
-EXPECTED_TIME = ("~1 min: epochs of 1.5-5.4 s, PGD-40 of 6.4-27.5 s (docs/whitebox.md); --whole-run "
-                 "adds a 39-71 s training run")
+EXPECTED_TIME = ("~1 min: epochs of 0.9-5.4 s, PGD-40 of 3.8-27.5 s (docs/whitebox.md); --whole-run "
+                 "adds a 20-71 s training run, --against about 1.5 min")
 
 
 @contextlib.contextmanager
@@ -82,6 +82,95 @@ def pytorch_path():
             del os.environ["PELLUCID_CPU_KERNELS"]
         else:
             os.environ["PELLUCID_CPU_KERNELS"] = before
+
+
+@contextlib.contextmanager
+def twostep_graph():
+    """Temporarily train TwoStep through its autograd graph (all four pieces on every pixel), as
+    before its fused training path (the same numbers)."""
+    from pellucid.nn.semantic import twostep
+
+    original = twostep._TwoStepTraining.applies
+    twostep._TwoStepTraining.applies = staticmethod(lambda x, params: False)
+    try:
+        yield
+    finally:
+        twostep._TwoStepTraining.applies = original
+
+
+# The epoch loop of epoch_seconds as a stand-alone script, for --against: it runs against
+# whichever pellucid is first on PYTHONPATH (the one of a revision's worktree, or this checkout).
+_EPOCH_SCRIPT = """
+import json, sys, time
+import torch
+import torch.nn.functional as F
+torch.set_num_threads(int(sys.argv[1]))
+from pellucid.data import load_dataset
+from pellucid.models import whitebox_mnist35
+from pellucid.nn import project_constraints_
+from pellucid.train.optim import Adam
+train = load_dataset("mnist", "train", classes=(3, 5))
+def epoch(images, labels, seed):
+    torch.manual_seed(seed)
+    model = whitebox_mnist35().train()
+    opt = Adam(model.parameters(), lr=3e-3, weight_decay=3e-6)
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(images), generator=gen)
+    t0 = time.perf_counter()
+    for rows in perm.split(200):
+        x, y = images[rows], labels[rows]
+        if torch.rand((), generator=gen) < 0.7:
+            x = (x + torch.randn(x.shape, generator=gen) * 0.25 + 0.05).clamp(0, 1)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        project_constraints_(model)
+    return time.perf_counter() - t0
+epoch(train.images[:400], train.labels[:400], 0)
+print(json.dumps(min(epoch(train.images, train.labels, s) for s in range(2))))
+"""
+
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_revision(rev: str) -> str:
+    """The full commit id of ``rev`` in this checkout's repository; exits with one line if none."""
+    found = subprocess.run(["git", "-C", str(_ROOT), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                           capture_output=True, text=True)
+    if found.returncode != 0:
+        raise SystemExit(f"--against: {rev!r} is not a commit of the repository at {_ROOT}")
+    return found.stdout.strip()
+
+
+def revision_epochs(commit: str, rounds: int = 3) -> dict:
+    """Epoch seconds (min of 2 per process) of ``commit`` and of this checkout, in alternating
+    fresh processes; the commit's pellucid comes from a temporary worktree."""
+    import os
+
+    import torch
+
+    root = _ROOT
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-q", str(tree), commit],
+                       check=True, capture_output=True)
+        try:
+            times = {"revision": [], "checkout": []}
+            for _ in range(rounds):
+                for name, src in (("revision", tree / "src"), ("checkout", root / "src")):
+                    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+                    done = subprocess.run([sys.executable, "-c", _EPOCH_SCRIPT, str(torch.get_num_threads())],
+                                          env=env, capture_output=True, text=True, check=True)
+                    times[name].append(float(done.stdout.strip().splitlines()[-1]))
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)],
+                           capture_output=True)
+    return {"revision": commit[:10],
+            "epoch_seconds_revision": [round(t, 3) for t in times["revision"]],
+            "epoch_seconds_checkout": [round(t, 3) for t in times["checkout"]],
+            "epoch_speedup_vs_revision": round(min(times["revision"]) / min(times["checkout"]), 2)}
 
 
 def epoch_seconds(train, seed: int = 0) -> float:
@@ -224,6 +313,7 @@ def kernels_fused() -> bool:
 def parser():
     p = h.parser(__name__, __doc__)
     p.add_argument("--whole-run", action="store_true", help="also time the default training run")
+    p.add_argument("--against", metavar="REV", help="also time the epoch of this git revision (alternating processes)")
     return p
 
 
@@ -232,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
     h.preload("torch", "pellucid.models", "pellucid.nn", "pellucid.robust", "pellucid.train.optim")
     from pellucid.data import load_dataset
 
+    commit = resolve_revision(args.against) if args.against else None  # before any expensive work
     whole = whole_run_seconds() if args.whole_run else None
     train = load_dataset("mnist", "train", classes=(3, 5))
     test = load_dataset("mnist", "test", classes=(3, 5))
@@ -239,12 +330,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     c_loops = _cpu_kernels.library() is not None
     epoch_seconds(train.subset(slice(0, 400)))  # warm-up
-    fused_runs, unfused_runs = [], []
+    fused_runs, graph_runs = [], []
     for s in range(2):  # alternating, so a slow spell of a shared host hits both
         fused_runs.append(epoch_seconds(train, s))
-        with unfused_forward():
-            unfused_runs.append(epoch_seconds(train, s))
-    fused, unfused = min(fused_runs), min(unfused_runs)
+        with twostep_graph():
+            graph_runs.append(epoch_seconds(train, s))
+    fused, graph = min(fused_runs), min(graph_runs)
     step_ratio = step_ratio_unfused_over_fused(train)
     parts = step_parts_ms(train)
     fused_pgd = pgd_images_per_second(test)
@@ -256,12 +347,14 @@ def main(argv: list[str] | None = None) -> dict:
     with dense_conv_baseline():
         dense = epoch_seconds(train)
         dense_pgd = pgd_images_per_second(test)
+    against = revision_epochs(commit) if commit else None
     return {
         "train_images": len(train), "c_loops": c_loops,
         "fused_forward": kernels_fused(),
         "epoch_seconds": round(fused, 3),
-        "epoch_seconds_unfused_forward": round(unfused, 3),
-        "epoch_speedup_vs_unfused_forward": round(unfused / fused, 2),
+        "epoch_seconds_all": [round(t, 3) for t in fused_runs],
+        "epoch_seconds_twostep_graph": round(graph, 3),
+        "epoch_speedup_vs_twostep_graph": round(graph / fused, 2),
         "step_speedup_vs_unfused_forward_median_of_60_pairs": round(step_ratio, 2),
         "step_parts_ms": parts,
         "epoch_seconds_dense_conv_baseline": round(dense, 3),
@@ -276,7 +369,8 @@ def main(argv: list[str] | None = None) -> dict:
         "pgd40_speedup_vs_baseline": round(fused_pgd / dense_pgd, 2),
         "pgd40_images_per_second_pytorch_path": round(torch_pgd, 1),
         "pgd40_speedup_vs_pytorch_path": round(fused_pgd / torch_pgd, 2),
-        **({"whole_default_run_seconds": round(whole, 1)} if whole is not None else {})}
+        **({"whole_default_run_seconds": round(whole, 1)} if whole is not None else {}),
+        **({"against": against} if against is not None else {})}
 
 
 if __name__ == "__main__":
