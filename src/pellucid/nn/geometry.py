@@ -73,8 +73,8 @@ class _AffineGrid(torch.autograd.Function):
         if grad.device.type != "cpu":
             return torch.ops.aten.affine_grid_generator_backward(grad.contiguous(), ctx.size, True), None, None
         # torch's own backward, ``base.view(N, HW, 3).transpose(1, 2).bmm(grad.view(N, HW, 2))``, with
-        # the same (N, H, W, 3) base grid, built once: torch rebuilds it on every call with three
-        # strided copies, 0.3-0.5 ms of the 0.7 ms it takes for the 256 affine poses here
+        # the same (N, H, W, 3) base grid, built once per shape: torch rebuilds it on every call with
+        # three strided copies (for the 256 affine poses of 28 x 28: 0.36-0.39 ms against 0.49 ms)
         base = _base_grid(n, h, w, grad.dtype)
         grad_theta = base.view(n, h * w, 3).transpose(1, 2).bmm(grad.contiguous().view(n, h * w, 2))
         return grad_theta.transpose(1, 2), None, None

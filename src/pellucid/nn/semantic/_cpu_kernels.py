@@ -27,13 +27,22 @@ fast-math, so no fused multiply-add and no reassociation):
   from ``acc = +0``, and keeps only the max and its first index, so the ``(B, K, H, W)`` scores are
   never written. Because that order is oneDNN's and not a promise, the layer uses it only after a
   probe has matched ``conv2d`` + max bit for bit (zeros' signs included) for that shape in this
-  process (:func:`~pellucid.nn.semantic.kernels._fused_forward_agrees`). It runs on
-  ``torch.get_num_threads()`` threads, one call per batch. On the 2-core host of the benchmarks,
-  two threads took 5.8-7.9 ms per 200 images against 8.1-9.6 ms for one; in whole training
-  steps the two settings timed alike, because PyTorch's OpenMP workers (below) still spin
-  after the op before.
+  process (:func:`~pellucid.nn.semantic.kernels._fused_forward_agrees`). Where the CPU has
+  AVX-512VL (32 vector registers), it scores four kernels at a time instead of two.
 
-The library is compiled with the system's C compiler (``$CC``, else ``cc``) into pellucid's cache
+**Threads.** The fused forward (by images), the backward (kernel gradient by taps, input gradient
+by images) and TwoStep's gradient terms (by pixels) run on ``torch.get_num_threads()`` threads;
+each share computes exactly what one thread would, so the bits do not depend on the count. The
+library is built with OpenMP and linked against ``libgomp``, which the loader resolves to the
+copy PyTorch has loaded: the shares run on PyTorch's own workers, which would otherwise keep
+spinning after each of PyTorch's parallel ops and compete with new threads (see ``run_threads``).
+
+**TwoStep** (:mod:`pellucid.nn.semantic.twostep`): its training forward, each pixel through its
+own piece, and the per-pixel terms of its parameters' gradients, written with autograd's
+backward formulas in autograd's order (see the C text).
+
+The library is compiled with the system's C compiler (``$CC``, else ``cc``; with ``-fopenmp`` and
+``-march=native`` where it accepts them, else without) into pellucid's cache
 (``$PELLUCID_CACHE_DIR``, else ``$XDG_CACHE_HOME/pellucid`` or ``~/.cache/pellucid``), once per
 source version, under a file lock and by atomic rename, so concurrent processes (``torchrun``)
 build it once. Without a compiler, or with ``PELLUCID_CPU_KERNELS=0``, the PyTorch path runs (the same
@@ -367,6 +376,11 @@ int pellucid_max_first(const void *scores, void *best, int64_t *idx, int64_t B, 
     return run(is_double ? max_first_f64 : max_first_f32, a, B);
 }
 
+/* 1 where this build runs its shares on OpenMP (PyTorch's workers), 0 with its own threads */
+int pellucid_built_with_openmp(void) {
+    return THREADED_BACKWARD;
+}
+
 /* 1 where this build has the fused forward (compiled for a CPU with AVX2 and FMA), else 0 */
 int pellucid_fused_forward_built(void) {
 #if defined(__AVX2__) && defined(__FMA__)
@@ -572,6 +586,7 @@ def _load() -> ctypes.CDLL:
     lib.pellucid_max_first.argtypes = [ptr, ptr, ptr, i64, i64, i64, c_int]
     lib.pellucid_max_corr_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, *[i64] * 7, c_int, i64]
     lib.pellucid_fused_forward_built.argtypes = []
+    lib.pellucid_built_with_openmp.argtypes = []
     lib.pellucid_max_corr_forward.argtypes = [ptr, ptr, ptr, ptr, *[i64] * 7]
     lib.pellucid_twostep_terms.argtypes = [ptr, ptr, ptr, i64, ptr, c_int, i64]
     lib.pellucid_twostep_forward.argtypes = [ptr, ptr, i64, ptr, c_int]
@@ -633,6 +648,11 @@ def max_correlation_backward(x: torch.Tensor, weight: torch.Tensor, idx: torch.T
                                    gw.data_ptr() if gw is not None else None,
                                    b, c, h, w, n_k, kh, kw, int(x.dtype == torch.float64), torch.get_num_threads())
     return gx, gw
+
+
+def built_with_openmp(lib: ctypes.CDLL) -> bool:
+    """Whether this build runs its threads on OpenMP (PyTorch's own workers) rather than its own."""
+    return bool(lib.pellucid_built_with_openmp())
 
 
 def fused_forward_built(lib: ctypes.CDLL) -> bool:

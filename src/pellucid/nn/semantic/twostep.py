@@ -32,6 +32,10 @@ class TwoStep(nn.Module):
     :class:`~pellucid.nn.SemanticFeatures`, its parameters then get no gradient. The fused path
     applies the same float operations in the same order as autograd does on the train-mode
     graph, so values and input gradients are bit-identical (up to the sign of a zero gradient).
+
+    In train mode on CPU (float32/float64, C kernels available, the input not needing a gradient)
+    it runs :class:`_TwoStepTraining`: the same values, and parameter gradients bit-identical to
+    autograd on the four-piece graph, about twice as fast; first order only, like the conv layer.
     """
 
     def __init__(self, a0: float = 0.5, a1: float = 0.5, t0: float = 0.25, t1: float = 0.75,
