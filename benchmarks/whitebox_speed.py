@@ -98,37 +98,18 @@ def twostep_graph():
         twostep._TwoStepTraining.applies = original
 
 
-# The epoch loop of epoch_seconds as a stand-alone script, for --against: it runs against
-# whichever pellucid is first on PYTHONPATH (the one of a revision's worktree, or this checkout).
+# For --against: a fresh process times epoch_seconds (this file's loop) with whichever pellucid
+# comes first on its PYTHONPATH (a revision's worktree, or this checkout).
 _EPOCH_SCRIPT = """
-import json, sys, time
+import json, sys
+sys.path.insert(0, sys.argv[2])  # this checkout's benchmarks package; pellucid from PYTHONPATH
 import torch
-import torch.nn.functional as F
 torch.set_num_threads(int(sys.argv[1]))
+from benchmarks.whitebox_speed import epoch_seconds
 from pellucid.data import load_dataset
-from pellucid.models import whitebox_mnist35
-from pellucid.nn import project_constraints_
-from pellucid.train.optim import Adam
 train = load_dataset("mnist", "train", classes=(3, 5))
-def epoch(images, labels, seed):
-    torch.manual_seed(seed)
-    model = whitebox_mnist35().train()
-    opt = Adam(model.parameters(), lr=3e-3, weight_decay=3e-6)
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(images), generator=gen)
-    t0 = time.perf_counter()
-    for rows in perm.split(200):
-        x, y = images[rows], labels[rows]
-        if torch.rand((), generator=gen) < 0.7:
-            x = (x + torch.randn(x.shape, generator=gen) * 0.25 + 0.05).clamp(0, 1)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        project_constraints_(model)
-    return time.perf_counter() - t0
-epoch(train.images[:400], train.labels[:400], 0)
-print(json.dumps(min(epoch(train.images, train.labels, s) for s in range(2))))
+epoch_seconds(train.subset(slice(0, 400)))
+print(json.dumps(min(epoch_seconds(train, s) for s in range(2))))
 """
 
 
@@ -161,8 +142,8 @@ def revision_epochs(commit: str, rounds: int = 3) -> dict:
             for _ in range(rounds):
                 for name, src in (("revision", tree / "src"), ("checkout", root / "src")):
                     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
-                    done = subprocess.run([sys.executable, "-c", _EPOCH_SCRIPT, str(torch.get_num_threads())],
-                                          env=env, capture_output=True, text=True, check=True)
+                    done = subprocess.run([sys.executable, "-c", _EPOCH_SCRIPT, str(torch.get_num_threads()),
+                                           str(root)], env=env, capture_output=True, text=True, check=True)
                     times[name].append(float(done.stdout.strip().splitlines()[-1]))
         finally:
             subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)],
