@@ -365,6 +365,33 @@ def test_twostep_training_with_non_finite_values_gives_the_graphs_results():
         assert any(t.isnan().any() for t in got)  # the cases do reach the gradients
 
 
+@needs_c
+def test_twostep_training_is_safe_under_threads():
+    """Each thread has its own scratch rows for the gradient terms: eight threads training
+    different layers on different batches at once get what each gets alone."""
+    import threading
+
+    gen = torch.Generator().manual_seed(8)
+    jobs = [(_random_twostep(gen), _mnist_like(gen, n=100), torch.randn(100, 1, 28, 28, generator=gen))
+            for _ in range(8)]
+    alone = [torch.autograd.grad(layer(x), list(layer.parameters()), g) for layer, x, g in jobs]
+    together, start = [None] * len(jobs), threading.Barrier(len(jobs))
+
+    def run(i):
+        layer, x, g = jobs[i]
+        start.wait()
+        for _ in range(5):
+            together[i] = torch.autograd.grad(layer(x), list(layer.parameters()), g)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, ref in zip(together, alone):
+        assert all(torch.equal(a, b) for a, b in zip(got, ref))
+
+
 def test_twostep_training_takes_the_graph_for_input_gradients_and_without_c(monkeypatch):
     gen = torch.Generator().manual_seed(4)
     layer, x = _random_twostep(gen), _mnist_like(gen)
