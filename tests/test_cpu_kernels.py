@@ -349,3 +349,24 @@ def test_switching_onednn_off_probes_again(monkeypatch):
     assert len(kernels._FUSED_AGREES) == 2
     _same_bits((off[0][:, 0], off[1]), reference)
     _same_bits((on[0][:, 0], on[1]), _reference(x, w))
+
+
+@needs_fused
+def test_the_two_kernel_forward_of_avx2_builds_gives_conv2d_and_max_bits(monkeypatch, tmp_path):
+    """CPUs without AVX-512VL get the loop that scores two kernels at a time: built here with
+    AVX-512 switched off, it must give the same bits as conv2d + max (this host may take the
+    four-kernel loop otherwise)."""
+    fake = tmp_path / "cc-without-avx512"
+    fake.write_text('#!/bin/sh\nexec cc "$@" -mno-avx512f\n')
+    fake.chmod(0o755)
+    _fresh(monkeypatch, tmp_path, str(fake))
+    lib = _cpu_kernels.library()
+    assert lib is not None and _cpu_kernels.fused_forward_built(lib), _cpu_kernels.unavailable_reason()
+    for b, h, w_, k, ks in ((40, 28, 28, 64, 5), (3, 11, 8, 5, 7), (2, 3, 3, 1, 3)):
+        gen = torch.Generator().manual_seed(b + k)
+        x = torch.rand(b, 1, h, w_, generator=gen) * 2 - 1
+        x[0, :, : h // 2] = 0.0
+        w = torch.randn(k, 1, ks, ks, generator=gen)
+        w[k - 1] = w[0]
+        best, idx = _cpu_kernels.max_correlation_forward(x, w, lib)
+        _same_bits((best[:, 0], idx), _reference(x, w))
