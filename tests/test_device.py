@@ -336,7 +336,6 @@ def test_models_build_nothing_on_the_default_device(default, name):
 
 
 L2_ONLY = {"l2-bim", "fgm"}
-UNSEEDED = {"boundary"}  # ART's boundary attack starts from an unseeded NumPy RandomState
 
 
 def _attacks() -> list[str]:
@@ -365,9 +364,8 @@ def test_attacks_build_nothing_on_the_default_device(default, attack, authors_mo
     with DEFAULTS[default]():
         got = evaluate_robustness(authors_model, x, y, attack=attack, eps=0.3, seed=1, **options)
     assert got.adversarial.device.type == "cpu" and got.robust.device.type == "cpu"
-    if attack not in UNSEEDED:
-        assert torch.equal(got.robust, reference.robust)
-        assert torch.equal(got.adversarial, reference.adversarial)
+    assert torch.equal(got.robust, reference.robust)
+    assert torch.equal(got.adversarial, reference.adversarial)
 
 
 # Captum draws these methods' noise in the default dtype: under a float64 default, other numbers
@@ -448,7 +446,7 @@ def _strided(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("attack", [a for a in _attacks() if a not in UNSEEDED])
+@pytest.mark.parametrize("attack", _attacks())
 def test_attacks_give_the_same_on_strided_inputs(attack, authors_model, few):
     from pellucid.robust import evaluate_robustness
     from pellucid.robust.budgets import Stage

@@ -207,3 +207,47 @@ def test_every_registered_attack_runs_on_a_tiny_model(name):
     assert res.adversarial.shape == x.shape and res.n == 6
     assert 0 <= res.robust_accuracy <= res.clean_accuracy
     json.dumps(res.summary())  # JSON-ready
+
+
+def test_boundary_attack_is_reproducible_from_its_seed(monkeypatch):
+    """ART draws each image's start from a fresh, unseeded RandomState: pellucid's start search
+    draws from the seeded RNG, so the same seed gives the same images and ART's own never runs."""
+    import art.attacks.evasion.boundary as art_boundary
+
+    def unseeded(*args, **kwargs):
+        raise AssertionError("ART's unseeded RandomState was used")
+
+    monkeypatch.setattr(art_boundary.np.random, "RandomState", unseeded)
+    model = ImageLinear(seed=3)
+    x, y = _data(8, seed=5)
+    runs = [evaluate_robustness(model, x, y, attack="boundary", steps=5, seed=s) for s in (1, 1, 2)]
+    assert torch.equal(runs[0].adversarial, runs[1].adversarial)
+    assert not torch.equal(runs[0].adversarial, runs[2].adversarial)
+    with torch.no_grad():
+        flipped = model(runs[0].adversarial).argmax(1) != model(x).argmax(1)
+    assert flipped.all()  # a linear model: a uniform draw of the other class exists for every image
+
+
+def test_boundary_start_search_keeps_images_it_cannot_start_from():
+    """A model that labels every input alike has no adversarial start: each image comes back as
+    it was (ART's own search gives up the same way), and the search stops after init_size rounds."""
+    from pellucid.robust.art_backend import _seeded_boundary_attack, art_classifier
+
+    calls = []
+
+    class Counting(Constant):
+        def forward(self, x):
+            calls.append(len(x))
+            return super().forward(x)
+
+    model, (x, y) = Counting(), _data(4)
+    with art_classifier(model, x, (0.0, 1.0)) as clf, numpy_seed(torch.Generator().manual_seed(0)):
+        attack = _seeded_boundary_attack()(clf, targeted=False, max_iter=2, init_size=7, verbose=False)
+        starts = attack.random_starts(x.numpy())
+        calls.clear()
+        out = attack.generate(x.numpy(), y.numpy())
+    np.testing.assert_array_equal(starts, x.numpy())
+    np.testing.assert_array_equal(out, x.numpy())
+    # batched predictions only: ART's of x and of the starts, the search's of x and its 7 rounds,
+    # ART's success rate (x and the result); ART's own search would predict one image at a time
+    assert calls == [4] * 12, calls

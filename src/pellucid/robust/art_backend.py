@@ -191,16 +191,55 @@ def deepfool(model, x, y, *, eps: float = 0.0, steps: int = DeepFoolOptions.step
                    model, x, y, value_range=value_range, generator=generator)
 
 
+def _seeded_boundary_attack():
+    """ART's ``BoundaryAttack`` with its starting points drawn from NumPy's global RNG, which
+    :func:`numpy_seed` seeds: ART draws them from a fresh, unseeded ``RandomState`` per image."""
+    from art.attacks.evasion import BoundaryAttack
+
+    class SeededBoundaryAttack(BoundaryAttack):
+        """Untargeted only. The search is ART's: up to ``init_size`` uniform images in the clip
+        range per image, the first one the model labels other than the clean image wins; all
+        images at once, one batched prediction per round."""
+
+        def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs) -> np.ndarray:
+            if self.targeted:  # pragma: no cover - pellucid runs it untargeted
+                raise InvalidInputError("the seeded Boundary attack is untargeted")
+            if kwargs.get("x_adv_init") is None:
+                kwargs["x_adv_init"] = self.random_starts(x)
+            return super().generate(x, y, **kwargs)
+
+        def random_starts(self, x: np.ndarray) -> np.ndarray:
+            """Per image, the first of ``init_size`` uniform draws the model labels differently
+            from ``x``; ``x`` itself where none is (the attack then leaves that image as it is)."""
+            low, high = self.estimator.clip_values
+            clean = self.estimator.predict(x, batch_size=self.batch_size).argmax(1)
+            starts, found = x.copy(), np.zeros(len(x), dtype=bool)
+            for _ in range(self.init_size):  # rounds, each over every image still without a start
+                todo = np.flatnonzero(~found)
+                if not len(todo):
+                    break
+                draws = np.random.uniform(low, high, size=(len(todo), *x.shape[1:])).astype(x.dtype)
+                hit = self.estimator.predict(draws, batch_size=self.batch_size).argmax(1) != clean[todo]
+                starts[todo[hit]], found[todo[hit]] = draws[hit], True
+            return starts
+
+        def _init_sample(self, x, y, y_p, init_pred, adv_init, clip_min, clip_max):
+            # ART's own search would draw from an unseeded RandomState; ours ran in generate()
+            if adv_init is None or init_pred == y_p:
+                return None  # no start within init_size draws: ART's search gives up there too
+            return adv_init.astype(np.float32), init_pred
+
+    return SeededBoundaryAttack
+
+
 @register_attack("boundary", BoundaryOptions,
                  "Boundary attack (ART): decision-based minimal perturbation, unbounded")
 def boundary(model, x, y, *, eps: float = 0.0, steps: int = BoundaryOptions.steps,
              value_range=(0.0, 1.0), generator=None, progress: bool = False) -> torch.Tensor:
     """Brendel et al. 2018, untargeted, ``steps`` iterations (the paper's 1000); one image at a
     time in ART, so slow: use it on a few images for the minimal-perturbation figure. Unbounded,
-    like DeepFool (``eps`` and ``norm`` are not used). Not reproducible: ART draws each image's
-    starting point from an unseeded NumPy ``RandomState``, which no seed reaches."""
-    from art.attacks.evasion import BoundaryAttack
-
-    return run_art(lambda clf: BoundaryAttack(clf, targeted=False, max_iter=steps, batch_size=64,
-                                              verbose=progress),
+    like DeepFool (``eps`` and ``norm`` are not used). Reproducible from ``generator``: the
+    starting points (ART's search, batched) and ART's steps draw from NumPy's RNG seeded by it."""
+    attack = _seeded_boundary_attack()
+    return run_art(lambda clf: attack(clf, targeted=False, max_iter=steps, batch_size=64, verbose=progress),
                    model, x, y, value_range=value_range, generator=generator)
