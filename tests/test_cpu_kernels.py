@@ -370,3 +370,51 @@ def test_the_two_kernel_forward_of_avx2_builds_gives_conv2d_and_max_bits(monkeyp
         w[k - 1] = w[0]
         best, idx = _cpu_kernels.max_correlation_forward(x, w, lib)
         _same_bits((best[:, 0], idx), _reference(x, w))
+
+
+@needs_lib  # a compiler is there (else the build stops before looking at the cache)
+@pytest.mark.parametrize("where", ["directory", "library"])
+def test_a_cache_other_users_can_write_is_never_loaded(where, monkeypatch, tmp_path, caplog):
+    """A library in a cache that another user could have replaced would run their code in this
+    process: the kernels are not loaded from it (the PyTorch path keeps the numbers)."""
+    _fresh(monkeypatch, tmp_path)
+    cache = tmp_path / "cache"
+    if where == "directory":
+        cache.mkdir()
+        cache.chmod(0o777)
+    else:  # a library already there (the name this build would use), writable by the group
+        cache.mkdir(mode=0o700)
+        planted = cache / _cpu_kernels.library_name(os.environ.get("CC", "cc"))
+        planted.write_bytes(b"not a library")  # loading it would raise an OSError, not our refusal
+        planted.chmod(0o664)
+    loaded = []
+    monkeypatch.setattr(_cpu_kernels.ctypes, "CDLL", lambda path: loaded.append(path))
+    assert _cpu_kernels.library() is None
+    assert "writable by other users" in _cpu_kernels.unavailable_reason() and not loaded
+    x, w = torch.rand(2, 1, 8, 8), torch.randn(3, 1, 3, 3)
+    assert torch.equal(max_correlation(x, w)[0][:, 0], F.conv2d(x, w, padding=1).amax(1))
+
+
+@needs_lib
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a file away")
+def test_a_library_owned_by_another_user_is_never_loaded(monkeypatch, tmp_path):
+    _fresh(monkeypatch, tmp_path)
+    built = _cpu_kernels._build(tmp_path / "cache")
+    os.chown(built, 65534, 65534)  # nobody
+    loaded = []
+    monkeypatch.setattr(_cpu_kernels.ctypes, "CDLL", lambda path: loaded.append(path))
+    assert _cpu_kernels.library() is None
+    assert "belongs to another user" in _cpu_kernels.unavailable_reason() and not loaded
+
+
+@needs_lib
+def test_the_cache_and_its_library_are_created_private(monkeypatch, tmp_path):
+    _fresh(monkeypatch, tmp_path)
+    old = os.umask(0o002)  # a umask that would leave both writable by the group
+    try:
+        built = _cpu_kernels._build(tmp_path / "cache" / "nested")
+    finally:
+        os.umask(old)
+    assert built.parent.stat().st_mode & 0o077 == 0
+    assert built.stat().st_mode & 0o022 == 0
+    assert _cpu_kernels._build(built.parent) == built  # and it is loaded from there

@@ -46,8 +46,11 @@ The library is compiled with the system's C compiler (``$CC``, else ``cc``; with
 (``$PELLUCID_CACHE_DIR``, else ``$XDG_CACHE_HOME/pellucid`` or ``~/.cache/pellucid``), once per
 source version, under a file lock and by atomic rename, so concurrent processes (``torchrun``)
 build it once. Without a compiler, or with ``PELLUCID_CPU_KERNELS=0``, the PyTorch path runs (the same
-numbers, slower), and a compiler's absence or failure is logged once. The C code is this module's own source text; nothing is loaded from a
-user's file.
+numbers, slower), and a compiler's absence or failure is logged once. The C code is this module's
+own source text; nothing is loaded from a user's file. The cache directory is created private
+(mode 0700), and a library is loaded only from a directory and a file owned by the user and
+writable by no one else (another user who could replace it would run code in this process);
+otherwise the PyTorch path runs and the log says why.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -548,6 +552,25 @@ def _compile(cc: str, flags: tuple[str, ...], src: Path, out: Path) -> str | Non
     return None if done.returncode == 0 else (done.stderr.strip()[-300:] or f"exit {done.returncode}")
 
 
+def _check_private(path: Path) -> None:
+    """Refuse a cache entry that another user could have written: the library is loaded into this
+    process, so whoever can replace it (or its directory's entries) runs code here. Owned by this
+    user and writable by no one else, or an error (the caller then keeps the PyTorch path)."""
+    st = path.stat()  # follows a symbolic link: the file or directory actually used
+    if st.st_uid != os.getuid():
+        raise RuntimeError(f"{path} belongs to another user (uid {st.st_uid}); not loading code from it "
+                           "(set PELLUCID_CACHE_DIR to a directory of your own)")
+    if st.st_mode & 0o022:
+        raise RuntimeError(f"{path} is writable by other users (mode {stat.filemode(st.st_mode)}); not loading "
+                           "code from it (chmod go-w it, or set PELLUCID_CACHE_DIR to a private directory)")
+
+
+def library_name(cc: str) -> str:
+    """The cached library's file name: one per source text, compiler, flag sets and CPU."""
+    key = hashlib.sha256("\0".join((_SOURCE, cc, *_FLAGS, *_NATIVE, *_OPENMP, _cpu_id())).encode()).hexdigest()[:16]
+    return f"max_correlation-{key}.so"
+
+
 def _build(directory: Path) -> Path:
     """The library's path in ``directory``, compiled there first if it is missing."""
     import fcntl  # POSIX only: elsewhere the ImportError leaves the PyTorch path
@@ -555,14 +578,16 @@ def _build(directory: Path) -> Path:
     cc = os.environ.get("CC", "cc")
     if not cc.strip() or shutil.which(cc.split()[0]) is None:
         raise RuntimeError(f"no C compiler {cc!r} (set CC, or install gcc or clang)")
-    key = hashlib.sha256("\0".join((_SOURCE, cc, *_FLAGS, *_NATIVE, *_OPENMP, _cpu_id())).encode()).hexdigest()[:16]
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"max_correlation-{key}.so"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_private(directory)
+    target = directory / library_name(cc)
     if target.exists():
+        _check_private(target)
         return target
-    with open(directory / f"max_correlation-{key}.lock", "w") as lock:
+    with open(target.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same library
         if target.exists():
+            _check_private(target)
             return target
         with tempfile.TemporaryDirectory(dir=directory) as tmp:
             src, out = Path(tmp) / "max_correlation.c", Path(tmp) / "max_correlation.so"
@@ -574,6 +599,7 @@ def _build(directory: Path) -> Path:
                     break
             if error is not None:
                 raise RuntimeError(f"{cc} failed: {error}")
+            os.chmod(out, 0o755)  # writable by no one else whatever the umask (see _check_private)
             with open(out, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(out, target)  # atomic: a reader sees no library or the whole one
