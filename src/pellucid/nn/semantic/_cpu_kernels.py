@@ -555,9 +555,10 @@ def _compile(cc: str, flags: tuple[str, ...], src: Path, out: Path) -> str | Non
 def _check_private(path: Path) -> None:
     """Refuse a cache entry that another user could have written: the library is loaded into this
     process, so whoever can replace it (or its directory's entries) runs code here. Owned by this
-    user and writable by no one else, or an error (the caller then keeps the PyTorch path)."""
+    user (or root, as for a cache an administrator built) and writable by no one else, or an error
+    (the caller then keeps the PyTorch path)."""
     st = path.stat()  # follows a symbolic link: the file or directory actually used
-    if st.st_uid != os.getuid():
+    if st.st_uid not in (os.getuid(), 0):
         raise RuntimeError(f"{path} belongs to another user (uid {st.st_uid}); not loading code from it "
                            "(set PELLUCID_CACHE_DIR to a directory of your own)")
     if st.st_mode & 0o022:
