@@ -5,19 +5,21 @@
 # with Fashion-MNIST's files in .device-data/; carry both).
 #
 #   bash benchmarks/device_check.sh check                # CUDA tests, then training and attack times
+#   bash benchmarks/device_check.sh tenclass [EPOCHS] [LIMIT]  # whitebox-mnist10: training, PGD-40, AutoAttack
 #   bash benchmarks/device_check.sh table1 CELL [EPOCHS] # one Table 1 cell (e.g. ordinary:500) on CUDA
 #
 # Everything worth keeping goes to $OUT (default ./device-out): the test log, one JSON line per
 # measurement in device.jsonl, and for table1 the run directory, which resumes when the same
 # command finds it there again (copy it back next to the repository and carry it).
-# DEVICE=cpu runs the same steps on the CPU with small sizes, to check the script itself.
+# DEVICE=cpu runs the same steps on the CPU with small sizes, to check the script itself;
+# NO_WHEELS=1 leaves .whl/ alone (the Python given as $PYTHON has everything).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device-out}
 DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
+if [ -z "${NO_WHEELS:-}" ] && compgen -G ".whl/*.whl" >/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
@@ -60,6 +62,25 @@ check)
     fashion "$PY" -m benchmarks --no-record metric_table1 --device "$DEVICE" --cost-only 5 --factored-output \
         --cells invex:500,ordinary:500 2>>"$OUT/commands.log" | tee -a "$OUT/device.jsonl"
     ;;
+tenclass)
+    # whitebox-mnist10: training, then PGD-40 and AutoAttack (native-standard) on the 10,000 test
+    # images (docs/beyond-3v5.md); EPOCHS and LIMIT shorten it to fit a call's time limit
+    EPOCHS=${2:-20}
+    LIMIT=${3:-10000}
+    RUN=$(mktemp -d)/wb10
+    if [ "$DEVICE" = cpu ]; then SMALL=(--epochs 1 --val-size 59500 --val-pgd-steps 0); LIMIT=64
+    else SMALL=(--epochs "$EPOCHS"); fi
+    t=$(seconds "$PY" -m pellucid train whitebox-mnist10 --device "$DEVICE" --out "$RUN" --no-progress "${SMALL[@]}")
+    record "{\"what\": \"pellucid train whitebox-mnist10 ${SMALL[*]}\", \"device\": \"$DEVICE\", \"seconds\": $t}"
+    t=$(seconds "$PY" -m pellucid evaluate "$RUN" --device "$DEVICE" --attack pgd --steps 40 --json --limit "$LIMIT")
+    record "{\"what\": \"pellucid evaluate, PGD-40, MNIST test set, first $LIMIT\", \"device\": \"$DEVICE\", \
+\"seconds\": $t}"
+    t=$(seconds "$PY" -m pellucid evaluate "$RUN" --device "$DEVICE" --attack autoattack --budget native-standard \
+        --chunk-size 2048 --json --limit "$LIMIT")
+    record "{\"what\": \"pellucid evaluate, AutoAttack native-standard, MNIST test set, first $LIMIT\", \
+\"device\": \"$DEVICE\", \"seconds\": $t}"
+    mkdir -p "$OUT/wb10" && cp "$RUN"/evaluations/*.json "$RUN"/metrics.jsonl "$OUT/wb10"/ 2>/dev/null || true
+    ;;
 table1)
     CELL=${2:?"table1 needs a cell, e.g. ordinary:500"}
     EPOCHS=${3:-50}
@@ -68,7 +89,7 @@ table1)
         | tee -a "$OUT/device.jsonl"
     ;;
 *)
-    echo "usage: $0 check | table1 CELL [EPOCHS]" >&2
+    echo "usage: $0 check | tenclass [EPOCHS] [LIMIT] | table1 CELL [EPOCHS]" >&2
     exit 2
     ;;
 esac

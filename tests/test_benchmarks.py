@@ -7,6 +7,7 @@ import datetime
 import importlib.util
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -472,3 +473,23 @@ def test_metric_table1_bad_cells_and_counts_fail_before_any_work(argv, needle, t
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and needle in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_gpu_script_checks_itself_on_the_cpu(tmp_path):
+    """``DEVICE=cpu`` runs ``device_check.sh tenclass`` with small sizes: every command and flag
+    it hands a GPU machine exists, and each measurement is a JSON line."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "NO_WHEELS": "1"}
+    done = subprocess.run(["bash", str(root / "benchmarks" / "device_check.sh"), "tenclass"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:] + (tmp_path / "out" / "commands.log").read_text()[-2000:]
+    lines = [json.loads(line) for line in (tmp_path / "out" / "device.jsonl").read_text().splitlines()]
+    assert [line["what"].split(",")[0] for line in lines] == [
+        "environment", "pellucid train whitebox-mnist10 --epochs 1 --val-size 59500 --val-pgd-steps 0",
+        "pellucid evaluate", "pellucid evaluate"]
+    assert all(isinstance(line.get("seconds", 0), int) for line in lines)
+    records = sorted(p.name.split("-")[0] for p in (tmp_path / "out" / "wb10").glob("*.json"))
+    assert records == ["autoattack", "pgd"]
+    bad = subprocess.run(["bash", str(root / "benchmarks" / "device_check.sh"), "bogus"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "usage:" in bad.stderr
